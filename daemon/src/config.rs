@@ -1,0 +1,615 @@
+//! One TOML file, every field defaulted, then `MODELWATCH_*` environment
+//! overrides. Unknown fields are errors, in the file and in the environment.
+//!
+//! Environment overrides name a path with double underscores:
+//! `MODELWATCH_STORE__URL=postgres://...` sets `store.url`,
+//! `MODELWATCH_SOURCE__KAFKA__BROKERS=host:9092` sets `source.kafka.brokers`.
+//! Values are parsed as TOML when they parse (numbers, booleans, arrays) and
+//! taken as strings otherwise. Variables without `__` are not config.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid environment override {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where telemetry comes from.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// Where scores, references and alerts are kept.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The scoring engine and its device.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Global window defaults; `models.<name>` overrides them per model.
+    #[serde(default)]
+    pub windows: WindowConfig,
+    /// How each model's reference is obtained.
+    #[serde(default)]
+    pub reference: ReferenceConfig,
+    /// When a score becomes an alert.
+    #[serde(default)]
+    pub judge: JudgeConfig,
+    /// Per-model overrides, keyed by model name.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    /// The monitor's own logs.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// Kafka consumer group (production).
+    Kafka,
+    /// NDJSON file, or `-` for standard input.
+    File,
+    /// Built-in simulated fleet with scheduled drift episodes.
+    #[default]
+    Demo,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `kafka`, `file` or `demo`.
+    #[serde(default)]
+    pub kind: SourceKind,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub file: FileConfig,
+    #[serde(default)]
+    pub demo: DemoConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Consumer group id; instances sharing it split the partitions.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Topics carrying telemetry events.
+    #[serde(default = "default_topics")]
+    pub topics: Vec<String>,
+    /// Where undecodable messages go, with the reason in a header.
+    #[serde(default = "default_dlq")]
+    pub dead_letter_topic: String,
+    /// Decoder per topic; topics not listed use `modelwatch-json`.
+    #[serde(default)]
+    pub decoders: BTreeMap<String, String>,
+    /// Any librdkafka property, passed through verbatim to consumer and producer
+    /// (for example `"security.protocol" = "SASL_SSL"`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_group() -> String {
+    "modelwatch".into()
+}
+fn default_topics() -> Vec<String> {
+    vec!["model-telemetry".into()]
+}
+fn default_dlq() -> String {
+    "modelwatch-dead-letter".into()
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: default_brokers(),
+            group_id: default_group(),
+            topics: default_topics(),
+            dead_letter_topic: default_dlq(),
+            decoders: BTreeMap::new(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// NDJSON path, or `-` for standard input.
+    #[serde(default = "default_file_path")]
+    pub path: String,
+    /// Where undecodable lines go (NDJSON with the reason); empty: log only.
+    #[serde(default)]
+    pub dead_letter_path: String,
+}
+
+fn default_file_path() -> String {
+    "-".into()
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            path: default_file_path(),
+            dead_letter_path: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Windows simulated per model (reference excluded).
+    #[serde(default = "default_demo_windows")]
+    pub windows_per_model: usize,
+    /// Random seed; the same seed gives the same stream.
+    #[serde(default = "default_demo_seed")]
+    pub seed: u64,
+}
+
+const fn default_demo_windows() -> usize {
+    12
+}
+const fn default_demo_seed() -> u64 {
+    7
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            windows_per_model: default_demo_windows(),
+            seed: default_demo_seed(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://user@host/db` for production, `sqlite:PATH` or
+    /// `sqlite::memory:` for the embedded store.
+    #[serde(default = "default_store_url")]
+    pub url: String,
+    /// Connection pool size.
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+fn default_store_url() -> String {
+    "sqlite:modelwatch.db".into()
+}
+const fn default_pool() -> u32 {
+    4
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: default_store_url(),
+            max_connections: default_pool(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceChoice {
+    /// A discrete GPU through wgpu when there is one, else burn's flex CPU backend.
+    #[default]
+    Auto,
+    /// A hardware GPU through wgpu (discrete, then integrated); error if none.
+    Gpu,
+    /// burn's flex CPU backend.
+    Cpu,
+    /// wgpu on a software adapter such as Mesa lavapipe (tests).
+    WgpuCpu,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `auto`, `gpu`, `cpu` or `wgpu-cpu`.
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// Run every kernel once at start-up so the first window is not slow;
+    /// readiness waits for it.
+    #[serde(default = "default_true")]
+    pub warmup: bool,
+    /// Largest tensor, in elements, one kernel launch may touch; larger work is
+    /// tiled. wgpu refuses single buffers near 4 GB.
+    #[serde(default = "default_tile")]
+    pub max_tile_elements: usize,
+}
+
+const fn default_true() -> bool {
+    true
+}
+const fn default_tile() -> usize {
+    1 << 26
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            device: DeviceChoice::default(),
+            warmup: true,
+            max_tile_elements: default_tile(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Close a window after this many events (0: no count limit).
+    #[serde(default = "default_window_count")]
+    pub count: usize,
+    /// Close a window this many seconds after its first event, by event time,
+    /// or when it has been open that long on the wall clock (0: no time limit).
+    #[serde(default = "default_window_secs")]
+    pub duration_secs: u64,
+}
+
+const fn default_window_count() -> usize {
+    500
+}
+const fn default_window_secs() -> u64 {
+    300
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            count: default_window_count(),
+            duration_secs: default_window_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceConfig {
+    /// Events taken from the stream as the reference of a model that has none
+    /// (neither stored nor imported).
+    #[serde(default = "default_ref_size")]
+    pub size: usize,
+}
+
+const fn default_ref_size() -> usize {
+    1000
+}
+
+impl Default for ReferenceConfig {
+    fn default() -> Self {
+        Self {
+            size: default_ref_size(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Correction {
+    /// Divide alpha by the number of tests in the window (family-wise control).
+    #[default]
+    Bonferroni,
+    /// Compare each p-value with alpha as it is.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// Significance level of one window's family of tests.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Multiple-testing correction across the tests of one window.
+    #[serde(default)]
+    pub correction: Correction,
+    /// Severity `critical` when the p-value is this many times below threshold.
+    #[serde(default = "default_critical_factor")]
+    pub critical_factor: f64,
+}
+
+const fn default_alpha() -> f64 {
+    0.01
+}
+const fn default_critical_factor() -> f64 {
+    1e6
+}
+
+impl Default for JudgeConfig {
+    fn default() -> Self {
+        Self {
+            alpha: default_alpha(),
+            correction: Correction::default(),
+            critical_factor: default_critical_factor(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Window size in events for this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_count: Option<usize>,
+    /// Window duration in seconds for this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_secs: Option<u64>,
+    /// Reference size taken from the stream for this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_size: Option<usize>,
+    /// Class names, in the order of `output.probabilities` lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// tracing filter directive, overridden by `RUST_LOG`.
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+}
+
+fn default_log_filter() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            filter: default_log_filter(),
+        }
+    }
+}
+
+/// Window and reference settings of one model, defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSettings {
+    pub window_count: usize,
+    pub window_duration: Option<Duration>,
+    pub reference_size: usize,
+    pub classes: Vec<String>,
+}
+
+impl Config {
+    /// Reads `path` (when given), applies the environment, validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_sources(&text, std::env::vars())
+    }
+
+    /// Builds the config from file text and environment pairs; pure, for tests.
+    pub fn from_sources(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut root: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("MODELWATCH_") && k.contains("__"))
+            .collect();
+        overrides.sort();
+        for (var, value) in overrides {
+            // A value that parses as TOML (a number, a list) is taken typed,
+            // unless only its string form fits the field: a group id `123`.
+            let typed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"));
+            let as_string = toml::Value::String(value.clone());
+            match typed {
+                Some(v) if !matches!(v, toml::Value::String(_)) => {
+                    let mut trial = root.clone();
+                    apply_override(&mut trial, &var, v)?;
+                    let typed_fits = trial.clone().try_into::<Config>().is_ok();
+                    let mut with_string = root.clone();
+                    apply_override(&mut with_string, &var, as_string)?;
+                    root = if !typed_fits && with_string.clone().try_into::<Config>().is_ok() {
+                        with_string
+                    } else {
+                        trial
+                    };
+                }
+                _ => apply_override(&mut root, &var, as_string)?,
+            }
+        }
+        let config: Config = root
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.judge.alpha > 0.0 && self.judge.alpha < 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "judge.alpha must lie in (0, 1), got {}",
+                self.judge.alpha
+            )));
+        }
+        if self.windows.count == 0 && self.windows.duration_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "windows.count and windows.duration_secs cannot both be 0".into(),
+            ));
+        }
+        if self.reference.size < 2 {
+            return Err(ConfigError::Invalid("reference.size must be at least 2".into()));
+        }
+        if self.source.kind == SourceKind::Kafka && self.source.kafka.topics.is_empty() {
+            return Err(ConfigError::Invalid("source.kafka.topics is empty".into()));
+        }
+        for (name, m) in &self.models {
+            if m.window_count == Some(0) && m.window_secs == Some(0) {
+                return Err(ConfigError::Invalid(format!(
+                    "models.{name}: window_count and window_secs cannot both be 0"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective settings of `model`: its overrides over the global defaults.
+    pub fn model_settings(&self, model: &str) -> ModelSettings {
+        let m = self.models.get(model);
+        let secs = m
+            .and_then(|m| m.window_secs)
+            .unwrap_or(self.windows.duration_secs);
+        ModelSettings {
+            window_count: m
+                .and_then(|m| m.window_count)
+                .unwrap_or(self.windows.count),
+            window_duration: (secs > 0).then(|| Duration::from_secs(secs)),
+            reference_size: m
+                .and_then(|m| m.reference_size)
+                .unwrap_or(self.reference.size),
+            classes: m.map(|m| m.classes.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// The effective config as TOML, as `check-config` prints it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn apply_override(root: &mut toml::Table, var: &str, value: toml::Value) -> Result<(), ConfigError> {
+    let path: Vec<String> = var["MODELWATCH_".len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::Env {
+            var: var.into(),
+            reason: "empty path segment".into(),
+        });
+    }
+    let mut table = root;
+    for seg in &path[..path.len() - 1] {
+        let entry = table
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
+            var: var.into(),
+            reason: format!("{seg} is not a table"),
+        })?;
+    }
+    table.insert(path[path.len() - 1].clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let c = Config::from_sources("", []).unwrap();
+        assert_eq!(c.source.kind, SourceKind::Demo);
+        assert_eq!(c.windows.count, 500);
+        assert_eq!(c.engine.device, DeviceChoice::Auto);
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let err = Config::from_sources("[store]\nurll = \"x\"\n", []).unwrap_err();
+        assert!(err.to_string().contains("urll"), "{err}");
+        let err = Config::from_sources("", [("MODELWATCH_STORE__NOPE".into(), "1".into())])
+            .unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = Config::from_sources(
+            "[store]\nurl = \"sqlite:a.db\"\n[windows]\ncount = 10\n",
+            [
+                ("MODELWATCH_STORE__URL".into(), "postgres://x@y/z".into()),
+                ("MODELWATCH_WINDOWS__COUNT".into(), "20".into()),
+                ("MODELWATCH_SOURCE__KAFKA__TOPICS".into(), "[\"a\", \"b\"]".into()),
+                ("MODELWATCH_UNRELATED".into(), "ignored".into()),
+                ("MODELWATCH_SOURCE__KAFKA__GROUP_ID".into(), "123".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.store.url, "postgres://x@y/z");
+        assert_eq!(c.windows.count, 20);
+        assert_eq!(c.source.kafka.topics, vec!["a", "b"]);
+        assert_eq!(c.source.kafka.group_id, "123");
+    }
+
+    #[test]
+    fn model_overrides_apply() {
+        let c = Config::from_sources(
+            "[models.fraud]\nwindow_count = 50\nclasses = [\"ok\", \"fraud\"]\n",
+            [],
+        )
+        .unwrap();
+        let s = c.model_settings("fraud");
+        assert_eq!(s.window_count, 50);
+        assert_eq!(s.reference_size, 1000);
+        assert_eq!(s.classes, vec!["ok", "fraud"]);
+        assert_eq!(c.model_settings("other").window_count, 500);
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = Config::from_sources("[judge]\nalpha = 0.001\n", []).unwrap();
+        let again = Config::from_sources(&c.to_toml(), []).unwrap();
+        assert_eq!(again.judge.alpha, 0.001);
+    }
+
+    #[test]
+    fn shipped_production_config_is_valid() {
+        let text = include_str!("../../deploy/modelwatch.toml");
+        let c = Config::from_sources(text, []).unwrap();
+        assert_eq!(c.source.kind, SourceKind::Kafka);
+        assert_eq!(c.model_settings("fraud-scorer").window_count, 1000);
+    }
+
+    #[test]
+    fn invalid_alpha_is_rejected() {
+        assert!(Config::from_sources("[judge]\nalpha = 2.0\n", []).is_err());
+    }
+}

@@ -1,0 +1,57 @@
+//! Stage 2: raw message bytes become telemetry events.
+//!
+//! A decoder is chosen per topic. `modelwatch-json` is the native format
+//! (`docs/event.schema.json`); serving-system formats plug in beside it.
+
+mod json;
+
+use chrono::{DateTime, Utc};
+
+pub use json::JsonDecoder;
+
+use crate::event::TelemetryEvent;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is not valid json: {0}")]
+    InvalidJson(String),
+    #[error("message does not match the event schema: {0}")]
+    Schema(String),
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
+    #[error("message has no timestamp and the source gave none")]
+    NoTimestamp,
+}
+
+impl DecodeError {
+    /// A stable short reason, used as a metric label and dead-letter header.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::InvalidJson(_) => "invalid_json",
+            DecodeError::Schema(_) => "schema",
+            DecodeError::InvalidValue(_) => "invalid_value",
+            DecodeError::NoTimestamp => "no_timestamp",
+        }
+    }
+}
+
+/// Turns one message payload into zero or more events.
+pub trait Decoder: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// `source_ts` is the transport's timestamp (Kafka's), used for events
+    /// that carry no `ts` of their own.
+    fn decode(
+        &self,
+        payload: &[u8],
+        source_ts: Option<DateTime<Utc>>,
+    ) -> Result<Vec<TelemetryEvent>, DecodeError>;
+}
+
+/// Looks a decoder up by its configured name.
+pub fn by_name(name: &str) -> Option<Box<dyn Decoder>> {
+    match name {
+        "modelwatch-json" => Some(Box::new(JsonDecoder)),
+        _ => None,
+    }
+}

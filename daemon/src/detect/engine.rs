@@ -1,0 +1,245 @@
+//! The burn engine: device choice, warm-up, and the batched kernels the
+//! detectors share. Everything here blocks; callers keep it off the tokio
+//! worker threads.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Bool, Device, DeviceKind, Int, Tensor, TensorData};
+
+use super::DetectError;
+use crate::config::DeviceChoice;
+
+/// Values are clamped into this range before they go to the device as f32, so
+/// that `f32::MAX` is free to pad ragged columns (WGSL may assume no infinities).
+const VALUE_LIMIT: f64 = 1e38;
+const PAD: f32 = f32::MAX;
+
+/// What the engine runs on, as logged at start-up and recorded with scores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// `flex` or `wgpu`.
+    pub backend: &'static str,
+    /// The adapter's own name (`NVIDIA H100 PCIe`, `llvmpipe (LLVM 19...)`) or `cpu`.
+    pub adapter: String,
+    /// The adapter type wgpu reported (`DiscreteGpu`, `Cpu`, ...), or `flex`.
+    pub kind: String,
+}
+
+impl DeviceInfo {
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.backend, self.adapter)
+    }
+}
+
+pub struct Engine {
+    device: Device,
+    info: DeviceInfo,
+    max_tile: usize,
+}
+
+impl Engine {
+    /// Opens the device the config asks for. `auto` takes a discrete GPU when
+    /// wgpu finds one and falls back to flex otherwise; it never settles on a
+    /// software adapter.
+    pub fn open(choice: DeviceChoice, max_tile_elements: usize) -> Result<Self, DetectError> {
+        let max_tile = max_tile_elements.max(1 << 16);
+        let (device, info) = match choice {
+            DeviceChoice::Cpu => flex(),
+            DeviceChoice::Auto => match wgpu_hardware(&[DeviceKind::DiscreteGpu(0)]) {
+                Ok(found) => found,
+                Err(reason) => {
+                    tracing::info!(%reason, "no discrete gpu, scoring on the flex cpu backend");
+                    flex()
+                }
+            },
+            DeviceChoice::Gpu => wgpu_hardware(&[DeviceKind::DiscreteGpu(0), DeviceKind::IntegratedGpu(0)])
+                .map_err(DetectError::Device)?,
+            DeviceChoice::WgpuCpu => wgpu_open(DeviceKind::Cpu).map_err(DetectError::Device)?,
+        };
+        tracing::info!(backend = info.backend, adapter = %info.adapter, kind = %info.kind, "scoring device ready");
+        Ok(Self { device, info, max_tile })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Runs each kernel once on small synthetic data so that shader
+    /// compilation (and autotuning, in the tuned build) happens before the
+    /// first real window.
+    pub fn warmup(&self) -> Result<Duration, DetectError> {
+        let start = Instant::now();
+        let r: Vec<Vec<f64>> = (0..4).map(|f| (0..64).map(|i| (i * (f + 1)) as f64).collect()).collect();
+        let c: Vec<Vec<f64>> = (0..4).map(|f| (0..32).map(|i| (i * (f + 2)) as f64).collect()).collect();
+        self.ks_max_diffs(&r, &c)?;
+        self.category_counts(&[vec![0, 1, 2, 1]], 3)?;
+        self.row_max(&[vec![0.2, 0.8], vec![0.6, 0.4]])?;
+        let took = start.elapsed();
+        tracing::info!(device = %self.info.label(), took_ms = took.as_millis() as u64, "engine warmed up");
+        Ok(took)
+    }
+
+    /// For each column pair, the exact two-sample KS statistic in integer
+    /// form: `max_z |m * #{r <= z} - n * #{c <= z}|` over the pooled values z.
+    /// The O(n (n + m)) comparisons run on the device, tiled by feature and
+    /// by evaluation point; the max over real points is taken on the host.
+    pub fn ks_max_diffs(&self, refs: &[Vec<f64>], curs: &[Vec<f64>]) -> Result<Vec<u64>, DetectError> {
+        assert_eq!(refs.len(), curs.len());
+        let mut out = Vec::with_capacity(refs.len());
+        let n_max = refs.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        // Pad the window side to a power of two so that kernel shapes repeat
+        // across windows (each new shape costs a compile on a GPU).
+        let m_max = curs.iter().map(Vec::len).max().unwrap_or(0).max(1).next_power_of_two();
+        let p = n_max + m_max;
+        let per_feature = (n_max + m_max) * p;
+        let f_tile = (self.max_tile / per_feature).clamp(1, refs.len().max(1));
+        let p_chunk = if per_feature > self.max_tile {
+            (self.max_tile / (n_max + m_max)).max(1)
+        } else {
+            p
+        };
+        for f0 in (0..refs.len()).step_by(f_tile) {
+            let f1 = (f0 + f_tile).min(refs.len());
+            let nf = f1 - f0;
+            let r = self.padded(&refs[f0..f1], n_max);
+            let c = self.padded(&curs[f0..f1], m_max);
+            let z = Tensor::cat(vec![r.clone(), c.clone()], 1);
+            let mut counts_r = vec![0i64; nf * p];
+            let mut counts_c = vec![0i64; nf * p];
+            for k0 in (0..p).step_by(p_chunk) {
+                let k1 = (k0 + p_chunk).min(p);
+                let zc: Tensor<3> = z.clone().narrow(1, k0, k1 - k0).unsqueeze_dim(1);
+                let cr = count_le(r.clone(), zc.clone());
+                let cc = count_le(c.clone(), zc);
+                let both = Tensor::cat(vec![cr, cc], 1);
+                let data = read(both)?;
+                let w = k1 - k0;
+                let vals: Vec<i64> = data.iter::<i64>().collect();
+                for f in 0..nf {
+                    counts_r[f * p + k0..f * p + k1].copy_from_slice(&vals[f * 2 * w..f * 2 * w + w]);
+                    counts_c[f * p + k0..f * p + k1].copy_from_slice(&vals[f * 2 * w + w..f * 2 * w + 2 * w]);
+                }
+            }
+            for f in 0..nf {
+                let (n, m) = (refs[f0 + f].len() as i64, curs[f0 + f].len() as i64);
+                let real = (0..n as usize).chain(n_max..n_max + m as usize);
+                let best = real
+                    .map(|k| (counts_r[f * p + k] * m - counts_c[f * p + k] * n).unsigned_abs())
+                    .max()
+                    .unwrap_or(0);
+                out.push(best);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts of each code `0..k` per column; codes outside that range are ignored.
+    pub fn category_counts(&self, columns: &[Vec<i32>], k: usize) -> Result<Vec<Vec<u64>>, DetectError> {
+        if columns.is_empty() || k == 0 {
+            return Ok(vec![Vec::new(); columns.len()]);
+        }
+        let m = columns.iter().map(Vec::len).max().unwrap_or(0).max(1).next_power_of_two();
+        let f_tile = (self.max_tile / (m * k)).clamp(1, columns.len());
+        let mut out = Vec::with_capacity(columns.len());
+        for chunk in columns.chunks(f_tile) {
+            let nf = chunk.len();
+            let mut flat = vec![-1i32; nf * m];
+            for (f, col) in chunk.iter().enumerate() {
+                flat[f * m..f * m + col.len()].copy_from_slice(col);
+            }
+            let codes: Tensor<3, Int> =
+                Tensor::<2, Int>::from_data(TensorData::new(flat, [nf, m]), &self.device).unsqueeze_dim(2);
+            let classes: Tensor<3, Int> = Tensor::<1, Int>::arange(0..k as i64, &self.device)
+                .reshape([1, 1, k]);
+            let onehot: Tensor<3, Bool> = codes.equal(classes.expand([nf, m, k]));
+            let counts = onehot.int().sum_dim(1);
+            let vals: Vec<i64> = read(counts)?.iter::<i64>().collect();
+            for f in 0..nf {
+                out.push(vals[f * k..(f + 1) * k].iter().map(|&v| v as u64).collect());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The maximum of each row (ragged rows are padded with zeros, which
+    /// cannot win since rows are probabilities).
+    pub fn row_max(&self, rows: &[Vec<f64>]) -> Result<Vec<f64>, DetectError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let width = rows.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let mut flat = vec![0f32; rows.len() * width];
+        for (i, row) in rows.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                flat[i * width + j] = *v as f32;
+            }
+        }
+        let t = Tensor::<2>::from_data(TensorData::new(flat, [rows.len(), width]), &self.device);
+        let max = t.max_dim(1);
+        Ok(read(max)?.iter::<f32>().map(|v| v as f64).collect())
+    }
+
+    fn padded(&self, cols: &[Vec<f64>], width: usize) -> Tensor<2> {
+        let mut flat = vec![PAD; cols.len() * width];
+        for (f, col) in cols.iter().enumerate() {
+            for (i, v) in col.iter().enumerate() {
+                flat[f * width + i] = v.clamp(-VALUE_LIMIT, VALUE_LIMIT) as f32;
+            }
+        }
+        Tensor::from_data(TensorData::new(flat, [cols.len(), width]), &self.device)
+    }
+}
+
+/// `[F, n]` values against `[F, 1, P]` points: `[F, 1, P]` counts of values <= point.
+fn count_le(values: Tensor<2>, points: Tensor<3>) -> Tensor<3, Int> {
+    let v: Tensor<3> = values.unsqueeze_dim(2);
+    v.lower_equal(points).int().sum_dim(1)
+}
+
+fn read<const D: usize, K>(t: Tensor<D, K>) -> Result<TensorData, DetectError>
+where
+    K: burn::tensor::kind::Basic,
+{
+    t.try_into_data()
+        .map_err(|e| DetectError::Device(format!("reading back from the device failed: {e:?}")))
+}
+
+fn flex() -> (Device, DeviceInfo) {
+    (
+        Device::flex(),
+        DeviceInfo { backend: "flex", adapter: "cpu".into(), kind: "flex".into() },
+    )
+}
+
+fn wgpu_hardware(kinds: &[DeviceKind]) -> Result<(Device, DeviceInfo), String> {
+    let mut reasons = Vec::new();
+    for kind in kinds {
+        match wgpu_open(kind.clone()) {
+            Ok((device, info)) if info.kind != "Cpu" => return Ok((device, info)),
+            Ok((_, info)) => reasons.push(format!("{kind:?} is the software adapter {}", info.adapter)),
+            Err(e) => reasons.push(e),
+        }
+    }
+    Err(reasons.join("; "))
+}
+
+fn wgpu_open(kind: DeviceKind) -> Result<(Device, DeviceInfo), String> {
+    // wgpu probing can panic inside drivers on broken installs; a monitor
+    // that cannot get a GPU must still start on the CPU.
+    let attempt = std::panic::catch_unwind(|| {
+        Device::wgpu_options().device_kind(kind.clone()).init_with_setup()
+    });
+    match attempt {
+        Ok(Ok((device, setup))) => {
+            let ai = setup.adapter.get_info();
+            let info = DeviceInfo {
+                backend: "wgpu",
+                adapter: format!("{} ({:?}, {})", ai.name, ai.backend, ai.driver_info).trim().to_string(),
+                kind: format!("{:?}", ai.device_type),
+            };
+            Ok((device, info))
+        }
+        Ok(Err(e)) => Err(format!("wgpu {kind:?}: {e}")),
+        Err(_) => Err(format!("wgpu {kind:?}: adapter probe panicked")),
+    }
+}

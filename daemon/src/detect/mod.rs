@@ -1,0 +1,217 @@
+//! Stage 4: a closed window is scored against its model's reference.
+//!
+//! Each family has a detector: per-feature drift, confidence shift and output
+//! distribution. The bulk work runs on burn (`engine`), the p-values in f64 on
+//! the host (`stats`). Scoring blocks; `Scorer` runs on its own thread.
+
+mod confidence;
+mod drift;
+pub mod engine;
+pub mod frame;
+mod output;
+pub mod stats;
+mod worker;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use engine::{DeviceInfo, Engine};
+pub use frame::{Frame, Schema};
+pub use worker::ScoringHandle;
+
+use crate::event::TelemetryEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error("device error: {0}")]
+    Device(String),
+    #[error("scoring failed: {0}")]
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Drift,
+    Confidence,
+    Output,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Drift => "drift",
+            Family::Confidence => "confidence",
+            Family::Output => "output",
+        }
+    }
+}
+
+/// One statistic for one feature (or output aspect) of one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    pub detector: String,
+    pub family: Family,
+    /// The feature, or the output aspect (`max_probability`, `predicted_class`).
+    pub feature: String,
+    /// `ks` or `chi2`.
+    pub test: String,
+    pub statistic: f64,
+    pub p_value: f64,
+    pub n_reference: usize,
+    pub n_window: usize,
+    /// How the p-value was computed (`exact`, `asymptotic`, `chi2 dof=3`).
+    pub method: String,
+}
+
+/// A model's reference, typed and columnar, ready to score windows against.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub model: String,
+    pub schema: Schema,
+    pub classes: Vec<String>,
+    pub frame: Frame,
+    /// Max probability per reference event, computed once at fit time.
+    pub max_probability: Vec<f64>,
+}
+
+/// A detector of one family.
+pub trait Detector: Send {
+    fn name(&self) -> &'static str;
+    fn score(&self, engine: &Engine, reference: &Reference, window: &Frame) -> Result<Vec<Score>, DetectError>;
+}
+
+/// The engine and the detectors that run on it.
+pub struct Scorer {
+    engine: Engine,
+    detectors: Vec<Box<dyn Detector>>,
+}
+
+impl Scorer {
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            detectors: vec![
+                Box::new(drift::FeatureDrift),
+                Box::new(confidence::ConfidenceShift),
+                Box::new(output::OutputDistribution),
+            ],
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Types the reference events and precomputes what every window reuses.
+    pub fn fit(&self, model: &str, events: &[TelemetryEvent], classes: &[String]) -> Result<Arc<Reference>, DetectError> {
+        let schema = Schema::infer(events);
+        if !schema.mixed.is_empty() {
+            tracing::warn!(model, features = ?schema.mixed, "features of mixed type are not scored");
+        }
+        let frame = Frame::build(events, &schema, classes);
+        let max_probability = self.engine.row_max(&frame.probabilities)?;
+        Ok(Arc::new(Reference {
+            model: model.to_string(),
+            schema,
+            classes: classes.to_vec(),
+            frame,
+            max_probability,
+        }))
+    }
+
+    /// Scores one window with every detector. A panic inside the tensor
+    /// library becomes an error: bad input must never take the daemon down.
+    pub fn score<'a>(
+        &self,
+        reference: &Reference,
+        events: impl IntoIterator<Item = &'a TelemetryEvent>,
+    ) -> Result<Vec<Score>, DetectError> {
+        let window = Frame::build(events, &reference.schema, &reference.classes);
+        let run = std::panic::AssertUnwindSafe(|| {
+            let mut all = Vec::new();
+            for d in &self.detectors {
+                all.extend(d.score(&self.engine, reference, &window)?);
+            }
+            Ok(all)
+        });
+        std::panic::catch_unwind(run).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(DetectError::Failed(format!("tensor operation panicked: {msg}")))
+        })
+    }
+}
+
+/// KS scores for column pairs, batched in one device pass. Pairs where either
+/// side is empty are skipped.
+fn ks_scores(
+    engine: &Engine,
+    detector: &str,
+    family: Family,
+    pairs: Vec<(String, &Vec<f64>, &Vec<f64>)>,
+) -> Result<Vec<Score>, DetectError> {
+    let pairs: Vec<_> = pairs.into_iter().filter(|(_, r, c)| !r.is_empty() && !c.is_empty()).collect();
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let refs: Vec<Vec<f64>> = pairs.iter().map(|(_, r, _)| (*r).clone()).collect();
+    let curs: Vec<Vec<f64>> = pairs.iter().map(|(_, _, c)| (*c).clone()).collect();
+    let diffs = engine.ks_max_diffs(&refs, &curs)?;
+    Ok(pairs
+        .into_iter()
+        .zip(diffs)
+        .map(|((feature, r, c), diff)| {
+            let ks = stats::ks_two_sample(r.len(), c.len(), diff);
+            Score {
+                detector: detector.to_string(),
+                family,
+                feature,
+                test: "ks".into(),
+                statistic: ks.statistic,
+                p_value: ks.p_value,
+                n_reference: r.len(),
+                n_window: c.len(),
+                method: match ks.method {
+                    stats::KsMethod::Exact => "exact".into(),
+                    stats::KsMethod::Asymptotic => "asymptotic".into(),
+                },
+            }
+        })
+        .collect())
+}
+
+/// A chi-squared homogeneity score of two label columns, counted on the device.
+fn chi2_score(
+    engine: &Engine,
+    detector: &str,
+    family: Family,
+    feature: &str,
+    reference: &[String],
+    window: &[String],
+) -> Result<Option<Score>, DetectError> {
+    if reference.is_empty() || window.is_empty() {
+        return Ok(None);
+    }
+    let categories: std::collections::BTreeSet<&String> = reference.iter().chain(window).collect();
+    let index: std::collections::HashMap<&String, i32> =
+        categories.iter().enumerate().map(|(i, c)| (*c, i as i32)).collect();
+    let codes = |col: &[String]| col.iter().map(|c| index[c]).collect::<Vec<i32>>();
+    let counts = engine.category_counts(&[codes(reference), codes(window)], categories.len())?;
+    let result = stats::chi2_homogeneity(&counts[0], &counts[1]);
+    Ok(Some(Score {
+        detector: detector.to_string(),
+        family,
+        feature: feature.to_string(),
+        test: "chi2".into(),
+        statistic: result.statistic,
+        p_value: result.p_value,
+        n_reference: reference.len(),
+        n_window: window.len(),
+        method: format!("chi2 dof={}", result.dof),
+    }))
+}

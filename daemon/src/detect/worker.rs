@@ -1,0 +1,98 @@
+//! The scoring thread: owns the engine so that tensor work never runs on a
+//! tokio worker thread, and serialises use of the device.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::{DetectError, DeviceInfo, Engine, Reference, Score, Scorer};
+use crate::config::EngineConfig;
+use crate::event::TelemetryEvent;
+
+enum Job {
+    Fit {
+        model: String,
+        events: Vec<TelemetryEvent>,
+        classes: Vec<String>,
+        reply: oneshot::Sender<Result<Arc<Reference>, DetectError>>,
+    },
+    Score {
+        reference: Arc<Reference>,
+        events: Vec<TelemetryEvent>,
+        reply: oneshot::Sender<Result<Vec<Score>, DetectError>>,
+    },
+}
+
+#[derive(Clone)]
+pub struct ScoringHandle {
+    jobs: std::sync::mpsc::Sender<Job>,
+    info: DeviceInfo,
+}
+
+impl ScoringHandle {
+    /// Opens the device on a new thread, warms it up when asked, and returns
+    /// once it is ready to score.
+    pub async fn start(config: &EngineConfig) -> Result<Self, DetectError> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let config = config.clone();
+        std::thread::Builder::new()
+            .name("modelwatch-scoring".into())
+            .spawn(move || {
+                let scorer = match Engine::open(config.device, config.max_tile_elements).and_then(|engine| {
+                    if config.warmup {
+                        engine.warmup()?;
+                    }
+                    Ok(Scorer::new(engine))
+                }) {
+                    Ok(s) => {
+                        let _ = ready_tx.send(Ok(s.engine().info().clone()));
+                        s
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(job) = rx.recv() {
+                    match job {
+                        Job::Fit { model, events, classes, reply } => {
+                            let _ = reply.send(scorer.fit(&model, &events, &classes));
+                        }
+                        Job::Score { reference, events, reply } => {
+                            let _ = reply.send(scorer.score(&reference, &events));
+                        }
+                    }
+                }
+            })
+            .map_err(|e| DetectError::Device(format!("cannot start scoring thread: {e}")))?;
+        let info = ready_rx
+            .await
+            .map_err(|_| DetectError::Device("scoring thread exited during start-up".into()))??;
+        Ok(Self { jobs, info })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub async fn fit(&self, model: &str, events: Vec<TelemetryEvent>, classes: Vec<String>) -> Result<Arc<Reference>, DetectError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Fit { model: model.to_string(), events, classes, reply })?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    pub async fn score(&self, reference: Arc<Reference>, events: Vec<TelemetryEvent>) -> Result<Vec<Score>, DetectError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Score { reference, events, reply })?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    fn send(&self, job: Job) -> Result<(), DetectError> {
+        self.jobs.send(job).map_err(|_| gone())
+    }
+}
+
+fn gone() -> DetectError {
+    DetectError::Device("scoring thread is gone".into())
+}

@@ -1,0 +1,168 @@
+//! The built-in source of `modelwatch demo`: a small simulated fleet whose
+//! models drift on a fixed schedule, so that a new user sees every detector
+//! family fire without any service running.
+
+use chrono::{DateTime, Duration, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::RawMessage;
+use crate::config::{Config, ModelConfig};
+use crate::event::SourcePos;
+
+/// A scheduled drift episode: windows `from..=to` (0-based, after the
+/// reference) of `model` are generated shifted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Episode {
+    pub model: &'static str,
+    pub what: &'static str,
+    pub from: i64,
+    pub to: i64,
+}
+
+pub const REFERENCE_SIZE: usize = 500;
+pub const WINDOW_SIZE: usize = 250;
+
+pub struct SimModel {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub classes: &'static [&'static str],
+}
+
+pub const FLEET: [SimModel; 3] = [
+    SimModel { name: "fraud-scorer", version: "v1", classes: &["legit", "fraud"] },
+    SimModel { name: "churn-predictor", version: "v3", classes: &["stay", "churn"] },
+    SimModel { name: "image-classifier", version: "v12", classes: &["cat", "dog", "bird", "car"] },
+];
+
+pub const EPISODES: [Episode; 3] = [
+    Episode { model: "fraud-scorer", what: "input drift: transaction amounts 2.5x larger", from: 4, to: 6 },
+    Episode { model: "churn-predictor", what: "confidence collapse: probabilities pulled to 0.5", from: 7, to: 9 },
+    Episode { model: "image-classifier", what: "output anomaly: 'car' predicted for most inputs", from: 3, to: 5 },
+];
+
+/// The per-model settings the demo runs with.
+pub fn model_configs() -> Vec<(String, ModelConfig)> {
+    FLEET
+        .iter()
+        .map(|m| {
+            (
+                m.name.to_string(),
+                ModelConfig {
+                    window_count: Some(WINDOW_SIZE),
+                    window_secs: Some(0),
+                    reference_size: Some(REFERENCE_SIZE),
+                    classes: m.classes.iter().map(|c| c.to_string()).collect(),
+                },
+            )
+        })
+        .collect()
+}
+
+fn normal(rng: &mut StdRng) -> f64 {
+    // Box-Muller; u1 in (0, 1] keeps the log finite.
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+fn softmax(logits: &[f64]) -> Vec<f64> {
+    let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+    let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|x| (x / s * 1e6).round() / 1e6).collect()
+}
+
+fn in_episode(model: &str, window: i64) -> bool {
+    EPISODES.iter().any(|e| e.model == model && (e.from..=e.to).contains(&window))
+}
+
+/// One simulated event of `model` as its JSON payload; `i` counts that model's events.
+fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> serde_json::Value {
+    let window = if i < REFERENCE_SIZE { -1 } else { ((i - REFERENCE_SIZE) / WINDOW_SIZE) as i64 };
+    let shifted = in_episode(model.name, window);
+    let (features, probs) = match model.name {
+        "fraud-scorer" => {
+            let amount = (3.5 + 0.8 * normal(rng)).exp() * if shifted { 2.5 } else { 1.0 };
+            let age = (38.0 + 12.0 * normal(rng)).clamp(18.0, 90.0).round();
+            let country = ["US", "US", "DE", "FR", "BR", "US", "DE", "US"][rng.random_range(0..8)];
+            let logit = -3.0 + 0.01 * amount - 0.01 * age;
+            (json!({"amount": (amount * 100.0).round() / 100.0, "age": age, "country": country}), softmax(&[0.0, logit]))
+        }
+        "churn-predictor" => {
+            let tenure = rng.random_range(1..72) as f64;
+            let spend = (60.0 + 25.0 * normal(rng)).max(5.0).round();
+            let plan = ["basic", "pro", "enterprise"][rng.random_range(0..3)];
+            let mut logit = 1.5 - 0.05 * tenure + 0.01 * spend + 1.2 * normal(rng);
+            if shifted {
+                logit *= 0.1;
+            }
+            (json!({"tenure_months": tenure, "monthly_spend": spend, "plan": plan}), softmax(&[0.0, logit]))
+        }
+        _ => {
+            let brightness = (0.5 + 0.15 * normal(rng)).clamp(0.0, 1.0);
+            let mut logits: Vec<f64> = (0..4).map(|_| 2.0 * normal(rng)).collect();
+            if shifted && rng.random::<f64>() < 0.7 {
+                logits[3] += 8.0;
+            }
+            (json!({"brightness": (brightness * 1000.0).round() / 1000.0}), softmax(&logits))
+        }
+    };
+    json!({
+        "model": model.name,
+        "model_version": model.version,
+        "ts": ts.to_rfc3339(),
+        "request_id": format!("{}-{i}", model.name),
+        "client_id": format!("client-{}", rng.random_range(0..20)),
+        "features": features,
+        "output": {"probabilities": probs},
+    })
+}
+
+pub fn start(config: &Config, tx: mpsc::Sender<RawMessage>, cancel: CancellationToken) {
+    let windows = config.source.demo.windows_per_model;
+    let seed = config.source.demo.seed;
+    tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let per_model = REFERENCE_SIZE + windows * WINDOW_SIZE;
+        let t0: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().expect("valid constant");
+        let mut offset = 0i64;
+        for i in 0..per_model {
+            for model in &FLEET {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                let ts = t0 + Duration::milliseconds(500 * i as i64);
+                let payload = serde_json::to_vec(&event(&mut rng, model, i, ts)).unwrap_or_default();
+                let msg = RawMessage {
+                    payload,
+                    key: Some(model.name.as_bytes().to_vec()),
+                    timestamp: Some(ts),
+                    topic: "demo".into(),
+                    pos: SourcePos { stream: "demo".into(), offset },
+                };
+                offset += 1;
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            // One malformed message mid-stream shows the dead-letter path.
+            if i == REFERENCE_SIZE + WINDOW_SIZE / 2 {
+                let msg = RawMessage {
+                    payload: br#"{"model": "fraud-scorer", "features": {"amount": "#.to_vec(),
+                    key: None,
+                    timestamp: Some(t0),
+                    topic: "demo".into(),
+                    pos: SourcePos { stream: "demo".into(), offset },
+                };
+                offset += 1;
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,147 @@
+//! Kafka consumer-group source (librdkafka, bundled).
+//!
+//! Offsets are stored explicitly (`enable.auto.offset.store=false`) and only
+//! for positions the pipeline acknowledged as durable; librdkafka commits the
+//! stored offsets in the background, and synchronously on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{IngestError, RawMessage};
+use crate::config::KafkaConfig;
+use crate::event::SourcePos;
+
+pub struct KafkaControl {
+    consumer: Arc<StreamConsumer>,
+    producer: FutureProducer,
+    dead_letter_topic: String,
+}
+
+/// `topic/partition`, the stream name of a Kafka partition.
+pub fn stream_name(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+fn split_stream(stream: &str) -> Option<(&str, i32)> {
+    let (topic, partition) = stream.rsplit_once('/')?;
+    Some((topic, partition.parse().ok()?))
+}
+
+impl KafkaControl {
+    pub fn store_offset(&self, stream: &str, next_offset: i64) {
+        let Some((topic, partition)) = split_stream(stream) else {
+            tracing::error!(stream, "acknowledged position is not a kafka partition");
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(next_offset)) {
+            tracing::error!(stream, error = %e, "cannot build offset list");
+            return;
+        }
+        // Fails when the partition was revoked meanwhile; its new owner
+        // resumes from the last commit, and stored progress skips what we wrote.
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            tracing::warn!(stream, next_offset, error = %e, "cannot store offset");
+        }
+    }
+
+    pub fn commit_now(&self) {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("committed consumer offsets"),
+            Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
+        }
+    }
+
+    pub async fn dead_letter(&self, msg: &RawMessage, reason: &str, detail: &str) -> Result<(), IngestError> {
+        let (topic, partition) = split_stream(&msg.pos.stream).unwrap_or((&msg.topic, -1));
+        let partition = partition.to_string();
+        let offset = msg.pos.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "modelwatch.reason", value: Some(reason) })
+            .insert(Header { key: "modelwatch.error", value: Some(detail) })
+            .insert(Header { key: "modelwatch.source.topic", value: Some(topic) })
+            .insert(Header { key: "modelwatch.source.partition", value: Some(&partition) })
+            .insert(Header { key: "modelwatch.source.offset", value: Some(&offset) });
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.dead_letter_topic).payload(msg.payload.as_slice()).headers(headers);
+        if let Some(k) = &msg.key {
+            record = record.key(k.as_slice());
+        }
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| IngestError::DeadLetter(e.to_string()))
+    }
+}
+
+pub fn start(config: &KafkaConfig, tx: mpsc::Sender<RawMessage>, cancel: CancellationToken) -> Result<KafkaControl, IngestError> {
+    let mut consumer_cfg = ClientConfig::new();
+    consumer_cfg
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    let mut producer_cfg = ClientConfig::new();
+    producer_cfg
+        .set("bootstrap.servers", &config.brokers)
+        .set("enable.idempotence", "false")
+        .set("acks", "all");
+    // Pass-through properties win over our defaults, except the two that
+    // at-least-once delivery depends on.
+    for (k, v) in &config.properties {
+        if k == "enable.auto.offset.store" {
+            tracing::warn!(property = %k, "ignored: offsets are stored only after durable writes");
+            continue;
+        }
+        consumer_cfg.set(k, v);
+        if !k.starts_with("group.") && !k.starts_with("auto.") && !k.starts_with("enable.auto") {
+            producer_cfg.set(k, v);
+        }
+    }
+    let consumer: StreamConsumer = consumer_cfg.create()?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let consumer = Arc::new(consumer);
+    let producer: FutureProducer = producer_cfg.create()?;
+    tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?config.topics, "kafka source subscribed");
+
+    let reader = consumer.clone();
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => break,
+                m = reader.recv() => m,
+            };
+            let msg = match next {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka receive error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let raw = RawMessage {
+                payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                key: msg.key().map(<[u8]>::to_vec),
+                timestamp: msg.timestamp().to_millis().and_then(DateTime::<Utc>::from_timestamp_millis),
+                topic: msg.topic().to_string(),
+                pos: SourcePos { stream: stream_name(msg.topic(), msg.partition()), offset: msg.offset() },
+            };
+            if tx.send(raw).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(KafkaControl { consumer, producer, dead_letter_topic: config.dead_letter_topic.clone() })
+}

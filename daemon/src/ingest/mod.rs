@@ -1,0 +1,98 @@
+//! Stage 1: where messages enter. Each source runs as a task that sends raw
+//! messages down a channel; its `SourceControl` takes acknowledgements
+//! (positions that are durable) and dead letters back upstream.
+
+pub mod ack;
+pub mod demo;
+pub mod file;
+pub mod kafka;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SourceKind};
+use crate::event::SourcePos;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("kafka error: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("io error on {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("dead-letter delivery failed: {0}")]
+    DeadLetter(String),
+}
+
+/// One message as it arrived, before decoding.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub payload: Vec<u8>,
+    pub key: Option<Vec<u8>>,
+    /// The transport's timestamp, used for events without `ts`.
+    pub timestamp: Option<DateTime<Utc>>,
+    /// The topic (or file) it came from; selects the decoder.
+    pub topic: String,
+    pub pos: SourcePos,
+}
+
+/// Acknowledgement and dead-letter handling, per source kind.
+pub enum SourceControl {
+    Kafka(kafka::KafkaControl),
+    File(file::FileControl),
+    Demo,
+}
+
+impl SourceControl {
+    /// Records that everything before `next_offset` on `stream` is durable.
+    pub fn acknowledge(&self, stream: &str, next_offset: i64) {
+        match self {
+            SourceControl::Kafka(k) => k.store_offset(stream, next_offset),
+            SourceControl::File(_) | SourceControl::Demo => {}
+        }
+    }
+
+    /// Sends an undecodable message to the dead-letter destination and
+    /// returns once it is durable there.
+    pub async fn dead_letter(&self, msg: &RawMessage, reason: &str, detail: &str) -> Result<(), IngestError> {
+        match self {
+            SourceControl::Kafka(k) => k.dead_letter(msg, reason, detail).await,
+            SourceControl::File(f) => f.dead_letter(msg, reason, detail).await,
+            SourceControl::Demo => Ok(()),
+        }
+    }
+
+    /// Commits acknowledged positions synchronously (shutdown).
+    pub fn flush(&self) {
+        if let SourceControl::Kafka(k) = self {
+            k.commit_now();
+        }
+    }
+}
+
+/// A started source: its messages and its control.
+pub struct Source {
+    pub messages: mpsc::Receiver<RawMessage>,
+    pub control: SourceControl,
+    /// Finite sources (file, demo) end; Kafka runs until cancelled.
+    pub finite: bool,
+}
+
+/// Starts the configured source.
+pub fn start(config: &Config, cancel: CancellationToken) -> Result<Source, IngestError> {
+    let (tx, rx) = mpsc::channel(1024);
+    match config.source.kind {
+        SourceKind::Kafka => {
+            let control = kafka::start(&config.source.kafka, tx, cancel)?;
+            Ok(Source { messages: rx, control: SourceControl::Kafka(control), finite: false })
+        }
+        SourceKind::File => {
+            let control = file::start(&config.source.file, tx, cancel)?;
+            Ok(Source { messages: rx, control: SourceControl::File(control), finite: true })
+        }
+        SourceKind::Demo => {
+            demo::start(config, tx, cancel);
+            Ok(Source { messages: rx, control: SourceControl::Demo, finite: true })
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! modelwatch: a real-time AI behaviour monitor.
+//!
+//! The modules follow the pipeline, in the order data flows:
+//! `ingest` (sources) -> `decode` -> `window` -> `detect` (burn) -> `judge`
+//! -> `store` -> `notify`; `pipeline` drives them, `telemetry` watches the
+//! monitor itself, `config` and `cli` sit at the edges.
+
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod detect;
+pub mod event;
+pub mod ingest;
+pub mod judge;
+pub mod notify;
+pub mod pipeline;
+pub mod store;
+pub mod telemetry;
+pub mod window;

@@ -1,0 +1,321 @@
+//! The pipeline: ingest -> decode -> window -> detect -> judge -> store ->
+//! notify, driven by one loop. Positions are acknowledged upstream only once
+//! everything they produced is durable.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::decode::{self, Decoder};
+use crate::detect::{DetectError, Reference, ScoringHandle};
+use crate::event::{Positioned, TelemetryEvent};
+use crate::ingest::ack::OffsetTracker;
+use crate::ingest::{IngestError, RawMessage, Source, SourceControl};
+use crate::judge;
+use crate::notify;
+use crate::store::{self, Store, StoreError};
+use crate::telemetry::Stats;
+use crate::window::{self, ClosedWindow, Progress, ReferenceBuilder, WindowKey, WindowSettings, Windower};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("invalid config: {0}")]
+    Config(String),
+    #[error("shut down while work was pending")]
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PipelineOptions {
+    /// Print each new alert on stdout (interactive commands).
+    pub print_alerts: bool,
+}
+
+struct ModelState {
+    reference: Option<Arc<Reference>>,
+    builder: Option<ReferenceBuilder>,
+    /// Stream positions already inside the stored reference.
+    reference_progress: Progress,
+}
+
+pub struct Pipeline {
+    config: Arc<Config>,
+    store: Store,
+    scoring: ScoringHandle,
+    decoders: HashMap<String, Box<dyn Decoder>>,
+    default_decoder: Box<dyn Decoder>,
+    tracker: OffsetTracker,
+    windower: Windower,
+    models: HashMap<String, ModelState>,
+    stats: Arc<Stats>,
+    options: PipelineOptions,
+}
+
+impl Pipeline {
+    pub fn new(config: Arc<Config>, store: Store, scoring: ScoringHandle, options: PipelineOptions) -> Result<Self, PipelineError> {
+        let mut decoders = HashMap::new();
+        for (topic, name) in &config.source.kafka.decoders {
+            let d = decode::by_name(name)
+                .ok_or_else(|| PipelineError::Config(format!("unknown decoder {name:?} for topic {topic}")))?;
+            decoders.insert(topic.clone(), d);
+        }
+        Ok(Self {
+            config,
+            store,
+            scoring,
+            decoders,
+            default_decoder: Box::new(decode::JsonDecoder),
+            tracker: OffsetTracker::default(),
+            windower: Windower::default(),
+            models: HashMap::new(),
+            stats: Arc::new(Stats::default()),
+            options,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Runs until the source ends (file, demo) or `cancel` fires (Kafka).
+    /// A finite source's last partial windows are scored; on cancellation
+    /// they are not, and their positions stay unacknowledged for the replay.
+    pub async fn run(mut self, mut source: Source, cancel: CancellationToken) -> Result<Arc<Stats>, PipelineError> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let result = loop {
+            let step = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break Ok(()),
+                m = source.messages.recv() => match m {
+                    Some(msg) => self.handle(msg, &source.control, &cancel).await,
+                    None => break self.finish(source.finite, &cancel).await,
+                },
+                _ = tick.tick() => self.flush_idle(&cancel).await,
+            };
+            if let Err(e) = step {
+                break Err(e);
+            }
+            self.acknowledge(&source.control);
+        };
+        self.acknowledge(&source.control);
+        source.control.flush();
+        match result {
+            Ok(()) | Err(PipelineError::Cancelled) => {
+                tracing::info!(held_positions = self.tracker.held(), "pipeline stopped");
+                Ok(self.stats)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn finish(&mut self, finite: bool, cancel: &CancellationToken) -> Result<(), PipelineError> {
+        if !finite {
+            return Ok(());
+        }
+        for (model, state) in &self.models {
+            if let Some(b) = &state.builder {
+                tracing::warn!(model = %model, have = b.events.len(), need = b.target, "stream ended before the reference was complete; nothing scored");
+            }
+        }
+        for w in self.windower.drain() {
+            self.process(w, cancel).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_idle(&mut self, cancel: &CancellationToken) -> Result<(), PipelineError> {
+        for w in self.windower.flush_idle(Instant::now()) {
+            self.process(w, cancel).await?;
+        }
+        Ok(())
+    }
+
+    fn acknowledge(&mut self, control: &SourceControl) {
+        for (stream, next) in self.tracker.advanced() {
+            control.acknowledge(&stream, next);
+        }
+    }
+
+    async fn handle(&mut self, msg: RawMessage, control: &SourceControl, cancel: &CancellationToken) -> Result<(), PipelineError> {
+        Stats::add(&self.stats.messages, 1);
+        self.tracker.hold(&msg.pos);
+        let decoder = self.decoders.get(&msg.topic).unwrap_or(&self.default_decoder);
+        match decoder.decode(&msg.payload, msg.timestamp) {
+            Err(e) => {
+                self.stats.reject(e.reason());
+                let detail = e.to_string();
+                retry("dead-letter delivery", cancel, || control.dead_letter(&msg, e.reason(), &detail)).await?;
+            }
+            Ok(events) => {
+                Stats::add(&self.stats.events, events.len() as u64);
+                for event in events {
+                    self.route(Positioned { event, pos: msg.pos.clone() }, cancel).await?;
+                }
+            }
+        }
+        self.tracker.release(&msg.pos);
+        Ok(())
+    }
+
+    async fn route(&mut self, item: Positioned, cancel: &CancellationToken) -> Result<(), PipelineError> {
+        let model = item.event.model.clone();
+        if !self.models.contains_key(&model) {
+            self.load_model(&model, cancel).await?;
+        }
+        let Some(state) = self.models.get_mut(&model) else { return Ok(()) };
+        if state.reference_progress.covers(&item.pos) {
+            Stats::add(&self.stats.replayed_events, 1);
+            return Ok(());
+        }
+        if state.reference.is_none() {
+            self.tracker.hold(&item.pos);
+            Stats::add(&self.stats.reference_events, 1);
+            let size = self.config.model_settings(&model).reference_size;
+            let complete = state.builder.get_or_insert_with(|| ReferenceBuilder::new(size)).push(item);
+            if complete {
+                self.complete_reference(&model, cancel).await?;
+            }
+            return Ok(());
+        }
+        let key = WindowKey { model: model.clone(), version: item.event.version_key().to_string() };
+        if !self.windower.knows(&key) {
+            let store = self.store.clone();
+            let scope = store::version_scope(&key.version);
+            let high_water = retry("loading window progress", cancel, || store.load_progress(&model, &scope)).await?;
+            let next_seq = retry("loading window sequence", cancel, || store.next_window_seq(&key.model, &key.version)).await?;
+            let s = self.config.model_settings(&model);
+            let settings = WindowSettings { count: s.window_count, duration: s.window_duration };
+            self.windower.add_key(key.clone(), settings, Progress { next_seq, high_water });
+        }
+        if self.windower.covered(&key, &item.pos) {
+            Stats::add(&self.stats.replayed_events, 1);
+            return Ok(());
+        }
+        self.tracker.hold(&item.pos);
+        for w in self.windower.push(&key, item, Instant::now()) {
+            self.process(w, cancel).await?;
+        }
+        Ok(())
+    }
+
+    async fn load_model(&mut self, model: &str, cancel: &CancellationToken) -> Result<(), PipelineError> {
+        let store = self.store.clone();
+        let stored = retry("loading reference", cancel, || store.load_reference(model)).await?;
+        let high_water = retry("loading reference progress", cancel, || store.load_progress(model, store::REFERENCE_SCOPE)).await?;
+        let reference = match stored {
+            Some(r) => {
+                tracing::info!(model, origin = %r.origin, events = r.events.len(), "using stored reference");
+                Some(self.fit(model, r.events).await?)
+            }
+            None => None,
+        };
+        self.models.insert(
+            model.to_string(),
+            ModelState { reference, builder: None, reference_progress: Progress { next_seq: 0, high_water } },
+        );
+        Ok(())
+    }
+
+    async fn fit(&self, model: &str, events: Vec<TelemetryEvent>) -> Result<Arc<Reference>, PipelineError> {
+        let classes = self.config.model_settings(model).classes;
+        Ok(self.scoring.fit(model, events, classes).await?)
+    }
+
+    async fn complete_reference(&mut self, model: &str, cancel: &CancellationToken) -> Result<(), PipelineError> {
+        let Some(builder) = self.models.get_mut(model).and_then(|s| s.builder.take()) else { return Ok(()) };
+        let events: Vec<TelemetryEvent> = builder.events.iter().map(|p| p.event.clone()).collect();
+        let high_water = window::high_water(builder.events.iter().map(|p| &p.pos));
+        let store = self.store.clone();
+        let inserted = retry("storing reference", cancel, || store.save_reference(model, "stream", &events, &high_water, false)).await?;
+        let events = if inserted {
+            tracing::info!(model, events = events.len(), "reference taken from the stream");
+            events
+        } else {
+            // Another instance stored one first: use it, so that all agree.
+            let stored = retry("loading reference", cancel, || store.load_reference(model)).await?;
+            stored.map(|r| r.events).unwrap_or(events)
+        };
+        let reference = self.fit(model, events).await?;
+        if let Some(state) = self.models.get_mut(model) {
+            state.reference = Some(reference);
+            for (stream, hw) in high_water {
+                let e = state.reference_progress.high_water.entry(stream).or_insert(hw);
+                *e = (*e).max(hw);
+            }
+        }
+        for p in &builder.events {
+            self.tracker.release(&p.pos);
+        }
+        Ok(())
+    }
+
+    async fn process(&mut self, w: ClosedWindow, cancel: &CancellationToken) -> Result<(), PipelineError> {
+        let Some(reference) = self.models.get(&w.key.model).and_then(|s| s.reference.clone()) else {
+            debug_assert!(false, "window without reference");
+            return Ok(());
+        };
+        let events: Vec<TelemetryEvent> = w.events.iter().map(|p| p.event.clone()).collect();
+        let started = Instant::now();
+        let scores = self.scoring.score(reference, events).await.map_err(|e| e.to_string());
+        if let Err(e) = &scores {
+            Stats::add(&self.stats.windows_failed, 1);
+            tracing::error!(model = %w.key.model, version = %w.key.version, window = w.seq, error = %e, "scoring failed; window stored with its error");
+        }
+        let verdict = judge::verdict(&self.config.judge, &w, self.scoring.info().label(), scores);
+        let store = self.store.clone();
+        let new_alerts = retry("storing window", cancel, || store.persist_window(&verdict)).await?;
+        tracing::debug!(
+            model = %w.key.model, version = %w.key.version, window = w.seq, events = w.events.len(),
+            scores = verdict.judged.len(), alerts = new_alerts.len(), took_ms = started.elapsed().as_millis() as u64,
+            "window scored"
+        );
+        Stats::add(&self.stats.windows, 1);
+        Stats::add(&self.stats.scores, verdict.judged.len() as u64);
+        Stats::add(&self.stats.alerts, new_alerts.len() as u64);
+        for a in &new_alerts {
+            notify::log_alert(a);
+            if self.options.print_alerts {
+                notify::print_alert(a);
+            }
+        }
+        for p in &w.events {
+            self.tracker.release(&p.pos);
+        }
+        Ok(())
+    }
+}
+
+/// Retries a fallible step with exponential backoff until it succeeds or the
+/// daemon shuts down: an outage of the store or the dead-letter topic pauses
+/// the stream instead of losing data.
+async fn retry<T, E, F, Fut>(what: &str, cancel: &CancellationToken, mut f: F) -> Result<T, PipelineError>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                tracing::warn!(step = what, error = %e, retry_in_ms = delay.as_millis() as u64, "step failed, retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(PipelineError::Cancelled),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Stage 3: events are grouped into tumbling windows per (model, version),
+//! closed by count or by time, whichever comes first. A model's first events
+//! form its reference when it has none.
+//!
+//! Window numbers and the positions already covered by stored windows come
+//! from the store (`Progress`), so a replay after a crash neither re-scores
+//! a stored window nor counts an event twice.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::event::{Positioned, SourcePos};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WindowKey {
+    pub model: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Count,
+    EventTime,
+    Idle,
+    EndOfStream,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Count => "count",
+            CloseReason::EventTime => "event_time",
+            CloseReason::Idle => "idle",
+            CloseReason::EndOfStream => "end_of_stream",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClosedWindow {
+    pub key: WindowKey,
+    pub seq: i64,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub reason: CloseReason,
+    pub events: Vec<Positioned>,
+}
+
+impl ClosedWindow {
+    /// The highest offset per stream among the window's events.
+    pub fn high_water(&self) -> HashMap<String, i64> {
+        high_water(self.events.iter().map(|e| &e.pos))
+    }
+}
+
+pub fn high_water<'a>(positions: impl Iterator<Item = &'a SourcePos>) -> HashMap<String, i64> {
+    let mut hw: HashMap<String, i64> = HashMap::new();
+    for p in positions {
+        let e = hw.entry(p.stream.clone()).or_insert(p.offset);
+        *e = (*e).max(p.offset);
+    }
+    hw
+}
+
+/// What the store already holds for a key: the next window number, and per
+/// stream the highest offset whose events are inside stored windows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    pub next_seq: i64,
+    pub high_water: HashMap<String, i64>,
+}
+
+impl Progress {
+    pub fn covers(&self, pos: &SourcePos) -> bool {
+        self.high_water.get(&pos.stream).is_some_and(|&hw| pos.offset <= hw)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowSettings {
+    pub count: usize,
+    pub duration: Option<Duration>,
+}
+
+struct Open {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    opened_at: Instant,
+    events: Vec<Positioned>,
+}
+
+struct KeyState {
+    settings: WindowSettings,
+    progress: Progress,
+    next_seq: i64,
+    open: Option<Open>,
+}
+
+#[derive(Default)]
+pub struct Windower {
+    keys: HashMap<WindowKey, KeyState>,
+}
+
+impl Windower {
+    pub fn knows(&self, key: &WindowKey) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    /// Registers a key with its settings and stored progress.
+    pub fn add_key(&mut self, key: WindowKey, settings: WindowSettings, progress: Progress) {
+        let next_seq = progress.next_seq;
+        self.keys.insert(key, KeyState { settings, progress, next_seq, open: None });
+    }
+
+    /// Whether the event at `pos` is already inside a stored window of `key`.
+    pub fn covered(&self, key: &WindowKey, pos: &SourcePos) -> bool {
+        self.keys.get(key).is_some_and(|s| s.progress.covers(pos))
+    }
+
+    /// Adds an event of a registered key; returns the windows it closed.
+    pub fn push(&mut self, key: &WindowKey, item: Positioned, now: Instant) -> Vec<ClosedWindow> {
+        let Some(state) = self.keys.get_mut(key) else {
+            debug_assert!(false, "push for an unregistered key");
+            return Vec::new();
+        };
+        let mut closed = Vec::new();
+        let ts = item.event.ts;
+        if let (Some(open), Some(d)) = (&state.open, state.settings.duration) {
+            let limit = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+            if ts >= open.start + limit {
+                closed.extend(close(key, state, CloseReason::EventTime));
+            }
+        }
+        let open = state.open.get_or_insert_with(|| Open { start: ts, end: ts, opened_at: now, events: Vec::new() });
+        open.start = open.start.min(ts);
+        open.end = open.end.max(ts);
+        open.events.push(item);
+        if state.settings.count > 0 && open.events.len() >= state.settings.count {
+            closed.extend(close(key, state, CloseReason::Count));
+        }
+        closed
+    }
+
+    /// Closes windows that have been open longer than their duration on the
+    /// wall clock, so that a quiet model still gets its window scored.
+    pub fn flush_idle(&mut self, now: Instant) -> Vec<ClosedWindow> {
+        let mut closed = Vec::new();
+        for (key, state) in self.keys.iter_mut() {
+            let due = match (&state.open, state.settings.duration) {
+                (Some(open), Some(d)) => now.duration_since(open.opened_at) >= d,
+                _ => false,
+            };
+            if due {
+                closed.extend(close(key, state, CloseReason::Idle));
+            }
+        }
+        closed.sort_by(|a, b| (&a.key, a.seq).cmp(&(&b.key, b.seq)));
+        closed
+    }
+
+    /// Closes every open window (end of a finite source).
+    pub fn drain(&mut self) -> Vec<ClosedWindow> {
+        let mut closed: Vec<ClosedWindow> = self
+            .keys
+            .iter_mut()
+            .filter_map(|(key, state)| close(key, state, CloseReason::EndOfStream))
+            .collect();
+        closed.sort_by(|a, b| (&a.key, a.seq).cmp(&(&b.key, b.seq)));
+        closed
+    }
+}
+
+fn close(key: &WindowKey, state: &mut KeyState, reason: CloseReason) -> Option<ClosedWindow> {
+    let open = state.open.take()?;
+    let seq = state.next_seq;
+    state.next_seq += 1;
+    Some(ClosedWindow { key: key.clone(), seq, start: open.start, end: open.end, reason, events: open.events })
+}
+
+/// Collects a model's first events into its reference.
+pub struct ReferenceBuilder {
+    pub target: usize,
+    pub events: Vec<Positioned>,
+}
+
+impl ReferenceBuilder {
+    pub fn new(target: usize) -> Self {
+        Self { target, events: Vec::with_capacity(target.min(100_000)) }
+    }
+
+    /// Adds an event; true once the reference is complete.
+    pub fn push(&mut self, item: Positioned) -> bool {
+        self.events.push(item);
+        self.events.len() >= self.target
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::TelemetryEvent;
+
+    fn item(offset: i64, secs: i64) -> Positioned {
+        let ts = DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap();
+        let event: TelemetryEvent =
+            serde_json::from_value(serde_json::json!({"model": "m", "ts": ts.to_rfc3339()})).unwrap();
+        Positioned { event, pos: SourcePos { stream: "t/0".into(), offset } }
+    }
+
+    fn key() -> WindowKey {
+        WindowKey { model: "m".into(), version: String::new() }
+    }
+
+    #[test]
+    fn closes_by_count_then_by_event_time() {
+        let mut w = Windower::default();
+        let settings = WindowSettings { count: 3, duration: Some(Duration::from_secs(60)) };
+        w.add_key(key(), settings, Progress { next_seq: 5, ..Progress::default() });
+        let now = Instant::now();
+        assert!(w.push(&key(), item(0, 0), now).is_empty());
+        assert!(w.push(&key(), item(1, 1), now).is_empty());
+        let c = w.push(&key(), item(2, 2), now);
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].seq, c[0].events.len(), c[0].reason), (5, 3, CloseReason::Count));
+        assert!(w.push(&key(), item(3, 10), now).is_empty());
+        let c = w.push(&key(), item(4, 71), now);
+        assert_eq!((c[0].seq, c[0].events.len(), c[0].reason), (6, 1, CloseReason::EventTime));
+        let c = w.drain();
+        assert_eq!((c[0].seq, c[0].events.len()), (7, 1));
+        assert_eq!(c[0].high_water()["t/0"], 4);
+    }
+
+    #[test]
+    fn idle_windows_flush_on_the_wall_clock() {
+        let mut w = Windower::default();
+        w.add_key(key(), WindowSettings { count: 100, duration: Some(Duration::from_secs(5)) }, Progress::default());
+        let t0 = Instant::now();
+        w.push(&key(), item(0, 0), t0);
+        assert!(w.flush_idle(t0 + Duration::from_secs(4)).is_empty());
+        let c = w.flush_idle(t0 + Duration::from_secs(5));
+        assert_eq!((c.len(), c[0].reason), (1, CloseReason::Idle));
+    }
+
+    #[test]
+    fn progress_covers_stored_positions() {
+        let mut p = Progress::default();
+        p.high_water.insert("t/0".into(), 10);
+        assert!(p.covers(&SourcePos { stream: "t/0".into(), offset: 10 }));
+        assert!(!p.covers(&SourcePos { stream: "t/0".into(), offset: 11 }));
+        assert!(!p.covers(&SourcePos { stream: "t/1".into(), offset: 0 }));
+    }
+}

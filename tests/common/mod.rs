@@ -1,0 +1,241 @@
+//! Shared harness of the integration tests: the real broker and database
+//! that `tests/run.sh` started, synthetic telemetry, and the daemon binary.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::postgres::PgPool;
+use sqlx::Row;
+
+/// The broker `tests/run.sh` started.
+pub fn brokers() -> String {
+    std::env::var("MODELWATCH_TEST_BROKERS")
+        .expect("MODELWATCH_TEST_BROKERS is unset: run the suite with tests/run.sh, which starts a broker")
+}
+
+/// An admin URL of the PostgreSQL server `tests/run.sh` ensured.
+pub fn postgres_admin_url() -> String {
+    std::env::var("MODELWATCH_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A name no other test or run uses: process id, time and a counter.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}_{}_{nanos:x}_{k}", std::process::id())
+}
+
+/// A fresh database for one test, dropped by nobody: names are unique and
+/// the test server is disposable.
+pub async fn fresh_database(name: &str) -> String {
+    let admin = PgPool::connect(&postgres_admin_url()).await.expect("postgres reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let base = postgres_admin_url();
+    let cut = base.rfind('/').expect("database url has a path");
+    format!("{}/{name}", &base[..cut])
+}
+
+pub async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let res = admin
+        .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .expect("create topics request");
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("acks", "all")
+        .create()
+        .expect("producer")
+}
+
+pub async fn produce(producer: &FutureProducer, topic: &str, payloads: &[String]) {
+    for p in payloads {
+        producer
+            .send(FutureRecord::to(topic).payload(p.as_str()).key("k"), Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    }
+}
+
+/// Telemetry of model `credit`: `reference` events, then `windows` windows of
+/// `window` events each, where windows in `shifted` have feature `x1` moved
+/// by 1.5 standard deviations. Features `x2` and `segment` never move.
+pub fn telemetry(seed: u64, reference: usize, window: usize, windows: usize, shifted: std::ops::Range<usize>) -> Vec<String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut normal = move || {
+        let u1: f64 = 1.0 - rng.random::<f64>();
+        let u2: f64 = rng.random::<f64>();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos(), u2)
+    };
+    let total = reference + window * windows;
+    (0..total)
+        .map(|i| {
+            let w = i.checked_sub(reference).map(|j| j / window);
+            let shift = if w.is_some_and(|w| shifted.contains(&w)) { 1.5 } else { 0.0 };
+            let (x1, _) = normal();
+            let (x2, u) = normal();
+            let segment = ["retail", "smb", "corporate"][(u * 3.0) as usize % 3];
+            let p = 0.2 + 0.6 * u;
+            serde_json::json!({
+                "model": "credit",
+                "model_version": "v1",
+                "ts": format!("2026-03-01T00:{:02}:{:02}Z", (i / 60) % 60, i % 60),
+                "request_id": format!("req-{i}"),
+                "features": {"x1": ((x1 + shift) * 1000.0).round() / 1000.0, "x2": ((5.0 + 2.0 * x2) * 1000.0).round() / 1000.0, "segment": segment},
+                "output": {"probabilities": [1.0 - p, p]},
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+pub fn daemon_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_modelwatch"))
+}
+
+/// Writes a daemon config for a Kafka topic and a PostgreSQL database.
+pub fn kafka_config(dir: &std::path::Path, topic: &str, dlq: &str, group: &str, db_url: &str, reference: usize, window: usize) -> PathBuf {
+    let path = dir.join(format!("{group}.toml"));
+    let text = format!(
+        r#"
+[source]
+kind = "kafka"
+[source.kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+topics = ["{topic}"]
+dead_letter_topic = "{dlq}"
+[source.kafka.properties]
+"auto.commit.interval.ms" = "500"
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+[store]
+url = "{db_url}"
+[engine]
+device = "cpu"
+[windows]
+count = {window}
+duration_secs = 0
+[reference]
+size = {reference}
+[judge]
+alpha = 0.0001
+[log]
+filter = "info,modelwatch=debug"
+"#,
+        brokers = brokers()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &std::path::Path, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(daemon_binary())
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("start daemon");
+        Daemon { child, log }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!("daemon ignored SIGTERM for 20 s; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("wait") {
+            panic!("daemon exited early with {status}; log:\n{}", self.log_text());
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls until `windows` windows are stored, failing with the daemon log.
+pub async fn wait_for_windows(pool: &PgPool, daemon: &mut Daemon, windows: i64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        daemon.assert_alive();
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM windows")
+            .fetch_one(pool)
+            .await
+            .map(|r| r.get("n"))
+            .unwrap_or(0);
+        if n >= windows {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("only {n} of {windows} windows stored after {timeout:?}; daemon log:\n{}", daemon.log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// (window, feature) of every alert, sorted.
+pub async fn alert_cells(pool: &PgPool) -> Vec<(i64, String)> {
+    let mut v: Vec<(i64, String)> = sqlx::query("SELECT window_seq, feature FROM alerts")
+        .fetch_all(pool)
+        .await
+        .expect("alerts")
+        .into_iter()
+        .map(|r| (r.get("window_seq"), r.get("feature")))
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,131 @@
+//! The daemon end to end against a real Kafka-protocol broker (tansu) and a
+//! real PostgreSQL, both started by `tests/run.sh`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::Message;
+use sqlx::postgres::PgPool;
+use sqlx::Row;
+
+const REFERENCE: usize = 300;
+const WINDOW: usize = 100;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
+    let topic = unique("telemetry");
+    let dlq = unique("dead_letter");
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let db = fresh_database(&unique("mw_shift")).await;
+    let tmp = tempdir();
+
+    // Windows 0-3 clean, 4-7 with x1 shifted; one malformed message in window 2.
+    let mut payloads = telemetry(11, REFERENCE, WINDOW, 8, 4..8);
+    payloads.insert(REFERENCE + 2 * WINDOW + 17, r#"{"model": "credit", "features": {"x1": "#.to_string());
+    produce(&producer(), &topic, &payloads).await;
+
+    let config = kafka_config(&tmp, &topic, &dlq, &unique("g"), &db, REFERENCE, WINDOW);
+    let mut daemon = Daemon::start(&config, tmp.join("daemon.log"));
+    let pool = PgPool::connect(&db).await.unwrap();
+    wait_for_windows(&pool, &mut daemon, 8, Duration::from_secs(180)).await;
+    let status = daemon.terminate();
+    assert!(status.success(), "daemon exit {status}; log:\n{}", daemon.log_text());
+
+    let expected: Vec<(i64, String)> = (4..8).map(|w| (w, "x1".to_string())).collect();
+    assert_eq!(alert_cells(&pool).await, expected, "alerts must be exactly x1 in windows 4-7");
+
+    // Every window has all five scores and exactly WINDOW events.
+    let rows = sqlx::query("SELECT seq, n_events, (SELECT COUNT(*) FROM scores s WHERE s.window_seq = w.seq) AS k FROM windows w ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 8);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r.get::<i64, _>("seq"), i as i64);
+        assert_eq!(r.get::<i64, _>("n_events"), WINDOW as i64, "window {i}");
+        assert_eq!(r.get::<i64, _>("k"), 5, "scores of window {i}");
+    }
+    let alert = sqlx::query("SELECT severity, status, p_value, threshold, evidence::text AS ev FROM alerts WHERE window_seq = 4")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(alert.get::<f64, _>("p_value") < alert.get::<f64, _>("threshold"));
+    assert_eq!(alert.get::<String, _>("status"), "firing");
+    assert!(alert.get::<String, _>("ev").contains("req-"), "evidence names sample requests");
+
+    // The malformed message is in the dead-letter topic with its reason.
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("dlq_reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[dlq.as_str()]).unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a dead letter within 30 s")
+        .expect("dead letter");
+    assert_eq!(msg.payload().unwrap(), br#"{"model": "credit", "features": {"x1": "#);
+    let headers = msg.headers().expect("dead letter has headers");
+    let reason = headers
+        .iter()
+        .find(|h| h.key == "modelwatch.reason")
+        .and_then(|h| h.value)
+        .expect("reason header");
+    assert_eq!(reason, b"invalid_json");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_daemon_restarts_without_loss_or_duplicates() {
+    let topic = unique("telemetry");
+    let dlq = unique("dead_letter");
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let db = fresh_database(&unique("mw_crash")).await;
+    let tmp = tempdir();
+    let windows = 10usize;
+    let payloads = telemetry(23, REFERENCE, WINDOW, windows, 3..6);
+    let producer = producer();
+    // First part ends in the middle of window 4.
+    let split = REFERENCE + 4 * WINDOW + WINDOW / 2;
+    produce(&producer, &topic, &payloads[..split]).await;
+
+    let group = unique("g");
+    let config = kafka_config(&tmp, &topic, &dlq, &group, &db, REFERENCE, WINDOW);
+    let pool = PgPool::connect(&db).await.unwrap();
+    let mut first = Daemon::start(&config, tmp.join("first.log"));
+    wait_for_windows(&pool, &mut first, 4, Duration::from_secs(180)).await;
+    first.kill(); // SIGKILL: no shutdown hook, no final commit
+
+    produce(&producer, &topic, &payloads[split..]).await;
+    let mut second = Daemon::start(&config, tmp.join("second.log"));
+    wait_for_windows(&pool, &mut second, windows as i64, Duration::from_secs(180)).await;
+    // Let it settle: nothing more may appear.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    second.terminate();
+
+    let rows = sqlx::query("SELECT seq, n_events FROM windows ORDER BY seq").fetch_all(&pool).await.unwrap();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.get("seq")).collect();
+    assert_eq!(seqs, (0..windows as i64).collect::<Vec<_>>(), "each window exactly once");
+    for r in &rows {
+        assert_eq!(r.get::<i64, _>("n_events"), WINDOW as i64, "no event lost or counted twice");
+    }
+    let scores: i64 = sqlx::query("SELECT COUNT(*) AS n FROM scores").fetch_one(&pool).await.unwrap().get("n");
+    assert_eq!(scores, 5 * windows as i64);
+    let expected: Vec<(i64, String)> = (3..6).map(|w| (w, "x1".to_string())).collect();
+    assert_eq!(alert_cells(&pool).await, expected, "no alert lost or duplicated across the crash");
+    let refs: i64 = sqlx::query("SELECT COUNT(*) AS n FROM model_references").fetch_one(&pool).await.unwrap().get("n");
+    assert_eq!(refs, 1);
+    assert!(second.log_text().contains("using stored reference"), "restart reuses the stored reference");
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique("modelwatch_test"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs when it is missing, starts it, and runs
+# every test: PostgreSQL (Debian packages, or the one already running), a
+# Kafka-protocol broker (tansu, built once and cached), Mesa's lavapipe for
+# the wgpu tests. Safe to run again: it reuses what it finds.
+#
+#   tests/run.sh                 # the whole suite
+#   tests/run.sh --test cli      # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE=${MODELWATCH_CACHE:-$HOME/.cache/modelwatch}
+TANSU_VERSION=0.6.0
+TANSU_ROOT=$CACHE/tansu-$TANSU_VERSION
+mkdir -p "$CACHE"
+log() { printf '== %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=
+apt_install() {
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- toolchain pieces librdkafka's bundled build needs -----------------------
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
+missing=()
+for tool in cc c++ make pkg-config perl python3; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing build tools (missing: ${missing[*]})"
+  apt_install build-essential pkg-config perl python3
+fi
+
+# --- Vulkan software adapter for the wgpu tests ------------------------------
+# lavapipe from Debian 12's own Mesa segfaults or hangs under burn's kernels;
+# the backports' Mesa 25 runs them (see daemon/docs/gpu.md).
+if [ "${MODELWATCH_SKIP_WGPU:-0}" != 1 ] && ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  log "installing Mesa lavapipe"
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  if [ "$codename" = bookworm ]; then
+    if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        | as_root tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+      apt_updated=
+    fi
+    apt_install -t bookworm-backports mesa-vulkan-drivers libvulkan1
+  else
+    apt_install mesa-vulkan-drivers libvulkan1
+  fi
+fi
+
+# --- PostgreSQL ----------------------------------------------------------------
+PG_URL=${MODELWATCH_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+pg_ok() { psql "$PG_URL" -Atqc 'select 1' >/dev/null 2>&1; }
+if ! pg_ok; then
+  if ! command -v pg_ctlcluster >/dev/null; then
+    log "installing PostgreSQL"
+    apt_install postgresql postgresql-client
+  fi
+  for v in /etc/postgresql/*; do
+    [ -d "$v/main" ] || continue
+    log "starting PostgreSQL $(basename "$v")"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(basename "$v")" main start 2>/dev/null || true
+  done
+  for _ in $(seq 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+  if ! pg_ok; then
+    # A fresh install asks for a password over TCP: give the postgres role one.
+    as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'modelwatch'\"" >/dev/null
+    PG_URL=postgres://postgres:modelwatch@127.0.0.1:5432/postgres
+  fi
+  pg_ok || { echo "cannot reach PostgreSQL at $PG_URL" >&2; exit 1; }
+fi
+export MODELWATCH_TEST_DATABASE_URL=$PG_URL
+
+# --- Kafka-protocol broker -----------------------------------------------------
+TANSU=$TANSU_ROOT/bin/tansu
+if [ ! -x "$TANSU" ]; then
+  log "building tansu $TANSU_VERSION once into $TANSU_ROOT (15-25 minutes on 2 cores)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore --root "$TANSU_ROOT"
+fi
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+PORT=${MODELWATCH_TEST_BROKER_PORT:-19092}
+while ! port_free "$PORT"; do PORT=$((PORT + 1)); done
+RUNDIR=$(mktemp -d)
+log "starting tansu on 127.0.0.1:$PORT"
+"$TANSU" broker --storage-engine memory://tansu/ \
+  --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
+  >"$RUNDIR/tansu.log" 2>&1 &
+TANSU_PID=$!
+trap 'kill $TANSU_PID 2>/dev/null || true; wait $TANSU_PID 2>/dev/null || true' EXIT
+for _ in $(seq 60); do ! port_free "$PORT" && break; sleep 0.5; done
+port_free "$PORT" && { echo "tansu did not start:" >&2; cat "$RUNDIR/tansu.log" >&2; exit 1; }
+export MODELWATCH_TEST_BROKERS=127.0.0.1:$PORT
+
+# --- the suite -------------------------------------------------------------------
+log "running the tests"
+cargo test --release --locked "$@"
