@@ -8,37 +8,75 @@ use common::{daemon_binary, telemetry, unique};
 
 #[test]
 fn demo_prints_alerts_for_its_scheduled_episodes_and_exits_0() {
-    let out = Command::new(daemon_binary()).args(["demo", "--device", "cpu"]).output().expect("run demo");
+    let out = Command::new(daemon_binary())
+        .args(["demo", "--device", "cpu"])
+        .output()
+        .expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed: {}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
     let alerts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ALERT")).collect();
     let window_of = |l: &str| -> i64 {
-        l.split_whitespace().find_map(|w| w.strip_prefix("window=")).unwrap().parse().unwrap()
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix("window="))
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     // Each scheduled episode is caught by the family it belongs to, inside its windows.
     for (model, detector, feature, from, to) in [
         ("fraud-scorer", "feature_drift", "amount", 4, 6),
-        ("churn-predictor", "confidence_shift", "max_probability", 7, 9),
-        ("image-classifier", "output_distribution", "predicted_class", 3, 5),
+        (
+            "churn-predictor",
+            "confidence_shift",
+            "max_probability",
+            7,
+            9,
+        ),
+        (
+            "image-classifier",
+            "output_distribution",
+            "predicted_class",
+            3,
+            5,
+        ),
     ] {
         let hits: Vec<i64> = alerts
             .iter()
-            .filter(|l| l.contains(&format!("model={model} ")) && l.contains(&format!("detector={detector} ")) && l.contains(&format!("feature={feature} ")))
+            .filter(|l| {
+                l.contains(&format!("model={model} "))
+                    && l.contains(&format!("detector={detector} "))
+                    && l.contains(&format!("feature={feature} "))
+            })
             .map(|l| window_of(l))
             .collect();
-        assert_eq!(hits, (from..=to).collect::<Vec<_>>(), "{model} {detector}: {stdout}");
+        assert_eq!(
+            hits,
+            (from..=to).collect::<Vec<_>>(),
+            "{model} {detector}: {stdout}"
+        );
     }
     // Nothing fires outside the episodes.
     for l in &alerts {
         let w = window_of(l);
-        let inside = [("fraud-scorer", 4, 6), ("churn-predictor", 7, 9), ("image-classifier", 3, 5)]
-            .iter()
-            .any(|(m, a, b)| l.contains(&format!("model={m} ")) && (*a..=*b).contains(&w));
+        let inside = [
+            ("fraud-scorer", 4, 6),
+            ("churn-predictor", 7, 9),
+            ("image-classifier", 3, 5),
+        ]
+        .iter()
+        .any(|(m, a, b)| l.contains(&format!("model={m} ")) && (*a..=*b).contains(&w));
         assert!(inside, "alert outside any episode: {l}");
     }
     assert!(stdout.contains("summary:"), "{stdout}");
-    assert!(stdout.contains("invalid_json=1"), "the demo's malformed message is counted: {stdout}");
+    assert!(
+        stdout.contains("invalid_json=1"),
+        "the demo's malformed message is counted: {stdout}"
+    );
 }
 
 #[test]
@@ -55,7 +93,10 @@ fn run_on_a_file_with_the_embedded_store() {
         .args(["run", "--file"])
         .arg(&input)
         .env("MODELWATCH_STORE__URL", format!("sqlite:{}", db.display()))
-        .env("MODELWATCH_SOURCE__FILE__DEAD_LETTER_PATH", dead.display().to_string())
+        .env(
+            "MODELWATCH_SOURCE__FILE__DEAD_LETTER_PATH",
+            dead.display().to_string(),
+        )
         .env("MODELWATCH_REFERENCE__SIZE", "200")
         .env("MODELWATCH_WINDOWS__COUNT", "100")
         .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
@@ -63,12 +104,22 @@ fn run_on_a_file_with_the_embedded_store() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut cells: Vec<String> = stdout
         .lines()
         .filter(|l| l.starts_with("ALERT"))
         .map(|l| {
-            let get = |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
+            let get = |k: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .unwrap()
+                    .to_string()
+            };
             format!("{}:{}", get("window="), get("feature="))
         })
         .collect();
@@ -76,7 +127,10 @@ fn run_on_a_file_with_the_embedded_store() {
     assert_eq!(cells, vec!["3:x1", "4:x1", "5:x1"], "{stdout}");
     let dead_text = std::fs::read_to_string(&dead).expect("dead-letter file");
     assert_eq!(dead_text.lines().count(), 1);
-    assert!(dead_text.contains("\"reason\":\"invalid_json\""), "{dead_text}");
+    assert!(
+        dead_text.contains("\"reason\":\"invalid_json\""),
+        "{dead_text}"
+    );
     assert!(dead_text.contains("this is not json"));
 
     // A second run over the same file and store writes nothing new.
@@ -92,7 +146,10 @@ fn run_on_a_file_with_the_embedded_store() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success());
-    assert!(!stdout.contains("ALERT"), "replay raised alerts again: {stdout}");
+    assert!(
+        !stdout.contains("ALERT"),
+        "replay raised alerts again: {stdout}"
+    );
     assert!(stdout.contains("0 windows scored"), "{stdout}");
 }
 
@@ -102,16 +159,30 @@ fn check_config_prints_effective_config_and_rejects_unknown_fields() {
     std::fs::create_dir_all(&dir).unwrap();
     let good = dir.join("good.toml");
     std::fs::write(&good, "[windows]\ncount = 42\n").unwrap();
-    let out = Command::new(daemon_binary()).args(["check-config", "--config"]).arg(&good).output().unwrap();
+    let out = Command::new(daemon_binary())
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("count = 42"), "{text}");
-    assert!(text.contains("device = \"auto\""), "defaults are printed too: {text}");
+    assert!(
+        text.contains("device = \"auto\""),
+        "defaults are printed too: {text}"
+    );
 
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[windows]\ncuont = 42\n").unwrap();
-    let out = Command::new(daemon_binary()).args(["check-config", "--config"]).arg(&bad).output().unwrap();
+    let out = Command::new(daemon_binary())
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown field") && err.contains("cuont"), "{err}");
+    assert!(
+        err.contains("unknown field") && err.contains("cuont"),
+        "{err}"
+    );
 }

@@ -2,30 +2,43 @@
 //! made by tests/fixtures/make_stats_fixtures.py), on burn's flex backend and
 //! on wgpu over a software Vulkan adapter (Mesa lavapipe).
 
-
 use modelwatch::config::DeviceChoice;
+use modelwatch::detect::Scorer;
 use modelwatch::detect::engine::Engine;
 use modelwatch::detect::stats::{self, KsMethod};
-use modelwatch::detect::Scorer;
 use modelwatch::event::TelemetryEvent;
 use serde_json::Value;
 
 fn fixtures() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stats.json"))
-        .expect("fixture file");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/stats.json"
+    ))
+    .expect("fixture file");
     serde_json::from_str(&text).expect("fixture json")
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
 }
 
 fn close(what: &str, got: f64, want: f64, tol: f64) {
-    assert!((got - want).abs() <= tol, "{what}: got {got:e}, scipy {want:e}, tolerance {tol:e}");
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: got {got:e}, scipy {want:e}, tolerance {tol:e}"
+    );
 }
 
 /// Every check of the fixture file on one engine.
@@ -39,12 +52,30 @@ fn parity(engine: &Engine) {
     for (i, case) in cases.iter().enumerate() {
         let name = case["name"].as_str().unwrap();
         let r = stats::ks_two_sample(refs[i].len(), curs[i].len(), diffs[i]);
-        close(&format!("{name} statistic"), r.statistic, case["statistic"].as_f64().unwrap(), 1e-12);
+        close(
+            &format!("{name} statistic"),
+            r.statistic,
+            case["statistic"].as_f64().unwrap(),
+            1e-12,
+        );
         // SciPy uses the Pelz-Good series in one corner of the asymptotic
         // range; there the exact Durbin matrix is compared more loosely.
-        let tol = if case["kolmogn_branch"] == "pelz_good" { 1e-5 } else { 1e-9 };
-        close(&format!("{name} p-value"), r.p_value, case["p_value"].as_f64().unwrap(), tol);
-        let want = if case["method"] == "exact" { KsMethod::Exact } else { KsMethod::Asymptotic };
+        let tol = if case["kolmogn_branch"] == "pelz_good" {
+            1e-5
+        } else {
+            1e-9
+        };
+        close(
+            &format!("{name} p-value"),
+            r.p_value,
+            case["p_value"].as_f64().unwrap(),
+            tol,
+        );
+        let want = if case["method"] == "exact" {
+            KsMethod::Exact
+        } else {
+            KsMethod::Asymptotic
+        };
         assert_eq!(r.method, want, "{name} method");
     }
     // One column at a time agrees with the batch.
@@ -55,12 +86,32 @@ fn parity(engine: &Engine) {
         let name = case["name"].as_str().unwrap();
         let (r, c) = (strings(&case["reference"]), strings(&case["current"]));
         let cats: std::collections::BTreeSet<&String> = r.iter().chain(&c).collect();
-        let code = |col: &[String]| col.iter().map(|x| cats.iter().position(|k| *k == x).unwrap() as i32).collect();
-        let counts = engine.category_counts(&[code(&r), code(&c)], cats.len()).unwrap();
-        assert_eq!(counts[0].iter().sum::<u64>() as usize, r.len(), "{name} counts");
+        let code = |col: &[String]| {
+            col.iter()
+                .map(|x| cats.iter().position(|k| *k == x).unwrap() as i32)
+                .collect()
+        };
+        let counts = engine
+            .category_counts(&[code(&r), code(&c)], cats.len())
+            .unwrap();
+        assert_eq!(
+            counts[0].iter().sum::<u64>() as usize,
+            r.len(),
+            "{name} counts"
+        );
         let res = stats::chi2_homogeneity(&counts[0], &counts[1]);
-        close(&format!("{name} chi2"), res.statistic, case["statistic"].as_f64().unwrap(), 1e-9);
-        close(&format!("{name} chi2 p"), res.p_value, case["p_value"].as_f64().unwrap(), 1e-9);
+        close(
+            &format!("{name} chi2"),
+            res.statistic,
+            case["statistic"].as_f64().unwrap(),
+            1e-9,
+        );
+        close(
+            &format!("{name} chi2 p"),
+            res.p_value,
+            case["p_value"].as_f64().unwrap(),
+            1e-9,
+        );
         assert_eq!(res.dof as i64, case["dof"].as_i64().unwrap(), "{name} dof");
     }
 
@@ -72,10 +123,22 @@ fn parity(engine: &Engine) {
     for (row, m) in rp.iter().zip(&rmax) {
         assert_eq!(*m, row.iter().cloned().fold(f64::MIN, f64::max));
     }
-    let d = engine.ks_max_diffs(&[rmax.clone()], &[cmax.clone()]).unwrap();
+    let d = engine
+        .ks_max_diffs(&[rmax.clone()], &[cmax.clone()])
+        .unwrap();
     let r = stats::ks_two_sample(rmax.len(), cmax.len(), d[0]);
-    close("confidence statistic", r.statistic, conf["statistic"].as_f64().unwrap(), 1e-12);
-    close("confidence p-value", r.p_value, conf["p_value"].as_f64().unwrap(), 1e-9);
+    close(
+        "confidence statistic",
+        r.statistic,
+        conf["statistic"].as_f64().unwrap(),
+        1e-12,
+    );
+    close(
+        "confidence p-value",
+        r.p_value,
+        conf["p_value"].as_f64().unwrap(),
+        1e-9,
+    );
 }
 
 #[test]
@@ -94,7 +157,9 @@ fn flex_tiled_matches_untiled() {
     let fx = fixtures();
     let case = &fx["ks"][7];
     let (r, c) = (floats(&case["reference"]), floats(&case["current"]));
-    let a = small.ks_max_diffs(&[r.clone(), c.clone()], &[c.clone(), r.clone()]).unwrap();
+    let a = small
+        .ks_max_diffs(&[r.clone(), c.clone()], &[c.clone(), r.clone()])
+        .unwrap();
     let b = big.ks_max_diffs(&[r.clone(), c.clone()], &[c, r]).unwrap();
     assert_eq!(a, b);
     assert!(a[0] > 0);
@@ -109,7 +174,8 @@ fn wgpu_lavapipe_matches_scipy() {
         eprintln!("skipped: MODELWATCH_SKIP_WGPU=1");
         return;
     }
-    let engine = Engine::open(DeviceChoice::WgpuCpu, 1 << 24).expect("wgpu on a software adapter (install mesa-vulkan-drivers)");
+    let engine = Engine::open(DeviceChoice::WgpuCpu, 1 << 24)
+        .expect("wgpu on a software adapter (install mesa-vulkan-drivers)");
     assert_eq!(engine.info().backend, "wgpu");
     eprintln!("wgpu adapter: {}", engine.info().adapter);
     parity(&engine);
@@ -130,13 +196,39 @@ fn event(i: usize, amount: f64, age: f64, country: &str, p: f64) -> TelemetryEve
 fn scorer_flags_only_shifted_features(engine: Engine) {
     let scorer = Scorer::new(engine);
     let wave = |i: usize, k: f64| ((i as f64 * k).sin() + 1.0) * 50.0;
-    let reference: Vec<TelemetryEvent> =
-        (0..400).map(|i| event(i, wave(i, 0.37), wave(i, 0.11), ["a", "b", "c"][i % 3], 0.25 + (i % 7) as f64 / 20.0)).collect();
-    let window: Vec<TelemetryEvent> =
-        (0..200).map(|i| event(i, wave(i, 0.37) + 40.0, wave(i, 0.11), ["a", "b", "c"][i % 3], 0.25 + (i % 7) as f64 / 20.0)).collect();
-    let reference_fit = scorer.fit("m", &reference, &["no".into(), "yes".into()]).unwrap();
+    let reference: Vec<TelemetryEvent> = (0..400)
+        .map(|i| {
+            event(
+                i,
+                wave(i, 0.37),
+                wave(i, 0.11),
+                ["a", "b", "c"][i % 3],
+                0.25 + (i % 7) as f64 / 20.0,
+            )
+        })
+        .collect();
+    let window: Vec<TelemetryEvent> = (0..200)
+        .map(|i| {
+            event(
+                i,
+                wave(i, 0.37) + 40.0,
+                wave(i, 0.11),
+                ["a", "b", "c"][i % 3],
+                0.25 + (i % 7) as f64 / 20.0,
+            )
+        })
+        .collect();
+    let reference_fit = scorer
+        .fit("m", &reference, &["no".into(), "yes".into()])
+        .unwrap();
     let scores = scorer.score(&reference_fit, &window).unwrap();
-    let p = |feature: &str| scores.iter().find(|s| s.feature == feature).unwrap_or_else(|| panic!("no score for {feature}")).p_value;
+    let p = |feature: &str| {
+        scores
+            .iter()
+            .find(|s| s.feature == feature)
+            .unwrap_or_else(|| panic!("no score for {feature}"))
+            .p_value
+    };
     assert!(p("amount") < 1e-10, "amount p {}", p("amount"));
     assert!(p("age") > 0.05, "age p {}", p("age"));
     assert!(p("country") > 0.05, "country p {}", p("country"));
@@ -155,5 +247,8 @@ fn auto_never_picks_a_software_adapter() {
     // though lavapipe is installed; on a GPU machine it must be hardware.
     let engine = Engine::open(DeviceChoice::Auto, 1 << 20).expect("auto device");
     let info = engine.info();
-    assert!(info.backend == "flex" || info.kind == "DiscreteGpu", "auto chose {info:?}");
+    assert!(
+        info.backend == "flex" || info.kind == "DiscreteGpu",
+        "auto chose {info:?}"
+    );
 }

@@ -6,11 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
-use rdkafka::Message;
-use sqlx::postgres::PgPool;
 use sqlx::Row;
+use sqlx::postgres::PgPool;
 
 const REFERENCE: usize = 300;
 const WINDOW: usize = 100;
@@ -26,7 +26,10 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
 
     // Windows 0-3 clean, 4-7 with x1 shifted; one malformed message in window 2.
     let mut payloads = telemetry(11, REFERENCE, WINDOW, 8, 4..8);
-    payloads.insert(REFERENCE + 2 * WINDOW + 17, r#"{"model": "credit", "features": {"x1": "#.to_string());
+    payloads.insert(
+        REFERENCE + 2 * WINDOW + 17,
+        r#"{"model": "credit", "features": {"x1": "#.to_string(),
+    );
     produce(&producer(), &topic, &payloads).await;
 
     let config = kafka_config(&tmp, &topic, &dlq, &unique("g"), &db, REFERENCE, WINDOW);
@@ -34,10 +37,18 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
     let pool = PgPool::connect(&db).await.unwrap();
     wait_for_windows(&pool, &mut daemon, 8, Duration::from_secs(180)).await;
     let status = daemon.terminate();
-    assert!(status.success(), "daemon exit {status}; log:\n{}", daemon.log_text());
+    assert!(
+        status.success(),
+        "daemon exit {status}; log:\n{}",
+        daemon.log_text()
+    );
 
     let expected: Vec<(i64, String)> = (4..8).map(|w| (w, "x1".to_string())).collect();
-    assert_eq!(alert_cells(&pool).await, expected, "alerts must be exactly x1 in windows 4-7");
+    assert_eq!(
+        alert_cells(&pool).await,
+        expected,
+        "alerts must be exactly x1 in windows 4-7"
+    );
 
     // Every window has all five scores and exactly WINDOW events.
     let rows = sqlx::query("SELECT seq, n_events, (SELECT COUNT(*) FROM scores s WHERE s.window_seq = w.seq) AS k FROM windows w ORDER BY seq")
@@ -56,7 +67,10 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
         .unwrap();
     assert!(alert.get::<f64, _>("p_value") < alert.get::<f64, _>("threshold"));
     assert_eq!(alert.get::<String, _>("status"), "firing");
-    assert!(alert.get::<String, _>("ev").contains("req-"), "evidence names sample requests");
+    assert!(
+        alert.get::<String, _>("ev").contains("req-"),
+        "evidence names sample requests"
+    );
 
     // The malformed message is in the dead-letter topic with its reason.
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
@@ -70,7 +84,10 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
         .await
         .expect("a dead letter within 30 s")
         .expect("dead letter");
-    assert_eq!(msg.payload().unwrap(), br#"{"model": "credit", "features": {"x1": "#);
+    assert_eq!(
+        msg.payload().unwrap(),
+        br#"{"model": "credit", "features": {"x1": "#
+    );
     let headers = msg.headers().expect("dead letter has headers");
     let reason = headers
         .iter()
@@ -109,19 +126,45 @@ async fn killed_daemon_restarts_without_loss_or_duplicates() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     second.terminate();
 
-    let rows = sqlx::query("SELECT seq, n_events FROM windows ORDER BY seq").fetch_all(&pool).await.unwrap();
+    let rows = sqlx::query("SELECT seq, n_events FROM windows ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     let seqs: Vec<i64> = rows.iter().map(|r| r.get("seq")).collect();
-    assert_eq!(seqs, (0..windows as i64).collect::<Vec<_>>(), "each window exactly once");
+    assert_eq!(
+        seqs,
+        (0..windows as i64).collect::<Vec<_>>(),
+        "each window exactly once"
+    );
     for r in &rows {
-        assert_eq!(r.get::<i64, _>("n_events"), WINDOW as i64, "no event lost or counted twice");
+        assert_eq!(
+            r.get::<i64, _>("n_events"),
+            WINDOW as i64,
+            "no event lost or counted twice"
+        );
     }
-    let scores: i64 = sqlx::query("SELECT COUNT(*) AS n FROM scores").fetch_one(&pool).await.unwrap().get("n");
+    let scores: i64 = sqlx::query("SELECT COUNT(*) AS n FROM scores")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("n");
     assert_eq!(scores, 5 * windows as i64);
     let expected: Vec<(i64, String)> = (3..6).map(|w| (w, "x1".to_string())).collect();
-    assert_eq!(alert_cells(&pool).await, expected, "no alert lost or duplicated across the crash");
-    let refs: i64 = sqlx::query("SELECT COUNT(*) AS n FROM model_references").fetch_one(&pool).await.unwrap().get("n");
+    assert_eq!(
+        alert_cells(&pool).await,
+        expected,
+        "no alert lost or duplicated across the crash"
+    );
+    let refs: i64 = sqlx::query("SELECT COUNT(*) AS n FROM model_references")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("n");
     assert_eq!(refs, 1);
-    assert!(second.log_text().contains("using stored reference"), "restart reuses the stored reference");
+    assert!(
+        second.log_text().contains("using stored reference"),
+        "restart reuses the stored reference"
+    );
 }
 
 fn tempdir() -> std::path::PathBuf {

@@ -10,13 +10,19 @@ use modelwatch::config::DeviceChoice;
 use modelwatch::detect::engine::Engine;
 
 fn lcg(seed: &mut u64) -> f64 {
-    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     ((*seed >> 11) as f64) / ((1u64 << 53) as f64)
 }
 
 fn columns(features: usize, rows: usize, shift: f64, seed: &mut u64) -> Vec<Vec<f64>> {
     (0..features)
-        .map(|_| (0..rows).map(|_| ((lcg(seed) + shift) * 1000.0).round() / 1000.0).collect())
+        .map(|_| {
+            (0..rows)
+                .map(|_| ((lcg(seed) + shift) * 1000.0).round() / 1000.0)
+                .collect()
+        })
         .collect()
 }
 
@@ -65,13 +71,26 @@ fn main() {
     };
     let engine = Engine::open(device, 1 << 26).expect("bench device");
     println!("device {}", engine.info().label());
-    println!("{:>8} {:>8} {:>8} {:>12} {:>12} {:>14} {:>8}", "ref", "window", "features", "device ms", "host ms", "device rows/s", "ratio");
+    println!(
+        "{:>8} {:>8} {:>8} {:>12} {:>12} {:>14} {:>8}",
+        "ref", "window", "features", "device ms", "host ms", "device rows/s", "ratio"
+    );
     let mut seed = 42u64;
-    for (n, m, f) in [(1000, 500, 8), (1000, 500, 64), (5000, 1000, 8), (10_000, 2000, 8)] {
+    for (n, m, f) in [
+        (1000, 500, 8),
+        (1000, 500, 64),
+        (5000, 1000, 8),
+        (10_000, 2000, 8),
+    ] {
         let refs = columns(f, n, 0.0, &mut seed);
         let curs = columns(f, m, 0.05, &mut seed);
         let (dt, dev) = time(|| engine.ks_max_diffs(&refs, &curs).expect("ks"));
-        let (ht, host) = time(|| refs.iter().zip(&curs).map(|(r, c)| host_max_diff(r, c)).collect::<Vec<_>>());
+        let (ht, host) = time(|| {
+            refs.iter()
+                .zip(&curs)
+                .map(|(r, c)| host_max_diff(r, c))
+                .collect::<Vec<_>>()
+        });
         assert_eq!(dev, host, "device and host disagree");
         println!(
             "{n:>8} {m:>8} {f:>8} {:>12.2} {:>12.2} {:>14.0} {:>7.2}x",

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +53,9 @@ enum Command {
         /// Scoring device: auto, gpu, cpu, wgpu-cpu.
         #[arg(long, value_parser = parse_device, default_value = "auto")]
         device: DeviceChoice,
+        /// Random seed of the simulated fleet.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -104,7 +107,9 @@ fn parse_device(s: &str) -> Result<DeviceChoice, String> {
         "gpu" => Ok(DeviceChoice::Gpu),
         "cpu" => Ok(DeviceChoice::Cpu),
         "wgpu-cpu" => Ok(DeviceChoice::WgpuCpu),
-        other => Err(format!("unknown device {other:?}: expected auto, gpu, cpu or wgpu-cpu")),
+        other => Err(format!(
+            "unknown device {other:?}: expected auto, gpu, cpu or wgpu-cpu"
+        )),
     }
 }
 
@@ -126,7 +131,12 @@ pub async fn main() -> Result<()> {
             print_summary(&stats);
             Ok(())
         }
-        Command::Demo { store, windows, device } => demo(store, windows, device).await,
+        Command::Demo {
+            store,
+            windows,
+            device,
+            seed,
+        } => demo(store, windows, device, seed).await,
         Command::Migrate { config } => {
             let config = load(&config)?;
             telemetry::init_logging(&config.log);
@@ -135,7 +145,15 @@ pub async fn main() -> Result<()> {
             println!("migrations applied to the {} store", store.kind());
             Ok(())
         }
-        Command::Baseline { action: BaselineAction::Import { config, model, file, replace } } => {
+        Command::Baseline {
+            action:
+                BaselineAction::Import {
+                    config,
+                    model,
+                    file,
+                    replace,
+                },
+        } => {
             let config = load(&config)?;
             telemetry::init_logging(&config.log);
             baseline_import(&config, &model, &file, replace).await
@@ -145,7 +163,11 @@ pub async fn main() -> Result<()> {
             print!("{}", config.to_toml());
             Ok(())
         }
-        Command::Replay { config, file, topic } => {
+        Command::Replay {
+            config,
+            file,
+            topic,
+        } => {
             let config = load(&config)?;
             telemetry::init_logging(&config.log);
             replay(&config, &file, topic).await
@@ -161,7 +183,9 @@ pub async fn run_pipeline(config: Config, options: PipelineOptions) -> Result<Ar
     let store = Store::open(&config.store.url, config.store.max_connections)
         .await
         .with_context(|| format!("opening the {} store", redact(&config.store.url)))?;
-    let scoring = ScoringHandle::start(&config.engine).await.context("starting the scoring engine")?;
+    let scoring = ScoringHandle::start(&config.engine)
+        .await
+        .context("starting the scoring engine")?;
     let source = ingest::start(&config, cancel.clone()).context("starting the source")?;
     tracing::info!(store = store.kind(), device = %scoring.info().label(), "modelwatch ready");
     let pipeline = Pipeline::new(config, store, scoring, options)?;
@@ -172,8 +196,10 @@ fn spawn_signal_handler(cancel: CancellationToken) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return;
+            };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -200,10 +226,11 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn demo(store: String, windows: usize, device: DeviceChoice) -> Result<()> {
+async fn demo(store: String, windows: usize, device: DeviceChoice, seed: u64) -> Result<()> {
     let mut config = Config::default();
     config.source.kind = SourceKind::Demo;
     config.source.demo.windows_per_model = windows;
+    config.source.demo.seed = seed;
     config.store.url = store;
     config.engine.device = device;
     config.models.extend(ingest::demo::model_configs());
@@ -216,7 +243,10 @@ async fn demo(store: String, windows: usize, device: DeviceChoice) -> Result<()>
         windows
     );
     for e in ingest::demo::EPISODES {
-        println!("  scheduled: {} windows {}-{}: {}", e.model, e.from, e.to, e.what);
+        println!(
+            "  scheduled: {} windows {}-{}: {}",
+            e.model, e.from, e.to, e.what
+        );
     }
     let url = config.store.url.clone();
     let stats = run_pipeline(config, PipelineOptions { print_alerts: true }).await?;
@@ -250,7 +280,12 @@ fn print_summary(stats: &Stats) {
     }
 }
 
-async fn baseline_import(config: &Config, model: &str, file: &PathBuf, replace: bool) -> Result<()> {
+async fn baseline_import(
+    config: &Config,
+    model: &str,
+    file: &PathBuf,
+    replace: bool,
+) -> Result<()> {
     let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let now = chrono::Utc::now();
     let mut events = Vec::new();
@@ -265,7 +300,11 @@ async fn baseline_import(config: &Config, model: &str, file: &PathBuf, replace: 
         events.extend(decoded.into_iter().filter(|e| e.model == model));
     }
     if events.len() < 2 {
-        bail!("{} holds {} events of model {model}; a reference needs at least 2", file.display(), events.len());
+        bail!(
+            "{} holds {} events of model {model}; a reference needs at least 2",
+            file.display(),
+            events.len()
+        );
     }
     let store = Store::open(&config.store.url, 1).await?;
     let origin = format!("import:{}", file.display());
@@ -275,7 +314,10 @@ async fn baseline_import(config: &Config, model: &str, file: &PathBuf, replace: 
     if !stored {
         bail!("model {model} already has a reference; pass --replace to overwrite it");
     }
-    println!("stored a reference of {} events for model {model}", events.len());
+    println!(
+        "stored a reference of {} events for model {model}",
+        events.len()
+    );
     Ok(())
 }
 
@@ -286,10 +328,12 @@ async fn replay(config: &Config, file: &PathBuf, topic: Option<String>) -> Resul
     let topic = topic
         .or_else(|| config.source.kafka.topics.first().cloned())
         .context("no topic given and none configured")?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &config.source.kafka.brokers).set("acks", "all");
+    cfg.set("bootstrap.servers", &config.source.kafka.brokers)
+        .set("acks", "all");
     for (k, v) in &config.source.kafka.properties {
         if !k.starts_with("group.") && !k.starts_with("auto.") && !k.starts_with("enable.auto") {
             cfg.set(k, v);
@@ -298,8 +342,10 @@ async fn replay(config: &Config, file: &PathBuf, topic: Option<String>) -> Resul
     let producer: FutureProducer = cfg.create().context("creating the kafka producer")?;
     let bar = indicatif::ProgressBar::new(lines.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} messages {per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} messages {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     for line in &lines {
         // Keyed by model so that one model's events stay in one partition, in order.
@@ -308,7 +354,10 @@ async fn replay(config: &Config, file: &PathBuf, topic: Option<String>) -> Resul
             .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string))
             .unwrap_or_default();
         producer
-            .send(FutureRecord::to(&topic).payload(*line).key(&key), Duration::from_secs(30))
+            .send(
+                FutureRecord::to(&topic).payload(*line).key(&key),
+                Duration::from_secs(30),
+            )
             .await
             .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
         bar.inc(1);
@@ -322,7 +371,10 @@ async fn replay(config: &Config, file: &PathBuf, topic: Option<String>) -> Resul
 mod tests {
     #[test]
     fn redacts_passwords() {
-        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("sqlite:x.db"), "sqlite:x.db");
     }

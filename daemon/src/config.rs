@@ -475,7 +475,9 @@ impl Config {
             ));
         }
         if self.reference.size < 2 {
-            return Err(ConfigError::Invalid("reference.size must be at least 2".into()));
+            return Err(ConfigError::Invalid(
+                "reference.size must be at least 2".into(),
+            ));
         }
         if self.source.kind == SourceKind::Kafka && self.source.kafka.topics.is_empty() {
             return Err(ConfigError::Invalid("source.kafka.topics is empty".into()));
@@ -497,9 +499,7 @@ impl Config {
             .and_then(|m| m.window_secs)
             .unwrap_or(self.windows.duration_secs);
         ModelSettings {
-            window_count: m
-                .and_then(|m| m.window_count)
-                .unwrap_or(self.windows.count),
+            window_count: m.and_then(|m| m.window_count).unwrap_or(self.windows.count),
             window_duration: (secs > 0).then(|| Duration::from_secs(secs)),
             reference_size: m
                 .and_then(|m| m.reference_size)
@@ -514,7 +514,11 @@ impl Config {
     }
 }
 
-fn apply_override(root: &mut toml::Table, var: &str, value: toml::Value) -> Result<(), ConfigError> {
+fn apply_override(
+    root: &mut toml::Table,
+    var: &str,
+    value: toml::Value,
+) -> Result<(), ConfigError> {
     let path: Vec<String> = var["MODELWATCH_".len()..]
         .split("__")
         .map(|s| s.to_ascii_lowercase())
@@ -555,8 +559,8 @@ mod tests {
     fn unknown_fields_are_errors() {
         let err = Config::from_sources("[store]\nurll = \"x\"\n", []).unwrap_err();
         assert!(err.to_string().contains("urll"), "{err}");
-        let err = Config::from_sources("", [("MODELWATCH_STORE__NOPE".into(), "1".into())])
-            .unwrap_err();
+        let err =
+            Config::from_sources("", [("MODELWATCH_STORE__NOPE".into(), "1".into())]).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
     }
 
@@ -567,7 +571,10 @@ mod tests {
             [
                 ("MODELWATCH_STORE__URL".into(), "postgres://x@y/z".into()),
                 ("MODELWATCH_WINDOWS__COUNT".into(), "20".into()),
-                ("MODELWATCH_SOURCE__KAFKA__TOPICS".into(), "[\"a\", \"b\"]".into()),
+                (
+                    "MODELWATCH_SOURCE__KAFKA__TOPICS".into(),
+                    "[\"a\", \"b\"]".into(),
+                ),
                 ("MODELWATCH_UNRELATED".into(), "ignored".into()),
                 ("MODELWATCH_SOURCE__KAFKA__GROUP_ID".into(), "123".into()),
             ],

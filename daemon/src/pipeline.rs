@@ -19,7 +19,9 @@ use crate::judge;
 use crate::notify;
 use crate::store::{self, Store, StoreError};
 use crate::telemetry::Stats;
-use crate::window::{self, ClosedWindow, Progress, ReferenceBuilder, WindowKey, WindowSettings, Windower};
+use crate::window::{
+    self, ClosedWindow, Progress, ReferenceBuilder, WindowKey, WindowSettings, Windower,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -62,11 +64,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(config: Arc<Config>, store: Store, scoring: ScoringHandle, options: PipelineOptions) -> Result<Self, PipelineError> {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        scoring: ScoringHandle,
+        options: PipelineOptions,
+    ) -> Result<Self, PipelineError> {
         let mut decoders = HashMap::new();
         for (topic, name) in &config.source.kafka.decoders {
-            let d = decode::by_name(name)
-                .ok_or_else(|| PipelineError::Config(format!("unknown decoder {name:?} for topic {topic}")))?;
+            let d = decode::by_name(name).ok_or_else(|| {
+                PipelineError::Config(format!("unknown decoder {name:?} for topic {topic}"))
+            })?;
             decoders.insert(topic.clone(), d);
         }
         Ok(Self {
@@ -90,7 +98,11 @@ impl Pipeline {
     /// Runs until the source ends (file, demo) or `cancel` fires (Kafka).
     /// A finite source's last partial windows are scored; on cancellation
     /// they are not, and their positions stay unacknowledged for the replay.
-    pub async fn run(mut self, mut source: Source, cancel: CancellationToken) -> Result<Arc<Stats>, PipelineError> {
+    pub async fn run(
+        mut self,
+        mut source: Source,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Stats>, PipelineError> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let result = loop {
             let step = tokio::select! {
@@ -118,7 +130,11 @@ impl Pipeline {
         }
     }
 
-    async fn finish(&mut self, finite: bool, cancel: &CancellationToken) -> Result<(), PipelineError> {
+    async fn finish(
+        &mut self,
+        finite: bool,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
         if !finite {
             return Ok(());
         }
@@ -146,20 +162,38 @@ impl Pipeline {
         }
     }
 
-    async fn handle(&mut self, msg: RawMessage, control: &SourceControl, cancel: &CancellationToken) -> Result<(), PipelineError> {
+    async fn handle(
+        &mut self,
+        msg: RawMessage,
+        control: &SourceControl,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
         Stats::add(&self.stats.messages, 1);
         self.tracker.hold(&msg.pos);
-        let decoder = self.decoders.get(&msg.topic).unwrap_or(&self.default_decoder);
+        let decoder = self
+            .decoders
+            .get(&msg.topic)
+            .unwrap_or(&self.default_decoder);
         match decoder.decode(&msg.payload, msg.timestamp) {
             Err(e) => {
                 self.stats.reject(e.reason());
                 let detail = e.to_string();
-                retry("dead-letter delivery", cancel, || control.dead_letter(&msg, e.reason(), &detail)).await?;
+                retry("dead-letter delivery", cancel, || {
+                    control.dead_letter(&msg, e.reason(), &detail)
+                })
+                .await?;
             }
             Ok(events) => {
                 Stats::add(&self.stats.events, events.len() as u64);
                 for event in events {
-                    self.route(Positioned { event, pos: msg.pos.clone() }, cancel).await?;
+                    self.route(
+                        Positioned {
+                            event,
+                            pos: msg.pos.clone(),
+                        },
+                        cancel,
+                    )
+                    .await?;
                 }
             }
         }
@@ -167,12 +201,18 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn route(&mut self, item: Positioned, cancel: &CancellationToken) -> Result<(), PipelineError> {
+    async fn route(
+        &mut self,
+        item: Positioned,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
         let model = item.event.model.clone();
         if !self.models.contains_key(&model) {
             self.load_model(&model, cancel).await?;
         }
-        let Some(state) = self.models.get_mut(&model) else { return Ok(()) };
+        let Some(state) = self.models.get_mut(&model) else {
+            return Ok(());
+        };
         if state.reference_progress.covers(&item.pos) {
             Stats::add(&self.stats.replayed_events, 1);
             return Ok(());
@@ -181,21 +221,43 @@ impl Pipeline {
             self.tracker.hold(&item.pos);
             Stats::add(&self.stats.reference_events, 1);
             let size = self.config.model_settings(&model).reference_size;
-            let complete = state.builder.get_or_insert_with(|| ReferenceBuilder::new(size)).push(item);
+            let complete = state
+                .builder
+                .get_or_insert_with(|| ReferenceBuilder::new(size))
+                .push(item);
             if complete {
                 self.complete_reference(&model, cancel).await?;
             }
             return Ok(());
         }
-        let key = WindowKey { model: model.clone(), version: item.event.version_key().to_string() };
+        let key = WindowKey {
+            model: model.clone(),
+            version: item.event.version_key().to_string(),
+        };
         if !self.windower.knows(&key) {
             let store = self.store.clone();
             let scope = store::version_scope(&key.version);
-            let high_water = retry("loading window progress", cancel, || store.load_progress(&model, &scope)).await?;
-            let next_seq = retry("loading window sequence", cancel, || store.next_window_seq(&key.model, &key.version)).await?;
+            let high_water = retry("loading window progress", cancel, || {
+                store.load_progress(&model, &scope)
+            })
+            .await?;
+            let next_seq = retry("loading window sequence", cancel, || {
+                store.next_window_seq(&key.model, &key.version)
+            })
+            .await?;
             let s = self.config.model_settings(&model);
-            let settings = WindowSettings { count: s.window_count, duration: s.window_duration };
-            self.windower.add_key(key.clone(), settings, Progress { next_seq, high_water });
+            let settings = WindowSettings {
+                count: s.window_count,
+                duration: s.window_duration,
+            };
+            self.windower.add_key(
+                key.clone(),
+                settings,
+                Progress {
+                    next_seq,
+                    high_water,
+                },
+            );
         }
         if self.windower.covered(&key, &item.pos) {
             Stats::add(&self.stats.replayed_events, 1);
@@ -208,10 +270,17 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn load_model(&mut self, model: &str, cancel: &CancellationToken) -> Result<(), PipelineError> {
+    async fn load_model(
+        &mut self,
+        model: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
         let store = self.store.clone();
         let stored = retry("loading reference", cancel, || store.load_reference(model)).await?;
-        let high_water = retry("loading reference progress", cancel, || store.load_progress(model, store::REFERENCE_SCOPE)).await?;
+        let high_water = retry("loading reference progress", cancel, || {
+            store.load_progress(model, store::REFERENCE_SCOPE)
+        })
+        .await?;
         let reference = match stored {
             Some(r) => {
                 tracing::info!(model, origin = %r.origin, events = r.events.len(), "using stored reference");
@@ -221,24 +290,48 @@ impl Pipeline {
         };
         self.models.insert(
             model.to_string(),
-            ModelState { reference, builder: None, reference_progress: Progress { next_seq: 0, high_water } },
+            ModelState {
+                reference,
+                builder: None,
+                reference_progress: Progress {
+                    next_seq: 0,
+                    high_water,
+                },
+            },
         );
         Ok(())
     }
 
-    async fn fit(&self, model: &str, events: Vec<TelemetryEvent>) -> Result<Arc<Reference>, PipelineError> {
+    async fn fit(
+        &self,
+        model: &str,
+        events: Vec<TelemetryEvent>,
+    ) -> Result<Arc<Reference>, PipelineError> {
         let classes = self.config.model_settings(model).classes;
         Ok(self.scoring.fit(model, events, classes).await?)
     }
 
-    async fn complete_reference(&mut self, model: &str, cancel: &CancellationToken) -> Result<(), PipelineError> {
-        let Some(builder) = self.models.get_mut(model).and_then(|s| s.builder.take()) else { return Ok(()) };
+    async fn complete_reference(
+        &mut self,
+        model: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let Some(builder) = self.models.get_mut(model).and_then(|s| s.builder.take()) else {
+            return Ok(());
+        };
         let events: Vec<TelemetryEvent> = builder.events.iter().map(|p| p.event.clone()).collect();
         let high_water = window::high_water(builder.events.iter().map(|p| &p.pos));
         let store = self.store.clone();
-        let inserted = retry("storing reference", cancel, || store.save_reference(model, "stream", &events, &high_water, false)).await?;
+        let inserted = retry("storing reference", cancel, || {
+            store.save_reference(model, "stream", &events, &high_water, false)
+        })
+        .await?;
         let events = if inserted {
-            tracing::info!(model, events = events.len(), "reference taken from the stream");
+            tracing::info!(
+                model,
+                events = events.len(),
+                "reference taken from the stream"
+            );
             events
         } else {
             // Another instance stored one first: use it, so that all agree.
@@ -249,7 +342,11 @@ impl Pipeline {
         if let Some(state) = self.models.get_mut(model) {
             state.reference = Some(reference);
             for (stream, hw) in high_water {
-                let e = state.reference_progress.high_water.entry(stream).or_insert(hw);
+                let e = state
+                    .reference_progress
+                    .high_water
+                    .entry(stream)
+                    .or_insert(hw);
                 *e = (*e).max(hw);
             }
         }
@@ -259,14 +356,26 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn process(&mut self, w: ClosedWindow, cancel: &CancellationToken) -> Result<(), PipelineError> {
-        let Some(reference) = self.models.get(&w.key.model).and_then(|s| s.reference.clone()) else {
+    async fn process(
+        &mut self,
+        w: ClosedWindow,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let Some(reference) = self
+            .models
+            .get(&w.key.model)
+            .and_then(|s| s.reference.clone())
+        else {
             debug_assert!(false, "window without reference");
             return Ok(());
         };
         let events: Vec<TelemetryEvent> = w.events.iter().map(|p| p.event.clone()).collect();
         let started = Instant::now();
-        let scores = self.scoring.score(reference, events).await.map_err(|e| e.to_string());
+        let scores = self
+            .scoring
+            .score(reference, events)
+            .await
+            .map_err(|e| e.to_string());
         if let Err(e) = &scores {
             Stats::add(&self.stats.windows_failed, 1);
             tracing::error!(model = %w.key.model, version = %w.key.version, window = w.seq, error = %e, "scoring failed; window stored with its error");
@@ -283,9 +392,10 @@ impl Pipeline {
         Stats::add(&self.stats.scores, verdict.judged.len() as u64);
         Stats::add(&self.stats.alerts, new_alerts.len() as u64);
         for a in &new_alerts {
-            notify::log_alert(a);
             if self.options.print_alerts {
                 notify::print_alert(a);
+            } else {
+                notify::log_alert(a);
             }
         }
         for p in &w.events {
@@ -298,7 +408,11 @@ impl Pipeline {
 /// Retries a fallible step with exponential backoff until it succeeds or the
 /// daemon shuts down: an outage of the store or the dead-letter topic pauses
 /// the stream instead of losing data.
-async fn retry<T, E, F, Fut>(what: &str, cancel: &CancellationToken, mut f: F) -> Result<T, PipelineError>
+async fn retry<T, E, F, Fut>(
+    what: &str,
+    cancel: &CancellationToken,
+    mut f: F,
+) -> Result<T, PipelineError>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,

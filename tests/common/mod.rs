@@ -12,32 +12,39 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sqlx::postgres::PgPool;
 use sqlx::Row;
+use sqlx::postgres::PgPool;
 
 /// The broker `tests/run.sh` started.
 pub fn brokers() -> String {
-    std::env::var("MODELWATCH_TEST_BROKERS")
-        .expect("MODELWATCH_TEST_BROKERS is unset: run the suite with tests/run.sh, which starts a broker")
+    std::env::var("MODELWATCH_TEST_BROKERS").expect(
+        "MODELWATCH_TEST_BROKERS is unset: run the suite with tests/run.sh, which starts a broker",
+    )
 }
 
 /// An admin URL of the PostgreSQL server `tests/run.sh` ensured.
 pub fn postgres_admin_url() -> String {
-    std::env::var("MODELWATCH_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("MODELWATCH_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A name no other test or run uses: process id, time and a counter.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("{prefix}_{}_{nanos:x}_{k}", std::process::id())
 }
 
 /// A fresh database for one test, dropped by nobody: names are unique and
 /// the test server is disposable.
 pub async fn fresh_database(name: &str) -> String {
-    let admin = PgPool::connect(&postgres_admin_url()).await.expect("postgres reachable");
+    let admin = PgPool::connect(&postgres_admin_url())
+        .await
+        .expect("postgres reachable");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&admin)
         .await
@@ -54,7 +61,10 @@ pub async fn create_topic(name: &str, partitions: i32) {
         .expect("admin client");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let res = admin
-        .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .expect("create topics request");
     for r in res {
@@ -73,7 +83,10 @@ pub fn producer() -> FutureProducer {
 pub async fn produce(producer: &FutureProducer, topic: &str, payloads: &[String]) {
     for p in payloads {
         producer
-            .send(FutureRecord::to(topic).payload(p.as_str()).key("k"), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(topic).payload(p.as_str()).key("k"),
+                Duration::from_secs(10),
+            )
             .await
             .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
     }
@@ -82,12 +95,21 @@ pub async fn produce(producer: &FutureProducer, topic: &str, payloads: &[String]
 /// Telemetry of model `credit`: `reference` events, then `windows` windows of
 /// `window` events each, where windows in `shifted` have feature `x1` moved
 /// by 1.5 standard deviations. Features `x2` and `segment` never move.
-pub fn telemetry(seed: u64, reference: usize, window: usize, windows: usize, shifted: std::ops::Range<usize>) -> Vec<String> {
+pub fn telemetry(
+    seed: u64,
+    reference: usize,
+    window: usize,
+    windows: usize,
+    shifted: std::ops::Range<usize>,
+) -> Vec<String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut normal = move || {
         let u1: f64 = 1.0 - rng.random::<f64>();
         let u2: f64 = rng.random::<f64>();
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos(), u2)
+        (
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos(),
+            u2,
+        )
     };
     let total = reference + window * windows;
     (0..total)
@@ -116,7 +138,15 @@ pub fn daemon_binary() -> PathBuf {
 }
 
 /// Writes a daemon config for a Kafka topic and a PostgreSQL database.
-pub fn kafka_config(dir: &std::path::Path, topic: &str, dlq: &str, group: &str, db_url: &str, reference: usize, window: usize) -> PathBuf {
+pub fn kafka_config(
+    dir: &std::path::Path,
+    topic: &str,
+    dlq: &str,
+    group: &str,
+    db_url: &str,
+    reference: usize,
+    window: usize,
+) -> PathBuf {
     let path = dir.join(format!("{group}.toml"));
     let text = format!(
         r#"
@@ -196,7 +226,10 @@ impl Daemon {
 
     pub fn assert_alive(&mut self) {
         if let Some(status) = self.child.try_wait().expect("wait") {
-            panic!("daemon exited early with {status}; log:\n{}", self.log_text());
+            panic!(
+                "daemon exited early with {status}; log:\n{}",
+                self.log_text()
+            );
         }
     }
 }
@@ -221,7 +254,10 @@ pub async fn wait_for_windows(pool: &PgPool, daemon: &mut Daemon, windows: i64, 
             return;
         }
         if Instant::now() > deadline {
-            panic!("only {n} of {windows} windows stored after {timeout:?}; daemon log:\n{}", daemon.log_text());
+            panic!(
+                "only {n} of {windows} windows stored after {timeout:?}; daemon log:\n{}",
+                daemon.log_text()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

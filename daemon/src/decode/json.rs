@@ -42,8 +42,8 @@ impl Decoder for JsonDecoder {
         payload: &[u8],
         source_ts: Option<DateTime<Utc>>,
     ) -> Result<Vec<TelemetryEvent>, DecodeError> {
-        let value: serde_json::Value = serde_json::from_slice(payload)
-            .map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(payload).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
         let items = match value {
             serde_json::Value::Array(items) => items,
             other => vec![other],
@@ -60,20 +60,27 @@ impl Decoder for JsonDecoder {
     }
 }
 
-fn into_event(w: WireEvent, source_ts: Option<DateTime<Utc>>) -> Result<TelemetryEvent, DecodeError> {
+fn into_event(
+    w: WireEvent,
+    source_ts: Option<DateTime<Utc>>,
+) -> Result<TelemetryEvent, DecodeError> {
     if w.model.trim().is_empty() {
         return Err(DecodeError::InvalidValue("model is empty".into()));
     }
     for (name, v) in &w.features {
         if let FeatureValue::Number(x) = v {
             if !x.is_finite() {
-                return Err(DecodeError::InvalidValue(format!("feature {name} is not finite")));
+                return Err(DecodeError::InvalidValue(format!(
+                    "feature {name} is not finite"
+                )));
             }
         }
     }
     if let Some(e) = &w.embedding {
         if e.iter().any(|x| !x.is_finite()) {
-            return Err(DecodeError::InvalidValue("embedding has a non-finite value".into()));
+            return Err(DecodeError::InvalidValue(
+                "embedding has a non-finite value".into(),
+            ));
         }
     }
     match &w.output.probabilities {
@@ -83,7 +90,9 @@ fn into_event(w: WireEvent, source_ts: Option<DateTime<Utc>>) -> Result<Telemetr
     }
     if let Some(s) = w.output.score {
         if !s.is_finite() {
-            return Err(DecodeError::InvalidValue("output.score is not finite".into()));
+            return Err(DecodeError::InvalidValue(
+                "output.score is not finite".into(),
+            ));
         }
     }
     let ts = w.ts.or(source_ts).ok_or(DecodeError::NoTimestamp)?;
@@ -111,7 +120,9 @@ fn check_probabilities(p: impl Iterator<Item = f64>) -> Result<(), DecodeError> 
         }
     }
     if n == 0 {
-        return Err(DecodeError::InvalidValue("output.probabilities is empty".into()));
+        return Err(DecodeError::InvalidValue(
+            "output.probabilities is empty".into(),
+        ));
     }
     Ok(())
 }
@@ -156,14 +167,20 @@ mod tests {
     fn rejects_with_reasons() {
         assert_eq!(decode("{not json").unwrap_err().reason(), "invalid_json");
         assert_eq!(decode(r#"{"features":{}}"#).unwrap_err().reason(), "schema");
-        assert_eq!(decode(r#"{"model":"m","typo":1}"#).unwrap_err().reason(), "schema");
+        assert_eq!(
+            decode(r#"{"model":"m","typo":1}"#).unwrap_err().reason(),
+            "schema"
+        );
         assert_eq!(
             decode(r#"{"model":"m","output":{"probabilities":[1.5]}}"#)
                 .unwrap_err()
                 .reason(),
             "invalid_value"
         );
-        assert_eq!(decode(r#"{"model":" "}"#).unwrap_err().reason(), "invalid_value");
+        assert_eq!(
+            decode(r#"{"model":" "}"#).unwrap_err().reason(),
+            "invalid_value"
+        );
         let no_ts = JsonDecoder.decode(br#"{"model":"m"}"#, None).unwrap_err();
         assert_eq!(no_ts, DecodeError::NoTimestamp);
     }

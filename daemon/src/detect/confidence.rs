@@ -1,4 +1,4 @@
-use super::{ks_scores, DetectError, Detector, Engine, Family, Frame, Reference, Score};
+use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, ks_scores};
 
 /// Confidence shift: KS on the per-request maximum class probability.
 pub struct ConfidenceShift;
@@ -8,7 +8,12 @@ impl Detector for ConfidenceShift {
         "confidence_shift"
     }
 
-    fn score(&self, engine: &Engine, reference: &Reference, window: &Frame) -> Result<Vec<Score>, DetectError> {
+    fn score(
+        &self,
+        engine: &Engine,
+        reference: &Reference,
+        window: &Frame,
+    ) -> Result<Vec<Score>, DetectError> {
         if reference.max_probability.is_empty() || window.probabilities.is_empty() {
             return Ok(Vec::new());
         }
@@ -17,7 +22,11 @@ impl Detector for ConfidenceShift {
             engine,
             self.name(),
             Family::Confidence,
-            vec![("max_probability".into(), &reference.max_probability, &current)],
+            vec![(
+                "max_probability".into(),
+                &reference.max_probability,
+                &current,
+            )],
         )
     }
 }

@@ -1,4 +1,6 @@
-use super::{chi2_score, ks_scores, DetectError, Detector, Engine, Family, Frame, Reference, Score};
+use super::{
+    DetectError, Detector, Engine, Family, Frame, Reference, Score, chi2_score, ks_scores,
+};
 
 /// Per-feature input drift: KS on numeric features, chi-squared on categorical.
 pub struct FeatureDrift;
@@ -8,13 +10,24 @@ impl Detector for FeatureDrift {
         "feature_drift"
     }
 
-    fn score(&self, engine: &Engine, reference: &Reference, window: &Frame) -> Result<Vec<Score>, DetectError> {
+    fn score(
+        &self,
+        engine: &Engine,
+        reference: &Reference,
+        window: &Frame,
+    ) -> Result<Vec<Score>, DetectError> {
         let pairs = reference
             .schema
             .numeric
             .iter()
             .enumerate()
-            .map(|(i, name)| (name.clone(), &reference.frame.numeric[i], &window.numeric[i]))
+            .map(|(i, name)| {
+                (
+                    name.clone(),
+                    &reference.frame.numeric[i],
+                    &window.numeric[i],
+                )
+            })
             .collect();
         let mut scores = ks_scores(engine, self.name(), Family::Drift, pairs)?;
         for (i, name) in reference.schema.categorical.iter().enumerate() {

@@ -52,12 +52,18 @@ impl Engine {
                     flex()
                 }
             },
-            DeviceChoice::Gpu => wgpu_hardware(&[DeviceKind::DiscreteGpu(0), DeviceKind::IntegratedGpu(0)])
-                .map_err(DetectError::Device)?,
+            DeviceChoice::Gpu => {
+                wgpu_hardware(&[DeviceKind::DiscreteGpu(0), DeviceKind::IntegratedGpu(0)])
+                    .map_err(DetectError::Device)?
+            }
             DeviceChoice::WgpuCpu => wgpu_open(DeviceKind::Cpu).map_err(DetectError::Device)?,
         };
         tracing::info!(backend = info.backend, adapter = %info.adapter, kind = %info.kind, "scoring device ready");
-        Ok(Self { device, info, max_tile })
+        Ok(Self {
+            device,
+            info,
+            max_tile,
+        })
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -69,8 +75,12 @@ impl Engine {
     /// first real window.
     pub fn warmup(&self) -> Result<Duration, DetectError> {
         let start = Instant::now();
-        let r: Vec<Vec<f64>> = (0..4).map(|f| (0..64).map(|i| (i * (f + 1)) as f64).collect()).collect();
-        let c: Vec<Vec<f64>> = (0..4).map(|f| (0..32).map(|i| (i * (f + 2)) as f64).collect()).collect();
+        let r: Vec<Vec<f64>> = (0..4)
+            .map(|f| (0..64).map(|i| (i * (f + 1)) as f64).collect())
+            .collect();
+        let c: Vec<Vec<f64>> = (0..4)
+            .map(|f| (0..32).map(|i| (i * (f + 2)) as f64).collect())
+            .collect();
         self.ks_max_diffs(&r, &c)?;
         self.category_counts(&[vec![0, 1, 2, 1]], 3)?;
         self.row_max(&[vec![0.2, 0.8], vec![0.6, 0.4]])?;
@@ -83,13 +93,23 @@ impl Engine {
     /// form: `max_z |m * #{r <= z} - n * #{c <= z}|` over the pooled values z.
     /// The O(n (n + m)) comparisons run on the device, tiled by feature and
     /// by evaluation point; the max over real points is taken on the host.
-    pub fn ks_max_diffs(&self, refs: &[Vec<f64>], curs: &[Vec<f64>]) -> Result<Vec<u64>, DetectError> {
+    pub fn ks_max_diffs(
+        &self,
+        refs: &[Vec<f64>],
+        curs: &[Vec<f64>],
+    ) -> Result<Vec<u64>, DetectError> {
         assert_eq!(refs.len(), curs.len());
         let mut out = Vec::with_capacity(refs.len());
         let n_max = refs.iter().map(Vec::len).max().unwrap_or(0).max(1);
         // Pad the window side to a power of two so that kernel shapes repeat
         // across windows (each new shape costs a compile on a GPU).
-        let m_max = curs.iter().map(Vec::len).max().unwrap_or(0).max(1).next_power_of_two();
+        let m_max = curs
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0)
+            .max(1)
+            .next_power_of_two();
         let p = n_max + m_max;
         let per_feature = (n_max + m_max) * p;
         let f_tile = (self.max_tile / per_feature).clamp(1, refs.len().max(1));
@@ -116,8 +136,10 @@ impl Engine {
                 let w = k1 - k0;
                 let vals: Vec<i64> = data.iter::<i64>().collect();
                 for f in 0..nf {
-                    counts_r[f * p + k0..f * p + k1].copy_from_slice(&vals[f * 2 * w..f * 2 * w + w]);
-                    counts_c[f * p + k0..f * p + k1].copy_from_slice(&vals[f * 2 * w + w..f * 2 * w + 2 * w]);
+                    counts_r[f * p + k0..f * p + k1]
+                        .copy_from_slice(&vals[f * 2 * w..f * 2 * w + w]);
+                    counts_c[f * p + k0..f * p + k1]
+                        .copy_from_slice(&vals[f * 2 * w + w..f * 2 * w + 2 * w]);
                 }
             }
             for f in 0..nf {
@@ -134,11 +156,21 @@ impl Engine {
     }
 
     /// Counts of each code `0..k` per column; codes outside that range are ignored.
-    pub fn category_counts(&self, columns: &[Vec<i32>], k: usize) -> Result<Vec<Vec<u64>>, DetectError> {
+    pub fn category_counts(
+        &self,
+        columns: &[Vec<i32>],
+        k: usize,
+    ) -> Result<Vec<Vec<u64>>, DetectError> {
         if columns.is_empty() || k == 0 {
             return Ok(vec![Vec::new(); columns.len()]);
         }
-        let m = columns.iter().map(Vec::len).max().unwrap_or(0).max(1).next_power_of_two();
+        let m = columns
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0)
+            .max(1)
+            .next_power_of_two();
         let f_tile = (self.max_tile / (m * k)).clamp(1, columns.len());
         let mut out = Vec::with_capacity(columns.len());
         for chunk in columns.chunks(f_tile) {
@@ -148,9 +180,10 @@ impl Engine {
                 flat[f * m..f * m + col.len()].copy_from_slice(col);
             }
             let codes: Tensor<3, Int> =
-                Tensor::<2, Int>::from_data(TensorData::new(flat, [nf, m]), &self.device).unsqueeze_dim(2);
-            let classes: Tensor<3, Int> = Tensor::<1, Int>::arange(0..k as i64, &self.device)
-                .reshape([1, 1, k]);
+                Tensor::<2, Int>::from_data(TensorData::new(flat, [nf, m]), &self.device)
+                    .unsqueeze_dim(2);
+            let classes: Tensor<3, Int> =
+                Tensor::<1, Int>::arange(0..k as i64, &self.device).reshape([1, 1, k]);
             let onehot: Tensor<3, Bool> = codes.equal(classes.expand([nf, m, k]));
             let counts = onehot.int().sum_dim(1);
             let vals: Vec<i64> = read(counts)?.iter::<i64>().collect();
@@ -207,7 +240,11 @@ where
 fn flex() -> (Device, DeviceInfo) {
     (
         Device::flex(),
-        DeviceInfo { backend: "flex", adapter: "cpu".into(), kind: "flex".into() },
+        DeviceInfo {
+            backend: "flex",
+            adapter: "cpu".into(),
+            kind: "flex".into(),
+        },
     )
 }
 
@@ -216,7 +253,9 @@ fn wgpu_hardware(kinds: &[DeviceKind]) -> Result<(Device, DeviceInfo), String> {
     for kind in kinds {
         match wgpu_open(kind.clone()) {
             Ok((device, info)) if info.kind != "Cpu" => return Ok((device, info)),
-            Ok((_, info)) => reasons.push(format!("{kind:?} is the software adapter {}", info.adapter)),
+            Ok((_, info)) => {
+                reasons.push(format!("{kind:?} is the software adapter {}", info.adapter))
+            }
             Err(e) => reasons.push(e),
         }
     }
@@ -227,14 +266,18 @@ fn wgpu_open(kind: DeviceKind) -> Result<(Device, DeviceInfo), String> {
     // wgpu probing can panic inside drivers on broken installs; a monitor
     // that cannot get a GPU must still start on the CPU.
     let attempt = std::panic::catch_unwind(|| {
-        Device::wgpu_options().device_kind(kind.clone()).init_with_setup()
+        Device::wgpu_options()
+            .device_kind(kind.clone())
+            .init_with_setup()
     });
     match attempt {
         Ok(Ok((device, setup))) => {
             let ai = setup.adapter.get_info();
             let info = DeviceInfo {
                 backend: "wgpu",
-                adapter: format!("{} ({:?}, {})", ai.name, ai.backend, ai.driver_info).trim().to_string(),
+                adapter: format!("{} ({:?}, {})", ai.name, ai.backend, ai.driver_info)
+                    .trim()
+                    .to_string(),
                 kind: format!("{:?}", ai.device_type),
             };
             Ok((device, info))

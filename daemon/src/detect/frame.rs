@@ -81,7 +81,12 @@ impl Frame {
             let probs = e.output.probabilities.as_ref().map(|p| ordered(p, classes));
             let label = e.output.label.clone().or_else(|| {
                 probs.as_ref().and_then(|(values, names)| {
-                    argmax(values).map(|i| names.get(i).cloned().unwrap_or_else(|| format!("class_{i}")))
+                    argmax(values).map(|i| {
+                        names
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| format!("class_{i}"))
+                    })
                 })
             });
             if let Some((values, _)) = probs {
@@ -101,11 +106,17 @@ fn ordered(p: &Probabilities, classes: &[String]) -> (Vec<f64>, Vec<String>) {
         Probabilities::List(v) => (v.clone(), classes.to_vec()),
         Probabilities::Named(map) => {
             if classes.is_empty() {
-                (map.values().copied().collect(), map.keys().cloned().collect())
+                (
+                    map.values().copied().collect(),
+                    map.keys().cloned().collect(),
+                )
             } else {
                 let mut names = classes.to_vec();
                 names.extend(map.keys().filter(|k| !classes.contains(k)).cloned());
-                let values = names.iter().map(|n| map.get(n).copied().unwrap_or(0.0)).collect();
+                let values = names
+                    .iter()
+                    .map(|n| map.get(n).copied().unwrap_or(0.0))
+                    .collect();
                 (values, names)
             }
         }
@@ -135,8 +146,12 @@ mod tests {
     #[test]
     fn schema_and_frame() {
         let events = vec![
-            ev(r#"{"model":"m","features":{"a":1,"b":"x","c":1},"output":{"probabilities":[0.1,0.9]}}"#),
-            ev(r#"{"model":"m","features":{"a":2,"b":"y","c":"z"},"output":{"probabilities":{"no":0.7,"yes":0.3}}}"#),
+            ev(
+                r#"{"model":"m","features":{"a":1,"b":"x","c":1},"output":{"probabilities":[0.1,0.9]}}"#,
+            ),
+            ev(
+                r#"{"model":"m","features":{"a":2,"b":"y","c":"z"},"output":{"probabilities":{"no":0.7,"yes":0.3}}}"#,
+            ),
             ev(r#"{"model":"m","features":{"a":null},"output":{"label":"maybe"}}"#),
         ];
         let s = Schema::infer(&events);

@@ -79,7 +79,12 @@ pub struct Reference {
 /// A detector of one family.
 pub trait Detector: Send {
     fn name(&self) -> &'static str;
-    fn score(&self, engine: &Engine, reference: &Reference, window: &Frame) -> Result<Vec<Score>, DetectError>;
+    fn score(
+        &self,
+        engine: &Engine,
+        reference: &Reference,
+        window: &Frame,
+    ) -> Result<Vec<Score>, DetectError>;
 }
 
 /// The engine and the detectors that run on it.
@@ -105,7 +110,12 @@ impl Scorer {
     }
 
     /// Types the reference events and precomputes what every window reuses.
-    pub fn fit(&self, model: &str, events: &[TelemetryEvent], classes: &[String]) -> Result<Arc<Reference>, DetectError> {
+    pub fn fit(
+        &self,
+        model: &str,
+        events: &[TelemetryEvent],
+        classes: &[String],
+    ) -> Result<Arc<Reference>, DetectError> {
         let schema = Schema::infer(events);
         if !schema.mixed.is_empty() {
             tracing::warn!(model, features = ?schema.mixed, "features of mixed type are not scored");
@@ -142,7 +152,9 @@ impl Scorer {
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(DetectError::Failed(format!("tensor operation panicked: {msg}")))
+            Err(DetectError::Failed(format!(
+                "tensor operation panicked: {msg}"
+            )))
         })
     }
 }
@@ -155,7 +167,10 @@ fn ks_scores(
     family: Family,
     pairs: Vec<(String, &Vec<f64>, &Vec<f64>)>,
 ) -> Result<Vec<Score>, DetectError> {
-    let pairs: Vec<_> = pairs.into_iter().filter(|(_, r, c)| !r.is_empty() && !c.is_empty()).collect();
+    let pairs: Vec<_> = pairs
+        .into_iter()
+        .filter(|(_, r, c)| !r.is_empty() && !c.is_empty())
+        .collect();
     if pairs.is_empty() {
         return Ok(Vec::new());
     }
@@ -198,8 +213,11 @@ fn chi2_score(
         return Ok(None);
     }
     let categories: std::collections::BTreeSet<&String> = reference.iter().chain(window).collect();
-    let index: std::collections::HashMap<&String, i32> =
-        categories.iter().enumerate().map(|(i, c)| (*c, i as i32)).collect();
+    let index: std::collections::HashMap<&String, i32> = categories
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (*c, i as i32))
+        .collect();
     let codes = |col: &[String]| col.iter().map(|c| index[c]).collect::<Vec<i32>>();
     let counts = engine.category_counts(&[codes(reference), codes(window)], categories.len())?;
     let result = stats::chi2_homogeneity(&counts[0], &counts[1]);

@@ -1,4 +1,4 @@
-use super::{chi2_score, DetectError, Detector, Engine, Family, Frame, Reference, Score};
+use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, chi2_score};
 
 /// Output distribution: chi-squared on the mix of predicted classes.
 pub struct OutputDistribution;
@@ -8,7 +8,12 @@ impl Detector for OutputDistribution {
         "output_distribution"
     }
 
-    fn score(&self, engine: &Engine, reference: &Reference, window: &Frame) -> Result<Vec<Score>, DetectError> {
+    fn score(
+        &self,
+        engine: &Engine,
+        reference: &Reference,
+        window: &Frame,
+    ) -> Result<Vec<Score>, DetectError> {
         Ok(chi2_score(
             engine,
             self.name(),

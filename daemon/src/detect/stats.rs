@@ -40,7 +40,11 @@ pub fn ks_two_sample(n1: usize, n2: usize, max_diff: u64) -> KsResult {
         // h = round(d * lcm) in SciPy; with an integer statistic it is exact.
         let h = max_diff / g;
         if h == 0 {
-            return KsResult { statistic: 0.0, p_value: 1.0, method: KsMethod::Exact };
+            return KsResult {
+                statistic: 0.0,
+                p_value: 1.0,
+                method: KsMethod::Exact,
+            };
         }
         let p = if n1 == n2 {
             prob_outside_square(a, h)
@@ -56,7 +60,11 @@ pub fn ks_two_sample(n1: usize, n2: usize, max_diff: u64) -> KsResult {
             };
         }
     }
-    let (m, n) = if a >= b { (a as f64, b as f64) } else { (b as f64, a as f64) };
+    let (m, n) = if a >= b {
+        (a as f64, b as f64)
+    } else {
+        (b as f64, a as f64)
+    };
     let en = (m * n / (m + n)).round();
     KsResult {
         statistic: d,
@@ -302,7 +310,11 @@ pub fn chi2_homogeneity(reference: &[u64], current: &[u64]) -> Chi2Result {
     assert_eq!(reference.len(), current.len());
     let k = reference.len();
     if k < 2 {
-        return Chi2Result { statistic: 0.0, p_value: 1.0, dof: 0 };
+        return Chi2Result {
+            statistic: 0.0,
+            p_value: 1.0,
+            dof: 0,
+        };
     }
     let nr: f64 = reference.iter().sum::<u64>() as f64;
     let nc: f64 = current.iter().sum::<u64>() as f64;
@@ -324,7 +336,11 @@ pub fn chi2_homogeneity(reference: &[u64], current: &[u64]) -> Chi2Result {
     let p = ChiSquared::new(dof as f64)
         .map(|d| d.sf(stat))
         .unwrap_or(f64::NAN);
-    Chi2Result { statistic: stat, p_value: p, dof }
+    Chi2Result {
+        statistic: stat,
+        p_value: p,
+        dof,
+    }
 }
 
 #[cfg(test)]

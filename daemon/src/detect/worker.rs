@@ -39,27 +39,37 @@ impl ScoringHandle {
         std::thread::Builder::new()
             .name("modelwatch-scoring".into())
             .spawn(move || {
-                let scorer = match Engine::open(config.device, config.max_tile_elements).and_then(|engine| {
-                    if config.warmup {
-                        engine.warmup()?;
-                    }
-                    Ok(Scorer::new(engine))
-                }) {
-                    Ok(s) => {
-                        let _ = ready_tx.send(Ok(s.engine().info().clone()));
-                        s
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
+                let scorer =
+                    match Engine::open(config.device, config.max_tile_elements).and_then(|engine| {
+                        if config.warmup {
+                            engine.warmup()?;
+                        }
+                        Ok(Scorer::new(engine))
+                    }) {
+                        Ok(s) => {
+                            let _ = ready_tx.send(Ok(s.engine().info().clone()));
+                            s
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
                 while let Ok(job) = rx.recv() {
                     match job {
-                        Job::Fit { model, events, classes, reply } => {
+                        Job::Fit {
+                            model,
+                            events,
+                            classes,
+                            reply,
+                        } => {
                             let _ = reply.send(scorer.fit(&model, &events, &classes));
                         }
-                        Job::Score { reference, events, reply } => {
+                        Job::Score {
+                            reference,
+                            events,
+                            reply,
+                        } => {
                             let _ = reply.send(scorer.score(&reference, &events));
                         }
                     }
@@ -76,15 +86,33 @@ impl ScoringHandle {
         &self.info
     }
 
-    pub async fn fit(&self, model: &str, events: Vec<TelemetryEvent>, classes: Vec<String>) -> Result<Arc<Reference>, DetectError> {
+    pub async fn fit(
+        &self,
+        model: &str,
+        events: Vec<TelemetryEvent>,
+        classes: Vec<String>,
+    ) -> Result<Arc<Reference>, DetectError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Fit { model: model.to_string(), events, classes, reply })?;
+        self.send(Job::Fit {
+            model: model.to_string(),
+            events,
+            classes,
+            reply,
+        })?;
         rx.await.map_err(|_| gone())?
     }
 
-    pub async fn score(&self, reference: Arc<Reference>, events: Vec<TelemetryEvent>) -> Result<Vec<Score>, DetectError> {
+    pub async fn score(
+        &self,
+        reference: Arc<Reference>,
+        events: Vec<TelemetryEvent>,
+    ) -> Result<Vec<Score>, DetectError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Score { reference, events, reply })?;
+        self.send(Job::Score {
+            reference,
+            events,
+            reply,
+        })?;
         rx.await.map_err(|_| gone())?
     }
 

@@ -24,11 +24,14 @@ pub struct OffsetTracker {
 impl OffsetTracker {
     /// Adds a hold on `pos` (one per event that still depends on it).
     pub fn hold(&mut self, pos: &SourcePos) {
-        let s = self.streams.entry(pos.stream.clone()).or_insert_with(|| StreamState {
-            held: BTreeMap::new(),
-            next_after_seen: pos.offset,
-            committed: pos.offset,
-        });
+        let s = self
+            .streams
+            .entry(pos.stream.clone())
+            .or_insert_with(|| StreamState {
+                held: BTreeMap::new(),
+                next_after_seen: pos.offset,
+                committed: pos.offset,
+            });
         *s.held.entry(pos.offset).or_insert(0) += 1;
         s.next_after_seen = s.next_after_seen.max(pos.offset + 1);
     }
@@ -75,7 +78,10 @@ mod tests {
     use super::*;
 
     fn pos(o: i64) -> SourcePos {
-        SourcePos { stream: "t/0".into(), offset: o }
+        SourcePos {
+            stream: "t/0".into(),
+            offset: o,
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub struct Episode {
     pub to: i64,
 }
 
-pub const REFERENCE_SIZE: usize = 500;
+pub const REFERENCE_SIZE: usize = 1000;
 pub const WINDOW_SIZE: usize = 250;
 
 pub struct SimModel {
@@ -33,15 +33,42 @@ pub struct SimModel {
 }
 
 pub const FLEET: [SimModel; 3] = [
-    SimModel { name: "fraud-scorer", version: "v1", classes: &["legit", "fraud"] },
-    SimModel { name: "churn-predictor", version: "v3", classes: &["stay", "churn"] },
-    SimModel { name: "image-classifier", version: "v12", classes: &["cat", "dog", "bird", "car"] },
+    SimModel {
+        name: "fraud-scorer",
+        version: "v1",
+        classes: &["legit", "fraud"],
+    },
+    SimModel {
+        name: "churn-predictor",
+        version: "v3",
+        classes: &["stay", "churn"],
+    },
+    SimModel {
+        name: "image-classifier",
+        version: "v12",
+        classes: &["cat", "dog", "bird", "car"],
+    },
 ];
 
 pub const EPISODES: [Episode; 3] = [
-    Episode { model: "fraud-scorer", what: "input drift: transaction amounts 2.5x larger", from: 4, to: 6 },
-    Episode { model: "churn-predictor", what: "confidence collapse: probabilities pulled to 0.5", from: 7, to: 9 },
-    Episode { model: "image-classifier", what: "output anomaly: 'car' predicted for most inputs", from: 3, to: 5 },
+    Episode {
+        model: "fraud-scorer",
+        what: "input drift: transaction amounts 2.5x larger",
+        from: 4,
+        to: 6,
+    },
+    Episode {
+        model: "churn-predictor",
+        what: "confidence collapse: probabilities pulled to 0.5",
+        from: 7,
+        to: 9,
+    },
+    Episode {
+        model: "image-classifier",
+        what: "output anomaly: 'car' predicted for most inputs",
+        from: 3,
+        to: 5,
+    },
 ];
 
 /// The per-model settings the demo runs with.
@@ -77,12 +104,18 @@ fn softmax(logits: &[f64]) -> Vec<f64> {
 }
 
 fn in_episode(model: &str, window: i64) -> bool {
-    EPISODES.iter().any(|e| e.model == model && (e.from..=e.to).contains(&window))
+    EPISODES
+        .iter()
+        .any(|e| e.model == model && (e.from..=e.to).contains(&window))
 }
 
 /// One simulated event of `model` as its JSON payload; `i` counts that model's events.
 fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> serde_json::Value {
-    let window = if i < REFERENCE_SIZE { -1 } else { ((i - REFERENCE_SIZE) / WINDOW_SIZE) as i64 };
+    let window = if i < REFERENCE_SIZE {
+        -1
+    } else {
+        ((i - REFERENCE_SIZE) / WINDOW_SIZE) as i64
+    };
     let shifted = in_episode(model.name, window);
     let (features, probs) = match model.name {
         "fraud-scorer" => {
@@ -90,7 +123,10 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
             let age = (38.0 + 12.0 * normal(rng)).clamp(18.0, 90.0).round();
             let country = ["US", "US", "DE", "FR", "BR", "US", "DE", "US"][rng.random_range(0..8)];
             let logit = -3.0 + 0.01 * amount - 0.01 * age;
-            (json!({"amount": (amount * 100.0).round() / 100.0, "age": age, "country": country}), softmax(&[0.0, logit]))
+            (
+                json!({"amount": (amount * 100.0).round() / 100.0, "age": age, "country": country}),
+                softmax(&[0.0, logit]),
+            )
         }
         "churn-predictor" => {
             let tenure = rng.random_range(1..72) as f64;
@@ -100,7 +136,10 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
             if shifted {
                 logit *= 0.1;
             }
-            (json!({"tenure_months": tenure, "monthly_spend": spend, "plan": plan}), softmax(&[0.0, logit]))
+            (
+                json!({"tenure_months": tenure, "monthly_spend": spend, "plan": plan}),
+                softmax(&[0.0, logit]),
+            )
         }
         _ => {
             let brightness = (0.5 + 0.15 * normal(rng)).clamp(0.0, 1.0);
@@ -108,7 +147,10 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
             if shifted && rng.random::<f64>() < 0.7 {
                 logits[3] += 8.0;
             }
-            (json!({"brightness": (brightness * 1000.0).round() / 1000.0}), softmax(&logits))
+            (
+                json!({"brightness": (brightness * 1000.0).round() / 1000.0}),
+                softmax(&logits),
+            )
         }
     };
     json!({
@@ -136,13 +178,17 @@ pub fn start(config: &Config, tx: mpsc::Sender<RawMessage>, cancel: Cancellation
                     return;
                 }
                 let ts = t0 + Duration::milliseconds(500 * i as i64);
-                let payload = serde_json::to_vec(&event(&mut rng, model, i, ts)).unwrap_or_default();
+                let payload =
+                    serde_json::to_vec(&event(&mut rng, model, i, ts)).unwrap_or_default();
                 let msg = RawMessage {
                     payload,
                     key: Some(model.name.as_bytes().to_vec()),
                     timestamp: Some(ts),
                     topic: "demo".into(),
-                    pos: SourcePos { stream: "demo".into(), offset },
+                    pos: SourcePos {
+                        stream: "demo".into(),
+                        offset,
+                    },
                 };
                 offset += 1;
                 if tx.send(msg).await.is_err() {
@@ -156,7 +202,10 @@ pub fn start(config: &Config, tx: mpsc::Sender<RawMessage>, cancel: Cancellation
                     key: None,
                     timestamp: Some(t0),
                     topic: "demo".into(),
-                    pos: SourcePos { stream: "demo".into(), offset },
+                    pos: SourcePos {
+                        stream: "demo".into(),
+                        offset,
+                    },
                 };
                 offset += 1;
                 if tx.send(msg).await.is_err() {

@@ -61,18 +61,39 @@ impl KafkaControl {
         }
     }
 
-    pub async fn dead_letter(&self, msg: &RawMessage, reason: &str, detail: &str) -> Result<(), IngestError> {
+    pub async fn dead_letter(
+        &self,
+        msg: &RawMessage,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), IngestError> {
         let (topic, partition) = split_stream(&msg.pos.stream).unwrap_or((&msg.topic, -1));
         let partition = partition.to_string();
         let offset = msg.pos.offset.to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "modelwatch.reason", value: Some(reason) })
-            .insert(Header { key: "modelwatch.error", value: Some(detail) })
-            .insert(Header { key: "modelwatch.source.topic", value: Some(topic) })
-            .insert(Header { key: "modelwatch.source.partition", value: Some(&partition) })
-            .insert(Header { key: "modelwatch.source.offset", value: Some(&offset) });
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.dead_letter_topic).payload(msg.payload.as_slice()).headers(headers);
+            .insert(Header {
+                key: "modelwatch.reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "modelwatch.error",
+                value: Some(detail),
+            })
+            .insert(Header {
+                key: "modelwatch.source.topic",
+                value: Some(topic),
+            })
+            .insert(Header {
+                key: "modelwatch.source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "modelwatch.source.offset",
+                value: Some(&offset),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.dead_letter_topic)
+            .payload(msg.payload.as_slice())
+            .headers(headers);
         if let Some(k) = &msg.key {
             record = record.key(k.as_slice());
         }
@@ -84,7 +105,11 @@ impl KafkaControl {
     }
 }
 
-pub fn start(config: &KafkaConfig, tx: mpsc::Sender<RawMessage>, cancel: CancellationToken) -> Result<KafkaControl, IngestError> {
+pub fn start(
+    config: &KafkaConfig,
+    tx: mpsc::Sender<RawMessage>,
+    cancel: CancellationToken,
+) -> Result<KafkaControl, IngestError> {
     let mut consumer_cfg = ClientConfig::new();
     consumer_cfg
         .set("bootstrap.servers", &config.brokers)
@@ -134,14 +159,24 @@ pub fn start(config: &KafkaConfig, tx: mpsc::Sender<RawMessage>, cancel: Cancell
             let raw = RawMessage {
                 payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                 key: msg.key().map(<[u8]>::to_vec),
-                timestamp: msg.timestamp().to_millis().and_then(DateTime::<Utc>::from_timestamp_millis),
+                timestamp: msg
+                    .timestamp()
+                    .to_millis()
+                    .and_then(DateTime::<Utc>::from_timestamp_millis),
                 topic: msg.topic().to_string(),
-                pos: SourcePos { stream: stream_name(msg.topic(), msg.partition()), offset: msg.offset() },
+                pos: SourcePos {
+                    stream: stream_name(msg.topic(), msg.partition()),
+                    offset: msg.offset(),
+                },
             };
             if tx.send(raw).await.is_err() {
                 break;
             }
         }
     });
-    Ok(KafkaControl { consumer, producer, dead_letter_topic: config.dead_letter_topic.clone() })
+    Ok(KafkaControl {
+        consumer,
+        producer,
+        dead_letter_topic: config.dead_letter_topic.clone(),
+    })
 }

@@ -19,7 +19,10 @@ pub enum IngestError {
     #[error("kafka error: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("io error on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("dead-letter delivery failed: {0}")]
     DeadLetter(String),
 }
@@ -54,7 +57,12 @@ impl SourceControl {
 
     /// Sends an undecodable message to the dead-letter destination and
     /// returns once it is durable there.
-    pub async fn dead_letter(&self, msg: &RawMessage, reason: &str, detail: &str) -> Result<(), IngestError> {
+    pub async fn dead_letter(
+        &self,
+        msg: &RawMessage,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), IngestError> {
         match self {
             SourceControl::Kafka(k) => k.dead_letter(msg, reason, detail).await,
             SourceControl::File(f) => f.dead_letter(msg, reason, detail).await,
@@ -84,15 +92,27 @@ pub fn start(config: &Config, cancel: CancellationToken) -> Result<Source, Inges
     match config.source.kind {
         SourceKind::Kafka => {
             let control = kafka::start(&config.source.kafka, tx, cancel)?;
-            Ok(Source { messages: rx, control: SourceControl::Kafka(control), finite: false })
+            Ok(Source {
+                messages: rx,
+                control: SourceControl::Kafka(control),
+                finite: false,
+            })
         }
         SourceKind::File => {
             let control = file::start(&config.source.file, tx, cancel)?;
-            Ok(Source { messages: rx, control: SourceControl::File(control), finite: true })
+            Ok(Source {
+                messages: rx,
+                control: SourceControl::File(control),
+                finite: true,
+            })
         }
         SourceKind::Demo => {
             demo::start(config, tx, cancel);
-            Ok(Source { messages: rx, control: SourceControl::Demo, finite: true })
+            Ok(Source {
+                messages: rx,
+                control: SourceControl::Demo,
+                finite: true,
+            })
         }
     }
 }

@@ -50,7 +50,11 @@ pub fn judge(config: &JudgeConfig, scores: Vec<Score>) -> Vec<Judged> {
                     Severity::Warning
                 }
             });
-            Judged { score, threshold, alert }
+            Judged {
+                score,
+                threshold,
+                alert,
+            }
         })
         .collect()
 }
@@ -81,13 +85,20 @@ mod tests {
 
     #[test]
     fn bonferroni_divides_alpha_by_tests() {
-        let cfg = JudgeConfig { alpha: 0.01, correction: Correction::Bonferroni, critical_factor: 1e3 };
+        let cfg = JudgeConfig {
+            alpha: 0.01,
+            correction: Correction::Bonferroni,
+            critical_factor: 1e3,
+        };
         let j = judge(&cfg, vec![score(0.004), score(0.006), score(1e-9)]);
         assert!((j[0].threshold - 0.01 / 3.0).abs() < 1e-15);
         assert_eq!(j[0].alert, None);
         assert_eq!(j[1].alert, None);
         assert_eq!(j[2].alert, Some(Severity::Critical));
-        let cfg = JudgeConfig { correction: Correction::None, ..cfg };
+        let cfg = JudgeConfig {
+            correction: Correction::None,
+            ..cfg
+        };
         let j = judge(&cfg, vec![score(0.004), score(0.006)]);
         assert_eq!(j[0].alert, Some(Severity::Warning));
         assert_eq!(j[1].alert, Some(Severity::Warning));

@@ -9,7 +9,11 @@ pub fn print_alert(a: &Alert) {
         "ALERT {:<8} model={} version={} window={} detector={} feature={} statistic={:.4} p={:.3e} threshold={:.3e}",
         a.severity.as_str(),
         a.model,
-        if a.model_version.is_empty() { "-" } else { &a.model_version },
+        if a.model_version.is_empty() {
+            "-"
+        } else {
+            &a.model_version
+        },
         a.window_seq,
         a.detector,
         a.feature,

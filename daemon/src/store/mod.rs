@@ -11,9 +11,9 @@ use std::str::FromStr;
 
 use chrono::Utc;
 use serde::Serialize;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::types::Json;
 use sqlx::{Row, SqlSafeStr};
 
@@ -36,17 +36,29 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Migrations are embedded at build time so that the binary needs no files
 /// beside it; each backend has its own dialect of the same schema.
-const PG_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../../migrations/postgres/0001_init.sql"))];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../../migrations/sqlite/0001_init.sql"))];
+const PG_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../../migrations/postgres/0001_init.sql"),
+)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../../migrations/sqlite/0001_init.sql"),
+)];
 
 fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
     Migrator::with_migrations(
         files
             .iter()
             .map(|(version, name, sql)| {
-                Migration::new(*version, Cow::Borrowed(*name), MigrationType::Simple, sql.into_sql_str(), false)
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*name),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
             })
             .collect(),
     )
@@ -129,7 +141,10 @@ impl Store {
                 .busy_timeout(std::time::Duration::from_secs(10));
             // One connection: SQLite has one writer, and an in-memory database
             // exists per connection.
-            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
+                .await?;
             Ok(Store::Sqlite(pool))
         } else {
             Err(StoreError::Url(url.to_string()))
@@ -492,12 +507,28 @@ mod tests {
             high_water: HashMap::from([("t/0".to_string(), 41)]),
         };
         assert_eq!(store.persist_window(&v).await.unwrap().len(), 1);
-        assert_eq!(store.persist_window(&v).await.unwrap().len(), 0, "replay writes nothing");
+        assert_eq!(
+            store.persist_window(&v).await.unwrap().len(),
+            0,
+            "replay writes nothing"
+        );
         assert_eq!(store.alerts(None).await.unwrap().len(), 1);
         assert_eq!(store.next_window_seq("m", "v").await.unwrap(), 1);
-        assert_eq!(store.load_progress("m", "version:v").await.unwrap()["t/0"], 41);
-        let lower = WindowVerdict { seq: 1, high_water: HashMap::from([("t/0".to_string(), 7)]), alerts: vec![], ..v };
+        assert_eq!(
+            store.load_progress("m", "version:v").await.unwrap()["t/0"],
+            41
+        );
+        let lower = WindowVerdict {
+            seq: 1,
+            high_water: HashMap::from([("t/0".to_string(), 7)]),
+            alerts: vec![],
+            ..v
+        };
         store.persist_window(&lower).await.unwrap();
-        assert_eq!(store.load_progress("m", "version:v").await.unwrap()["t/0"], 41, "progress never moves back");
+        assert_eq!(
+            store.load_progress("m", "version:v").await.unwrap()["t/0"],
+            41,
+            "progress never moves back"
+        );
     }
 }

@@ -74,7 +74,9 @@ pub struct Progress {
 
 impl Progress {
     pub fn covers(&self, pos: &SourcePos) -> bool {
-        self.high_water.get(&pos.stream).is_some_and(|&hw| pos.offset <= hw)
+        self.high_water
+            .get(&pos.stream)
+            .is_some_and(|&hw| pos.offset <= hw)
     }
 }
 
@@ -111,7 +113,15 @@ impl Windower {
     /// Registers a key with its settings and stored progress.
     pub fn add_key(&mut self, key: WindowKey, settings: WindowSettings, progress: Progress) {
         let next_seq = progress.next_seq;
-        self.keys.insert(key, KeyState { settings, progress, next_seq, open: None });
+        self.keys.insert(
+            key,
+            KeyState {
+                settings,
+                progress,
+                next_seq,
+                open: None,
+            },
+        );
     }
 
     /// Whether the event at `pos` is already inside a stored window of `key`.
@@ -133,7 +143,12 @@ impl Windower {
                 closed.extend(close(key, state, CloseReason::EventTime));
             }
         }
-        let open = state.open.get_or_insert_with(|| Open { start: ts, end: ts, opened_at: now, events: Vec::new() });
+        let open = state.open.get_or_insert_with(|| Open {
+            start: ts,
+            end: ts,
+            opened_at: now,
+            events: Vec::new(),
+        });
         open.start = open.start.min(ts);
         open.end = open.end.max(ts);
         open.events.push(item);
@@ -176,7 +191,14 @@ fn close(key: &WindowKey, state: &mut KeyState, reason: CloseReason) -> Option<C
     let open = state.open.take()?;
     let seq = state.next_seq;
     state.next_seq += 1;
-    Some(ClosedWindow { key: key.clone(), seq, start: open.start, end: open.end, reason, events: open.events })
+    Some(ClosedWindow {
+        key: key.clone(),
+        seq,
+        start: open.start,
+        end: open.end,
+        reason,
+        events: open.events,
+    })
 }
 
 /// Collects a model's first events into its reference.
@@ -187,7 +209,10 @@ pub struct ReferenceBuilder {
 
 impl ReferenceBuilder {
     pub fn new(target: usize) -> Self {
-        Self { target, events: Vec::with_capacity(target.min(100_000)) }
+        Self {
+            target,
+            events: Vec::with_capacity(target.min(100_000)),
+        }
     }
 
     /// Adds an event; true once the reference is complete.
@@ -205,28 +230,54 @@ mod tests {
     fn item(offset: i64, secs: i64) -> Positioned {
         let ts = DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap();
         let event: TelemetryEvent =
-            serde_json::from_value(serde_json::json!({"model": "m", "ts": ts.to_rfc3339()})).unwrap();
-        Positioned { event, pos: SourcePos { stream: "t/0".into(), offset } }
+            serde_json::from_value(serde_json::json!({"model": "m", "ts": ts.to_rfc3339()}))
+                .unwrap();
+        Positioned {
+            event,
+            pos: SourcePos {
+                stream: "t/0".into(),
+                offset,
+            },
+        }
     }
 
     fn key() -> WindowKey {
-        WindowKey { model: "m".into(), version: String::new() }
+        WindowKey {
+            model: "m".into(),
+            version: String::new(),
+        }
     }
 
     #[test]
     fn closes_by_count_then_by_event_time() {
         let mut w = Windower::default();
-        let settings = WindowSettings { count: 3, duration: Some(Duration::from_secs(60)) };
-        w.add_key(key(), settings, Progress { next_seq: 5, ..Progress::default() });
+        let settings = WindowSettings {
+            count: 3,
+            duration: Some(Duration::from_secs(60)),
+        };
+        w.add_key(
+            key(),
+            settings,
+            Progress {
+                next_seq: 5,
+                ..Progress::default()
+            },
+        );
         let now = Instant::now();
         assert!(w.push(&key(), item(0, 0), now).is_empty());
         assert!(w.push(&key(), item(1, 1), now).is_empty());
         let c = w.push(&key(), item(2, 2), now);
         assert_eq!(c.len(), 1);
-        assert_eq!((c[0].seq, c[0].events.len(), c[0].reason), (5, 3, CloseReason::Count));
+        assert_eq!(
+            (c[0].seq, c[0].events.len(), c[0].reason),
+            (5, 3, CloseReason::Count)
+        );
         assert!(w.push(&key(), item(3, 10), now).is_empty());
         let c = w.push(&key(), item(4, 71), now);
-        assert_eq!((c[0].seq, c[0].events.len(), c[0].reason), (6, 1, CloseReason::EventTime));
+        assert_eq!(
+            (c[0].seq, c[0].events.len(), c[0].reason),
+            (6, 1, CloseReason::EventTime)
+        );
         let c = w.drain();
         assert_eq!((c[0].seq, c[0].events.len()), (7, 1));
         assert_eq!(c[0].high_water()["t/0"], 4);
@@ -235,7 +286,14 @@ mod tests {
     #[test]
     fn idle_windows_flush_on_the_wall_clock() {
         let mut w = Windower::default();
-        w.add_key(key(), WindowSettings { count: 100, duration: Some(Duration::from_secs(5)) }, Progress::default());
+        w.add_key(
+            key(),
+            WindowSettings {
+                count: 100,
+                duration: Some(Duration::from_secs(5)),
+            },
+            Progress::default(),
+        );
         let t0 = Instant::now();
         w.push(&key(), item(0, 0), t0);
         assert!(w.flush_idle(t0 + Duration::from_secs(4)).is_empty());
@@ -247,8 +305,17 @@ mod tests {
     fn progress_covers_stored_positions() {
         let mut p = Progress::default();
         p.high_water.insert("t/0".into(), 10);
-        assert!(p.covers(&SourcePos { stream: "t/0".into(), offset: 10 }));
-        assert!(!p.covers(&SourcePos { stream: "t/0".into(), offset: 11 }));
-        assert!(!p.covers(&SourcePos { stream: "t/1".into(), offset: 0 }));
+        assert!(p.covers(&SourcePos {
+            stream: "t/0".into(),
+            offset: 10
+        }));
+        assert!(!p.covers(&SourcePos {
+            stream: "t/0".into(),
+            offset: 11
+        }));
+        assert!(!p.covers(&SourcePos {
+            stream: "t/1".into(),
+            offset: 0
+        }));
     }
 }
