@@ -186,3 +186,74 @@ fn check_config_prints_effective_config_and_rejects_unknown_fields() {
         "{err}"
     );
 }
+
+#[test]
+fn imported_baseline_is_the_reference() {
+    let dir = std::env::temp_dir().join(unique("mw_baseline"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 300 clean events form the baseline; the stream is 4 windows with x1
+    // shifted in windows 2 and 3.
+    let all = telemetry(9, 300, 100, 4, 2..4);
+    let baseline = dir.join("baseline.ndjson");
+    std::fs::write(&baseline, all[..300].join("\n")).unwrap();
+    let stream = dir.join("stream.ndjson");
+    std::fs::write(&stream, all[300..].join("\n")).unwrap();
+    let store = format!("sqlite:{}", dir.join("store.db").display());
+
+    let import = |extra: &[&str]| {
+        Command::new(daemon_binary())
+            .args(["baseline", "import", "--model", "credit"])
+            .args(extra)
+            .arg(&baseline)
+            .env("MODELWATCH_STORE__URL", &store)
+            .output()
+            .unwrap()
+    };
+    let out = import(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("300 events"));
+    let again = import(&[]);
+    assert!(
+        !again.status.success(),
+        "a second import must not silently replace"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--replace"));
+    assert!(import(&["--replace"]).status.success());
+
+    let out = Command::new(daemon_binary())
+        .args(["run", "--file"])
+        .arg(&stream)
+        .env("MODELWATCH_STORE__URL", &store)
+        .env("MODELWATCH_REFERENCE__SIZE", "100000")
+        .env("MODELWATCH_WINDOWS__COUNT", "100")
+        .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
+        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cells: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.starts_with("ALERT"))
+        .map(|l| {
+            let get = |k: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .unwrap()
+                    .to_string()
+            };
+            format!("{}:{}", get("window="), get("feature="))
+        })
+        .collect();
+    cells.sort();
+    assert_eq!(cells, vec!["2:x1", "3:x1"], "{stdout}");
+    assert!(stdout.contains("4 windows scored"), "{stdout}");
+}

@@ -183,7 +183,9 @@ pub async fn run_pipeline(config: Config, options: PipelineOptions) -> Result<Ar
     let store = Store::open(&config.store.url, config.store.max_connections)
         .await
         .with_context(|| format!("opening the {} store", redact(&config.store.url)))?;
-    let scoring = ScoringHandle::start(&config.engine)
+    // Warm up at the global sizes; per-model overrides compile on first use.
+    let typical = (config.reference.size, config.windows.count.max(1));
+    let scoring = ScoringHandle::start(&config.engine, typical)
         .await
         .context("starting the scoring engine")?;
     let source = ingest::start(&config, cancel.clone()).context("starting the source")?;

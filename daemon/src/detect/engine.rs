@@ -70,22 +70,43 @@ impl Engine {
         &self.info
     }
 
-    /// Runs each kernel once on small synthetic data so that shader
-    /// compilation (and autotuning, in the tuned build) happens before the
-    /// first real window.
-    pub fn warmup(&self) -> Result<Duration, DetectError> {
+    /// Runs each kernel once at the configured reference and window sizes
+    /// so that shader compilation (and autotuning, in the tuned build)
+    /// happens before the first real window rather than during it.
+    pub fn warmup(
+        &self,
+        reference_rows: usize,
+        window_rows: usize,
+    ) -> Result<Duration, DetectError> {
         let start = Instant::now();
-        let r: Vec<Vec<f64>> = (0..4)
-            .map(|f| (0..64).map(|i| (i * (f + 1)) as f64).collect())
-            .collect();
-        let c: Vec<Vec<f64>> = (0..4)
-            .map(|f| (0..32).map(|i| (i * (f + 2)) as f64).collect())
-            .collect();
+        // flex compiles nothing, so a token run proves the path; on wgpu the
+        // real sizes matter (autotune keys on shape), capped so that a huge
+        // configured reference cannot stall start-up.
+        let (n, m) = if self.info.backend == "flex" {
+            (64, 32)
+        } else {
+            (
+                reference_rows.clamp(2, 20_000),
+                window_rows.clamp(2, 20_000),
+            )
+        };
+        let column = |len: usize, k: usize| {
+            (0..len)
+                .map(|i| ((i * k) % 997) as f64)
+                .collect::<Vec<f64>>()
+        };
+        let r: Vec<Vec<f64>> = (1..=4).map(|k| column(n, k)).collect();
+        let c: Vec<Vec<f64>> = (2..=5).map(|k| column(m, k)).collect();
         self.ks_max_diffs(&r, &c)?;
-        self.category_counts(&[vec![0, 1, 2, 1]], 3)?;
-        self.row_max(&[vec![0.2, 0.8], vec![0.6, 0.4]])?;
+        let codes = |len: usize| (0..len).map(|i| (i % 3) as i32).collect::<Vec<i32>>();
+        self.category_counts(&[codes(n), codes(m)], 3)?;
+        self.row_max(
+            &(0..m)
+                .map(|i| vec![(i % 10) as f64 / 10.0, 0.5])
+                .collect::<Vec<_>>(),
+        )?;
         let took = start.elapsed();
-        tracing::info!(device = %self.info.label(), took_ms = took.as_millis() as u64, "engine warmed up");
+        tracing::info!(device = %self.info.label(), reference_rows = n, window_rows = m, took_ms = took.as_millis() as u64, "engine warmed up");
         Ok(took)
     }
 

@@ -32,7 +32,11 @@ pub struct ScoringHandle {
 impl ScoringHandle {
     /// Opens the device on a new thread, warms it up when asked, and returns
     /// once it is ready to score.
-    pub async fn start(config: &EngineConfig) -> Result<Self, DetectError> {
+    /// `typical` is the (reference rows, window rows) to warm the kernels up at.
+    pub async fn start(
+        config: &EngineConfig,
+        typical: (usize, usize),
+    ) -> Result<Self, DetectError> {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel();
         let config = config.clone();
@@ -42,7 +46,7 @@ impl ScoringHandle {
                 let scorer =
                     match Engine::open(config.device, config.max_tile_elements).and_then(|engine| {
                         if config.warmup {
-                            engine.warmup()?;
+                            engine.warmup(typical.0, typical.1)?;
                         }
                         Ok(Scorer::new(engine))
                     }) {
