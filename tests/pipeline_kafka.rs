@@ -23,6 +23,7 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
     create_topic(&dlq, 1).await;
     let db = fresh_database(&unique("mw_shift")).await;
     let tmp = tempdir();
+    let tmp = tmp.as_path();
 
     // Windows 0-3 clean, 4-7 with x1 shifted; one malformed message in window 2.
     let mut payloads = telemetry(11, REFERENCE, WINDOW, 8, 4..8);
@@ -30,7 +31,23 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
         REFERENCE + 2 * WINDOW + 17,
         r#"{"model": "credit", "features": {"x1": "#.to_string(),
     );
-    produce(&producer(), &topic, &payloads).await;
+    // Sent with the daemon's own `replay` command.
+    let file = tmp.join("telemetry.ndjson");
+    std::fs::write(&file, payloads.join("\n")).unwrap();
+    let out = std::process::Command::new(daemon_binary())
+        .args(["replay", "--topic", &topic])
+        .arg(&file)
+        .env("MODELWATCH_SOURCE__KAFKA__BROKERS", brokers())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("sent {} messages", payloads.len()))
+    );
 
     let config = kafka_config(&tmp, &topic, &dlq, &unique("g"), &db, REFERENCE, WINDOW);
     let mut daemon = Daemon::start(&config, tmp.join("daemon.log"));
@@ -118,6 +135,9 @@ async fn killed_daemon_restarts_without_loss_or_duplicates() {
     let mut first = Daemon::start(&config, tmp.join("first.log"));
     wait_for_windows(&pool, &mut first, 4, Duration::from_secs(180)).await;
     first.kill(); // SIGKILL: no shutdown hook, no final commit
+    // The dead member keeps its partition until its session (6 s here) times
+    // out, as on any Kafka broker; tansu evicts it when the next member joins.
+    tokio::time::sleep(Duration::from_secs(7)).await;
 
     produce(&producer, &topic, &payloads[split..]).await;
     let mut second = Daemon::start(&config, tmp.join("second.log"));

@@ -123,7 +123,13 @@ impl Pipeline {
         source.control.flush();
         match result {
             Ok(()) | Err(PipelineError::Cancelled) => {
-                tracing::info!(held_positions = self.tracker.held(), "pipeline stopped");
+                tracing::info!(
+                    held_positions = self.tracker.held(),
+                    messages = Stats::get(&self.stats.messages),
+                    windows = Stats::get(&self.stats.windows),
+                    already_stored_events = Stats::get(&self.stats.replayed_events),
+                    "pipeline stopped"
+                );
                 Ok(self.stats)
             }
             Err(e) => Err(e),

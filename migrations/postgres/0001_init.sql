@@ -3,7 +3,7 @@
 CREATE TABLE model_references (
     model       TEXT PRIMARY KEY,
     origin      TEXT NOT NULL,          -- 'stream' (first N events) or 'import:<file>'
-    n_events    INTEGER NOT NULL,
+    n_events    BIGINT NOT NULL,
     events      JSONB NOT NULL,
     created_at  TIMESTAMPTZ NOT NULL
 );
@@ -25,7 +25,7 @@ CREATE TABLE windows (
     seq           BIGINT NOT NULL,
     window_start  TIMESTAMPTZ NOT NULL,
     window_end    TIMESTAMPTZ NOT NULL,
-    n_events      INTEGER NOT NULL,
+    n_events      BIGINT NOT NULL,
     close_reason  TEXT NOT NULL,
     device        TEXT NOT NULL,
     error         TEXT,
@@ -45,8 +45,8 @@ CREATE TABLE scores (
     value         DOUBLE PRECISION NOT NULL,
     p_value       DOUBLE PRECISION NOT NULL,
     threshold     DOUBLE PRECISION NOT NULL,
-    n_reference   INTEGER NOT NULL,
-    n_window      INTEGER NOT NULL,
+    n_reference   BIGINT NOT NULL,
+    n_window      BIGINT NOT NULL,
     window_start  TIMESTAMPTZ NOT NULL,
     window_end    TIMESTAMPTZ NOT NULL,
     created_at    TIMESTAMPTZ NOT NULL,

@@ -57,6 +57,12 @@ impl KafkaControl {
     pub fn commit_now(&self) {
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => tracing::info!("committed consumer offsets"),
+            // Nothing stored since the last background commit.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {
+                tracing::debug!("no new offsets to commit")
+            }
             Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
         }
     }
