@@ -96,4 +96,10 @@ export MODELWATCH_TEST_BROKERS=127.0.0.1:$PORT
 
 # --- the suite -------------------------------------------------------------------
 log "running the tests"
-cargo test --release --locked "$@"
+status=0
+cargo test --release --locked "$@" 2>&1 | tee "$RUNDIR/test.log" || status=$?
+# One closing line over every test binary, so a reader (or CI) need not add
+# up the per-binary summaries.
+read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$RUNDIR/test.log")
+echo "modelwatch: $passed passed, $failed failed"
+exit "$status"
