@@ -101,6 +101,7 @@ fn run_on_a_file_with_the_embedded_store() {
         .env("MODELWATCH_WINDOWS__COUNT", "100")
         .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
         .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+        .env("MODELWATCH_TELEMETRY__LISTEN", "")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -142,6 +143,7 @@ fn run_on_a_file_with_the_embedded_store() {
         .env("MODELWATCH_WINDOWS__COUNT", "100")
         .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
         .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+        .env("MODELWATCH_TELEMETRY__LISTEN", "")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&again.stdout);
@@ -232,6 +234,7 @@ fn imported_baseline_is_the_reference() {
         .env("MODELWATCH_WINDOWS__COUNT", "100")
         .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
         .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+        .env("MODELWATCH_TELEMETRY__LISTEN", "")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

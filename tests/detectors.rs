@@ -221,7 +221,7 @@ fn scorer_flags_only_shifted_features(engine: Engine) {
     let reference_fit = scorer
         .fit("m", &reference, &["no".into(), "yes".into()])
         .unwrap();
-    let scores = scorer.score(&reference_fit, &window).unwrap();
+    let scores = scorer.score(&reference_fit, &window).unwrap().scores;
     let p = |feature: &str| {
         scores
             .iter()

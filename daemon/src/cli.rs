@@ -16,7 +16,7 @@ use crate::detect::ScoringHandle;
 use crate::ingest;
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::store::Store;
-use crate::telemetry::{self, Stats};
+use crate::telemetry::{self, Health, Metrics};
 
 #[derive(Parser)]
 #[command(name = "modelwatch", version, about = "real-time AI behaviour monitor")]
@@ -126,9 +126,9 @@ pub async fn main() -> Result<()> {
                 config.source.kind = SourceKind::File;
                 config.source.file.path = path;
             }
-            telemetry::init_logging(&config.log);
-            let stats = run_pipeline(config, PipelineOptions { print_alerts: true }).await?;
-            print_summary(&stats);
+            let _telemetry = telemetry::init(&config.log, &config.telemetry.otlp)?;
+            let metrics = run_pipeline(config, PipelineOptions { print_alerts: true }).await?;
+            print_summary(&metrics);
             Ok(())
         }
         Command::Demo {
@@ -176,22 +176,55 @@ pub async fn main() -> Result<()> {
 }
 
 /// Builds and runs the pipeline until its source ends or ctrl-c / SIGTERM.
-pub async fn run_pipeline(config: Config, options: PipelineOptions) -> Result<Arc<Stats>> {
+pub async fn run_pipeline(config: Config, options: PipelineOptions) -> Result<Arc<Metrics>> {
     let config = Arc::new(config);
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    // The endpoints come up first, so that an orchestrator sees "not ready"
+    // (rather than nothing) while the engine warms up.
+    if !config.telemetry.listen.is_empty() {
+        telemetry::http::serve(
+            &config.telemetry.listen,
+            metrics.clone(),
+            health.clone(),
+            cancel.clone(),
+        )
+        .await?;
+    }
     let store = Store::open(&config.store.url, config.store.max_connections)
         .await
         .with_context(|| format!("opening the {} store", redact(&config.store.url)))?;
+    Health::set(&health.store_reachable, true);
+    spawn_store_probe(store.clone(), health.clone(), cancel.clone());
     // Warm up at the global sizes; per-model overrides compile on first use.
     let typical = (config.reference.size, config.windows.count.max(1));
     let scoring = ScoringHandle::start(&config.engine, typical)
         .await
         .context("starting the scoring engine")?;
-    let source = ingest::start(&config, cancel.clone()).context("starting the source")?;
+    Health::set(&health.device_ready, true);
+    let source = ingest::start(&config, metrics.clone(), health.clone(), cancel.clone())
+        .context("starting the source")?;
     tracing::info!(store = store.kind(), device = %scoring.info().label(), "modelwatch ready");
-    let pipeline = Pipeline::new(config, store, scoring, options)?;
+    let pipeline = Pipeline::new(config, store, scoring, metrics, health, options)?;
     Ok(pipeline.run(source, cancel).await?)
+}
+
+/// Keeps `/readyz` honest about the store between writes.
+fn spawn_store_probe(store: Store, health: Arc<Health>, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            let ok = tokio::time::timeout(Duration::from_secs(3), store.ping())
+                .await
+                .is_ok_and(|r| r.is_ok());
+            Health::set(&health.store_reachable, ok);
+        }
+    });
 }
 
 fn spawn_signal_handler(cancel: CancellationToken) {
@@ -236,7 +269,8 @@ async fn demo(store: String, windows: usize, device: DeviceChoice, seed: u64) ->
     config.store.url = store;
     config.engine.device = device;
     config.models.extend(ingest::demo::model_configs());
-    telemetry::init_logging(&config.log);
+    config.telemetry.listen = String::new();
+    let _telemetry = telemetry::init(&config.log, &config.telemetry.otlp)?;
     println!(
         "modelwatch demo: {} simulated models, reference {} events, windows of {} events, {} windows each",
         ingest::demo::FLEET.len(),
@@ -251,31 +285,27 @@ async fn demo(store: String, windows: usize, device: DeviceChoice, seed: u64) ->
         );
     }
     let url = config.store.url.clone();
-    let stats = run_pipeline(config, PipelineOptions { print_alerts: true }).await?;
-    print_summary(&stats);
-    // The summary reads back what the store holds, so it shows what a
-    // dashboard would.
-    let store = Store::connect(&url, 1).await?;
+    let metrics = run_pipeline(config, PipelineOptions { print_alerts: true }).await?;
+    print_summary(&metrics);
     if url != "sqlite::memory:" {
-        let alerts = store.alerts(None).await?;
-        println!("store {url}: {} alerts", alerts.len());
+        println!("results kept in {url}");
     }
     Ok(())
 }
 
-fn print_summary(stats: &Stats) {
+fn print_summary(m: &Metrics) {
     println!(
         "summary: {} messages, {} events ({} into references, {} already stored), {} windows scored ({} failed), {} scores, {} alerts",
-        Stats::get(&stats.messages),
-        Stats::get(&stats.events),
-        Stats::get(&stats.reference_events),
-        Stats::get(&stats.replayed_events),
-        Stats::get(&stats.windows),
-        Stats::get(&stats.windows_failed),
-        Stats::get(&stats.scores),
-        Stats::get(&stats.alerts),
+        m.messages.get(),
+        m.events_decoded.get(),
+        m.reference_events.get(),
+        m.replayed_events.get(),
+        m.windows(),
+        m.windows_failed.get(),
+        m.scores.get(),
+        m.alerts(),
     );
-    let rejected = stats.rejected();
+    let rejected = m.rejected();
     if !rejected.is_empty() {
         let parts: Vec<String> = rejected.iter().map(|(r, n)| format!("{r}={n}")).collect();
         println!("rejected messages (dead-lettered): {}", parts.join(", "));

@@ -55,6 +55,9 @@ pub struct Config {
     /// The monitor's own logs.
     #[serde(default)]
     pub log: LogConfig,
+    /// The monitor's own metrics, health endpoints and traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -394,6 +397,78 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::default(),
             filter: default_log_filter(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints; empty disables them.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub otlp: OtlpConfig,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            otlp: OtlpConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// Collector URL (`http://collector:4317`). Empty: the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// variables, else no export.
+    #[serde(default)]
+    pub endpoint: String,
+    /// `grpc` or `http/protobuf`; unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `grpc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<OtlpProtocol>,
+    /// Extra request headers (authentication); `OTEL_EXPORTER_OTLP_HEADERS` also applies.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Export timeout in seconds.
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout_secs: u64,
+    /// The `service.name` resource attribute.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+const fn default_otlp_timeout() -> u64 {
+    10
+}
+fn default_service_name() -> String {
+    "modelwatch".into()
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            protocol: None,
+            headers: BTreeMap::new(),
+            timeout_secs: default_otlp_timeout(),
+            service_name: default_service_name(),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::decode::{self, Decoder};
@@ -18,7 +19,7 @@ use crate::ingest::{IngestError, RawMessage, Source, SourceControl};
 use crate::judge;
 use crate::notify;
 use crate::store::{self, Store, StoreError};
-use crate::telemetry::Stats;
+use crate::telemetry::{self, Health, Metrics};
 use crate::window::{
     self, ClosedWindow, Progress, ReferenceBuilder, WindowKey, WindowSettings, Windower,
 };
@@ -59,7 +60,8 @@ pub struct Pipeline {
     tracker: OffsetTracker,
     windower: Windower,
     models: HashMap<String, ModelState>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     options: PipelineOptions,
 }
 
@@ -68,6 +70,8 @@ impl Pipeline {
         config: Arc<Config>,
         store: Store,
         scoring: ScoringHandle,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
         options: PipelineOptions,
     ) -> Result<Self, PipelineError> {
         let mut decoders = HashMap::new();
@@ -86,13 +90,10 @@ impl Pipeline {
             tracker: OffsetTracker::default(),
             windower: Windower::default(),
             models: HashMap::new(),
-            stats: Arc::new(Stats::default()),
+            metrics,
+            health,
             options,
         })
-    }
-
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
     }
 
     /// Runs until the source ends (file, demo) or `cancel` fires (Kafka).
@@ -102,9 +103,10 @@ impl Pipeline {
         mut self,
         mut source: Source,
         cancel: CancellationToken,
-    ) -> Result<Arc<Stats>, PipelineError> {
+    ) -> Result<Arc<Metrics>, PipelineError> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let result = loop {
+            self.health.beat();
             let step = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break Ok(()),
@@ -118,6 +120,7 @@ impl Pipeline {
                 break Err(e);
             }
             self.acknowledge(&source.control);
+            self.metrics.positions_held.set(self.tracker.held() as i64);
         };
         self.acknowledge(&source.control);
         source.control.flush();
@@ -125,12 +128,12 @@ impl Pipeline {
             Ok(()) | Err(PipelineError::Cancelled) => {
                 tracing::info!(
                     held_positions = self.tracker.held(),
-                    messages = Stats::get(&self.stats.messages),
-                    windows = Stats::get(&self.stats.windows),
-                    already_stored_events = Stats::get(&self.stats.replayed_events),
+                    messages = self.metrics.messages.get(),
+                    windows = self.metrics.windows(),
+                    already_stored_events = self.metrics.replayed_events.get(),
                     "pipeline stopped"
                 );
-                Ok(self.stats)
+                Ok(self.metrics)
             }
             Err(e) => Err(e),
         }
@@ -168,21 +171,58 @@ impl Pipeline {
         }
     }
 
+    /// One message, in a span that continues the producer's trace.
     async fn handle(
         &mut self,
         msg: RawMessage,
         control: &SourceControl,
         cancel: &CancellationToken,
     ) -> Result<(), PipelineError> {
-        Stats::add(&self.stats.messages, 1);
+        let kafka = matches!(control, SourceControl::Kafka(_));
+        let partition = msg
+            .pos
+            .stream
+            .rsplit_once('/')
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format!("process {}", msg.topic),
+            otel.kind = "consumer",
+            messaging.system = if kafka { "kafka" } else { "modelwatch" },
+            messaging.operation.type = "process",
+            messaging.destination.name = %msg.topic,
+            messaging.destination.partition.id = %partition,
+            messaging.kafka.offset = msg.pos.offset,
+        );
+        telemetry::link_parent(&span, &msg.trace_context);
+        self.handle_in_span(msg, control, cancel)
+            .instrument(span)
+            .await
+    }
+
+    async fn handle_in_span(
+        &mut self,
+        msg: RawMessage,
+        control: &SourceControl,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        self.metrics.messages.inc();
         self.tracker.hold(&msg.pos);
         let decoder = self
             .decoders
             .get(&msg.topic)
             .unwrap_or(&self.default_decoder);
-        match decoder.decode(&msg.payload, msg.timestamp) {
+        let decoded = tracing::info_span!(
+            "decode",
+            decoder = decoder.name(),
+            bytes = msg.payload.len()
+        )
+        .in_scope(|| decoder.decode(&msg.payload, msg.timestamp));
+        match decoded {
             Err(e) => {
-                self.stats.reject(e.reason());
+                tracing::warn!(stream = %msg.pos.stream, offset = msg.pos.offset, reason = e.reason(), error = %e, "message rejected");
+                self.metrics.reject(e.reason());
                 let detail = e.to_string();
                 retry("dead-letter delivery", cancel, || {
                     control.dead_letter(&msg, e.reason(), &detail)
@@ -190,7 +230,7 @@ impl Pipeline {
                 .await?;
             }
             Ok(events) => {
-                Stats::add(&self.stats.events, events.len() as u64);
+                self.metrics.events_decoded.inc_by(events.len() as u64);
                 for event in events {
                     self.route(
                         Positioned {
@@ -220,12 +260,12 @@ impl Pipeline {
             return Ok(());
         };
         if state.reference_progress.covers(&item.pos) {
-            Stats::add(&self.stats.replayed_events, 1);
+            self.metrics.replayed_events.inc();
             return Ok(());
         }
         if state.reference.is_none() {
             self.tracker.hold(&item.pos);
-            Stats::add(&self.stats.reference_events, 1);
+            self.metrics.reference_events.inc();
             let size = self.config.model_settings(&model).reference_size;
             let complete = state
                 .builder
@@ -266,7 +306,7 @@ impl Pipeline {
             );
         }
         if self.windower.covered(&key, &item.pos) {
-            Stats::add(&self.stats.replayed_events, 1);
+            self.metrics.replayed_events.inc();
             return Ok(());
         }
         self.tracker.hold(&item.pos);
@@ -362,10 +402,31 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Scores, judges, stores and reports one closed window, in a span that
+    /// is a child of the message that closed it (so of that request's trace).
     async fn process(
         &mut self,
         w: ClosedWindow,
         cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let span = tracing::info_span!(
+            "window",
+            model = %w.key.model,
+            model_version = %w.key.version,
+            window = w.seq,
+            events = w.events.len(),
+            close_reason = w.reason.as_str(),
+        );
+        self.process_in_span(w, cancel, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn process_in_span(
+        &mut self,
+        w: ClosedWindow,
+        cancel: &CancellationToken,
+        span: tracing::Span,
     ) -> Result<(), PipelineError> {
         let Some(reference) = self
             .models
@@ -376,34 +437,57 @@ impl Pipeline {
             return Ok(());
         };
         let events: Vec<TelemetryEvent> = w.events.iter().map(|p| p.event.clone()).collect();
+        let device = self.scoring.info().label();
+        let score_span = tracing::info_span!("score", device = %device, rows = events.len(), duration_ms = tracing::field::Empty);
         let started = Instant::now();
-        let scores = self
+        let scored = self
             .scoring
             .score(reference, events)
-            .await
-            .map_err(|e| e.to_string());
-        if let Err(e) = &scores {
-            Stats::add(&self.stats.windows_failed, 1);
-            tracing::error!(model = %w.key.model, version = %w.key.version, window = w.seq, error = %e, "scoring failed; window stored with its error");
-        }
-        let verdict = judge::verdict(&self.config.judge, &w, self.scoring.info().label(), scores);
+            .instrument(score_span.clone())
+            .await;
+        score_span.record("duration_ms", started.elapsed().as_millis() as u64);
+        let scores = match scored {
+            Ok(s) => {
+                for (detector, took) in &s.timings {
+                    self.metrics.detector_took(detector, &device, *took);
+                }
+                Ok(s.scores)
+            }
+            Err(e) => {
+                self.metrics.windows_failed.inc();
+                tracing::error!(model = %w.key.model, version = %w.key.version, window = w.seq, error = %e, "scoring failed; window stored with its error");
+                Err(e.to_string())
+            }
+        };
+        let mut verdict = judge::verdict(&self.config.judge, &w, device, scores);
+        verdict.trace_id = telemetry::trace_id(&span);
         let store = self.store.clone();
-        let new_alerts = retry("storing window", cancel, || store.persist_window(&verdict)).await?;
+        let write_started = Instant::now();
+        let new_alerts = retry("storing window", cancel, || store.persist_window(&verdict))
+            .instrument(tracing::info_span!(
+                "persist",
+                store = store.kind(),
+                scores = verdict.judged.len()
+            ))
+            .await?;
+        self.metrics.store_write_took(write_started.elapsed());
         tracing::debug!(
             model = %w.key.model, version = %w.key.version, window = w.seq, events = w.events.len(),
             scores = verdict.judged.len(), alerts = new_alerts.len(), took_ms = started.elapsed().as_millis() as u64,
             "window scored"
         );
-        Stats::add(&self.stats.windows, 1);
-        Stats::add(&self.stats.scores, verdict.judged.len() as u64);
-        Stats::add(&self.stats.alerts, new_alerts.len() as u64);
-        for a in &new_alerts {
-            if self.options.print_alerts {
-                notify::print_alert(a);
-            } else {
-                notify::log_alert(a);
+        self.metrics.window_scored(&w.key.model);
+        self.metrics.scores.inc_by(verdict.judged.len() as u64);
+        tracing::info_span!("notify", alerts = new_alerts.len()).in_scope(|| {
+            for a in &new_alerts {
+                self.metrics.alert(a.severity.as_str(), "firing");
+                if self.options.print_alerts {
+                    notify::print_alert(a);
+                } else {
+                    notify::log_alert(a);
+                }
             }
-        }
+        });
         for p in &w.events {
             self.tracker.release(&p.pos);
         }

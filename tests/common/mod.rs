@@ -174,6 +174,8 @@ size = {reference}
 alpha = 0.0001
 [log]
 filter = "info,modelwatch=debug"
+[telemetry]
+listen = ""
 "#,
         brokers = brokers()
     );

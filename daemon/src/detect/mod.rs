@@ -65,6 +65,14 @@ pub struct Score {
     pub method: String,
 }
 
+/// A window's scores and how long each detector took on it.
+#[derive(Debug, Clone, Default)]
+pub struct Scored {
+    pub scores: Vec<Score>,
+    pub timings: Vec<(&'static str, std::time::Duration)>,
+    pub rows: usize,
+}
+
 /// A model's reference, typed and columnar, ready to score windows against.
 #[derive(Debug, Clone)]
 pub struct Reference {
@@ -137,14 +145,21 @@ impl Scorer {
         &self,
         reference: &Reference,
         events: impl IntoIterator<Item = &'a TelemetryEvent>,
-    ) -> Result<Vec<Score>, DetectError> {
+    ) -> Result<Scored, DetectError> {
         let window = Frame::build(events, &reference.schema, &reference.classes);
         let run = std::panic::AssertUnwindSafe(|| {
-            let mut all = Vec::new();
+            let mut scored = Scored {
+                rows: window.rows,
+                ..Scored::default()
+            };
             for d in &self.detectors {
-                all.extend(d.score(&self.engine, reference, &window)?);
+                let started = std::time::Instant::now();
+                scored
+                    .scores
+                    .extend(d.score(&self.engine, reference, &window)?);
+                scored.timings.push((d.name(), started.elapsed()));
             }
-            Ok(all)
+            Ok(scored)
         });
         std::panic::catch_unwind(run).unwrap_or_else(|p| {
             let msg = p

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::{DetectError, DeviceInfo, Engine, Reference, Score, Scorer};
+use super::{DetectError, DeviceInfo, Engine, Reference, Scored, Scorer};
 use crate::config::EngineConfig;
 use crate::event::TelemetryEvent;
 
@@ -19,7 +19,7 @@ enum Job {
     Score {
         reference: Arc<Reference>,
         events: Vec<TelemetryEvent>,
-        reply: oneshot::Sender<Result<Vec<Score>, DetectError>>,
+        reply: oneshot::Sender<Result<Scored, DetectError>>,
     },
 }
 
@@ -110,7 +110,7 @@ impl ScoringHandle {
         &self,
         reference: Arc<Reference>,
         events: Vec<TelemetryEvent>,
-    ) -> Result<Vec<Score>, DetectError> {
+    ) -> Result<Scored, DetectError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Score {
             reference,

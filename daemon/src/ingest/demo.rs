@@ -189,6 +189,7 @@ pub fn start(config: &Config, tx: mpsc::Sender<RawMessage>, cancel: Cancellation
                         stream: "demo".into(),
                         offset,
                     },
+                    trace_context: Vec::new(),
                 };
                 offset += 1;
                 if tx.send(msg).await.is_err() {
@@ -206,6 +207,7 @@ pub fn start(config: &Config, tx: mpsc::Sender<RawMessage>, cancel: Cancellation
                         stream: "demo".into(),
                         offset,
                     },
+                    trace_context: Vec::new(),
                 };
                 offset += 1;
                 if tx.send(msg).await.is_err() {

@@ -99,6 +99,7 @@ pub fn start(
                         timestamp: Some(chrono::Utc::now()),
                         topic: stream.clone(),
                         pos,
+                        trace_context: Vec::new(),
                     };
                     if tx.send(msg).await.is_err() {
                         break;

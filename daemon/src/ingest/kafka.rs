@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::{IngestError, RawMessage};
 use crate::config::KafkaConfig;
 use crate::event::SourcePos;
+use crate::telemetry::{Health, Metrics};
 
 pub struct KafkaControl {
     consumer: Arc<StreamConsumer>,
@@ -37,6 +38,58 @@ fn split_stream(stream: &str) -> Option<(&str, i32)> {
 }
 
 impl KafkaControl {
+    /// Every few seconds: whether partitions are assigned (readiness) and
+    /// each assigned partition's lag behind its high watermark.
+    pub fn spawn_monitor(
+        &self,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        cancel: CancellationToken,
+    ) {
+        let consumer = self.consumer.clone();
+        tokio::spawn(async move {
+            loop {
+                let c = consumer.clone();
+                let (m, h) = (metrics.clone(), health.clone());
+                // librdkafka's metadata calls block; keep them off the workers.
+                let _ = tokio::task::spawn_blocking(move || {
+                    let assigned = c.assignment().map(|a| a.count() > 0).unwrap_or(false);
+                    let positions = match c.position() {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot read consumer positions");
+                            Health::set(&h.partitions_assigned, assigned);
+                            return;
+                        }
+                    };
+                    for e in positions.elements() {
+                        let high = match c.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2)) {
+                            Ok((_, high)) => high,
+                            Err(err) => {
+                                tracing::debug!(topic = e.topic(), partition = e.partition(), error = %err, "cannot read watermarks");
+                                continue;
+                            }
+                        };
+                        // Before the first message the position is not an
+                        // offset yet: the whole partition is the lag.
+                        let lag = match e.offset() {
+                            Offset::Offset(pos) => high - pos,
+                            _ => high,
+                        };
+                        tracing::trace!(topic = e.topic(), partition = e.partition(), lag, "consumer lag");
+                        m.set_lag(e.topic(), e.partition(), lag.max(0));
+                    }
+                    Health::set(&h.partitions_assigned, assigned);
+                })
+                .await;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        });
+    }
+
     pub fn store_offset(&self, stream: &str, next_offset: i64) {
         let Some((topic, partition)) = split_stream(stream) else {
             tracing::error!(stream, "acknowledged position is not a kafka partition");
@@ -111,6 +164,23 @@ impl KafkaControl {
     }
 }
 
+/// The W3C trace context headers of a message, as text.
+fn trace_headers(msg: &BorrowedMessage<'_>) -> Vec<(String, String)> {
+    let Some(headers) = msg.headers() else {
+        return Vec::new();
+    };
+    headers
+        .iter()
+        .filter(|h| {
+            h.key.eq_ignore_ascii_case("traceparent") || h.key.eq_ignore_ascii_case("tracestate")
+        })
+        .filter_map(|h| {
+            let v = std::str::from_utf8(h.value?).ok()?;
+            Some((h.key.to_ascii_lowercase(), v.to_string()))
+        })
+        .collect()
+}
+
 pub fn start(
     config: &KafkaConfig,
     tx: mpsc::Sender<RawMessage>,
@@ -174,6 +244,7 @@ pub fn start(
                     stream: stream_name(msg.topic(), msg.partition()),
                     offset: msg.offset(),
                 },
+                trace_context: trace_headers(&msg),
             };
             if tx.send(raw).await.is_err() {
                 break;

@@ -37,6 +37,8 @@ pub struct RawMessage {
     /// The topic (or file) it came from; selects the decoder.
     pub topic: String,
     pub pos: SourcePos,
+    /// W3C trace context headers (`traceparent`, `tracestate`) it carried.
+    pub trace_context: Vec<(String, String)>,
 }
 
 /// Acknowledgement and dead-letter handling, per source kind.
@@ -86,12 +88,22 @@ pub struct Source {
     pub finite: bool,
 }
 
-/// Starts the configured source.
-pub fn start(config: &Config, cancel: CancellationToken) -> Result<Source, IngestError> {
+/// Starts the configured source. Kafka reports its partition assignment
+/// and lag into `metrics` and `health`; the others are always "assigned".
+pub fn start(
+    config: &Config,
+    metrics: std::sync::Arc<crate::telemetry::Metrics>,
+    health: std::sync::Arc<crate::telemetry::Health>,
+    cancel: CancellationToken,
+) -> Result<Source, IngestError> {
     let (tx, rx) = mpsc::channel(1024);
+    if config.source.kind != SourceKind::Kafka {
+        crate::telemetry::Health::set(&health.partitions_assigned, true);
+    }
     match config.source.kind {
         SourceKind::Kafka => {
-            let control = kafka::start(&config.source.kafka, tx, cancel)?;
+            let control = kafka::start(&config.source.kafka, tx, cancel.clone())?;
+            control.spawn_monitor(metrics, health, cancel);
             Ok(Source {
                 messages: rx,
                 control: SourceControl::Kafka(control),

@@ -140,6 +140,8 @@ pub struct WindowVerdict {
     pub alerts: Vec<Alert>,
     /// Highest offset per stream among the window's events.
     pub high_water: std::collections::HashMap<String, i64>,
+    /// The trace the window was scored in, stored with its alerts.
+    pub trace_id: Option<String>,
 }
 
 /// Judges a window's scores and builds its alerts with their evidence.
@@ -206,5 +208,6 @@ pub fn verdict(
         judged,
         alerts,
         high_water: window.high_water(),
+        trace_id: None,
     }
 }

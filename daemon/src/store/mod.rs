@@ -36,16 +36,30 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Migrations are embedded at build time so that the binary needs no files
 /// beside it; each backend has its own dialect of the same schema.
-const PG_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../../migrations/postgres/0001_init.sql"),
-)];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../../migrations/sqlite/0001_init.sql"),
-)];
+const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "trace_ids",
+        include_str!("../../../migrations/postgres/0002_trace_ids.sql"),
+    ),
+];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "trace_ids",
+        include_str!("../../../migrations/sqlite/0002_trace_ids.sql"),
+    ),
+];
 
 fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
     Migrator::with_migrations(
@@ -288,8 +302,8 @@ impl Store {
             let mut tx = pool.begin().await?;
             let fresh = sqlx::query(
                 "INSERT INTO windows (model, model_version, seq, window_start, window_end, n_events,
-                                      close_reason, device, error, scored_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                      close_reason, device, error, scored_at, trace_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                  ON CONFLICT (model, model_version, seq) DO NOTHING",
             )
             .bind(&v.model)
@@ -302,6 +316,7 @@ impl Store {
             .bind(&v.device)
             .bind(v.error.as_deref())
             .bind(now)
+            .bind(v.trace_id.as_deref())
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -339,8 +354,8 @@ impl Store {
                     sqlx::query(
                         "INSERT INTO alerts (model, model_version, detector, feature, severity, status, score,
                                              threshold, p_value, window_seq, window_start, window_end,
-                                             dedup_key, evidence, created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, 'firing', $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)
+                                             dedup_key, evidence, created_at, updated_at, trace_id)
+                         VALUES ($1, $2, $3, $4, $5, 'firing', $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)
                          ON CONFLICT (model, model_version, window_seq, detector, feature) DO NOTHING",
                     )
                     .bind(&a.model)
@@ -357,6 +372,7 @@ impl Store {
                     .bind(&a.dedup_key)
                     .bind(Json(&a.evidence))
                     .bind(now)
+                    .bind(v.trace_id.as_deref())
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -505,6 +521,7 @@ mod tests {
                 evidence: serde_json::json!({"k": 1}),
             }],
             high_water: HashMap::from([("t/0".to_string(), 41)]),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         };
         assert_eq!(store.persist_window(&v).await.unwrap().len(), 1);
         assert_eq!(

@@ -1,59 +1,196 @@
-//! The monitor's own observability: logs, and the counters behind its
-//! summaries (exported as metrics in a later stage).
+//! The monitor observes itself: logs (tracing-subscriber), traces (OTLP
+//! through tracing-opentelemetry), Prometheus metrics and health endpoints.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+pub mod http;
+pub mod metrics;
 
-use tracing_subscriber::EnvFilter;
+use std::collections::HashMap;
 
-use crate::config::{LogConfig, LogFormat};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs the global subscriber: human text by default, JSON on request,
-/// filtered by `RUST_LOG` when set, else by the config. Logs go to stderr so
-/// that stdout stays for command output.
-pub fn init_logging(config: &LogConfig) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+pub use metrics::{Health, Metrics};
+
+use crate::config::{LogConfig, LogFormat, OtlpConfig, OtlpProtocol};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot build the otlp exporter: {0}")]
+    Exporter(String),
+    #[error("invalid otlp header {0:?}: expected name and value")]
+    Header(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
-/// Counters of what the pipeline saw and did.
-#[derive(Default)]
-pub struct Stats {
-    pub messages: AtomicU64,
-    pub events: AtomicU64,
-    pub reference_events: AtomicU64,
-    pub replayed_events: AtomicU64,
-    pub windows: AtomicU64,
-    pub windows_failed: AtomicU64,
-    pub scores: AtomicU64,
-    pub alerts: AtomicU64,
-    rejected: Mutex<BTreeMap<String, u64>>,
+/// Keeps the tracer provider alive; dropping it flushes pending spans.
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
 }
 
-impl Stats {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
-    pub fn reject(&self, reason: &str) {
-        if let Ok(mut m) = self.rejected.lock() {
-            *m.entry(reason.to_string()).or_default() += 1;
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            if let Err(e) = p.shutdown() {
+                eprintln!("modelwatch: flushing traces failed: {e}");
+            }
         }
     }
+}
 
-    pub fn rejected(&self) -> BTreeMap<String, u64> {
-        self.rejected.lock().map(|m| m.clone()).unwrap_or_default()
+/// Logs only: for commands that export no traces.
+pub fn init_logging(config: &LogConfig) {
+    let _ = tracing_subscriber::registry()
+        .with(fmt_layer(config))
+        .try_init();
+}
+
+fn fmt_layer<S>(config: &LogConfig) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    // RUST_LOG wins over the config, as operators expect.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match config.format {
+        LogFormat::Text => layer.with_filter(filter).boxed(),
+        LogFormat::Json => layer.json().with_filter(filter).boxed(),
     }
+}
+
+/// Where traces go: the config's endpoint, else the standard `OTEL_*`
+/// variables, else nowhere (and then nothing is exported or logged about it).
+pub fn otlp_endpoint(config: &OtlpConfig) -> Option<String> {
+    if !config.endpoint.is_empty() {
+        return Some(config.endpoint.clone());
+    }
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+}
+
+/// Logs, and spans through OpenTelemetry. With an OTLP endpoint the spans
+/// are exported in batches; without one the tracing layer still runs, so
+/// that trace context from message headers reaches stored alerts, and
+/// nothing is exported or complained about. Must run inside the tokio
+/// runtime: the gRPC client spawns its connection onto it.
+pub fn init(log: &LogConfig, otlp: &OtlpConfig) -> Result<TelemetryGuard, TelemetryError> {
+    let (subscriber, provider) = subscriber(log, otlp)?;
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    if let Some(endpoint) = otlp_endpoint(otlp) {
+        tracing::info!(%endpoint, "exporting traces over otlp");
+    }
+    Ok(TelemetryGuard {
+        provider: Some(provider),
+    })
+}
+
+/// The subscriber `init` installs, for callers that scope it themselves
+/// (the tracing-overhead benchmark).
+pub fn subscriber(
+    log: &LogConfig,
+    otlp: &OtlpConfig,
+) -> Result<
+    (
+        Box<dyn tracing::Subscriber + Send + Sync>,
+        SdkTracerProvider,
+    ),
+    TelemetryError,
+> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let resource = Resource::builder()
+        .with_service_name(otlp.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = otlp_endpoint(otlp) {
+        builder = builder.with_batch_exporter(exporter(otlp, &endpoint)?);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer("modelwatch");
+    // Spans follow the pipeline at info and above, whatever the log filter says.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(EnvFilter::new("off,modelwatch=info"));
+    let subscriber = tracing_subscriber::registry()
+        .with(fmt_layer(log))
+        .with(otel);
+    Ok((Box::new(subscriber), provider))
+}
+
+fn exporter(
+    otlp: &OtlpConfig,
+    endpoint: &str,
+) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    let protocol = otlp.protocol.unwrap_or_else(|| {
+        match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+            Ok("http/protobuf") => OtlpProtocol::HttpProtobuf,
+            _ => OtlpProtocol::Grpc,
+        }
+    });
+    let timeout = std::time::Duration::from_secs(otlp.timeout_secs.max(1));
+    match protocol {
+        OtlpProtocol::Grpc => {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            for (k, v) in &otlp.headers {
+                let key =
+                    tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                        .map_err(|_| TelemetryError::Header(k.clone()))?;
+                let value = v.parse().map_err(|_| TelemetryError::Header(k.clone()))?;
+                metadata.insert(key, value);
+            }
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(timeout)
+                .with_metadata(metadata)
+                .build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let headers: HashMap<String, String> = otlp.headers.clone().into_iter().collect();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(endpoint)
+                .with_timeout(timeout)
+                .with_headers(headers)
+                .build()
+        }
+    }
+    .map_err(|e| TelemetryError::Exporter(e.to_string()))
+}
+
+/// Makes `span` a child of the W3C trace context carried by a message
+/// (`traceparent`, `tracestate` headers), so the monitor's spans join the
+/// serving system's trace of the same request.
+pub fn link_parent(span: &tracing::Span, headers: &[(String, String)]) {
+    if headers.is_empty() {
+        return;
+    }
+    let carrier: HashMap<String, String> = headers.iter().cloned().collect();
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The trace id of `span` as 32 hex digits, when it belongs to a trace.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
 }

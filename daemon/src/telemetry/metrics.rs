@@ -1,0 +1,301 @@
+//! Prometheus metrics about the monitor itself, and the health flags behind
+//! `/healthz` and `/readyz`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn seconds_histogram() -> Histogram {
+    // 100 us to ~100 s.
+    Histogram::new(exponential_buckets(1e-4, 2.5, 16))
+}
+
+/// Every metric the monitor exports, registered once.
+pub struct Metrics {
+    registry: Registry,
+    pub messages: Counter,
+    pub events_decoded: Counter,
+    rejected: Family<Labels, Counter>,
+    pub reference_events: Counter,
+    pub replayed_events: Counter,
+    windows: Family<Labels, Counter>,
+    pub windows_failed: Counter,
+    pub scores: Counter,
+    alerts: Family<Labels, Counter>,
+    detector_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    store_write: Histogram,
+    consumer_lag: Family<Labels, Gauge>,
+    pub positions_held: Gauge,
+    rejected_summary: Mutex<BTreeMap<String, u64>>,
+    alerts_total: Counter,
+    windows_total: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("modelwatch");
+        let messages = Counter::default();
+        registry.register(
+            "messages",
+            "messages read from the source",
+            messages.clone(),
+        );
+        let events_decoded = Counter::default();
+        registry.register(
+            "events_decoded",
+            "telemetry events decoded from messages",
+            events_decoded.clone(),
+        );
+        let rejected = Family::<Labels, Counter>::default();
+        registry.register(
+            "messages_rejected",
+            "undecodable messages sent to the dead-letter destination, by reason",
+            rejected.clone(),
+        );
+        let reference_events = Counter::default();
+        registry.register(
+            "reference_events",
+            "events taken into model references",
+            reference_events.clone(),
+        );
+        let replayed_events = Counter::default();
+        registry.register(
+            "replayed_events",
+            "events skipped because a stored window or reference already holds them",
+            replayed_events.clone(),
+        );
+        let windows = Family::<Labels, Counter>::default();
+        registry.register(
+            "windows_scored",
+            "windows scored and stored, by model",
+            windows.clone(),
+        );
+        let windows_failed = Counter::default();
+        registry.register(
+            "windows_failed",
+            "windows whose scoring failed (stored with their error)",
+            windows_failed.clone(),
+        );
+        let scores = Counter::default();
+        registry.register("scores", "scores written", scores.clone());
+        let alerts = Family::<Labels, Counter>::default();
+        registry.register(
+            "alerts",
+            "alerts written, by severity and status",
+            alerts.clone(),
+        );
+        let detector_duration =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram);
+        registry.register_with_unit(
+            "detector_duration",
+            "time one detector took on one window, by detector and device",
+            Unit::Seconds,
+            detector_duration.clone(),
+        );
+        let store_write = seconds_histogram();
+        registry.register_with_unit(
+            "store_write_duration",
+            "time to write one window's results",
+            Unit::Seconds,
+            store_write.clone(),
+        );
+        let consumer_lag = Family::<Labels, Gauge>::default();
+        registry.register(
+            "kafka_consumer_lag",
+            "messages between the consumer position and the partition's high watermark",
+            consumer_lag.clone(),
+        );
+        let positions_held = Gauge::default();
+        registry.register(
+            "positions_held",
+            "source positions waiting for their windows to be stored",
+            positions_held.clone(),
+        );
+        Self {
+            registry,
+            messages,
+            events_decoded,
+            rejected,
+            reference_events,
+            replayed_events,
+            windows,
+            windows_failed,
+            scores,
+            alerts,
+            detector_duration,
+            store_write,
+            consumer_lag,
+            positions_held,
+            rejected_summary: Mutex::new(BTreeMap::new()),
+            alerts_total: Counter::default(),
+            windows_total: Counter::default(),
+        }
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
+        if let Ok(mut m) = self.rejected_summary.lock() {
+            *m.entry(reason.to_string()).or_default() += 1;
+        }
+    }
+
+    pub fn rejected(&self) -> BTreeMap<String, u64> {
+        self.rejected_summary
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn window_scored(&self, model: &str) {
+        self.windows
+            .get_or_create(&labels(&[("model", model)]))
+            .inc();
+        self.windows_total.inc();
+    }
+
+    pub fn windows(&self) -> u64 {
+        self.windows_total.get()
+    }
+
+    pub fn alert(&self, severity: &str, status: &str) {
+        self.alerts
+            .get_or_create(&labels(&[("severity", severity), ("status", status)]))
+            .inc();
+        self.alerts_total.inc();
+    }
+
+    pub fn alerts(&self) -> u64 {
+        self.alerts_total.get()
+    }
+
+    pub fn detector_took(&self, detector: &str, device: &str, took: Duration) {
+        self.detector_duration
+            .get_or_create(&labels(&[("detector", detector), ("device", device)]))
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn store_write_took(&self, took: Duration) {
+        self.store_write.observe(took.as_secs_f64());
+    }
+
+    pub fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag
+            .get_or_create(&labels(&[
+                ("topic", topic),
+                ("partition", &partition.to_string()),
+            ]))
+            .set(lag);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// What `/healthz` and `/readyz` report.
+#[derive(Default)]
+pub struct Health {
+    /// Unix milliseconds of the pipeline loop's last turn.
+    loop_beat_ms: AtomicI64,
+    pub device_ready: AtomicBool,
+    pub store_reachable: AtomicBool,
+    pub partitions_assigned: AtomicBool,
+}
+
+impl Health {
+    pub fn beat(&self) {
+        self.loop_beat_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Alive when the pipeline loop turned within `stale`.
+    pub fn alive(&self, stale: Duration) -> bool {
+        let last = self.loop_beat_ms.load(Ordering::Relaxed);
+        last > 0 && chrono::Utc::now().timestamp_millis() - last <= stale.as_millis() as i64
+    }
+
+    /// The readiness conditions not met yet; empty when ready.
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.device_ready.load(Ordering::Relaxed) {
+            missing.push("scoring device not initialised");
+        }
+        if !self.store_reachable.load(Ordering::Relaxed) {
+            missing.push("store unreachable");
+        }
+        if !self.partitions_assigned.load(Ordering::Relaxed) {
+            missing.push("no partitions assigned");
+        }
+        missing
+    }
+
+    pub fn set(flag: &AtomicBool, value: bool) {
+        flag.store(value, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_follows_prometheus_conventions() {
+        let m = Metrics::new();
+        m.messages.inc();
+        m.reject("invalid_json");
+        m.detector_took("feature_drift", "flex:cpu", Duration::from_millis(3));
+        let text = m.encode();
+        assert!(text.contains("modelwatch_messages_total 1"), "{text}");
+        assert!(
+            text.contains(r#"modelwatch_messages_rejected_total{reason="invalid_json"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("# UNIT modelwatch_detector_duration_seconds seconds"),
+            "{text}"
+        );
+        assert!(text.contains(r#"modelwatch_detector_duration_seconds_count{detector="feature_drift",device="flex:cpu"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn readiness_lists_what_is_missing() {
+        let h = Health::default();
+        assert_eq!(h.not_ready().len(), 3);
+        assert!(!h.alive(Duration::from_secs(30)));
+        h.beat();
+        Health::set(&h.device_ready, true);
+        Health::set(&h.store_reachable, true);
+        Health::set(&h.partitions_assigned, true);
+        assert!(h.not_ready().is_empty());
+        assert!(h.alive(Duration::from_secs(30)));
+    }
+}
