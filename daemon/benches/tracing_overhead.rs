@@ -1,7 +1,7 @@
 //! `cargo bench --bench tracing_overhead`: the whole pipeline over the demo
 //! fleet (12,000 events, 36 windows, flex, in-memory SQLite) without any
 //! tracing subscriber, then with the subscriber the daemon installs by
-//! default (logs at warn, OpenTelemetry spans for every message and window,
+//! default (logs at info, OpenTelemetry spans for every message and window,
 //! no exporter). Runs alternate, and the figure is the ratio of medians.
 
 use std::time::{Duration, Instant};
@@ -41,10 +41,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let log = LogConfig {
-        filter: "warn".into(),
-        ..LogConfig::default()
-    };
+    let log = LogConfig::default();
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for _ in 0..7 {
         off.push(tracing::subscriber::with_default(
