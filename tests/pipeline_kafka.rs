@@ -64,7 +64,18 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
     assert_eq!(
         alert_cells(&pool).await,
         expected,
-        "alerts must be exactly x1 in windows 4-7"
+        "alert conditions must be exactly x1 in windows 4-7"
+    );
+    // One incident: pending at window 4, firing from window 5 (two windows
+    // past threshold), still firing at the end.
+    assert_eq!(
+        incidents(&pool).await,
+        vec![(
+            "credit/feature_drift/x1".to_string(),
+            "firing".to_string(),
+            4,
+            7
+        )]
     );
 
     // Every window has all five scores and exactly WINDOW events.
@@ -78,10 +89,11 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
         assert_eq!(r.get::<i64, _>("n_events"), WINDOW as i64, "window {i}");
         assert_eq!(r.get::<i64, _>("k"), 5, "scores of window {i}");
     }
-    let alert = sqlx::query("SELECT severity, status, p_value, threshold, evidence::text AS ev FROM alerts WHERE window_seq = 4")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let alert =
+        sqlx::query("SELECT severity, status, p_value, threshold, state::text AS ev FROM alerts")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert!(alert.get::<f64, _>("p_value") < alert.get::<f64, _>("threshold"));
     assert_eq!(alert.get::<String, _>("status"), "firing");
     assert!(
@@ -173,7 +185,18 @@ async fn killed_daemon_restarts_without_loss_or_duplicates() {
     assert_eq!(
         alert_cells(&pool).await,
         expected,
-        "no alert lost or duplicated across the crash"
+        "no alert condition lost or duplicated across the crash"
+    );
+    // Shift in windows 3-5, clean 6-9: fired at 4, resolved after three
+    // clean windows at 8; exactly one incident.
+    assert_eq!(
+        incidents(&pool).await,
+        vec![(
+            "credit/feature_drift/x1".to_string(),
+            "resolved".to_string(),
+            3,
+            8
+        )]
     );
     let refs: i64 = sqlx::query("SELECT COUNT(*) AS n FROM model_references")
         .fetch_one(&pool)

@@ -28,9 +28,10 @@ missing=()
 for tool in cc c++ make pkg-config perl python3; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing build tools (missing: ${missing[*]})"
-  apt_install build-essential pkg-config perl python3
+  apt_install build-essential pkg-config perl python3 libssl-dev
 fi
 
 # --- Vulkan software adapter for the wgpu tests ------------------------------

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use modelwatch::cli::run_pipeline;
 use modelwatch::config::{Config, DeviceChoice, LogConfig, SourceKind};
 use modelwatch::ingest::demo;
-use modelwatch::pipeline::PipelineOptions;
 
 fn config() -> Config {
     let mut c = Config::default();
@@ -24,7 +23,7 @@ fn config() -> Config {
 fn run_once(rt: &tokio::runtime::Runtime) -> Duration {
     let start = Instant::now();
     let metrics = rt
-        .block_on(run_pipeline(config(), PipelineOptions::default()))
+        .block_on(run_pipeline(config(), false))
         .expect("pipeline");
     assert_eq!(metrics.windows(), 36);
     start.elapsed()

@@ -14,6 +14,8 @@ use crate::config::{Config, DeviceChoice, SourceKind};
 use crate::decode::{Decoder, JsonDecoder};
 use crate::detect::ScoringHandle;
 use crate::ingest;
+use crate::judge::Status;
+use crate::notify::{Dispatcher, Receiver, Router};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::store::Store;
 use crate::telemetry::{self, Health, Metrics};
@@ -72,6 +74,11 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// List, acknowledge and silence alerts; show undelivered notifications.
+    Alerts {
+        #[command(subcommand)]
+        action: AlertsAction,
+    },
     /// Produce an NDJSON file into a Kafka topic, one message per line.
     Replay {
         #[command(flatten)]
@@ -82,6 +89,67 @@ enum Command {
         #[arg(long)]
         topic: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum AlertsAction {
+    /// Alerts, newest first.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only alerts in this status: pending, firing or resolved.
+        #[arg(long)]
+        status: Option<String>,
+        /// Print JSON lines with the full evidence.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acknowledge an alert: it stays firing, and is marked as being handled.
+    Ack {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Alert id, as `alerts list` shows it.
+        id: i64,
+    },
+    /// Keep matching alerts from paging until the silence expires.
+    Silence {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        model: String,
+        /// Only this detector (default: any).
+        #[arg(long)]
+        detector: Option<String>,
+        /// Only this feature (default: any).
+        #[arg(long)]
+        feature: Option<String>,
+        /// How long: 90s, 30m, 2h, 1d.
+        #[arg(long, value_parser = parse_duration)]
+        duration: chrono::Duration,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Notifications not yet accepted by their receiver.
+    Outbox {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 30m, 2h, 1d"))?;
+    match unit {
+        "s" => Ok(chrono::Duration::seconds(n)),
+        "m" => Ok(chrono::Duration::minutes(n)),
+        "h" => Ok(chrono::Duration::hours(n)),
+        "d" => Ok(chrono::Duration::days(n)),
+        _ => Err(format!(
+            "invalid duration {s:?}: expected e.g. 90s, 30m, 2h, 1d"
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -127,7 +195,7 @@ pub async fn main() -> Result<()> {
                 config.source.file.path = path;
             }
             let _telemetry = telemetry::init(&config.log, &config.telemetry.otlp)?;
-            let metrics = run_pipeline(config, PipelineOptions { print_alerts: true }).await?;
+            let metrics = run_pipeline(config, true).await?;
             print_summary(&metrics);
             Ok(())
         }
@@ -158,6 +226,7 @@ pub async fn main() -> Result<()> {
             telemetry::init_logging(&config.log);
             baseline_import(&config, &model, &file, replace).await
         }
+        Command::Alerts { action } => alerts_command(action).await,
         Command::CheckConfig { config } => {
             let config = load(&config)?;
             print!("{}", config.to_toml());
@@ -176,7 +245,7 @@ pub async fn main() -> Result<()> {
 }
 
 /// Builds and runs the pipeline until its source ends or ctrl-c / SIGTERM.
-pub async fn run_pipeline(config: Config, options: PipelineOptions) -> Result<Arc<Metrics>> {
+pub async fn run_pipeline(config: Config, print_alerts: bool) -> Result<Arc<Metrics>> {
     let config = Arc::new(config);
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
@@ -204,11 +273,35 @@ pub async fn run_pipeline(config: Config, options: PipelineOptions) -> Result<Ar
         .await
         .context("starting the scoring engine")?;
     Health::set(&health.device_ready, true);
+    let receivers = config
+        .notify
+        .receivers
+        .iter()
+        .map(|r| Receiver::new(r, &config.source.kafka.brokers))
+        .collect::<Result<Vec<_>, _>>()?;
+    let router = Router::new(&config.notify.receivers);
+    let dispatcher = Dispatcher::spawn(
+        store.clone(),
+        receivers,
+        router.clone(),
+        &config.notify,
+        metrics.clone(),
+    );
+    let options = PipelineOptions {
+        print_alerts,
+        router,
+        wake_dispatcher: Some(dispatcher.waker()),
+    };
     let source = ingest::start(&config, metrics.clone(), health.clone(), cancel.clone())
         .context("starting the source")?;
     tracing::info!(store = store.kind(), device = %scoring.info().label(), "modelwatch ready");
+    let drain = Duration::from_secs(config.notify.drain_secs);
     let pipeline = Pipeline::new(config, store, scoring, metrics, health, options)?;
-    Ok(pipeline.run(source, cancel).await?)
+    let result = pipeline.run(source, cancel).await;
+    // Deliver what the run queued before exiting; what cannot be delivered
+    // in time stays in the outbox for the next start.
+    dispatcher.drain_and_stop(drain).await;
+    Ok(result?)
 }
 
 /// Keeps `/readyz` honest about the store between writes.
@@ -285,7 +378,7 @@ async fn demo(store: String, windows: usize, device: DeviceChoice, seed: u64) ->
         );
     }
     let url = config.store.url.clone();
-    let metrics = run_pipeline(config, PipelineOptions { print_alerts: true }).await?;
+    let metrics = run_pipeline(config, true).await?;
     print_summary(&metrics);
     if url != "sqlite::memory:" {
         println!("results kept in {url}");
@@ -310,6 +403,107 @@ fn print_summary(m: &Metrics) {
         let parts: Vec<String> = rejected.iter().map(|(r, n)| format!("{r}={n}")).collect();
         println!("rejected messages (dead-lettered): {}", parts.join(", "));
     }
+}
+
+async fn alerts_command(action: AlertsAction) -> Result<()> {
+    let config = match &action {
+        AlertsAction::List { config, .. }
+        | AlertsAction::Ack { config, .. }
+        | AlertsAction::Silence { config, .. }
+        | AlertsAction::Outbox { config } => load(config)?,
+    };
+    telemetry::init_logging(&config.log);
+    let store = Store::open(&config.store.url, 1).await?;
+    match action {
+        AlertsAction::List { status, json, .. } => {
+            let status = match status.as_deref() {
+                None => None,
+                Some(s) => Some(Status::parse(s).with_context(|| {
+                    format!("unknown status {s:?}: pending, firing or resolved")
+                })?),
+            };
+            let alerts = store.list_alerts(status).await?;
+            if json {
+                for a in &alerts {
+                    println!("{}", serde_json::to_string(a)?);
+                }
+            } else {
+                println!(
+                    "{:>5}  {:<9} {:<8} {:<4} {:<40} {:>9}  {:<20}  flags",
+                    "id", "status", "severity", "inc", "dedup key", "windows", "fired at"
+                );
+                for a in &alerts {
+                    let mut flags = Vec::new();
+                    if a.acknowledged {
+                        flags.push("acked");
+                    }
+                    if a.silenced {
+                        flags.push("silenced");
+                    }
+                    println!(
+                        "{:>5}  {:<9} {:<8} {:<4} {:<40} {:>9}  {:<20}  {}",
+                        a.id.unwrap_or_default(),
+                        a.status.as_str(),
+                        a.severity.as_str(),
+                        a.incident,
+                        a.dedup_key,
+                        format!("{}-{}", a.first_window_seq, a.last_window_seq),
+                        a.fired_at
+                            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        flags.join(","),
+                    );
+                }
+            }
+        }
+        AlertsAction::Ack { id, .. } => {
+            if !store.acknowledge(id).await? {
+                bail!("no alert with id {id}");
+            }
+            println!("alert {id} acknowledged");
+        }
+        AlertsAction::Silence {
+            model,
+            detector,
+            feature,
+            duration,
+            comment,
+            ..
+        } => {
+            let until = chrono::Utc::now() + duration;
+            let id = store
+                .add_silence(
+                    &model,
+                    detector.as_deref(),
+                    feature.as_deref(),
+                    &comment,
+                    until,
+                )
+                .await?;
+            println!(
+                "silence {id} on {model}/{}/{} until {}",
+                detector.as_deref().unwrap_or("*"),
+                feature.as_deref().unwrap_or("*"),
+                until.to_rfc3339()
+            );
+        }
+        AlertsAction::Outbox { .. } => {
+            let backlog = store.backlog().await?;
+            if backlog.is_empty() {
+                println!("no undelivered notifications");
+            }
+            for b in backlog {
+                println!(
+                    "{}: {} pending, {} attempts so far, last error: {}",
+                    b.receiver,
+                    b.pending,
+                    b.max_attempts,
+                    b.last_error.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn baseline_import(

@@ -58,6 +58,12 @@ pub struct Config {
     /// The monitor's own metrics, health endpoints and traces.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Alert lifecycle: when a condition pages and when it resolves.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// Where alert transitions are delivered.
+    #[serde(default)]
+    pub notify: NotifyConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -333,6 +339,14 @@ pub struct JudgeConfig {
     /// Severity `critical` when the p-value is this many times below threshold.
     #[serde(default = "default_critical_factor")]
     pub critical_factor: f64,
+    /// Severity `warning` when the p-value is this many times below threshold
+    /// (and `info` when it is below threshold by less).
+    #[serde(default = "default_warning_factor")]
+    pub warning_factor: f64,
+}
+
+const fn default_warning_factor() -> f64 {
+    10.0
 }
 
 const fn default_alpha() -> f64 {
@@ -348,6 +362,7 @@ impl Default for JudgeConfig {
             alpha: default_alpha(),
             correction: Correction::default(),
             critical_factor: default_critical_factor(),
+            warning_factor: default_warning_factor(),
         }
     }
 }
@@ -473,6 +488,184 @@ impl Default for OtlpConfig {
     }
 }
 
+/// Hysteresis, as Prometheus' `for:`: a condition first seen makes a pending
+/// alert (stored, not paged); it fires after `pending_windows` consecutive
+/// windows past threshold and resolves after `resolve_windows` clean ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    #[serde(default = "default_pending_windows")]
+    pub pending_windows: u32,
+    #[serde(default = "default_resolve_windows")]
+    pub resolve_windows: u32,
+    /// Overrides by severity of the window (`critical = { pending_windows = 1 }`).
+    #[serde(default)]
+    pub per_severity: BTreeMap<String, Hysteresis>,
+    /// Overrides by detector; a severity override wins over a detector one.
+    #[serde(default)]
+    pub per_detector: BTreeMap<String, Hysteresis>,
+    /// Link put in every notification; `{model}`, `{detector}`, `{feature}`,
+    /// `{model_version}` and `{dedup_key}` are replaced.
+    #[serde(default)]
+    pub link_template: String,
+    /// How many of the latest windows an alert's evidence keeps.
+    #[serde(default = "default_evidence_windows")]
+    pub evidence_windows: usize,
+}
+
+const fn default_pending_windows() -> u32 {
+    2
+}
+const fn default_resolve_windows() -> u32 {
+    3
+}
+const fn default_evidence_windows() -> usize {
+    5
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            pending_windows: default_pending_windows(),
+            resolve_windows: default_resolve_windows(),
+            per_severity: BTreeMap::new(),
+            per_detector: BTreeMap::new(),
+            link_template: String::new(),
+            evidence_windows: default_evidence_windows(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hysteresis {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_windows: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve_windows: Option<u32>,
+}
+
+impl AlertsConfig {
+    /// Windows past threshold before an alert of `detector` at `severity` pages.
+    pub fn pending_for(&self, detector: &str, severity: &str) -> u32 {
+        self.per_severity
+            .get(severity)
+            .and_then(|h| h.pending_windows)
+            .or_else(|| {
+                self.per_detector
+                    .get(detector)
+                    .and_then(|h| h.pending_windows)
+            })
+            .unwrap_or(self.pending_windows)
+            .max(1)
+    }
+
+    /// Clean windows before a firing alert of `detector` resolves.
+    pub fn resolve_for(&self, detector: &str) -> u32 {
+        self.per_detector
+            .get(detector)
+            .and_then(|h| h.resolve_windows)
+            .unwrap_or(self.resolve_windows)
+            .max(1)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReceiverKind {
+    /// Prometheus Alertmanager, API v2.
+    Alertmanager,
+    /// PagerDuty Events API v2.
+    Pagerduty,
+    /// Any HTTP endpoint: JSON body signed with HMAC-SHA256.
+    Webhook,
+    /// A Kafka topic of alert transitions.
+    Kafka,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    /// Unique name; notifications are queued per receiver.
+    pub name: String,
+    pub kind: ReceiverKind,
+    /// Alertmanager base URL, PagerDuty events URL, or webhook URL.
+    #[serde(default)]
+    pub url: String,
+    /// Lowest severity delivered: `info`, `warning` or `critical`.
+    #[serde(default = "default_min_severity")]
+    pub min_severity: String,
+    /// Deliver only alerts whose labels (`model`, `model_version`,
+    /// `detector`, `feature`, `severity`) equal these.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Alertmanager: re-send firing alerts this often, as Prometheus does.
+    #[serde(default = "default_repeat_secs")]
+    pub repeat_secs: u64,
+    /// PagerDuty routing key / webhook secret, from this environment variable ...
+    #[serde(default)]
+    pub secret_env: String,
+    /// ... or from this file. Secrets are never taken from the config itself.
+    #[serde(default)]
+    pub secret_file: String,
+    /// Kafka receiver: topic and brokers (default: the source's brokers).
+    #[serde(default)]
+    pub topic: String,
+    #[serde(default)]
+    pub brokers: String,
+    /// Request timeout in seconds.
+    #[serde(default = "default_receiver_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_min_severity() -> String {
+    "info".into()
+}
+const fn default_repeat_secs() -> u64 {
+    60
+}
+const fn default_receiver_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    #[serde(default)]
+    pub receivers: Vec<ReceiverConfig>,
+    /// First retry delay of a failed delivery; doubles per attempt, with jitter.
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// Longest delay between retries.
+    #[serde(default = "default_retry_max_secs")]
+    pub retry_max_secs: u64,
+    /// When a finite source ends, wait this long for pending deliveries
+    /// before exiting (they stay queued for the next start).
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: u64,
+}
+
+const fn default_retry_base_ms() -> u64 {
+    500
+}
+const fn default_retry_max_secs() -> u64 {
+    60
+}
+const fn default_drain_secs() -> u64 {
+    10
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            receivers: Vec::new(),
+            retry_base_ms: default_retry_base_ms(),
+            retry_max_secs: default_retry_max_secs(),
+            drain_secs: default_drain_secs(),
+        }
+    }
+}
+
 /// Window and reference settings of one model, defaults applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSettings {
@@ -556,6 +749,43 @@ impl Config {
         }
         if self.source.kind == SourceKind::Kafka && self.source.kafka.topics.is_empty() {
             return Err(ConfigError::Invalid("source.kafka.topics is empty".into()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for r in &self.notify.receivers {
+            if !names.insert(r.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "notify.receivers: name {:?} used twice",
+                    r.name
+                )));
+            }
+            if !["info", "warning", "critical"].contains(&r.min_severity.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "notify.receivers.{}: min_severity must be info, warning or critical",
+                    r.name
+                )));
+            }
+            let needs_url = r.kind != ReceiverKind::Kafka && r.kind != ReceiverKind::Pagerduty;
+            if needs_url && r.url.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "notify.receivers.{}: url is required",
+                    r.name
+                )));
+            }
+            if r.kind == ReceiverKind::Kafka && r.topic.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "notify.receivers.{}: topic is required",
+                    r.name
+                )));
+            }
+            if r.kind == ReceiverKind::Pagerduty
+                && r.secret_env.is_empty()
+                && r.secret_file.is_empty()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "notify.receivers.{}: the routing key needs secret_env or secret_file",
+                    r.name
+                )));
+            }
         }
         for (name, m) in &self.models {
             if m.window_count == Some(0) && m.window_secs == Some(0) {

@@ -38,10 +38,14 @@ pub enum PipelineError {
     Cancelled,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct PipelineOptions {
-    /// Print each new alert on stdout (interactive commands).
+    /// Print each alert transition on stdout (interactive commands).
     pub print_alerts: bool,
+    /// Which receivers each alert transition is queued for.
+    pub router: notify::Router,
+    /// Woken when notifications were queued.
+    pub wake_dispatcher: Option<Arc<tokio::sync::Notify>>,
 }
 
 struct ModelState {
@@ -463,31 +467,41 @@ impl Pipeline {
         verdict.trace_id = telemetry::trace_id(&span);
         let store = self.store.clone();
         let write_started = Instant::now();
-        let new_alerts = retry("storing window", cancel, || store.persist_window(&verdict))
-            .instrument(tracing::info_span!(
-                "persist",
-                store = store.kind(),
-                scores = verdict.judged.len()
-            ))
-            .await?;
+        let router = &self.options.router;
+        let route = |a: &judge::AlertState| router.route(a);
+        let alerts_config = &self.config.alerts;
+        let transitions = retry("storing window", cancel, || {
+            store.persist_window(&verdict, alerts_config, &route)
+        })
+        .instrument(tracing::info_span!(
+            "persist",
+            store = store.kind(),
+            scores = verdict.judged.len()
+        ))
+        .await?;
         self.metrics.store_write_took(write_started.elapsed());
         tracing::debug!(
             model = %w.key.model, version = %w.key.version, window = w.seq, events = w.events.len(),
-            scores = verdict.judged.len(), alerts = new_alerts.len(), took_ms = started.elapsed().as_millis() as u64,
+            scores = verdict.judged.len(), transitions = transitions.len(), took_ms = started.elapsed().as_millis() as u64,
             "window scored"
         );
         self.metrics.window_scored(&w.key.model);
         self.metrics.scores.inc_by(verdict.judged.len() as u64);
-        tracing::info_span!("notify", alerts = new_alerts.len()).in_scope(|| {
-            for a in &new_alerts {
-                self.metrics.alert(a.severity.as_str(), "firing");
+        tracing::info_span!("notify", transitions = transitions.len()).in_scope(|| {
+            for (a, t) in &transitions {
+                self.metrics.alert(a.severity.as_str(), a.status.as_str());
                 if self.options.print_alerts {
-                    notify::print_alert(a);
+                    notify::print_transition(a, *t);
                 } else {
-                    notify::log_alert(a);
+                    notify::log_transition(a, *t);
                 }
             }
         });
+        if !transitions.is_empty() {
+            if let Some(wake) = &self.options.wake_dispatcher {
+                wake.notify_one();
+            }
+        }
         for p in &w.events {
             self.tracker.release(&p.pos);
         }

@@ -265,15 +265,28 @@ pub async fn wait_for_windows(pool: &PgPool, daemon: &mut Daemon, windows: i64, 
     }
 }
 
-/// (window, feature) of every alert, sorted.
+/// (window, feature) of every score past its threshold, sorted: the
+/// alert conditions, before hysteresis turns them into incidents.
 pub async fn alert_cells(pool: &PgPool) -> Vec<(i64, String)> {
-    let mut v: Vec<(i64, String)> = sqlx::query("SELECT window_seq, feature FROM alerts")
+    let mut v: Vec<(i64, String)> =
+        sqlx::query("SELECT window_seq, feature FROM scores WHERE p_value < threshold")
+            .fetch_all(pool)
+            .await
+            .expect("scores")
+            .into_iter()
+            .map(|r| (r.get("window_seq"), r.get("feature")))
+            .collect();
+    v.sort();
+    v
+}
+
+/// (dedup key, status, first window, last window) of every alert incident.
+pub async fn incidents(pool: &PgPool) -> Vec<(String, String, i64, i64)> {
+    sqlx::query("SELECT dedup_key, status, first_window_seq, last_window_seq FROM alerts ORDER BY dedup_key, incident")
         .fetch_all(pool)
         .await
         .expect("alerts")
         .into_iter()
-        .map(|r| (r.get("window_seq"), r.get("feature")))
-        .collect();
-    v.sort();
-    v
+        .map(|r| (r.get("dedup_key"), r.get("status"), r.get("first_window_seq"), r.get("last_window_seq")))
+        .collect()
 }

@@ -1,12 +1,93 @@
-//! Stage 7: telling people. For now alerts are logged and, for interactive
-//! commands, printed to stdout; pagers come in a later stage.
+//! Stage 7: telling people. Alert transitions are queued in the store's
+//! outbox by `store::persist_window`; the `Dispatcher` delivers them to the
+//! configured receivers (Alertmanager, PagerDuty, signed webhooks, Kafka).
 
-use crate::judge::Alert;
+mod dispatch;
+pub mod receivers;
 
-/// Prints a new alert as one line on stdout.
-pub fn print_alert(a: &Alert) {
+pub use dispatch::Dispatcher;
+pub use receivers::{NotifyError, Receiver};
+
+use crate::config::ReceiverConfig;
+use crate::judge::{AlertState, Severity, Transition};
+
+/// Which receivers an alert goes to: severity at least the receiver's
+/// minimum, and every label the receiver names equal.
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: Vec<(String, Severity, Vec<(String, String)>)>,
+}
+
+impl Router {
+    pub fn new(receivers: &[ReceiverConfig]) -> Self {
+        Self {
+            routes: receivers
+                .iter()
+                .map(|r| {
+                    (
+                        r.name.clone(),
+                        Severity::parse(&r.min_severity).unwrap_or(Severity::Info),
+                        r.labels
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn route(&self, a: &AlertState) -> Vec<String> {
+        self.routes
+            .iter()
+            .filter(|(_, min, labels)| {
+                a.severity >= *min
+                    && labels
+                        .iter()
+                        .all(|(k, v)| label(a, k).is_some_and(|have| have == v))
+            })
+            .map(|(name, _, _)| name.clone())
+            .collect()
+    }
+}
+
+/// The labels an alert can be routed and matched on.
+pub fn label<'a>(a: &'a AlertState, key: &str) -> Option<&'a str> {
+    match key {
+        "model" => Some(&a.model),
+        "model_version" => Some(&a.model_version),
+        "detector" => Some(&a.detector),
+        "feature" => Some(&a.feature),
+        "severity" => Some(a.severity.as_str()),
+        _ => None,
+    }
+}
+
+/// One line a person reads, for the console and the logs.
+pub fn summary(a: &AlertState) -> String {
+    format!(
+        "{} {} on model {}{} ({}: p={:.3e} < {:.3e}, windows {}-{})",
+        a.detector.replace('_', " "),
+        a.feature,
+        a.model,
+        if a.model_version.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", a.model_version)
+        },
+        a.evidence.test,
+        a.p_value,
+        a.threshold,
+        a.first_window_seq,
+        a.last_window_seq,
+    )
+}
+
+/// Prints a transition as one line on stdout (interactive commands).
+pub fn print_transition(a: &AlertState, t: Transition) {
     println!(
-        "ALERT {:<8} model={} version={} window={} detector={} feature={} statistic={:.4} p={:.3e} threshold={:.3e}",
+        "ALERT {:<8} {:<8} model={} version={} window={} detector={} feature={} statistic={:.4} p={:.3e} threshold={:.3e}",
+        t.as_str(),
         a.severity.as_str(),
         a.model,
         if a.model_version.is_empty() {
@@ -14,7 +95,7 @@ pub fn print_alert(a: &Alert) {
         } else {
             &a.model_version
         },
-        a.window_seq,
+        a.last_window_seq,
         a.detector,
         a.feature,
         a.score,
@@ -23,16 +104,16 @@ pub fn print_alert(a: &Alert) {
     );
 }
 
-pub fn log_alert(a: &Alert) {
+pub fn log_transition(a: &AlertState, t: Transition) {
     tracing::warn!(
-        model = %a.model,
-        version = %a.model_version,
-        window = a.window_seq,
-        detector = %a.detector,
-        feature = %a.feature,
+        transition = t.as_str(),
+        dedup_key = %a.dedup_key,
+        incident = a.incident,
         severity = a.severity.as_str(),
+        window = a.last_window_seq,
         p_value = a.p_value,
-        threshold = a.threshold,
-        "alert fired"
+        silenced = a.silenced,
+        "alert {}",
+        t.as_str()
     );
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     store_write: Histogram,
     consumer_lag: Family<Labels, Gauge>,
     pub positions_held: Gauge,
+    notifications: Family<Labels, Counter>,
+    outbox_backlog: Family<Labels, Gauge>,
     rejected_summary: Mutex<BTreeMap<String, u64>>,
     alerts_total: Counter,
     windows_total: Counter,
@@ -127,6 +129,18 @@ impl Metrics {
             "messages between the consumer position and the partition's high watermark",
             consumer_lag.clone(),
         );
+        let notifications = Family::<Labels, Counter>::default();
+        registry.register(
+            "notifications",
+            "alert notifications attempted, by receiver and outcome (sent, failed)",
+            notifications.clone(),
+        );
+        let outbox_backlog = Family::<Labels, Gauge>::default();
+        registry.register(
+            "outbox_backlog",
+            "notifications waiting for delivery, by receiver",
+            outbox_backlog.clone(),
+        );
         let positions_held = Gauge::default();
         registry.register(
             "positions_held",
@@ -148,6 +162,8 @@ impl Metrics {
             store_write,
             consumer_lag,
             positions_held,
+            notifications,
+            outbox_backlog,
             rejected_summary: Mutex::new(BTreeMap::new()),
             alerts_total: Counter::default(),
             windows_total: Counter::default(),
@@ -209,6 +225,18 @@ impl Metrics {
                 ("partition", &partition.to_string()),
             ]))
             .set(lag);
+    }
+
+    pub fn notification(&self, receiver: &str, outcome: &str) {
+        self.notifications
+            .get_or_create(&labels(&[("receiver", receiver), ("outcome", outcome)]))
+            .inc();
+    }
+
+    pub fn set_backlog(&self, receiver: &str, pending: i64) {
+        self.outbox_backlog
+            .get_or_create(&labels(&[("receiver", receiver)]))
+            .set(pending);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -1,0 +1,321 @@
+//! The wire formats of the receivers (see ../shared/docs/formats.md) and
+//! their delivery.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::summary;
+use crate::config::{ReceiverConfig, ReceiverKind};
+use crate::judge::{AlertState, Status, Transition};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("receiver {receiver}: secret not found: {reason}")]
+    Secret { receiver: String, reason: String },
+    #[error("receiver {receiver}: cannot build client: {reason}")]
+    Client { receiver: String, reason: String },
+    #[error("http error: {0}")]
+    Http(String),
+    #[error("receiver answered {status}: {body}")]
+    Rejected { status: u16, body: String },
+    #[error("kafka error: {0}")]
+    Kafka(String),
+}
+
+/// PagerDuty's limits on `dedup_key` and `payload.summary`.
+const PD_DEDUP_MAX: usize = 255;
+const PD_SUMMARY_MAX: usize = 1024;
+
+pub struct Receiver {
+    pub name: String,
+    pub kind: ReceiverKind,
+    pub repeat: Duration,
+    url: String,
+    secret: Option<String>,
+    http: reqwest::Client,
+    kafka: Option<(FutureProducer, String)>,
+}
+
+impl std::fmt::Debug for Receiver {
+    // Never print the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+fn read_secret(c: &ReceiverConfig) -> Result<Option<String>, NotifyError> {
+    let err = |reason: String| NotifyError::Secret {
+        receiver: c.name.clone(),
+        reason,
+    };
+    if !c.secret_env.is_empty() {
+        return std::env::var(&c.secret_env)
+            .map(Some)
+            .map_err(|_| err(format!("environment variable {} is not set", c.secret_env)));
+    }
+    if !c.secret_file.is_empty() {
+        return std::fs::read_to_string(&c.secret_file)
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|e| err(format!("cannot read {}: {e}", c.secret_file)));
+    }
+    Ok(None)
+}
+
+impl Receiver {
+    pub fn new(c: &ReceiverConfig, default_brokers: &str) -> Result<Self, NotifyError> {
+        let secret = read_secret(c)?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(c.timeout_secs.max(1)))
+            .user_agent(concat!("modelwatch/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| NotifyError::Client {
+                receiver: c.name.clone(),
+                reason: e.to_string(),
+            })?;
+        let kafka = if c.kind == ReceiverKind::Kafka {
+            let brokers = if c.brokers.is_empty() {
+                default_brokers
+            } else {
+                &c.brokers
+            };
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("acks", "all")
+                .create()
+                .map_err(|e| NotifyError::Client {
+                    receiver: c.name.clone(),
+                    reason: e.to_string(),
+                })?;
+            Some((producer, c.topic.clone()))
+        } else {
+            None
+        };
+        let url = match (c.kind, c.url.is_empty()) {
+            (ReceiverKind::Pagerduty, true) => {
+                "https://events.pagerduty.com/v2/enqueue".to_string()
+            }
+            _ => c.url.trim_end_matches('/').to_string(),
+        };
+        Ok(Self {
+            name: c.name.clone(),
+            kind: c.kind,
+            repeat: Duration::from_secs(c.repeat_secs.max(1)),
+            url,
+            secret,
+            http,
+            kafka,
+        })
+    }
+
+    /// Delivers one transition; Ok only once the receiver accepted it.
+    pub async fn send(&self, t: Transition, a: &AlertState) -> Result<(), NotifyError> {
+        match self.kind {
+            ReceiverKind::Alertmanager => {
+                self.post(
+                    &format!("{}/api/v2/alerts", self.url),
+                    &alertmanager_body(&[a], self.repeat, Utc::now()),
+                    None,
+                )
+                .await
+            }
+            ReceiverKind::Pagerduty => {
+                let key = self.secret.as_deref().unwrap_or_default();
+                self.post(&self.url, &pagerduty_body(t, a, key), None).await
+            }
+            ReceiverKind::Webhook => {
+                let body = webhook_body(t, a);
+                let signature = self.secret.as_deref().map(|s| sign(s, &body));
+                self.post(&self.url, &body, signature).await
+            }
+            ReceiverKind::Kafka => {
+                let (producer, topic) = self
+                    .kafka
+                    .as_ref()
+                    .ok_or_else(|| NotifyError::Kafka("no producer".into()))?;
+                let body = serde_json::to_vec(&webhook_body(t, a)).unwrap_or_default();
+                producer
+                    .send(
+                        FutureRecord::to(topic).key(&a.dedup_key).payload(&body),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| NotifyError::Kafka(e.to_string()))
+            }
+        }
+    }
+
+    /// Alertmanager forgets alerts that are not re-sent: this posts every
+    /// firing alert again, with a fresh `endsAt`.
+    pub async fn repeat_firing(&self, alerts: &[&AlertState]) -> Result<(), NotifyError> {
+        if alerts.is_empty() || self.kind != ReceiverKind::Alertmanager {
+            return Ok(());
+        }
+        self.post(
+            &format!("{}/api/v2/alerts", self.url),
+            &alertmanager_body(alerts, self.repeat, Utc::now()),
+            None,
+        )
+        .await
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        body: &Value,
+        signature: Option<String>,
+    ) -> Result<(), NotifyError> {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        let mut req = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(bytes);
+        if let Some(sig) = signature {
+            req = req.header("x-modelwatch-signature", format!("sha256={sig}"));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| NotifyError::Http(e.without_url().to_string()))?;
+        let status = resp.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            let body: String = resp
+                .text()
+                .await
+                .unwrap_or_default()
+                .chars()
+                .take(200)
+                .collect();
+            Err(NotifyError::Rejected {
+                status: status.as_u16(),
+                body,
+            })
+        }
+    }
+}
+
+/// Prometheus Alertmanager API v2: a list of alerts; a firing alert's
+/// `endsAt` lies a few repeat intervals ahead, a resolved one's in the past.
+pub fn alertmanager_body(alerts: &[&AlertState], repeat: Duration, now: DateTime<Utc>) -> Value {
+    let ahead = chrono::Duration::from_std(repeat * 4).unwrap_or(chrono::Duration::minutes(4));
+    Value::Array(
+        alerts
+            .iter()
+            .map(|a| {
+                let ends = match a.status {
+                    Status::Resolved => a.resolved_at.unwrap_or(now),
+                    _ => now + ahead,
+                };
+                json!({
+                    "labels": {
+                        "alertname": format!("modelwatch_{}", a.detector),
+                        "model": a.model,
+                        "model_version": a.model_version,
+                        "detector": a.detector,
+                        "feature": a.feature,
+                        "severity": a.severity.as_str(),
+                        "dedup_key": a.dedup_key,
+                    },
+                    "annotations": {
+                        "summary": summary(a),
+                        "p_value": format!("{:e}", a.p_value),
+                        "threshold": format!("{:e}", a.threshold),
+                        "trace_id": a.trace_id.clone().unwrap_or_default(),
+                        "evidence": serde_json::to_string(&a.evidence).unwrap_or_default(),
+                    },
+                    "startsAt": a.fired_at.unwrap_or(a.first_seen_at).to_rfc3339(),
+                    "endsAt": ends.to_rfc3339(),
+                    "generatorURL": a.evidence.link,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// PagerDuty's dedup key: the alert's key and incident, hashed when longer
+/// than PagerDuty accepts so that trigger and resolve still match.
+pub fn pagerduty_dedup_key(a: &AlertState) -> String {
+    let key = format!("{}#{}", a.dedup_key, a.incident);
+    if key.len() <= PD_DEDUP_MAX {
+        key
+    } else {
+        let digest = Sha256::digest(key.as_bytes());
+        format!("modelwatch-{}", hex(&digest))
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    if s.chars().count() <= max_chars {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max_chars - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// PagerDuty Events API v2: trigger and resolve share the dedup key.
+pub fn pagerduty_body(t: Transition, a: &AlertState, routing_key: &str) -> Value {
+    let action = match t {
+        Transition::Fired => "trigger",
+        Transition::Resolved => "resolve",
+    };
+    let mut body = json!({
+        "routing_key": routing_key,
+        "event_action": action,
+        "dedup_key": pagerduty_dedup_key(a),
+        "client": "modelwatch",
+        "payload": {
+            "summary": truncate(&summary(a), PD_SUMMARY_MAX),
+            "source": format!("modelwatch/{}", a.model),
+            "severity": a.severity.as_str(),
+            "timestamp": a.fired_at.unwrap_or(a.first_seen_at).to_rfc3339(),
+            "component": a.model,
+            "group": a.model_version,
+            "class": a.detector,
+            "custom_details": {
+                "feature": a.feature,
+                "p_value": a.p_value,
+                "threshold": a.threshold,
+                "statistic": a.score,
+                "trace_id": a.trace_id,
+                "evidence": a.evidence,
+            },
+        },
+    });
+    if !a.evidence.link.is_empty() {
+        body["links"] = json!([{"href": a.evidence.link, "text": "modelwatch dashboard"}]);
+    }
+    body
+}
+
+/// The generic webhook and Kafka message: the transition and the alert.
+pub fn webhook_body(t: Transition, a: &AlertState) -> Value {
+    json!({"version": 1, "transition": t.as_str(), "summary": summary(a), "alert": a})
+}
+
+/// Hex HMAC-SHA256 of the exact body bytes that are sent.
+pub fn sign(secret: &str, body: &Value) -> String {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac takes keys of any length");
+    mac.update(&bytes);
+    hex(&mac.finalize().into_bytes())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
