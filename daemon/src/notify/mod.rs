@@ -117,3 +117,47 @@ pub fn log_transition(a: &AlertState, t: Transition) {
         t.as_str()
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receiver(name: &str, min: &str, labels: &[(&str, &str)]) -> ReceiverConfig {
+        ReceiverConfig {
+            name: name.into(),
+            kind: crate::config::ReceiverKind::Webhook,
+            url: "http://x".into(),
+            min_severity: min.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            repeat_secs: 60,
+            secret_env: String::new(),
+            secret_file: String::new(),
+            topic: String::new(),
+            brokers: String::new(),
+            timeout_secs: 5,
+        }
+    }
+
+    #[test]
+    fn routes_by_severity_and_labels() {
+        let router = Router::new(&[
+            receiver("all", "info", &[]),
+            receiver("pager", "critical", &[]),
+            receiver(
+                "fraud-team",
+                "warning",
+                &[("model", "m"), ("detector", "feature_drift")],
+            ),
+            receiver("other-team", "info", &[("model", "other")]),
+        ]);
+        let warning = receivers::tests::alert("x", Severity::Warning);
+        assert_eq!(router.route(&warning), vec!["all", "fraud-team"]);
+        let critical = receivers::tests::alert("x", Severity::Critical);
+        assert_eq!(router.route(&critical), vec!["all", "pager", "fraud-team"]);
+        let info = receivers::tests::alert("x", Severity::Info);
+        assert_eq!(router.route(&info), vec!["all"]);
+    }
+}

@@ -319,3 +319,102 @@ pub fn sign(secret: &str, body: &Value) -> String {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::judge::Severity;
+    use crate::judge::lifecycle::Evidence;
+
+    pub(crate) fn alert(feature: &str, severity: Severity) -> AlertState {
+        let t = Utc::now();
+        AlertState {
+            id: Some(1),
+            dedup_key: format!("m/feature_drift/{feature}"),
+            incident: 2,
+            model: "m".into(),
+            model_version: "v1".into(),
+            detector: "feature_drift".into(),
+            feature: feature.into(),
+            severity,
+            status: Status::Firing,
+            consecutive_bad: 2,
+            consecutive_clean: 0,
+            score: 0.4,
+            p_value: 1e-9,
+            threshold: 1e-3,
+            first_window_seq: 3,
+            last_window_seq: 4,
+            window_start: t,
+            window_end: t,
+            first_seen_at: t,
+            fired_at: Some(t),
+            last_seen_at: t,
+            resolved_at: None,
+            acknowledged: false,
+            silenced: false,
+            trace_id: None,
+            evidence: Evidence {
+                test: "ks".into(),
+                link: "https://grafana/d/x".into(),
+                ..Evidence::default()
+            },
+        }
+    }
+
+    #[test]
+    fn pagerduty_limits_are_kept() {
+        let long = "f".repeat(3000);
+        let a = alert(&long, Severity::Warning);
+        let body = pagerduty_body(Transition::Fired, &a, "key");
+        assert_eq!(
+            body["payload"]["summary"].as_str().unwrap().chars().count(),
+            PD_SUMMARY_MAX
+        );
+        let dedup = body["dedup_key"].as_str().unwrap();
+        assert!(dedup.len() <= PD_DEDUP_MAX && dedup.starts_with("modelwatch-"));
+        let resolve = pagerduty_body(Transition::Resolved, &a, "key");
+        assert_eq!(
+            resolve["dedup_key"], body["dedup_key"],
+            "resolve matches trigger"
+        );
+        assert_eq!(resolve["event_action"], "resolve");
+        assert_eq!(body["links"][0]["href"], "https://grafana/d/x");
+        let short = pagerduty_body(Transition::Fired, &alert("x", Severity::Critical), "key");
+        assert_eq!(short["dedup_key"], "m/feature_drift/x#2");
+        assert_eq!(short["payload"]["severity"], "critical");
+    }
+
+    #[test]
+    fn signature_is_hmac_sha256_of_the_body() {
+        // RFC 4231 test case 2.
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"what do ya want for nothing?");
+        assert_eq!(
+            hex(&mac.finalize().into_bytes()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let body = json!({"a": 1});
+        assert_eq!(sign("k", &body), sign("k", &body));
+        assert_ne!(sign("k", &body), sign("other", &body));
+    }
+
+    #[test]
+    fn alertmanager_ends_ahead_when_firing_and_in_the_past_when_resolved() {
+        let now = Utc::now();
+        let firing = alert("x", Severity::Warning);
+        let body = alertmanager_body(&[&firing], Duration::from_secs(60), now);
+        assert_eq!(
+            body[0]["endsAt"],
+            (now + chrono::Duration::minutes(4)).to_rfc3339()
+        );
+        let mut resolved = firing.clone();
+        resolved.status = Status::Resolved;
+        resolved.resolved_at = Some(now - chrono::Duration::seconds(5));
+        let body = alertmanager_body(&[&resolved], Duration::from_secs(60), now);
+        assert_eq!(
+            body[0]["endsAt"],
+            resolved.resolved_at.unwrap().to_rfc3339()
+        );
+    }
+}
