@@ -287,6 +287,10 @@ async fn spans_metrics_and_health_tell_what_happened() {
     }
     let score = in_trace.iter().find(|s| s.name == "score").unwrap();
     assert!(attr(score, "device").is_some_and(|v| v.contains("flex")));
+    assert!(
+        attr(score, "detectors")
+            .is_some_and(|v| v.contains("feature_drift=") && v.contains("output_distribution="))
+    );
 
     // Alerts carry the trace id of the window that fired them.
     let rows = sqlx::query("SELECT trace_id FROM alerts")

@@ -442,7 +442,13 @@ impl Pipeline {
         };
         let events: Vec<TelemetryEvent> = w.events.iter().map(|p| p.event.clone()).collect();
         let device = self.scoring.info().label();
-        let score_span = tracing::info_span!("score", device = %device, rows = events.len(), duration_ms = tracing::field::Empty);
+        let score_span = tracing::info_span!(
+            "score",
+            device = %device,
+            rows = events.len(),
+            duration_ms = tracing::field::Empty,
+            detectors = tracing::field::Empty,
+        );
         let started = Instant::now();
         let scored = self
             .scoring
@@ -455,6 +461,14 @@ impl Pipeline {
                 for (detector, took) in &s.timings {
                     self.metrics.detector_took(detector, &device, *took);
                 }
+                // Per-detector time on the span too, since detectors run
+                // on the scoring thread where spans cannot follow.
+                let per: Vec<String> = s
+                    .timings
+                    .iter()
+                    .map(|(d, t)| format!("{d}={:.3}ms", t.as_secs_f64() * 1e3))
+                    .collect();
+                score_span.record("detectors", per.join(",").as_str());
                 Ok(s.scores)
             }
             Err(e) => {
