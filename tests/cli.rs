@@ -123,21 +123,7 @@ fn run_on_a_file_with_the_embedded_store() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut cells: Vec<String> = stdout
-        .lines()
-        .filter(|l| l.starts_with("ALERT"))
-        .map(|l| {
-            let get = |k: &str| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k))
-                    .unwrap()
-                    .to_string()
-            };
-            let what = l.split_whitespace().nth(1).unwrap();
-            format!("{what}:{}:{}", get("window="), get("feature="))
-        })
-        .collect();
-    cells.sort();
+    let cells = transitions_printed(&stdout);
     // x1 past threshold in windows 3-5: pending at 3, fired at 4; the file
     // ends before three clean windows could resolve it.
     assert_eq!(cells, vec!["fired:4:x1"], "{stdout}");
@@ -258,6 +244,13 @@ fn imported_baseline_is_the_reference() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let cells = transitions_printed(&stdout);
+    assert_eq!(cells, vec!["fired:3:x1"], "{stdout}");
+    assert!(stdout.contains("4 windows scored"), "{stdout}");
+}
+
+/// `transition:window:feature` of every ALERT line the daemon printed, sorted.
+fn transitions_printed(stdout: &str) -> Vec<String> {
     let mut cells: Vec<String> = stdout
         .lines()
         .filter(|l| l.starts_with("ALERT"))
@@ -273,6 +266,5 @@ fn imported_baseline_is_the_reference() {
         })
         .collect();
     cells.sort();
-    assert_eq!(cells, vec!["fired:3:x1"], "{stdout}");
-    assert!(stdout.contains("4 windows scored"), "{stdout}");
+    cells
 }

@@ -122,15 +122,7 @@ impl Engine {
         assert_eq!(refs.len(), curs.len());
         let mut out = Vec::with_capacity(refs.len());
         let n_max = refs.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        // Pad the window side to a power of two so that kernel shapes repeat
-        // across windows (each new shape costs a compile on a GPU).
-        let m_max = curs
-            .iter()
-            .map(Vec::len)
-            .max()
-            .unwrap_or(0)
-            .max(1)
-            .next_power_of_two();
+        let m_max = padded_rows(curs);
         let p = n_max + m_max;
         let per_feature = (n_max + m_max) * p;
         let f_tile = (self.max_tile / per_feature).clamp(1, refs.len().max(1));
@@ -185,13 +177,7 @@ impl Engine {
         if columns.is_empty() || k == 0 {
             return Ok(vec![Vec::new(); columns.len()]);
         }
-        let m = columns
-            .iter()
-            .map(Vec::len)
-            .max()
-            .unwrap_or(0)
-            .max(1)
-            .next_power_of_two();
+        let m = padded_rows(columns);
         let f_tile = (self.max_tile / (m * k)).clamp(1, columns.len());
         let mut out = Vec::with_capacity(columns.len());
         for chunk in columns.chunks(f_tile) {
@@ -242,6 +228,18 @@ impl Engine {
         }
         Tensor::from_data(TensorData::new(flat, [cols.len(), width]), &self.device)
     }
+}
+
+/// The longest column's length rounded up to a power of two: window sizes
+/// vary, and each new kernel shape costs a compile on a GPU.
+fn padded_rows<T>(columns: &[Vec<T>]) -> usize {
+    columns
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0)
+        .max(1)
+        .next_power_of_two()
 }
 
 /// `[F, n]` values against `[F, 1, P]` points: `[F, 1, P]` counts of values <= point.
