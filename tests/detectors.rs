@@ -4,7 +4,7 @@
 
 use modelwatch::config::DeviceChoice;
 use modelwatch::detect::Scorer;
-use modelwatch::detect::engine::Engine;
+use modelwatch::detect::engine::{Engine, KsAlgorithm};
 use modelwatch::detect::stats::{self, KsMethod};
 use modelwatch::event::TelemetryEvent;
 use serde_json::Value;
@@ -146,6 +146,33 @@ fn flex_matches_scipy() {
     let engine = Engine::open(DeviceChoice::Cpu, 1 << 26).expect("flex device");
     assert_eq!(engine.info().backend, "flex");
     parity(&engine);
+}
+
+#[test]
+fn sorting_and_comparing_agree_on_flex() {
+    // flex scores by sorting, wgpu by comparison; both against SciPy above,
+    // and here against each other on ragged, tied, tiled input.
+    let engine = Engine::open(DeviceChoice::Cpu, 1 << 16).expect("flex device");
+    let fx = fixtures();
+    let cases = fx["ks"].as_array().unwrap();
+    let refs: Vec<Vec<f64>> = cases
+        .iter()
+        .take(11)
+        .map(|c| floats(&c["reference"]))
+        .collect();
+    let curs: Vec<Vec<f64>> = cases
+        .iter()
+        .take(11)
+        .map(|c| floats(&c["current"]))
+        .collect();
+    let sorted = engine
+        .ks_max_diffs_with(KsAlgorithm::Sort, &refs, &curs)
+        .unwrap();
+    let compared = engine
+        .ks_max_diffs_with(KsAlgorithm::Compare, &refs, &curs)
+        .unwrap();
+    assert_eq!(sorted, compared);
+    assert!(sorted.iter().filter(|&&d| d > 0).count() >= 9);
 }
 
 #[test]

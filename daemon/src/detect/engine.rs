@@ -14,6 +14,16 @@ use crate::config::DeviceChoice;
 const VALUE_LIMIT: f64 = 1e38;
 const PAD: f32 = f32::MAX;
 
+/// How the KS statistic is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KsAlgorithm {
+    /// Every reference value against every pooled value: O(n (n + m)) work
+    /// with no dependencies, what a GPU does best.
+    Compare,
+    /// Sort the pooled values once: O(P log P), what a CPU does best.
+    Sort,
+}
+
 /// What the engine runs on, as logged at start-up and recorded with scores.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -112,13 +122,89 @@ impl Engine {
 
     /// For each column pair, the exact two-sample KS statistic in integer
     /// form: `max_z |m * #{r <= z} - n * #{c <= z}|` over the pooled values z.
-    /// The O(n (n + m)) comparisons run on the device, tiled by feature and
-    /// by evaluation point; the max over real points is taken on the host.
+    /// GPUs count by comparison (one wide pass of independent work); the CPU
+    /// backend sorts the pooled values instead, O(P log P) rather than O(n P).
     pub fn ks_max_diffs(
         &self,
         refs: &[Vec<f64>],
         curs: &[Vec<f64>],
     ) -> Result<Vec<u64>, DetectError> {
+        let algorithm = if self.info.backend == "flex" {
+            KsAlgorithm::Sort
+        } else {
+            KsAlgorithm::Compare
+        };
+        self.ks_max_diffs_with(algorithm, refs, curs)
+    }
+
+    pub fn ks_max_diffs_with(
+        &self,
+        algorithm: KsAlgorithm,
+        refs: &[Vec<f64>],
+        curs: &[Vec<f64>],
+    ) -> Result<Vec<u64>, DetectError> {
+        match algorithm {
+            KsAlgorithm::Compare => self.ks_compare(refs, curs),
+            KsAlgorithm::Sort => self.ks_sort(refs, curs),
+        }
+    }
+
+    /// Sort the pooled values with their side labels, cumulate the labels,
+    /// and read the counts at the last element of each run of ties.
+    fn ks_sort(&self, refs: &[Vec<f64>], curs: &[Vec<f64>]) -> Result<Vec<u64>, DetectError> {
+        assert_eq!(refs.len(), curs.len());
+        let n_max = refs.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let m_max = padded_rows(curs);
+        let p = n_max + m_max;
+        let f_tile = (self.max_tile / p).clamp(1, refs.len().max(1));
+        let mut out = Vec::with_capacity(refs.len());
+        for f0 in (0..refs.len()).step_by(f_tile) {
+            let f1 = (f0 + f_tile).min(refs.len());
+            let nf = f1 - f0;
+            let z = Tensor::cat(
+                vec![
+                    self.padded(&refs[f0..f1], n_max),
+                    self.padded(&curs[f0..f1], m_max),
+                ],
+                1,
+            );
+            let (mut lr, mut lc) = (vec![0f32; nf * p], vec![0f32; nf * p]);
+            for f in 0..nf {
+                lr[f * p..f * p + refs[f0 + f].len()].fill(1.0);
+                lc[f * p + n_max..f * p + n_max + curs[f0 + f].len()].fill(1.0);
+            }
+            let (zs, idx) = z.sort_with_indices(1);
+            let cumulate = |labels: Vec<f32>| {
+                Tensor::<2>::from_data(TensorData::new(labels, [nf, p]), &self.device)
+                    .gather(1, idx.clone())
+                    .cumsum(1)
+            };
+            // Counts stay below 2^24, so f32 holds them exactly.
+            let cr: Vec<f32> = read(cumulate(lr))?.iter::<f32>().collect();
+            let cc: Vec<f32> = read(cumulate(lc))?.iter::<f32>().collect();
+            let run_ends: Vec<i64> = if p > 1 {
+                let ends = zs
+                    .clone()
+                    .narrow(1, 0, p - 1)
+                    .not_equal(zs.narrow(1, 1, p - 1));
+                read(ends.int())?.iter::<i64>().collect()
+            } else {
+                Vec::new()
+            };
+            for f in 0..nf {
+                let (n, m) = (refs[f0 + f].len() as i64, curs[f0 + f].len() as i64);
+                let best = (0..p)
+                    .filter(|&k| k == p - 1 || run_ends[f * (p - 1) + k] != 0)
+                    .map(|k| (cr[f * p + k] as i64 * m - cc[f * p + k] as i64 * n).unsigned_abs())
+                    .max()
+                    .unwrap_or(0);
+                out.push(best);
+            }
+        }
+        Ok(out)
+    }
+
+    fn ks_compare(&self, refs: &[Vec<f64>], curs: &[Vec<f64>]) -> Result<Vec<u64>, DetectError> {
         assert_eq!(refs.len(), curs.len());
         let mut out = Vec::with_capacity(refs.len());
         let n_max = refs.iter().map(Vec::len).max().unwrap_or(0).max(1);
