@@ -142,6 +142,63 @@ fn parity(engine: &Engine) {
 }
 
 #[test]
+fn effect_sizes_and_fdr_match_numpy_and_scipy() {
+    let fx = fixtures();
+    for case in fx["effects"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (cr, cc) = if case["categorical"] == true {
+            stats::bin_categorical(&strings(&case["reference"]), &strings(&case["current"]))
+        } else {
+            let (r, c) = (floats(&case["reference"]), floats(&case["current"]));
+            let (cr, cc, binning) = stats::bin_numeric(&r, &c);
+            let want = match case["binning"].as_str().unwrap() {
+                "sturges" => stats::Binning::Sturges,
+                _ => stats::Binning::Values,
+            };
+            assert_eq!(binning, want, "{name} binning");
+            close(
+                &format!("{name} wasserstein"),
+                stats::wasserstein_normalised(&r, &c),
+                case["wasserstein_normalised"].as_f64().unwrap(),
+                1e-9,
+            );
+            (cr, cc)
+        };
+        let counts = |v: &Value| -> Vec<u64> { floats(v).iter().map(|x| *x as u64).collect() };
+        assert_eq!(
+            cr,
+            counts(&case["reference_counts"]),
+            "{name} reference bins"
+        );
+        assert_eq!(cc, counts(&case["current_counts"]), "{name} current bins");
+        close(
+            &format!("{name} psi"),
+            stats::psi(&cr, &cc),
+            case["psi"].as_f64().unwrap(),
+            1e-9,
+        );
+        close(
+            &format!("{name} js"),
+            stats::jensen_shannon(&cr, &cc),
+            case["jensen_shannon"].as_f64().unwrap(),
+            1e-9,
+        );
+        close(
+            &format!("{name} hellinger"),
+            stats::hellinger(&cr, &cc),
+            case["hellinger"].as_f64().unwrap(),
+            1e-9,
+        );
+    }
+    for case in fx["benjamini_hochberg"].as_array().unwrap() {
+        let got = stats::benjamini_hochberg(&floats(&case["p_values"]));
+        for (g, w) in got.iter().zip(floats(&case["adjusted"])) {
+            close("bh", *g, w, 1e-12);
+        }
+    }
+}
+
+#[test]
 fn flex_matches_scipy() {
     let engine = Engine::open(DeviceChoice::Cpu, 1 << 26).expect("flex device");
     assert_eq!(engine.info().backend, "flex");

@@ -365,3 +365,217 @@ mod tests {
         assert!((r.p_value - 2.0 / 35.0).abs() < 1e-15, "{r:?}");
     }
 }
+
+/// How the values of a column were binned for PSI, Jensen-Shannon and
+/// Hellinger (recorded with each score).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binning {
+    /// `numpy.histogram_bin_edges(pooled, "sturges")`: numeric columns with
+    /// more than 20 distinct reference values.
+    Sturges,
+    /// One bin per distinct value of the pooled sample.
+    Values,
+    /// One bin per category.
+    Categories,
+}
+
+/// Bin counts of a numeric column pair, as the statistics note defines them.
+pub fn bin_numeric(r: &[f64], c: &[f64]) -> (Vec<u64>, Vec<u64>, Binning) {
+    let mut distinct: Vec<f64> = r.to_vec();
+    distinct.sort_by(f64::total_cmp);
+    distinct.dedup();
+    if distinct.len() > 20 {
+        let pooled: Vec<f64> = r.iter().chain(c).copied().collect();
+        let edges = sturges_edges(&pooled);
+        (histogram(r, &edges), histogram(c, &edges), Binning::Sturges)
+    } else {
+        let mut values: Vec<f64> = r.iter().chain(c).copied().collect();
+        values.sort_by(f64::total_cmp);
+        values.dedup();
+        let count = |col: &[f64]| {
+            let mut k = vec![0u64; values.len()];
+            for x in col {
+                if let Ok(i) = values.binary_search_by(|v| v.total_cmp(x)) {
+                    k[i] += 1;
+                }
+            }
+            k
+        };
+        (count(r), count(c), Binning::Values)
+    }
+}
+
+/// `numpy.histogram_bin_edges(x, bins="sturges")`, step for step.
+pub fn sturges_edges(x: &[f64]) -> Vec<f64> {
+    let (mut lo, mut hi) = x
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    if x.is_empty() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    let ptp = hi - lo;
+    let width = ptp / ((x.len() as f64).log2() + 1.0);
+    let bins = if width > 0.0 {
+        (ptp / width).ceil() as usize
+    } else {
+        1
+    };
+    if lo == hi {
+        lo -= 0.5;
+        hi += 0.5;
+    }
+    // numpy.linspace: start + i * step, with the last edge set to stop.
+    let step = (hi - lo) / bins as f64;
+    let mut edges: Vec<f64> = (0..=bins).map(|i| lo + i as f64 * step).collect();
+    edges[bins] = hi;
+    edges
+}
+
+/// `numpy.histogram(x, edges)` for equal-width edges: half-open bins, the
+/// last one closed, values outside ignored.
+pub fn histogram(x: &[f64], edges: &[f64]) -> Vec<u64> {
+    let bins = edges.len() - 1;
+    let (lo, hi) = (edges[0], edges[bins]);
+    let norm = bins as f64 / (hi - lo);
+    let mut counts = vec![0u64; bins];
+    for &v in x {
+        if !(lo..=hi).contains(&v) {
+            continue;
+        }
+        let mut i = ((v - lo) * norm) as usize;
+        if i == bins {
+            i -= 1;
+        }
+        // numpy corrects the index against the actual edges.
+        if v < edges[i] {
+            i -= 1;
+        } else if i + 1 < bins && v >= edges[i + 1] {
+            i += 1;
+        }
+        counts[i] += 1;
+    }
+    counts
+}
+
+fn proportions(counts: &[u64]) -> Vec<f64> {
+    let total: u64 = counts.iter().sum();
+    counts
+        .iter()
+        .map(|&k| k as f64 / total.max(1) as f64)
+        .collect()
+}
+
+/// Population stability index. An empty bin gets epsilon = 1e-4, or the
+/// smallest nonzero proportion / 1e6 when that is itself at most 1e-4.
+pub fn psi(reference: &[u64], current: &[u64]) -> f64 {
+    let (pr, pc) = (proportions(reference), proportions(current));
+    let smallest = pr
+        .iter()
+        .chain(&pc)
+        .copied()
+        .filter(|&p| p > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let eps = if smallest <= 1e-4 {
+        smallest / 1e6
+    } else {
+        1e-4
+    };
+    pr.iter()
+        .zip(&pc)
+        .map(|(&a, &b)| {
+            let (a, b) = (
+                if a == 0.0 { eps } else { a },
+                if b == 0.0 { eps } else { b },
+            );
+            (a - b) * (a / b).ln()
+        })
+        .sum()
+}
+
+/// Jensen-Shannon distance with natural logs, as
+/// `scipy.spatial.distance.jensenshannon`; in [0, sqrt(ln 2)].
+pub fn jensen_shannon(reference: &[u64], current: &[u64]) -> f64 {
+    let (p, q) = (proportions(reference), proportions(current));
+    let rel_entr = |x: f64, y: f64| {
+        if x > 0.0 && y > 0.0 {
+            x * (x / y).ln()
+        } else {
+            0.0
+        }
+    };
+    let js: f64 = p
+        .iter()
+        .zip(&q)
+        .map(|(&a, &b)| {
+            let m = (a + b) / 2.0;
+            rel_entr(a, m) + rel_entr(b, m)
+        })
+        .sum();
+    (js / 2.0).max(0.0).sqrt()
+}
+
+/// Hellinger distance on the same bins.
+pub fn hellinger(reference: &[u64], current: &[u64]) -> f64 {
+    let (p, q) = (proportions(reference), proportions(current));
+    let bc: f64 = p.iter().zip(&q).map(|(a, b)| (a * b).sqrt()).sum();
+    (1.0 - bc).max(0.0).sqrt()
+}
+
+/// `scipy.stats.wasserstein_distance(r, c) / max(std(r), 0.001)`.
+pub fn wasserstein_normalised(r: &[f64], c: &[f64]) -> f64 {
+    let mut u = r.to_vec();
+    let mut v = c.to_vec();
+    u.sort_by(f64::total_cmp);
+    v.sort_by(f64::total_cmp);
+    let mut all: Vec<f64> = u.iter().chain(&v).copied().collect();
+    all.sort_by(f64::total_cmp);
+    let (nu, nv) = (u.len() as f64, v.len() as f64);
+    let (mut i, mut j) = (0usize, 0usize);
+    let mut distance = 0.0;
+    for k in 0..all.len().saturating_sub(1) {
+        let z = all[k];
+        while i < u.len() && u[i] <= z {
+            i += 1;
+        }
+        while j < v.len() && v[j] <= z {
+            j += 1;
+        }
+        distance += (i as f64 / nu - j as f64 / nv).abs() * (all[k + 1] - all[k]);
+    }
+    let mean = r.iter().sum::<f64>() / nu;
+    let std = (r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / nu).sqrt();
+    distance / std.max(0.001)
+}
+
+/// Benjamini-Hochberg adjusted p-values, as
+/// `scipy.stats.false_discovery_control(p, method="bh")`.
+pub fn benjamini_hochberg(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let mut adjusted = vec![0.0; m];
+    let mut running = 1.0f64;
+    for rank in (0..m).rev() {
+        let i = order[rank];
+        running = running.min(p[i] * m as f64 / (rank + 1) as f64);
+        adjusted[i] = running.min(1.0);
+    }
+    adjusted
+}
+
+/// Bin counts of a categorical column pair: one bin per category of either side.
+pub fn bin_categorical(r: &[String], c: &[String]) -> (Vec<u64>, Vec<u64>) {
+    let cats: std::collections::BTreeSet<&String> = r.iter().chain(c).collect();
+    let index: std::collections::HashMap<&String, usize> =
+        cats.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    let count = |col: &[String]| {
+        let mut k = vec![0u64; cats.len()];
+        for x in col {
+            k[index[x]] += 1;
+        }
+        k
+    };
+    (count(r), count(c))
+}
