@@ -325,6 +325,8 @@ pub enum Correction {
     Bonferroni,
     /// Compare each p-value with alpha as it is.
     None,
+    /// Control the false-discovery rate across the window's tests at alpha.
+    BenjaminiHochberg,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -59,6 +59,7 @@ pub fn judge(config: &JudgeConfig, scores: Vec<Score>) -> Vec<Judged> {
     let threshold = match config.correction {
         Correction::Bonferroni => config.alpha / tests,
         Correction::None => config.alpha,
+        Correction::BenjaminiHochberg => bh_threshold(config.alpha, &scores),
     };
     scores
         .into_iter()
@@ -80,6 +81,22 @@ pub fn judge(config: &JudgeConfig, scores: Vec<Score>) -> Vec<Judged> {
             }
         })
         .collect()
+}
+
+/// The p-value threshold the Benjamini-Hochberg step-up procedure sets for a
+/// family: just above the largest p(k) with p(k) <= k/m alpha, so that
+/// "p below threshold" rejects exactly the hypotheses BH rejects; alpha/m
+/// (what a single test would need) when it rejects none.
+fn bh_threshold(alpha: f64, scores: &[Score]) -> f64 {
+    let mut p: Vec<f64> = scores.iter().map(|s| s.p_value).collect();
+    p.sort_by(f64::total_cmp);
+    let m = p.len().max(1) as f64;
+    p.iter()
+        .enumerate()
+        .filter(|(k, pk)| **pk <= (*k + 1) as f64 / m * alpha)
+        .map(|(_, pk)| pk.next_up())
+        .last()
+        .unwrap_or(alpha / m)
 }
 
 /// The key that groups one condition across windows: model, detector, feature.
@@ -184,5 +201,33 @@ mod tests {
         };
         let j = judge(&cfg, vec![score(0.011)]);
         assert_eq!(j[0].crossed, Some(Severity::Info));
+    }
+
+    #[test]
+    fn benjamini_hochberg_rejects_what_the_step_up_procedure_rejects() {
+        let cfg = JudgeConfig {
+            alpha: 0.05,
+            correction: Correction::BenjaminiHochberg,
+            ..JudgeConfig::default()
+        };
+        // Sorted p: .001 .008 .039 .041 .042 .06 .074 .205; boundaries k/8 * .05:
+        // .00625 .0125 .01875 .025 .03125 .0375 .04375 .05 -> the largest k with
+        // p(k) <= boundary is k = 2, so .001 and .008 are rejected.
+        let ps = [0.039, 0.001, 0.041, 0.008, 0.042, 0.06, 0.074, 0.205];
+        let j = judge(&cfg, ps.iter().map(|p| score(*p)).collect());
+        let rejected: Vec<f64> = j
+            .iter()
+            .filter(|x| x.crossed.is_some())
+            .map(|x| x.score.p_value)
+            .collect();
+        assert_eq!(rejected, vec![0.001, 0.008]);
+        // Agrees with the adjusted p-values.
+        let adjusted = crate::detect::stats::benjamini_hochberg(&ps);
+        for (x, a) in j.iter().zip(adjusted) {
+            assert_eq!(x.crossed.is_some(), a < 0.05, "p {}", x.score.p_value);
+        }
+        let none = judge(&cfg, vec![score(0.5), score(0.9)]);
+        assert!(none.iter().all(|x| x.crossed.is_none()));
+        assert_eq!(none[0].threshold, 0.025);
     }
 }
