@@ -9,6 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+HOME=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
+export HOME
+# rustup's default location, for shells that did not source ~/.cargo/env.
+[ -x "$HOME/.cargo/bin/cargo" ] && case ":$PATH:" in *":$HOME/.cargo/bin:"*) ;; *) PATH=$HOME/.cargo/bin:$PATH ;; esac
 CACHE=${MODELWATCH_CACHE:-$HOME/.cache/modelwatch}
 TANSU_VERSION=0.6.0
 TANSU_ROOT=$CACHE/tansu-$TANSU_VERSION
