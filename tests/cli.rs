@@ -268,3 +268,60 @@ fn transitions_printed(stdout: &str) -> Vec<String> {
     cells.sort();
     cells
 }
+
+#[test]
+fn score_command_prints_every_score_and_backfills() {
+    let dir = std::env::temp_dir().join(unique("mw_score"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let all = telemetry(13, 300, 100, 5, 3..5);
+    let (reference, current) = (dir.join("ref.ndjson"), dir.join("cur.ndjson"));
+    std::fs::write(&reference, all[..300].join("\n")).unwrap();
+    std::fs::write(&current, all[300..].join("\n")).unwrap();
+    let store = format!("sqlite:{}", dir.join("store.db").display());
+    let score = |extra: &[&str]| {
+        Command::new(daemon_binary())
+            .args(["score", "--window", "100", "--reference"])
+            .arg(&reference)
+            .arg("--current")
+            .arg(&current)
+            .args(extra)
+            .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
+            .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+            .env("MODELWATCH_STORE__URL", &store)
+            .output()
+            .unwrap()
+    };
+    let out = score(&["--format", "json", "--store"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 5 * 5, "five scores in each of five windows");
+    let mut crossed: Vec<String> = rows
+        .iter()
+        .filter(|r| r["alert"] != "-")
+        .map(|r| format!("{}:{}", r["window"], r["feature"].as_str().unwrap()))
+        .collect();
+    crossed.sort();
+    assert_eq!(crossed, vec!["3:x1", "4:x1"]);
+    for r in &rows {
+        assert_eq!(
+            r["alert"] != "-",
+            r["p_value"].as_f64().unwrap() < r["threshold"].as_f64().unwrap()
+        );
+    }
+    // The same scores as a table, appended to the store's history.
+    let out = score(&["--store"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("model"), "{table}");
+    assert_eq!(table.lines().count(), 1 + 25);
+    assert!(
+        table.lines().any(|l| l.contains(" 8 ") && l.contains("x1")),
+        "second backfill continues at window 5: {table}"
+    );
+}

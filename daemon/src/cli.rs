@@ -79,6 +79,27 @@ enum Command {
         #[command(subcommand)]
         action: AlertsAction,
     },
+    /// Score files offline with exactly the daemon's detectors: every score,
+    /// p-value and threshold per window.
+    Score {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Reference events (NDJSON).
+        #[arg(long)]
+        reference: PathBuf,
+        /// Events to score (NDJSON), cut into windows per model and version.
+        #[arg(long)]
+        current: PathBuf,
+        /// Events per window; default: the config's windows.count.
+        #[arg(long)]
+        window: Option<usize>,
+        /// `table` for people, `json` for one JSON object per score.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Also write the windows, scores and alerts to the configured store (backfill).
+        #[arg(long)]
+        store: bool,
+    },
     /// Produce an NDJSON file into a Kafka topic, one message per line.
     Replay {
         #[command(flatten)]
@@ -227,6 +248,18 @@ pub async fn main() -> Result<()> {
             baseline_import(&config, &model, &file, replace).await
         }
         Command::Alerts { action } => alerts_command(action).await,
+        Command::Score {
+            config,
+            reference,
+            current,
+            window,
+            format,
+            store,
+        } => {
+            let config = load(&config)?;
+            telemetry::init_logging(&config.log);
+            score_files(&config, &reference, &current, window, &format, store).await
+        }
         Command::CheckConfig { config } => {
             let config = load(&config)?;
             print!("{}", config.to_toml());
@@ -403,6 +436,157 @@ fn print_summary(m: &Metrics) {
         let parts: Vec<String> = rejected.iter().map(|(r, n)| format!("{r}={n}")).collect();
         println!("rejected messages (dead-lettered): {}", parts.join(", "));
     }
+}
+
+fn read_events(path: &PathBuf) -> Result<Vec<crate::event::TelemetryEvent>> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let now = chrono::Utc::now();
+    let mut events = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let decoded = JsonDecoder
+            .decode(line.as_bytes(), Some(now))
+            .with_context(|| format!("{}:{}", path.display(), i + 1))?;
+        events.extend(decoded);
+    }
+    Ok(events)
+}
+
+async fn score_files(
+    config: &Config,
+    reference: &PathBuf,
+    current: &PathBuf,
+    window: Option<usize>,
+    format: &str,
+    write: bool,
+) -> Result<()> {
+    if format != "table" && format != "json" {
+        bail!("unknown format {format:?}: table or json");
+    }
+    let reference = read_events(reference)?;
+    let current = read_events(current)?;
+    let size = window.unwrap_or(config.windows.count).max(1);
+    let scoring = ScoringHandle::start(&config.engine, (reference.len(), size)).await?;
+    let store = if write {
+        Some(Store::open(&config.store.url, 1).await?)
+    } else {
+        None
+    };
+    let router = Router::new(&config.notify.receivers);
+    let route = |a: &crate::judge::AlertState| router.route(a);
+    let mut models: Vec<String> = current.iter().map(|e| e.model.clone()).collect();
+    models.sort();
+    models.dedup();
+    if format == "table" {
+        println!(
+            "{:<20} {:<8} {:>6}  {:<20} {:<18} {:<5} {:>10} {:>11} {:>11}  alert",
+            "model",
+            "version",
+            "window",
+            "detector",
+            "feature",
+            "test",
+            "statistic",
+            "p-value",
+            "threshold"
+        );
+    }
+    for model in models {
+        let ref_events: Vec<_> = reference
+            .iter()
+            .filter(|e| e.model == model)
+            .cloned()
+            .collect();
+        if ref_events.len() < 2 {
+            bail!(
+                "the reference holds {} events of model {model}; at least 2 are needed",
+                ref_events.len()
+            );
+        }
+        let fitted = scoring
+            .fit(&model, ref_events, config.model_settings(&model).classes)
+            .await?;
+        let mut by_version: std::collections::BTreeMap<String, Vec<&crate::event::TelemetryEvent>> =
+            Default::default();
+        for e in current.iter().filter(|e| e.model == model) {
+            by_version
+                .entry(e.version_key().to_string())
+                .or_default()
+                .push(e);
+        }
+        for (version, events) in by_version {
+            // A backfill appends after the windows the store already has.
+            let base = match &store {
+                Some(st) => st.next_window_seq(&model, &version).await?,
+                None => 0,
+            };
+            for (i, chunk) in events.chunks(size).enumerate() {
+                let seq = base + i as i64;
+                let owned: Vec<_> = chunk.iter().map(|e| (*e).clone()).collect();
+                let scored = scoring.score(fitted.clone(), owned).await?;
+                let judged = crate::judge::judge(&config.judge, scored.scores);
+                for j in &judged {
+                    let s = &j.score;
+                    let alert = j.crossed.map(|c| c.as_str()).unwrap_or("-");
+                    if format == "json" {
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "model": model, "model_version": version, "window": seq,
+                                "detector": s.detector, "feature": s.feature, "test": s.test, "method": s.method,
+                                "statistic": s.statistic, "p_value": s.p_value, "threshold": j.threshold,
+                                "n_reference": s.n_reference, "n_window": s.n_window, "alert": alert,
+                            })
+                        );
+                    } else {
+                        println!(
+                            "{:<20} {:<8} {:>6}  {:<20} {:<18} {:<5} {:>10.4} {:>11.3e} {:>11.3e}  {}",
+                            model,
+                            if version.is_empty() { "-" } else { &version },
+                            seq,
+                            s.detector,
+                            s.feature,
+                            s.test,
+                            s.statistic,
+                            s.p_value,
+                            j.threshold,
+                            alert
+                        );
+                    }
+                }
+                if let Some(store) = &store {
+                    let start = chunk.iter().map(|e| e.ts).min().unwrap_or_default();
+                    let end = chunk.iter().map(|e| e.ts).max().unwrap_or_default();
+                    let verdict = crate::judge::WindowVerdict {
+                        model: model.clone(),
+                        model_version: version.clone(),
+                        seq,
+                        start,
+                        end,
+                        n_events: chunk.len(),
+                        close_reason: "offline",
+                        device: scoring.info().label(),
+                        error: None,
+                        judged,
+                        sample_request_ids: chunk
+                            .iter()
+                            .filter_map(|e| e.request_id.clone())
+                            .take(5)
+                            .collect(),
+                        high_water: Default::default(),
+                        trace_id: None,
+                    };
+                    store
+                        .persist_window(&verdict, &config.alerts, &route)
+                        .await?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn alerts_command(action: AlertsAction) -> Result<()> {
