@@ -139,6 +139,44 @@ fn parity(engine: &Engine) {
         conf["p_value"].as_f64().unwrap(),
         1e-9,
     );
+
+    // MMD: bandwidth, statistic and permutation p-value, f32 on the device.
+    for case in fx["mmd"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (x, y) = (rows(&case["x"]), rows(&case["y"]));
+        let perms: Vec<Vec<usize>> = case["permutations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                p.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_u64().unwrap() as usize)
+                    .collect()
+            })
+            .collect();
+        let sigma = engine.median_bandwidth(&x).unwrap();
+        let want_sigma = case["sigma"].as_f64().unwrap();
+        close(
+            &format!("{name} sigma"),
+            sigma,
+            want_sigma,
+            1e-5 * want_sigma,
+        );
+        let r = engine.mmd_permutation(&x, &y, want_sigma, &perms).unwrap();
+        close(
+            &format!("{name} mmd"),
+            r.statistic,
+            case["statistic"].as_f64().unwrap(),
+            1e-5,
+        );
+        assert_eq!(
+            r.p_value,
+            case["p_value"].as_f64().unwrap(),
+            "{name} p-value"
+        );
+    }
 }
 
 #[test]
@@ -230,6 +268,34 @@ fn sorting_and_comparing_agree_on_flex() {
         .unwrap();
     assert_eq!(sorted, compared);
     assert!(sorted.iter().filter(|&&d| d > 0).count() >= 9);
+}
+
+#[test]
+fn mmd_tiled_matches_untiled() {
+    // 2^12 elements per tile cuts the 200-row kernel into 17-row slices.
+    let small = Engine::open(DeviceChoice::Cpu, 1 << 12).expect("flex device");
+    let big = Engine::open(DeviceChoice::Cpu, 1 << 26).expect("flex device");
+    let fx = fixtures();
+    let case = &fx["mmd"][0];
+    let rows = |v: &Value| -> Vec<Vec<f64>> { v.as_array().unwrap().iter().map(floats).collect() };
+    let (x, y) = (rows(&case["x"]), rows(&case["y"]));
+    let perms: Vec<Vec<usize>> = case["permutations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p.as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_u64().unwrap() as usize)
+                .collect()
+        })
+        .collect();
+    let a = small.mmd_permutation(&x, &y, 2.0, &perms).unwrap();
+    let b = big.mmd_permutation(&x, &y, 2.0, &perms).unwrap();
+    assert!((a.statistic - b.statistic).abs() < 1e-6, "{a:?} {b:?}");
+    assert_eq!(a.p_value, b.p_value);
+    assert!((small.median_bandwidth(&x).unwrap() - big.median_bandwidth(&x).unwrap()).abs() < 1e-9);
 }
 
 #[test]

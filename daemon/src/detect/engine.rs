@@ -14,6 +14,17 @@ use crate::config::DeviceChoice;
 const VALUE_LIMIT: f64 = 1e38;
 const PAD: f32 = f32::MAX;
 
+/// An MMD permutation test's outcome.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MmdResult {
+    /// Unbiased MMD^2 of the observed split.
+    pub statistic: f64,
+    /// (1 + #{permutations at least as large}) / (1 + permutations).
+    pub p_value: f64,
+    pub permutations: usize,
+    pub sigma: f64,
+}
+
 /// How the KS statistic is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KsAlgorithm {
@@ -52,7 +63,7 @@ impl Engine {
     /// wgpu finds one and falls back to flex otherwise; it never settles on a
     /// software adapter.
     pub fn open(choice: DeviceChoice, max_tile_elements: usize) -> Result<Self, DetectError> {
-        let max_tile = max_tile_elements.max(1 << 16);
+        let max_tile = max_tile_elements.max(1 << 12);
         let (device, info) = match choice {
             DeviceChoice::Cpu => flex(),
             DeviceChoice::Auto => match wgpu_hardware(&[DeviceKind::DiscreteGpu(0)]) {
@@ -254,6 +265,144 @@ impl Engine {
         Ok(out)
     }
 
+    /// Median-heuristic bandwidth of a reference (rows of equal length):
+    /// sqrt(0.5 * median of the pairwise squared distances, diagonal
+    /// excluded). Distances come from the device in row tiles; the median is
+    /// taken on the host.
+    pub fn median_bandwidth(&self, rows: &[Vec<f64>]) -> Result<f64, DetectError> {
+        let n = rows.len();
+        if n < 2 {
+            return Err(DetectError::Failed(
+                "a bandwidth needs at least two reference rows".into(),
+            ));
+        }
+        let x = self.matrix(rows)?;
+        let sq = x.clone().powi_scalar(2).sum_dim(1);
+        let tile = (self.max_tile / n).clamp(1, n);
+        let mut upper = Vec::with_capacity(n * (n - 1) / 2);
+        for t0 in (0..n).step_by(tile) {
+            let t = tile.min(n - t0);
+            let d2 = pairwise_sq(
+                x.clone().narrow(0, t0, t),
+                sq.clone().narrow(0, t0, t),
+                x.clone(),
+                sq.clone(),
+            );
+            let vals: Vec<f32> = read(d2)?.iter::<f32>().collect();
+            for i in 0..t {
+                for j in (t0 + i + 1)..n {
+                    upper.push(vals[i * n + j].max(0.0) as f64);
+                }
+            }
+        }
+        Ok((0.5 * median(&mut upper)).sqrt())
+    }
+
+    /// Unbiased MMD^2 with a Gaussian kernel between `x` (reference rows)
+    /// and `y` (window rows), and its permutation test. Every permutation's
+    /// statistic comes from one kernel-times-labels matrix product: with a
+    /// the 0/1 indicator of the first sample, aᵀKa, aᵀK1 and 1ᵀK1 give all
+    /// three kernel sums. The kernel is built and consumed in row tiles, so
+    /// it never exists whole; partial sums are added up in f64 on the host.
+    pub fn mmd_permutation(
+        &self,
+        x: &[Vec<f64>],
+        y: &[Vec<f64>],
+        sigma: f64,
+        permutations: &[Vec<usize>],
+    ) -> Result<MmdResult, DetectError> {
+        let (n, m) = (x.len(), y.len());
+        if n < 2 || m < 2 {
+            return Err(DetectError::Failed(
+                "mmd needs at least two rows on each side".into(),
+            ));
+        }
+        let total = n + m;
+        let cols = permutations.len() + 1;
+        let pooled: Vec<Vec<f64>> = x.iter().chain(y).cloned().collect();
+        let z = self.matrix(&pooled)?;
+        let sq = z.clone().powi_scalar(2).sum_dim(1);
+        // Column 0 is the observed split, the others the permuted ones.
+        let mut labels = vec![0f32; total * cols];
+        for i in 0..n {
+            labels[i * cols] = 1.0;
+        }
+        for (c, perm) in permutations.iter().enumerate() {
+            if perm.len() != total {
+                return Err(DetectError::Failed(format!(
+                    "permutation {c} has {} entries, not {total}",
+                    perm.len()
+                )));
+            }
+            for &i in &perm[..n] {
+                labels[i * cols + c + 1] = 1.0;
+            }
+        }
+        let a =
+            Tensor::<2>::from_data(TensorData::new(labels.clone(), [total, cols]), &self.device);
+        let scale = -1.0 / (2.0 * sigma * sigma);
+        let tile = (self.max_tile / (total + cols)).clamp(1, total);
+        let (mut s_aa, mut rows) = (vec![0f64; cols], vec![0f64; total]);
+        for t0 in (0..total).step_by(tile) {
+            let t = tile.min(total - t0);
+            let d2 = pairwise_sq(
+                z.clone().narrow(0, t0, t),
+                sq.clone().narrow(0, t0, t),
+                z.clone(),
+                sq.clone(),
+            );
+            let k = d2.clamp_min(0.0).mul_scalar(scale as f32).exp();
+            let ka = k.clone().matmul(a.clone());
+            let aa = (a.clone().narrow(0, t0, t) * ka).sum_dim(0);
+            let r = k.sum_dim(1);
+            for (acc, v) in s_aa.iter_mut().zip(read(aa)?.iter::<f32>()) {
+                *acc += v as f64;
+            }
+            for (i, v) in read(r)?.iter::<f32>().enumerate() {
+                rows[t0 + i] = v as f64;
+            }
+        }
+        let all: f64 = rows.iter().sum();
+        let (nf, mf) = (n as f64, m as f64);
+        let stats: Vec<f64> = (0..cols)
+            .map(|c| {
+                let s_a1: f64 = (0..total)
+                    .filter(|&i| labels[i * cols + c] != 0.0)
+                    .map(|i| rows[i])
+                    .sum();
+                let s_bb = all - 2.0 * s_a1 + s_aa[c];
+                (s_aa[c] - nf) / (nf * (nf - 1.0)) + (s_bb - mf) / (mf * (mf - 1.0))
+                    - 2.0 * (s_a1 - s_aa[c]) / (nf * mf)
+            })
+            .collect();
+        let observed = stats[0];
+        let at_least = stats[1..].iter().filter(|&&s| s >= observed).count();
+        Ok(MmdResult {
+            statistic: observed,
+            p_value: (1 + at_least) as f64 / cols as f64,
+            permutations: permutations.len(),
+            sigma,
+        })
+    }
+
+    fn matrix(&self, rows: &[Vec<f64>]) -> Result<Tensor<2>, DetectError> {
+        let d = rows.first().map_or(0, Vec::len);
+        if d == 0 || rows.iter().any(|r| r.len() != d) {
+            return Err(DetectError::Failed(
+                "rows must be non-empty and of equal length".into(),
+            ));
+        }
+        let flat: Vec<f32> = rows
+            .iter()
+            .flatten()
+            .map(|v| v.clamp(-VALUE_LIMIT, VALUE_LIMIT) as f32)
+            .collect();
+        Ok(Tensor::from_data(
+            TensorData::new(flat, [rows.len(), d]),
+            &self.device,
+        ))
+    }
+
     /// Counts of each code `0..k` per column; codes outside that range are ignored.
     pub fn category_counts(
         &self,
@@ -313,6 +462,26 @@ impl Engine {
             }
         }
         Tensor::from_data(TensorData::new(flat, [cols.len(), width]), &self.device)
+    }
+}
+
+/// Squared distances between the rows of `a` `[t, d]` and of `b` `[N, d]`,
+/// given their squared norms: `[t, N]`.
+fn pairwise_sq(a: Tensor<2>, a_sq: Tensor<2>, b: Tensor<2>, b_sq: Tensor<2>) -> Tensor<2> {
+    let cross = a.matmul(b.transpose());
+    a_sq + b_sq.transpose() - cross.mul_scalar(2.0)
+}
+
+/// numpy's median: the middle value, or the mean of the two middle values.
+fn median(v: &mut [f64]) -> f64 {
+    let n = v.len();
+    let (_, mid, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let upper = *mid;
+    if n % 2 == 1 {
+        upper
+    } else {
+        let lower = v[..n / 2].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lower + upper) / 2.0
     }
 }
 
