@@ -63,6 +63,60 @@ fn time<T>(mut f: impl FnMut() -> T) -> (Duration, T) {
     (start.elapsed() / runs, out)
 }
 
+/// Unbiased MMD^2 and its permutation p-value, straight from the definition in f64.
+fn host_mmd(x: &[Vec<f64>], y: &[Vec<f64>], sigma: f64, perms: &[Vec<usize>]) -> (f64, f64) {
+    let z: Vec<&Vec<f64>> = x.iter().chain(y).collect();
+    let k = |i: usize, j: usize| {
+        let d2: f64 = z[i].iter().zip(z[j]).map(|(a, b)| (a - b) * (a - b)).sum();
+        (-d2 / (2.0 * sigma * sigma)).exp()
+    };
+    let total = z.len();
+    let kernel: Vec<f64> = (0..total * total)
+        .map(|ij| k(ij / total, ij % total))
+        .collect();
+    let (n, m) = (x.len() as f64, y.len() as f64);
+    let stat = |in_x: &[bool]| {
+        let (mut xx, mut yy, mut xy) = (0.0, 0.0, 0.0);
+        for i in 0..total {
+            for j in 0..total {
+                let v = kernel[i * total + j];
+                match (in_x[i], in_x[j]) {
+                    (true, true) if i != j => xx += v,
+                    (false, false) if i != j => yy += v,
+                    (true, false) => xy += v,
+                    _ => {}
+                }
+            }
+        }
+        xx / (n * (n - 1.0)) + yy / (m * (m - 1.0)) - 2.0 * xy / (n * m)
+    };
+    let observed = stat(&(0..total).map(|i| i < x.len()).collect::<Vec<_>>());
+    let at_least = perms
+        .iter()
+        .filter(|p| {
+            let mut in_x = vec![false; total];
+            for &i in &p[..x.len()] {
+                in_x[i] = true;
+            }
+            stat(&in_x) >= observed
+        })
+        .count();
+    (observed, (1 + at_least) as f64 / (1 + perms.len()) as f64)
+}
+
+fn permutations(total: usize, count: usize, seed: &mut u64) -> Vec<Vec<usize>> {
+    (0..count)
+        .map(|_| {
+            let mut p: Vec<usize> = (0..total).collect();
+            for i in (1..total).rev() {
+                let j = (lcg(seed) * (i + 1) as f64) as usize;
+                p.swap(i, j.min(i));
+            }
+            p
+        })
+        .collect()
+}
+
 fn main() {
     let device = match std::env::var("MODELWATCH_BENCH_DEVICE").as_deref() {
         Ok("wgpu-cpu") => DeviceChoice::WgpuCpu,
@@ -99,5 +153,48 @@ fn main() {
             (m * f) as f64 / dt.as_secs_f64(),
             dt.as_secs_f64() / ht.as_secs_f64()
         );
+    }
+
+    println!();
+    println!("MMD^2 permutation test, d = 64, 100 permutations");
+    println!(
+        "{:>8} {:>12} {:>12} {:>8}",
+        "per side", "device ms", "host ms", "ratio"
+    );
+    for per_side in [250usize, 1000, 2000] {
+        let x = (0..per_side)
+            .map(|_| (0..64).map(|_| lcg(&mut seed)).collect())
+            .collect::<Vec<Vec<f64>>>();
+        let y = (0..per_side)
+            .map(|_| (0..64).map(|_| lcg(&mut seed) + 0.02).collect())
+            .collect::<Vec<Vec<f64>>>();
+        let perms = permutations(2 * per_side, 100, &mut seed);
+        let sigma = engine.median_bandwidth(&x).expect("bandwidth");
+        let (dt, dev) = time(|| engine.mmd_permutation(&x, &y, sigma, &perms).expect("mmd"));
+        if per_side <= 250 {
+            // The host reference is O(perms N^2): only at the smallest size.
+            let start = Instant::now();
+            let (stat, p) = host_mmd(&x, &y, sigma, &perms);
+            let ht = start.elapsed();
+            assert!(
+                (stat - dev.statistic).abs() < 1e-5,
+                "device and host disagree: {stat} vs {}",
+                dev.statistic
+            );
+            assert_eq!(p, dev.p_value);
+            println!(
+                "{per_side:>8} {:>12.2} {:>12.2} {:>7.3}x",
+                dt.as_secs_f64() * 1e3,
+                ht.as_secs_f64() * 1e3,
+                dt.as_secs_f64() / ht.as_secs_f64()
+            );
+        } else {
+            println!(
+                "{per_side:>8} {:>12.2} {:>12} {:>8}",
+                dt.as_secs_f64() * 1e3,
+                "-",
+                "-"
+            );
+        }
     }
 }
