@@ -20,12 +20,16 @@ CREATE TABLE alerts (
     threshold        DOUBLE PRECISION NOT NULL,
     first_window_seq BIGINT NOT NULL,
     last_window_seq  BIGINT NOT NULL,
+    window_start     TIMESTAMPTZ NOT NULL,
+    window_end       TIMESTAMPTZ NOT NULL,
     first_seen_at    TIMESTAMPTZ NOT NULL,
     fired_at         TIMESTAMPTZ,
     last_seen_at     TIMESTAMPTZ NOT NULL,
     resolved_at      TIMESTAMPTZ,
     trace_id         TEXT,
+    evidence         JSONB NOT NULL,
     state            JSONB NOT NULL,
+    created_at       TIMESTAMPTZ NOT NULL,
     updated_at       TIMESTAMPTZ NOT NULL,
     UNIQUE (dedup_key, incident)
 );

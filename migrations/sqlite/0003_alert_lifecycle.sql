@@ -20,12 +20,16 @@ CREATE TABLE alerts (
     threshold        REAL NOT NULL,
     first_window_seq INTEGER NOT NULL,
     last_window_seq  INTEGER NOT NULL,
+    window_start     TEXT NOT NULL,
+    window_end       TEXT NOT NULL,
     first_seen_at    TEXT NOT NULL,
     fired_at         TEXT,
     last_seen_at     TEXT NOT NULL,
     resolved_at      TEXT,
     trace_id         TEXT,
+    evidence         TEXT NOT NULL,
     state            TEXT NOT NULL,
+    created_at       TEXT NOT NULL,
     updated_at       TEXT NOT NULL,
     UNIQUE (dedup_key, incident)
 );

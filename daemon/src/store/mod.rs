@@ -432,9 +432,10 @@ impl Store {
                             "INSERT INTO alerts (dedup_key, incident, model, model_version, detector, feature, severity,
                                                  status, acknowledged, silenced, score, p_value, threshold,
                                                  first_window_seq, last_window_seq, first_seen_at, fired_at,
-                                                 last_seen_at, resolved_at, trace_id, state, updated_at)
+                                                 last_seen_at, resolved_at, trace_id, state, updated_at,
+                                                 window_start, window_end, evidence, created_at)
                              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                                     $18, $19, $20, $21, $22)
+                                     $18, $19, $20, $21, $22, $23, $24, $25, $22)
                              RETURNING id",
                         )
                         .bind(&state.dedup_key)
@@ -459,6 +460,9 @@ impl Store {
                         .bind(state.trace_id.as_deref())
                         .bind(Json(&state))
                         .bind(now)
+                        .bind(state.window_start)
+                        .bind(state.window_end)
+                        .bind(Json(&state.evidence))
                         .fetch_one(&mut *tx)
                         .await?
                         .try_get::<i64, _>("id")?,
@@ -467,7 +471,7 @@ impl Store {
                                 "UPDATE alerts SET model_version = $2, severity = $3, status = $4, silenced = $5,
                                         score = $6, p_value = $7, threshold = $8, last_window_seq = $9,
                                         fired_at = $10, last_seen_at = $11, resolved_at = $12, trace_id = $13,
-                                        state = $14, updated_at = $15
+                                        state = $14, updated_at = $15, window_end = $16, evidence = $17
                                  WHERE id = $1",
                             )
                             .bind(id)
@@ -485,6 +489,8 @@ impl Store {
                             .bind(state.trace_id.as_deref())
                             .bind(Json(&state))
                             .bind(now)
+                            .bind(state.window_end)
+                            .bind(Json(&state.evidence))
                             .execute(&mut *tx)
                             .await?;
                             id
