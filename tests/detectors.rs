@@ -387,6 +387,60 @@ fn scorer_flags_only_shifted_features(engine: Engine) {
 }
 
 #[test]
+fn large_references_need_an_effect_size_past_threshold() {
+    // 10,000 reference rows and window rows: a 0.09-sigma shift is
+    // significant by KS but its normalised Wasserstein stays below 0.1, so
+    // it must not alert; 0.5 sigma must.
+    let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 26).unwrap());
+    let quantile = |i: usize, n: usize| -> f64 {
+        // Evenly spread normal-ish values without a random generator.
+        let u = (i as f64 + 0.5) / n as f64;
+        let t = (-2.0 * (u.min(1.0 - u)).ln()).sqrt();
+        let z = t
+            - (2.515517 + 0.802853 * t + 0.010328 * t * t)
+                / (1.0 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t);
+        if u < 0.5 { -z } else { z }
+    };
+    let events = |n: usize, shift: f64| -> Vec<TelemetryEvent> {
+        (0..n)
+            .map(|i| {
+                let a = ((quantile(i, n) + shift) * 1e3).round() / 1e3;
+                let c = ["x", "y"][i % 2];
+                serde_json::from_value(serde_json::json!({"model": "m", "ts": "2026-01-01T00:00:00Z", "features": {"a": a, "c": c}})).unwrap()
+            })
+            .collect()
+    };
+    let fitted = scorer.fit("m", &events(10_000, 0.0), &[]).unwrap();
+    let cfg = modelwatch::config::JudgeConfig::default();
+    let judged = |shift: f64| {
+        let scores = scorer.score(&fitted, &events(10_000, shift)).unwrap().scores;
+        modelwatch::judge::judge(&cfg, scores)
+            .into_iter()
+            .find(|j| j.score.feature == "a")
+            .unwrap()
+    };
+    let tiny = judged(0.09);
+    let effect = tiny
+        .score
+        .effect
+        .clone()
+        .expect("large reference: effect size recorded");
+    assert_eq!(effect.name, "wasserstein_normalised");
+    assert!(
+        tiny.score.p_value < tiny.threshold,
+        "the KS p-value alone would alert: {tiny:?}"
+    );
+    assert!(effect.value < 0.1, "{effect:?}");
+    assert_eq!(
+        tiny.crossed, None,
+        "a tiny effect on a large sample does not alert"
+    );
+    let big = judged(0.5);
+    assert!(big.crossed.is_some(), "{big:?}");
+    assert!(big.score.effect.unwrap().value >= 0.1);
+}
+
+#[test]
 fn flex_scorer_flags_only_shifted_features() {
     scorer_flags_only_shifted_features(Engine::open(DeviceChoice::Cpu, 1 << 26).unwrap());
 }

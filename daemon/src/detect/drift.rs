@@ -1,8 +1,13 @@
 use super::{
-    DetectError, Detector, Engine, Family, Frame, Reference, Score, chi2_score, ks_scores,
+    DetectError, Detector, EFFECT_THRESHOLD, Effect, Engine, Family, Frame, LARGE_REFERENCE,
+    Reference, Score, chi2_score, ks_scores, stats,
 };
 
-/// Per-feature input drift: KS on numeric features, chi-squared on categorical.
+/// Per-feature input drift: KS on numeric features, chi-squared on
+/// categorical ones; on references above `LARGE_REFERENCE` rows each score
+/// also carries its effect size (normalised Wasserstein for numeric,
+/// Jensen-Shannon distance for categorical), which must pass
+/// `EFFECT_THRESHOLD` too before the score alerts.
 pub struct FeatureDrift;
 
 impl Detector for FeatureDrift {
@@ -30,15 +35,37 @@ impl Detector for FeatureDrift {
             })
             .collect();
         let mut scores = ks_scores(engine, self.name(), Family::Drift, pairs)?;
+        for s in &mut scores {
+            if s.n_reference > LARGE_REFERENCE {
+                let i = reference
+                    .schema
+                    .numeric
+                    .iter()
+                    .position(|n| *n == s.feature)
+                    .unwrap_or_default();
+                s.effect = Some(Effect {
+                    name: "wasserstein_normalised".into(),
+                    value: stats::wasserstein_normalised(
+                        &reference.frame.numeric[i],
+                        &window.numeric[i],
+                    ),
+                    threshold: EFFECT_THRESHOLD,
+                });
+            }
+        }
         for (i, name) in reference.schema.categorical.iter().enumerate() {
-            scores.extend(chi2_score(
-                engine,
-                self.name(),
-                Family::Drift,
-                name,
-                &reference.frame.categorical[i],
-                &window.categorical[i],
-            )?);
+            let (r, c) = (&reference.frame.categorical[i], &window.categorical[i]);
+            if let Some(mut s) = chi2_score(engine, self.name(), Family::Drift, name, r, c)? {
+                if s.n_reference > LARGE_REFERENCE {
+                    let (cr, cc) = stats::bin_categorical(r, c);
+                    s.effect = Some(Effect {
+                        name: "jensen_shannon".into(),
+                        value: stats::jensen_shannon(&cr, &cc),
+                        threshold: EFFECT_THRESHOLD,
+                    });
+                }
+                scores.push(s);
+            }
         }
         Ok(scores)
     }

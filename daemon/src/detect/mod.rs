@@ -63,7 +63,26 @@ pub struct Score {
     pub n_window: usize,
     /// How the p-value was computed (`exact`, `asymptotic`, `chi2 dof=3`).
     pub method: String,
+    /// On large references, the effect size that must also pass its
+    /// threshold: p-values of big samples flag every tiny shift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<Effect>,
 }
+
+/// An effect size and the threshold it must reach for its score to alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Effect {
+    /// `wasserstein_normalised` or `jensen_shannon`.
+    pub name: String,
+    pub value: f64,
+    pub threshold: f64,
+}
+
+/// Above this many reference rows a drift score also needs its effect size
+/// past threshold (Evidently's default choice, ../shared statistics note).
+pub const LARGE_REFERENCE: usize = 1000;
+/// The effect-size threshold for normalised Wasserstein and Jensen-Shannon.
+pub const EFFECT_THRESHOLD: f64 = 0.1;
 
 /// A window's scores and how long each detector took on it.
 #[derive(Debug, Clone, Default)]
@@ -210,6 +229,7 @@ fn ks_scores(
                     stats::KsMethod::Exact => "exact".into(),
                     stats::KsMethod::Asymptotic => "asymptotic".into(),
                 },
+                effect: None,
             }
         })
         .collect())
@@ -246,5 +266,6 @@ fn chi2_score(
         n_reference: reference.len(),
         n_window: window.len(),
         method: format!("chi2 dof={}", result.dof),
+        effect: None,
     }))
 }

@@ -315,6 +315,7 @@ mod tests {
             n_reference: 100,
             n_window: 50,
             method: "exact".into(),
+            effect: None,
         };
         let judged = Judged {
             crossed: (p < 0.01).then_some(if p < 1e-8 {

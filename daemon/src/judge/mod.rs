@@ -64,7 +64,9 @@ pub fn judge(config: &JudgeConfig, scores: Vec<Score>) -> Vec<Judged> {
     scores
         .into_iter()
         .map(|score| {
-            let crossed = (score.p_value < threshold).then(|| {
+            // On large samples the effect size must pass its threshold too.
+            let large_enough = score.effect.as_ref().is_none_or(|e| e.value >= e.threshold);
+            let crossed = (score.p_value < threshold && large_enough).then(|| {
                 let factor = threshold / score.p_value.max(f64::MIN_POSITIVE);
                 if factor >= config.critical_factor {
                     Severity::Critical
@@ -175,6 +177,7 @@ mod tests {
             n_reference: 10,
             n_window: 10,
             method: "exact".into(),
+            effect: None,
         }
     }
 
@@ -201,6 +204,29 @@ mod tests {
         };
         let j = judge(&cfg, vec![score(0.011)]);
         assert_eq!(j[0].crossed, Some(Severity::Info));
+    }
+
+    #[test]
+    fn on_large_samples_the_effect_size_must_pass_too() {
+        let cfg = JudgeConfig::default();
+        let with_effect = |value: f64| Score {
+            effect: Some(crate::detect::Effect {
+                name: "wasserstein_normalised".into(),
+                value,
+                threshold: 0.1,
+            }),
+            ..score(1e-12)
+        };
+        let j = judge(
+            &cfg,
+            vec![with_effect(0.05), with_effect(0.1), score(1e-12)],
+        );
+        assert_eq!(j[0].crossed, None, "significant but tiny: no alert");
+        assert!(j[1].crossed.is_some());
+        assert!(
+            j[2].crossed.is_some(),
+            "no effect size: the p-value alone decides"
+        );
     }
 
     #[test]

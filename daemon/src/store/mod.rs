@@ -54,6 +54,11 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
         "alert_lifecycle",
         include_str!("../../../migrations/postgres/0003_alert_lifecycle.sql"),
     ),
+    (
+        4,
+        "effect_sizes",
+        include_str!("../../../migrations/postgres/0004_effect_sizes.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -70,6 +75,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "alert_lifecycle",
         include_str!("../../../migrations/sqlite/0003_alert_lifecycle.sql"),
+    ),
+    (
+        4,
+        "effect_sizes",
+        include_str!("../../../migrations/sqlite/0004_effect_sizes.sql"),
     ),
 ];
 
@@ -360,8 +370,9 @@ impl Store {
                     sqlx::query(
                         "INSERT INTO scores (model, model_version, window_seq, detector, feature, family, test,
                                              method, value, p_value, threshold, n_reference, n_window,
-                                             window_start, window_end, created_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                                             window_start, window_end, created_at, effect_name, effect_value,
+                                             effect_threshold)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
                          ON CONFLICT (model, model_version, window_seq, detector, feature) DO NOTHING",
                     )
                     .bind(&v.model)
@@ -380,6 +391,9 @@ impl Store {
                     .bind(v.start)
                     .bind(v.end)
                     .bind(now)
+                    .bind(s.effect.as_ref().map(|e| e.name.as_str()))
+                    .bind(s.effect.as_ref().map(|e| e.value))
+                    .bind(s.effect.as_ref().map(|e| e.threshold))
                     .execute(&mut *tx)
                     .await?;
 
@@ -789,6 +803,7 @@ mod tests {
             n_reference: 100,
             n_window: 50,
             method: "exact".into(),
+            effect: None,
         };
         WindowVerdict {
             model: "m".into(),
