@@ -413,7 +413,10 @@ fn large_references_need_an_effect_size_past_threshold() {
     let fitted = scorer.fit("m", &events(10_000, 0.0), &[]).unwrap();
     let cfg = modelwatch::config::JudgeConfig::default();
     let judged = |shift: f64| {
-        let scores = scorer.score(&fitted, &events(10_000, shift)).unwrap().scores;
+        let scores = scorer
+            .score(&fitted, &events(10_000, shift))
+            .unwrap()
+            .scores;
         modelwatch::judge::judge(&cfg, scores)
             .into_iter()
             .find(|j| j.score.feature == "a")
