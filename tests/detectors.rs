@@ -34,6 +34,26 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
+fn rows(v: &Value) -> Vec<Vec<f64>> {
+    v.as_array().unwrap().iter().map(floats).collect()
+}
+
+/// The permutations of a fixture's MMD case, as index lists.
+fn permutations(case: &Value) -> Vec<Vec<usize>> {
+    case["permutations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p.as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_u64().unwrap() as usize)
+                .collect()
+        })
+        .collect()
+}
+
 fn close(what: &str, got: f64, want: f64, tol: f64) {
     assert!(
         (got - want).abs() <= tol,
@@ -116,7 +136,6 @@ fn parity(engine: &Engine) {
     }
 
     let conf = &fx["confidence"];
-    let rows = |v: &Value| -> Vec<Vec<f64>> { v.as_array().unwrap().iter().map(floats).collect() };
     let (rp, cp) = (rows(&conf["reference"]), rows(&conf["current"]));
     let rmax = engine.row_max(&rp).unwrap();
     let cmax = engine.row_max(&cp).unwrap();
@@ -144,18 +163,7 @@ fn parity(engine: &Engine) {
     for case in fx["mmd"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let (x, y) = (rows(&case["x"]), rows(&case["y"]));
-        let perms: Vec<Vec<usize>> = case["permutations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                p.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|i| i.as_u64().unwrap() as usize)
-                    .collect()
-            })
-            .collect();
+        let perms = permutations(case);
         let sigma = engine.median_bandwidth(&x).unwrap();
         let want_sigma = case["sigma"].as_f64().unwrap();
         close(
@@ -277,20 +285,8 @@ fn mmd_tiled_matches_untiled() {
     let big = Engine::open(DeviceChoice::Cpu, 1 << 26).expect("flex device");
     let fx = fixtures();
     let case = &fx["mmd"][0];
-    let rows = |v: &Value| -> Vec<Vec<f64>> { v.as_array().unwrap().iter().map(floats).collect() };
     let (x, y) = (rows(&case["x"]), rows(&case["y"]));
-    let perms: Vec<Vec<usize>> = case["permutations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            p.as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i.as_u64().unwrap() as usize)
-                .collect()
-        })
-        .collect();
+    let perms = permutations(case);
     let a = small.mmd_permutation(&x, &y, 2.0, &perms).unwrap();
     let b = big.mmd_permutation(&x, &y, 2.0, &perms).unwrap();
     assert!((a.statistic - b.statistic).abs() < 1e-6, "{a:?} {b:?}");
