@@ -3,6 +3,9 @@
 //! figures read as ratios on a shared, noisy machine.
 //!
 //! MODELWATCH_BENCH_DEVICE=cpu|wgpu-cpu|gpu picks the device (default cpu).
+//! MODELWATCH_BENCH_SCALE=gpu runs the sizes issue 3 asks of a GPU instead:
+//! KS over 256 features at 100k rows and MMD at 10k and 100k rows per side
+//! (see deploy/gpu-bench.sh).
 
 use std::time::{Duration, Instant};
 
@@ -124,18 +127,20 @@ fn main() {
         _ => DeviceChoice::Cpu,
     };
     let engine = Engine::open(device, 1 << 26).expect("bench device");
-    println!("device {}", engine.info().label());
+    println!("device {} ({})", engine.info().label(), engine.info().kind);
+    println!("date {}", chrono::Utc::now().format("%Y-%m-%d"));
+    let gpu_scale = std::env::var("MODELWATCH_BENCH_SCALE").as_deref() == Ok("gpu");
     println!(
         "{:>8} {:>8} {:>8} {:>12} {:>12} {:>14} {:>8}",
         "ref", "window", "features", "device ms", "host ms", "device rows/s", "ratio"
     );
     let mut seed = 42u64;
-    for (n, m, f) in [
-        (1000, 500, 8),
-        (1000, 500, 64),
-        (5000, 1000, 8),
-        (10_000, 2000, 8),
-    ] {
+    let ks_sizes: &[(usize, usize, usize)] = if gpu_scale {
+        &[(100_000, 100_000, 8), (100_000, 100_000, 256)]
+    } else {
+        &[(1000, 500, 8), (1000, 500, 64), (5000, 1000, 8), (10_000, 2000, 8)]
+    };
+    for &(n, m, f) in ks_sizes {
         let refs = columns(f, n, 0.0, &mut seed);
         let curs = columns(f, m, 0.05, &mut seed);
         let (dt, dev) = time(|| engine.ks_max_diffs(&refs, &curs).expect("ks"));
@@ -161,7 +166,8 @@ fn main() {
         "{:>8} {:>12} {:>12} {:>8}",
         "per side", "device ms", "host ms", "ratio"
     );
-    for per_side in [250usize, 1000, 2000] {
+    let mmd_sizes: &[usize] = if gpu_scale { &[250, 10_000, 100_000] } else { &[250, 1000, 2000] };
+    for &per_side in mmd_sizes {
         let x = (0..per_side)
             .map(|_| (0..64).map(|_| lcg(&mut seed)).collect())
             .collect::<Vec<Vec<f64>>>();
