@@ -440,6 +440,65 @@ fn large_references_need_an_effect_size_past_threshold() {
 }
 
 #[test]
+fn multivariate_drift_sees_what_the_marginals_miss() {
+    // b follows a in the reference and turns against it in the window: each
+    // feature alone keeps its distribution, the joint one does not.
+    let config = modelwatch::config::DetectConfig {
+        multivariate: modelwatch::config::MultivariateConfig {
+            enabled: true,
+            permutations: 300,
+            ..Default::default()
+        },
+    };
+    let scorer = Scorer::with_config(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap(), &config);
+    let wave = |i: usize, k: f64| (i as f64 * k).sin();
+    let events = |n: usize, sign: f64, offset: usize| -> Vec<TelemetryEvent> {
+        (0..n)
+            .map(|i| {
+                let a = wave(i + offset, 0.731);
+                let b = sign * a + 0.3 * wave(i + offset, 1.913);
+                serde_json::from_value(serde_json::json!({
+                    "model": "m", "ts": "2026-01-01T00:00:00Z",
+                    "features": {"a": (a * 1e3).round() / 1e3, "b": (b * 1e3).round() / 1e3},
+                }))
+                .unwrap()
+            })
+            .collect()
+    };
+    let fitted = scorer.fit("m", &events(500, 1.0, 0), &[]).unwrap();
+    let score = |window: &[TelemetryEvent]| scorer.score(&fitted, window).unwrap().scores;
+    let turned = score(&events(200, -1.0, 1000));
+    let mmd = turned
+        .iter()
+        .find(|s| s.test == "mmd")
+        .expect("an mmd score");
+    assert_eq!(
+        (mmd.detector.as_str(), mmd.feature.as_str()),
+        ("multivariate_drift", "numeric_features")
+    );
+    assert!(mmd.p_value <= 1.0 / 301.0 + 1e-12, "joint shift: {mmd:?}");
+    assert!(
+        turned
+            .iter()
+            .filter(|s| s.test == "ks")
+            .all(|s| s.p_value > 0.01),
+        "marginals unchanged: {turned:?}"
+    );
+    let same = score(&events(200, 1.0, 1000));
+    let mmd = same.iter().find(|s| s.test == "mmd").unwrap();
+    assert!(mmd.p_value > 0.05, "no shift: {mmd:?}");
+    // The same window gives the same p-value (replays store the same score).
+    assert_eq!(
+        score(&events(200, 1.0, 1000))
+            .iter()
+            .find(|s| s.test == "mmd")
+            .unwrap()
+            .p_value,
+        mmd.p_value
+    );
+}
+
+#[test]
 fn flex_scorer_flags_only_shifted_features() {
     scorer_flags_only_shifted_features(Engine::open(DeviceChoice::Cpu, 1 << 26).unwrap());
 }

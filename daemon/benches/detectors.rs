@@ -138,7 +138,12 @@ fn main() {
     let ks_sizes: &[(usize, usize, usize)] = if gpu_scale {
         &[(100_000, 100_000, 8), (100_000, 100_000, 256)]
     } else {
-        &[(1000, 500, 8), (1000, 500, 64), (5000, 1000, 8), (10_000, 2000, 8)]
+        &[
+            (1000, 500, 8),
+            (1000, 500, 64),
+            (5000, 1000, 8),
+            (10_000, 2000, 8),
+        ]
     };
     for &(n, m, f) in ks_sizes {
         let refs = columns(f, n, 0.0, &mut seed);
@@ -166,7 +171,11 @@ fn main() {
         "{:>8} {:>12} {:>12} {:>8}",
         "per side", "device ms", "host ms", "ratio"
     );
-    let mmd_sizes: &[usize] = if gpu_scale { &[250, 10_000, 100_000] } else { &[250, 1000, 2000] };
+    let mmd_sizes: &[usize] = if gpu_scale {
+        &[250, 10_000, 100_000]
+    } else {
+        &[250, 1000, 2000]
+    };
     for &per_side in mmd_sizes {
         let x = (0..per_side)
             .map(|_| (0..64).map(|_| lcg(&mut seed)).collect())

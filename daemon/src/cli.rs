@@ -302,7 +302,7 @@ pub async fn run_pipeline(config: Config, print_alerts: bool) -> Result<Arc<Metr
     spawn_store_probe(store.clone(), health.clone(), cancel.clone());
     // Warm up at the global sizes; per-model overrides compile on first use.
     let typical = (config.reference.size, config.windows.count.max(1));
-    let scoring = ScoringHandle::start(&config.engine, typical)
+    let scoring = ScoringHandle::start(&config.engine, &config.detect, typical)
         .await
         .context("starting the scoring engine")?;
     Health::set(&health.device_ready, true);
@@ -469,7 +469,8 @@ async fn score_files(
     let reference = read_events(reference)?;
     let current = read_events(current)?;
     let size = window.unwrap_or(config.windows.count).max(1);
-    let scoring = ScoringHandle::start(&config.engine, (reference.len(), size)).await?;
+    let scoring =
+        ScoringHandle::start(&config.engine, &config.detect, (reference.len(), size)).await?;
     let store = if write {
         Some(Store::open(&config.store.url, 1).await?)
     } else {

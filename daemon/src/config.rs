@@ -64,6 +64,54 @@ pub struct Config {
     /// Where alert transitions are delivered.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// Optional detectors.
+    #[serde(default)]
+    pub detect: DetectConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectConfig {
+    #[serde(default)]
+    pub multivariate: MultivariateConfig,
+}
+
+/// Multivariate drift: an MMD^2 permutation test on each window's rows
+/// (embeddings, or the numeric features standardised by the reference).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultivariateConfig {
+    /// Off by default until its false-alarm rate is calibrated in the stream.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Permutations per window; the smallest possible p-value is 1/(1 + this),
+    /// so it must exceed the number of tests in a window divided by alpha.
+    #[serde(default = "default_permutations")]
+    pub permutations: usize,
+    /// The first this many reference rows are used (the kernel grows with the square).
+    #[serde(default = "default_mmd_reference")]
+    pub max_reference: usize,
+    /// Seed of the permutations: the same window gives the same p-value.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+const fn default_permutations() -> usize {
+    1000
+}
+const fn default_mmd_reference() -> usize {
+    2000
+}
+
+impl Default for MultivariateConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            permutations: default_permutations(),
+            max_reference: default_mmd_reference(),
+            seed: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,6 +53,12 @@ pub struct Frame {
     pub probabilities: Vec<Vec<f64>>,
     /// Predicted class per event: `output.label`, else the most probable class.
     pub predicted: Vec<String>,
+    /// One row per event for multivariate detectors: the embedding when the
+    /// event has one, else its numeric features in schema order when all
+    /// are present (incomplete rows are left out).
+    pub vectors: Vec<Vec<f64>>,
+    /// How many of `vectors` are embeddings.
+    pub embedding_rows: usize,
 }
 
 impl Frame {
@@ -94,6 +100,19 @@ impl Frame {
             }
             if let Some(l) = label {
                 f.predicted.push(l);
+            }
+            if let Some(e) = &e.embedding {
+                f.vectors.push(e.clone());
+                f.embedding_rows += 1;
+            } else if schema.numeric.len() >= 2 {
+                let row: Option<Vec<f64>> = schema
+                    .numeric
+                    .iter()
+                    .map(|n| e.features.get(n).and_then(FeatureValue::as_number))
+                    .collect();
+                if let Some(row) = row {
+                    f.vectors.push(row);
+                }
             }
         }
         f

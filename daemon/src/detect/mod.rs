@@ -8,6 +8,7 @@ mod confidence;
 mod drift;
 pub mod engine;
 pub mod frame;
+mod multivariate;
 mod output;
 pub mod stats;
 mod worker;
@@ -101,6 +102,8 @@ pub struct Reference {
     pub frame: Frame,
     /// Max probability per reference event, computed once at fit time.
     pub max_probability: Vec<f64>,
+    /// What the multivariate detector compares against, when it is enabled.
+    pub multivariate: Option<multivariate::Fitted>,
 }
 
 /// A detector of one family.
@@ -118,17 +121,33 @@ pub trait Detector: Send {
 pub struct Scorer {
     engine: Engine,
     detectors: Vec<Box<dyn Detector>>,
+    multivariate: Option<crate::config::MultivariateConfig>,
 }
 
 impl Scorer {
     pub fn new(engine: Engine) -> Self {
+        Self::with_config(engine, &crate::config::DetectConfig::default())
+    }
+
+    pub fn with_config(engine: Engine, config: &crate::config::DetectConfig) -> Self {
+        let mut detectors: Vec<Box<dyn Detector>> = vec![
+            Box::new(drift::FeatureDrift),
+            Box::new(confidence::ConfidenceShift),
+            Box::new(output::OutputDistribution),
+        ];
+        let mv = config
+            .multivariate
+            .enabled
+            .then(|| config.multivariate.clone());
+        if let Some(c) = &mv {
+            detectors.push(Box::new(multivariate::MultivariateDrift {
+                config: c.clone(),
+            }));
+        }
         Self {
             engine,
-            detectors: vec![
-                Box::new(drift::FeatureDrift),
-                Box::new(confidence::ConfidenceShift),
-                Box::new(output::OutputDistribution),
-            ],
+            detectors,
+            multivariate: mv,
         }
     }
 
@@ -149,12 +168,17 @@ impl Scorer {
         }
         let frame = Frame::build(events, &schema, classes);
         let max_probability = self.engine.row_max(&frame.probabilities)?;
+        let multivariate = match &self.multivariate {
+            Some(c) => multivariate::fit(&self.engine, &frame, c)?,
+            None => None,
+        };
         Ok(Arc::new(Reference {
             model: model.to_string(),
             schema,
             classes: classes.to_vec(),
             frame,
             max_probability,
+            multivariate,
         }))
     }
 

@@ -35,11 +35,13 @@ impl ScoringHandle {
     /// `typical` is the (reference rows, window rows) to warm the kernels up at.
     pub async fn start(
         config: &EngineConfig,
+        detect: &crate::config::DetectConfig,
         typical: (usize, usize),
     ) -> Result<Self, DetectError> {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel();
         let config = config.clone();
+        let detect = detect.clone();
         std::thread::Builder::new()
             .name("modelwatch-scoring".into())
             .spawn(move || {
@@ -48,7 +50,7 @@ impl ScoringHandle {
                         if config.warmup {
                             engine.warmup(typical.0, typical.1)?;
                         }
-                        Ok(Scorer::new(engine))
+                        Ok(Scorer::with_config(engine, &detect))
                     }) {
                         Ok(s) => {
                             let _ = ready_tx.send(Ok(s.engine().info().clone()));
