@@ -90,7 +90,6 @@ pub const EFFECT_THRESHOLD: f64 = 0.1;
 pub struct Scored {
     pub scores: Vec<Score>,
     pub timings: Vec<(&'static str, std::time::Duration)>,
-    pub rows: usize,
 }
 
 /// A model's reference, typed and columnar, ready to score windows against.
@@ -191,10 +190,7 @@ impl Scorer {
     ) -> Result<Scored, DetectError> {
         let window = Frame::build(events, &reference.schema, &reference.classes);
         let run = std::panic::AssertUnwindSafe(|| {
-            let mut scored = Scored {
-                rows: window.rows,
-                ..Scored::default()
-            };
+            let mut scored = Scored::default();
             for d in &self.detectors {
                 let started = std::time::Instant::now();
                 scored

@@ -155,19 +155,6 @@ pub struct Silence {
     pub expires_at: DateTime<Utc>,
 }
 
-/// A score row as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ScoreRow {
-    pub model: String,
-    pub model_version: String,
-    pub window_seq: i64,
-    pub detector: String,
-    pub feature: String,
-    pub value: f64,
-    pub p_value: f64,
-    pub threshold: f64,
-}
-
 pub const REFERENCE_SCOPE: &str = "reference";
 
 pub fn version_scope(version: &str) -> String {
@@ -725,46 +712,6 @@ impl Store {
                 })
             })
             .collect::<std::result::Result<Vec<_>, _>>()?
-        });
-        Ok(rows)
-    }
-
-    pub async fn scores(&self, model: Option<&str>) -> Result<Vec<ScoreRow>> {
-        let rows = with_pool!(self, pool => {
-            sqlx::query(
-                "SELECT model, model_version, window_seq, detector, feature, value, p_value, threshold
-                 FROM scores WHERE ($1 IS NULL OR model = $1) ORDER BY model, model_version, window_seq, detector, feature",
-            )
-            .bind(model)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|r| -> std::result::Result<ScoreRow, sqlx::Error> {
-                Ok(ScoreRow {
-                    model: r.try_get("model")?,
-                    model_version: r.try_get("model_version")?,
-                    window_seq: r.try_get("window_seq")?,
-                    detector: r.try_get("detector")?,
-                    feature: r.try_get("feature")?,
-                    value: r.try_get("value")?,
-                    p_value: r.try_get("p_value")?,
-                    threshold: r.try_get("threshold")?,
-                })
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?
-        });
-        Ok(rows)
-    }
-
-    /// (model, version, seq, n_events) of every stored window.
-    pub async fn windows(&self) -> Result<Vec<(String, String, i64, i64)>> {
-        let rows = with_pool!(self, pool => {
-            sqlx::query("SELECT model, model_version, seq, n_events FROM windows ORDER BY model, model_version, seq")
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| Ok((r.try_get("model")?, r.try_get("model_version")?, r.try_get("seq")?, r.try_get("n_events")?)))
-                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?
         });
         Ok(rows)
     }
