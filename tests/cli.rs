@@ -101,21 +101,16 @@ fn run_on_a_file_with_the_embedded_store() {
     std::fs::write(&input, lines.join("\n")).unwrap();
     let db = dir.join("store.db");
     let dead = dir.join("dead.ndjson");
-    let out = Command::new(daemon_binary())
-        .args(["run", "--file"])
-        .arg(&input)
-        .env("MODELWATCH_STORE__URL", format!("sqlite:{}", db.display()))
-        .env(
+    let store = format!("sqlite:{}", db.display());
+    let out = run_file(
+        &input,
+        &store,
+        200,
+        &[(
             "MODELWATCH_SOURCE__FILE__DEAD_LETTER_PATH",
-            dead.display().to_string(),
-        )
-        .env("MODELWATCH_REFERENCE__SIZE", "200")
-        .env("MODELWATCH_WINDOWS__COUNT", "100")
-        .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
-        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
-        .env("MODELWATCH_TELEMETRY__LISTEN", "")
-        .output()
-        .unwrap();
+            &dead.display().to_string(),
+        )],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -136,17 +131,7 @@ fn run_on_a_file_with_the_embedded_store() {
     assert!(dead_text.contains("this is not json"));
 
     // A second run over the same file and store writes nothing new.
-    let again = Command::new(daemon_binary())
-        .args(["run", "--file"])
-        .arg(&input)
-        .env("MODELWATCH_STORE__URL", format!("sqlite:{}", db.display()))
-        .env("MODELWATCH_REFERENCE__SIZE", "200")
-        .env("MODELWATCH_WINDOWS__COUNT", "100")
-        .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
-        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
-        .env("MODELWATCH_TELEMETRY__LISTEN", "")
-        .output()
-        .unwrap();
+    let again = run_file(&input, &store, 200, &[]);
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success());
     assert!(
@@ -227,17 +212,8 @@ fn imported_baseline_is_the_reference() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--replace"));
     assert!(import(&["--replace"]).status.success());
 
-    let out = Command::new(daemon_binary())
-        .args(["run", "--file"])
-        .arg(&stream)
-        .env("MODELWATCH_STORE__URL", &store)
-        .env("MODELWATCH_REFERENCE__SIZE", "100000")
-        .env("MODELWATCH_WINDOWS__COUNT", "100")
-        .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
-        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
-        .env("MODELWATCH_TELEMETRY__LISTEN", "")
-        .output()
-        .unwrap();
+    // A reference size the stream never reaches: only the import can serve.
+    let out = run_file(&stream, &store, 100_000, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -324,4 +300,26 @@ fn score_command_prints_every_score_and_backfills() {
         table.lines().any(|l| l.contains(" 8 ") && l.contains("x1")),
         "second backfill continues at window 5: {table}"
     );
+}
+
+/// `modelwatch run --file` on the embedded store: windows of 100 events,
+/// alpha 1e-4, flex, no metrics listener (tests run side by side).
+fn run_file(
+    input: &std::path::Path,
+    store: &str,
+    reference_size: usize,
+    extra_env: &[(&str, &str)],
+) -> std::process::Output {
+    Command::new(daemon_binary())
+        .args(["run", "--file"])
+        .arg(input)
+        .env("MODELWATCH_STORE__URL", store)
+        .env("MODELWATCH_REFERENCE__SIZE", reference_size.to_string())
+        .env("MODELWATCH_WINDOWS__COUNT", "100")
+        .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
+        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+        .env("MODELWATCH_TELEMETRY__LISTEN", "")
+        .envs(extra_env.iter().copied())
+        .output()
+        .unwrap()
 }
