@@ -1,6 +1,7 @@
 //! Host-side f64 finishing of the statistics whose bulk work ran on the
 //! device: p-values that must agree with SciPy to 1e-9.
 
+use serde::{Deserialize, Serialize};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 use statrs::function::gamma::ln_gamma;
 
@@ -578,4 +579,197 @@ pub fn bin_categorical(r: &[String], c: &[String]) -> (Vec<u64>, Vec<u64>) {
         k
     };
     (count(r), count(c))
+}
+
+/// `numpy.quantile(x, q)` with its default linear interpolation; `sorted`
+/// must be in ascending order and non-empty.
+pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+    let h = (sorted.len() - 1) as f64 * q.clamp(0.0, 1.0);
+    let lo = h.floor() as usize;
+    let hi = (lo + 1).min(sorted.len() - 1);
+    sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
+}
+
+/// One-sided Fisher exact test that the window's rate of events (`k` of `m`)
+/// exceeds the reference's (`k_ref` of `n`): `scipy.stats.fisher_exact(
+/// [[k, m - k], [k_ref, n - k_ref]], alternative="greater")`. Summed term by
+/// term from log-binomials so that tiny p-values keep their digits.
+pub fn fisher_greater(k: u64, m: u64, k_ref: u64, n: u64) -> f64 {
+    use statrs::function::factorial::ln_binomial;
+    let total = k + k_ref;
+    let population = m + n;
+    let ln_all = ln_binomial(population, m);
+    let upper = total.min(m);
+    // The hypergeometric's support starts where the reference cannot hold
+    // the rest of the events.
+    let start = k.max(total.saturating_sub(n));
+    let p: f64 = (start..=upper)
+        .map(|x| (ln_binomial(total, x) + ln_binomial(population - total, m - x) - ln_all).exp())
+        .sum();
+    p.min(1.0)
+}
+
+/// Welch's unequal-variance t-test of a change of mean, as
+/// `scipy.stats.ttest_ind(a, b, equal_var=False)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Welch {
+    pub statistic: f64,
+    pub p_value: f64,
+    pub df: f64,
+    /// mean(b) - mean(a).
+    pub change: f64,
+}
+
+/// `None` when either side has fewer than two values. Two constant samples
+/// (SciPy answers NaN) are a change of mean when the constants differ
+/// (p = 0) and none when they agree (p = 1).
+pub fn welch_t(a: &[f64], b: &[f64]) -> Option<Welch> {
+    if a.len() < 2 || b.len() < 2 {
+        return None;
+    }
+    let moments = |x: &[f64]| {
+        let n = x.len() as f64;
+        let mean = x.iter().sum::<f64>() / n;
+        let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (n, mean, var)
+    };
+    let ((na, ma, va), (nb, mb, vb)) = (moments(a), moments(b));
+    let (sa, sb) = (va / na, vb / nb);
+    let se2 = sa + sb;
+    if se2 == 0.0 {
+        let same = ma == mb;
+        return Some(Welch {
+            statistic: if same { 0.0 } else { f64::INFINITY },
+            p_value: if same { 1.0 } else { 0.0 },
+            df: na + nb - 2.0,
+            change: mb - ma,
+        });
+    }
+    let t = (ma - mb) / se2.sqrt();
+    let df = se2 * se2 / (sa * sa / (na - 1.0) + sb * sb / (nb - 1.0));
+    // 2 * sf(|t|) through the regularised incomplete beta: I_x(df/2, 1/2)
+    // with x = df / (df + t^2) is the two-sided tail and keeps tiny p-values.
+    let x = df / (df + t * t);
+    let p = statrs::function::beta::beta_reg(df / 2.0, 0.5, x);
+    Some(Welch {
+        statistic: t,
+        p_value: p.min(1.0),
+        df,
+        change: mb - ma,
+    })
+}
+
+/// The lower tail of the standard normal: P(Z <= z).
+pub fn normal_cdf(z: f64) -> f64 {
+    0.5 * statrs::function::erf::erfc(-z / std::f64::consts::SQRT_2)
+}
+
+/// The CDF of Student's t with `df` degrees of freedom, through the
+/// regularised incomplete beta so that far tails keep their digits.
+pub fn student_t_cdf(t: f64, df: f64) -> f64 {
+    let tail = 0.5 * statrs::function::beta::beta_reg(df / 2.0, 0.5, df / (df + t * t));
+    if t < 0.0 { tail } else { 1.0 - tail }
+}
+
+/// Per-request confidence of one probability vector: the largest
+/// probability, the margin between the two largest (the largest itself when
+/// there is one class) and the entropy in nats of the vector normalised to
+/// sum 1 (`scipy.stats.entropy`).
+pub fn confidence(p: &[f64]) -> Option<(f64, f64, f64)> {
+    if p.is_empty() || p.iter().any(|v| !v.is_finite() || *v < 0.0) {
+        return None;
+    }
+    let (mut first, mut second) = (f64::NEG_INFINITY, 0.0f64);
+    for &v in p {
+        if v > first {
+            second = first.max(0.0);
+            first = v;
+        } else if v > second {
+            second = v;
+        }
+    }
+    let total: f64 = p.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let entropy = -p
+        .iter()
+        .filter(|v| **v > 0.0)
+        .map(|v| {
+            let q = v / total;
+            q * q.ln()
+        })
+        .sum::<f64>();
+    Some((first, first - second, entropy))
+}
+
+/// Increasing isotonic regression of `y` on `x` with predictions clipped to
+/// the fitted range, as `sklearn.isotonic.IsotonicRegression(
+/// out_of_bounds="clip")`: ties in `x` are pooled first, then adjacent
+/// violators are pooled, and predictions interpolate linearly between the
+/// fitted points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Isotonic {
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+}
+
+impl Isotonic {
+    /// `None` without any finite pair.
+    pub fn fit(x: &[f64], y: &[f64]) -> Option<Self> {
+        let mut pairs: Vec<(f64, f64)> = x
+            .iter()
+            .zip(y)
+            .filter(|(a, b)| a.is_finite() && b.is_finite())
+            .map(|(a, b)| (*a, *b))
+            .collect();
+        if pairs.is_empty() {
+            return None;
+        }
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // (x, mean y, weight) per distinct x.
+        let mut points: Vec<(f64, f64, f64)> = Vec::new();
+        for (a, b) in pairs {
+            match points.last_mut() {
+                Some(p) if p.0 == a => {
+                    p.1 = (p.1 * p.2 + b) / (p.2 + 1.0);
+                    p.2 += 1.0;
+                }
+                _ => points.push((a, b, 1.0)),
+            }
+        }
+        // Pool adjacent violators: blocks of (mean, weight, how many points).
+        let mut blocks: Vec<(f64, f64, usize)> = Vec::new();
+        for &(_, v, w) in &points {
+            blocks.push((v, w, 1));
+            while blocks.len() > 1 && blocks[blocks.len() - 2].0 >= blocks[blocks.len() - 1].0 {
+                let (v2, w2, c2) = blocks.pop().expect("two blocks");
+                let last = blocks.last_mut().expect("one block");
+                last.0 = (last.0 * last.1 + v2 * w2) / (last.1 + w2);
+                last.1 += w2;
+                last.2 += c2;
+            }
+        }
+        let fitted: Vec<f64> = blocks
+            .iter()
+            .flat_map(|&(v, _, c)| std::iter::repeat_n(v, c))
+            .collect();
+        Some(Self {
+            x: points.iter().map(|p| p.0).collect(),
+            y: fitted,
+        })
+    }
+
+    pub fn predict(&self, v: f64) -> f64 {
+        let n = self.x.len();
+        if v <= self.x[0] || n == 1 {
+            return self.y[0];
+        }
+        if v >= self.x[n - 1] {
+            return self.y[n - 1];
+        }
+        let i = self.x.partition_point(|x| *x <= v);
+        let (x0, x1, y0, y1) = (self.x[i - 1], self.x[i], self.y[i - 1], self.y[i]);
+        y0 + (v - x0) * (y1 - y0) / (x1 - x0)
+    }
 }

@@ -1,0 +1,136 @@
+//! Small dense linear algebra in f64 on the host: the shrunk covariance and
+//! its inverse that the out-of-distribution score needs. Fitted once per
+//! reference, so clarity beats speed here; the per-request work runs on the
+//! device.
+
+/// A mean and a Ledoit-Wolf shrunk covariance, row-major `d x d`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shrunk {
+    pub mean: Vec<f64>,
+    pub covariance: Vec<f64>,
+    pub shrinkage: f64,
+}
+
+/// `sklearn.covariance.LedoitWolf().fit(rows)`: the maximum-likelihood
+/// covariance of the centred rows pulled towards `mu * I` (mu the mean
+/// variance) by the shrinkage that minimises the expected squared error.
+/// Rows must be non-empty and of equal length.
+pub fn ledoit_wolf(rows: &[Vec<f64>]) -> Shrunk {
+    let n = rows.len();
+    let d = rows[0].len();
+    let nf = n as f64;
+    let mean: Vec<f64> = (0..d)
+        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / nf)
+        .collect();
+    // S = Xc^T Xc and sum_i (sum_j x_ij^2)^2, both in one pass.
+    let mut s = vec![0.0f64; d * d];
+    let mut beta_sum = 0.0f64;
+    let mut xc = vec![0.0f64; d];
+    for r in rows {
+        for j in 0..d {
+            xc[j] = r[j] - mean[j];
+        }
+        let mut norm2 = 0.0;
+        for a in 0..d {
+            let xa = xc[a];
+            norm2 += xa * xa;
+            let row = &mut s[a * d..(a + 1) * d];
+            for b in a..d {
+                row[b] += xa * xc[b];
+            }
+        }
+        beta_sum += norm2 * norm2;
+    }
+    for a in 0..d {
+        for b in 0..a {
+            s[a * d + b] = s[b * d + a];
+        }
+    }
+    let emp: Vec<f64> = s.iter().map(|v| v / nf).collect();
+    let trace: f64 = (0..d).map(|j| emp[j * d + j]).sum();
+    let mu = trace / d as f64;
+    if d == 1 {
+        return Shrunk {
+            mean,
+            covariance: emp,
+            shrinkage: 0.0,
+        };
+    }
+    // The estimator as scikit-learn's `ledoit_wolf_shrinkage` writes it.
+    let delta_raw = s.iter().map(|v| v * v).sum::<f64>() / (nf * nf);
+    let beta = (beta_sum / nf - delta_raw) / (d as f64 * nf);
+    let delta = (delta_raw - 2.0 * mu * trace + d as f64 * mu * mu) / d as f64;
+    let beta = beta.min(delta);
+    let shrinkage = if beta == 0.0 { 0.0 } else { beta / delta };
+    let mut covariance: Vec<f64> = emp.iter().map(|v| (1.0 - shrinkage) * v).collect();
+    for j in 0..d {
+        covariance[j * d + j] += shrinkage * mu;
+    }
+    Shrunk {
+        mean,
+        covariance,
+        shrinkage,
+    }
+}
+
+/// The inverse of a symmetric positive-definite `d x d` matrix through its
+/// Cholesky factor; `None` when it is not positive definite.
+pub fn spd_inverse(a: &[f64], d: usize) -> Option<Vec<f64>> {
+    // Lower-triangular L with A = L L^T.
+    let mut l = vec![0.0f64; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let mut sum = a[i * d + j];
+            for k in 0..j {
+                sum -= l[i * d + k] * l[j * d + k];
+            }
+            if i == j {
+                if !(sum > 0.0 && sum.is_finite()) {
+                    return None;
+                }
+                l[i * d + i] = sum.sqrt();
+            } else {
+                l[i * d + j] = sum / l[j * d + j];
+            }
+        }
+    }
+    // L^{-1} by forward substitution, then A^{-1} = L^{-T} L^{-1}.
+    let mut li = vec![0.0f64; d * d];
+    for c in 0..d {
+        li[c * d + c] = 1.0 / l[c * d + c];
+        for i in (c + 1)..d {
+            let mut sum = 0.0;
+            for k in c..i {
+                sum -= l[i * d + k] * li[k * d + c];
+            }
+            li[i * d + c] = sum / l[i * d + i];
+        }
+    }
+    let mut inv = vec![0.0f64; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let sum: f64 = (i..d).map(|k| li[k * d + i] * li[k * d + j]).sum();
+            inv[i * d + j] = sum;
+            inv[j * d + i] = sum;
+        }
+    }
+    Some(inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inverse_times_matrix_is_identity() {
+        let a = [4.0, 1.0, 0.5, 1.0, 3.0, 0.2, 0.5, 0.2, 2.0];
+        let inv = spd_inverse(&a, 3).expect("positive definite");
+        for i in 0..3 {
+            for j in 0..3 {
+                let v: f64 = (0..3).map(|k| a[i * 3 + k] * inv[k * 3 + j]).sum();
+                assert!((v - f64::from(i == j)).abs() < 1e-12, "{i},{j}: {v}");
+            }
+        }
+        assert!(spd_inverse(&[1.0, 2.0, 2.0, 1.0], 2).is_none());
+    }
+}
