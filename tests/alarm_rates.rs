@@ -64,11 +64,13 @@ fn no_drift_stream_stays_within_the_false_alarm_rate() {
     let (mut windows, mut alarmed) = (0usize, 0usize);
     for _ in 0..50 {
         let reference: Vec<TelemetryEvent> = (0..500).map(|_| event(&mut rng, 0.0)).collect();
-        let fitted = scorer.fit("m", &reference, &[]).unwrap();
+        let fitted = scorer.fit("m", &reference, &[], 100).unwrap();
         for _ in 0..20 {
             let window: Vec<TelemetryEvent> = (0..100).map(|_| event(&mut rng, 0.0)).collect();
             let scored = scorer.score(&fitted, &window).unwrap();
-            assert_eq!(scored.scores.len(), 5);
+            // KS a, b; chi2 c; KS and Welch on max probability, margin and
+            // entropy; expected accuracy; class mix; out-of-distribution.
+            assert_eq!(scored.scores.len(), 12, "{:#?}", scored.scores);
             windows += 1;
             if judge::judge(&config, scored.scores)
                 .iter()
@@ -95,7 +97,7 @@ fn planted_shift_pages_within_the_configured_windows() {
     let alerts = AlertsConfig::default(); // fires after 2 windows past threshold
     let mut rng = StdRng::seed_from_u64(7);
     let reference: Vec<TelemetryEvent> = (0..500).map(|_| event(&mut rng, 0.0)).collect();
-    let fitted = scorer.fit("m", &reference, &[]).unwrap();
+    let fitted = scorer.fit("m", &reference, &[], 0).unwrap();
     let mut open = None;
     let mut fired_at = None;
     for seq in 0..20i64 {

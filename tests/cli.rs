@@ -277,14 +277,27 @@ fn score_command_prints_every_score_and_backfills() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 5 * 5, "five scores in each of five windows");
-    let mut crossed: Vec<String> = rows
-        .iter()
-        .filter(|r| r["alert"] != "-")
-        .map(|r| format!("{}:{}", r["window"], r["feature"].as_str().unwrap()))
-        .collect();
-    crossed.sort();
-    assert_eq!(crossed, vec!["3:x1", "4:x1"]);
+    // Per window: KS on x1, x2, chi2 on the category; KS and Welch on max
+    // probability, margin and entropy; expected accuracy; class mix;
+    // out-of-distribution fraction of the feature rows.
+    assert_eq!(rows.len(), 12 * 5, "twelve scores in each of five windows");
+    let crossed = |detector: &str| -> Vec<String> {
+        let mut v: Vec<String> = rows
+            .iter()
+            .filter(|r| r["alert"] != "-" && (detector.is_empty() || r["detector"] == detector))
+            .map(|r| format!("{}:{}", r["window"], r["feature"].as_str().unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(crossed("feature_drift"), vec!["3:x1", "4:x1"]);
+    assert!(
+        crossed("")
+            .iter()
+            .all(|c| c.starts_with("3:") || c.starts_with("4:")),
+        "only the shifted windows cross: {:?}",
+        crossed("")
+    );
     for r in &rows {
         assert_eq!(
             r["alert"] != "-",
@@ -295,7 +308,7 @@ fn score_command_prints_every_score_and_backfills() {
     let out = score(&["--store"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("model"), "{table}");
-    assert_eq!(table.lines().count(), 1 + 25);
+    assert_eq!(table.lines().count(), 1 + 60);
     assert!(
         table.lines().any(|l| l.contains(" 8 ") && l.contains("x1")),
         "second backfill continues at window 5: {table}"

@@ -3,9 +3,9 @@
 //! on wgpu over a software Vulkan adapter (Mesa lavapipe).
 
 use modelwatch::config::DeviceChoice;
-use modelwatch::detect::Scorer;
 use modelwatch::detect::engine::{Engine, KsAlgorithm};
 use modelwatch::detect::stats::{self, KsMethod};
+use modelwatch::detect::{Frame, Scorer, confidence, linalg, ood};
 use modelwatch::event::TelemetryEvent;
 use serde_json::Value;
 
@@ -187,6 +187,193 @@ fn parity(engine: &Engine) {
     }
 }
 
+/// Out-of-distribution scoring on one engine: cross-fitted threshold,
+/// window distances and the Fisher p-value of the exceedances.
+fn ood_parity(engine: &Engine) {
+    let fx = fixtures();
+    for case in fx["ood"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let config = modelwatch::config::OodConfig {
+            enabled: true,
+            quantile: case["quantile"].as_f64().unwrap(),
+            folds: case["folds"].as_u64().unwrap() as usize,
+            max_reference: 1_000_000,
+        };
+        let fitted = ood::fit_space(engine, "features", &rows(&case["reference"]), &config)
+            .unwrap()
+            .expect("enough rows");
+        let want = case["threshold"].as_f64().unwrap();
+        close(
+            &format!("{name} threshold"),
+            fitted.threshold,
+            want,
+            1e-5 * want,
+        );
+        assert_eq!(
+            fitted.reference_exceed as u64,
+            case["reference_exceed"].as_u64().unwrap(),
+            "{name} reference exceedances"
+        );
+        let got = engine
+            .mahalanobis(&rows(&case["window"]), &fitted.mean, &fitted.precision)
+            .unwrap();
+        for (i, (g, w)) in got
+            .iter()
+            .zip(floats(&case["window_distances"]))
+            .enumerate()
+        {
+            close(&format!("{name} distance {i}"), *g, w, 1e-5 * w.max(1.0));
+        }
+        let k = got.iter().filter(|d| **d > fitted.threshold).count();
+        assert_eq!(
+            k as u64,
+            case["window_exceed"].as_u64().unwrap(),
+            "{name} exceedances"
+        );
+        let m = got.len() as u64;
+        let p = stats::fisher_greater(
+            k as u64,
+            m,
+            fitted.reference_exceed as u64,
+            fitted.reference_rows as u64,
+        );
+        let want = case["p_value"].as_f64().unwrap();
+        close(&format!("{name} p-value"), p, want, 1e-9 * want.max(1e-300));
+    }
+}
+
+#[test]
+fn covariance_confidence_and_calibration_match_sklearn_and_scipy() {
+    let fx = fixtures();
+    for case in fx["ledoit_wolf"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let s = linalg::ledoit_wolf(&rows(&case["rows"]));
+        close(
+            &format!("{name} shrinkage"),
+            s.shrinkage,
+            case["shrinkage"].as_f64().unwrap(),
+            1e-9,
+        );
+        for (g, w) in s.mean.iter().zip(floats(&case["location"])) {
+            close(&format!("{name} location"), *g, w, 1e-9);
+        }
+        let cov: Vec<f64> = rows(&case["covariance"]).concat();
+        for (g, w) in s.covariance.iter().zip(&cov) {
+            close(
+                &format!("{name} covariance"),
+                *g,
+                *w,
+                1e-9 * w.abs().max(1.0),
+            );
+        }
+    }
+    for case in fx["welch"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let w = stats::welch_t(&floats(&case["a"]), &floats(&case["b"])).unwrap();
+        close(
+            &format!("{name} t"),
+            w.statistic,
+            case["statistic"].as_f64().unwrap(),
+            1e-9,
+        );
+        close(
+            &format!("{name} df"),
+            w.df,
+            case["df"].as_f64().unwrap(),
+            1e-9,
+        );
+        close(
+            &format!("{name} change"),
+            w.change,
+            case["change"].as_f64().unwrap(),
+            1e-12,
+        );
+        let want = case["p_value"].as_f64().unwrap();
+        close(&format!("{name} p"), w.p_value, want, 1e-9 * want);
+    }
+    for case in fx["fisher"].as_array().unwrap() {
+        let get = |k: &str| case[k].as_u64().unwrap();
+        let want = case["p_value"].as_f64().unwrap();
+        let got = stats::fisher_greater(get("k"), get("m"), get("k_ref"), get("n"));
+        close(&format!("fisher {case}"), got, want, 1e-9 * want);
+    }
+    for case in fx["quantiles"].as_array().unwrap() {
+        let mut x = floats(&case["values"]);
+        x.sort_by(f64::total_cmp);
+        let got = stats::quantile_sorted(&x, case["q"].as_f64().unwrap());
+        close("quantile", got, case["quantile"].as_f64().unwrap(), 1e-12);
+    }
+    for case in fx["confidence_rows"].as_array().unwrap() {
+        let (max, margin, entropy) = stats::confidence(&floats(&case["p"])).unwrap();
+        close("max", max, case["max"].as_f64().unwrap(), 1e-12);
+        close("margin", margin, case["margin"].as_f64().unwrap(), 1e-12);
+        close("entropy", entropy, case["entropy"].as_f64().unwrap(), 1e-12);
+    }
+    assert!(
+        stats::confidence(&[0.5, f64::NAN]).is_none(),
+        "nan is rejected"
+    );
+    assert!(
+        stats::confidence(&[0.5, -0.1]).is_none(),
+        "negative is rejected"
+    );
+    let iso = &fx["isotonic"];
+    let fitted = stats::Isotonic::fit(&floats(&iso["x"]), &floats(&iso["y"])).unwrap();
+    for (q, w) in floats(&iso["queries"])
+        .iter()
+        .zip(floats(&iso["predictions"]))
+    {
+        close(&format!("isotonic at {q}"), fitted.predict(*q), w, 1e-12);
+    }
+    // The expected-accuracy band from leave-one-out reference windows.
+    for case in fx["expected_accuracy"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let frame_of = |max: &[f64], correct: Option<&[f64]>| Frame {
+            probabilities: max.iter().map(|p| vec![*p]).collect(),
+            correct: (0..max.len())
+                .map(|i| correct.map(|c| c[i] == 1.0))
+                .collect(),
+            ..Frame::default()
+        };
+        let (max, correct) = (floats(&case["max"]), floats(&case["correct"]));
+        let rows_per_window = case["window_rows"].as_u64().unwrap() as usize;
+        let cfg = modelwatch::config::ConfidenceConfig {
+            min_labels: 100,
+            min_band_windows: 5,
+        };
+        let fitted = confidence::fit(&frame_of(&max, Some(&correct)), rows_per_window, &cfg);
+        let band = fitted.band.clone().expect("enough reference windows");
+        assert_eq!(band.windows as u64, case["windows"].as_u64().unwrap());
+        close(
+            &format!("{name} band mean"),
+            band.mean,
+            case["band_mean"].as_f64().unwrap(),
+            1e-12,
+        );
+        close(
+            &format!("{name} band sd"),
+            band.sd,
+            case["band_sd"].as_f64().unwrap(),
+            1e-12,
+        );
+        let window_max = floats(&case["window_max"]);
+        let value: f64 = window_max
+            .iter()
+            .map(|p| fitted.calibration.as_ref().unwrap().predict(*p))
+            .sum::<f64>()
+            / window_max.len() as f64;
+        close(
+            &format!("{name} value"),
+            value,
+            case["value"].as_f64().unwrap(),
+            1e-12,
+        );
+        let want = case["p_value"].as_f64().unwrap();
+        let p = band.lower_tail(value);
+        close(&format!("{name} p"), p, want, 1e-9 * want);
+    }
+}
+
 #[test]
 fn effect_sizes_and_fdr_match_numpy_and_scipy() {
     let fx = fixtures();
@@ -249,6 +436,7 @@ fn flex_matches_scipy() {
     let engine = Engine::open(DeviceChoice::Cpu, 1 << 26).expect("flex device");
     assert_eq!(engine.info().backend, "flex");
     parity(&engine);
+    ood_parity(&engine);
 }
 
 #[test]
@@ -325,6 +513,7 @@ fn wgpu_lavapipe_matches_scipy() {
     assert_eq!(engine.info().backend, "wgpu");
     eprintln!("wgpu adapter: {}", engine.info().adapter);
     parity(&engine);
+    ood_parity(&engine);
     scorer_flags_only_shifted_features(engine);
 }
 
@@ -365,7 +554,7 @@ fn scorer_flags_only_shifted_features(engine: Engine) {
         })
         .collect();
     let reference_fit = scorer
-        .fit("m", &reference, &["no".into(), "yes".into()])
+        .fit("m", &reference, &["no".into(), "yes".into()], 0)
         .unwrap();
     let scores = scorer.score(&reference_fit, &window).unwrap().scores;
     let p = |feature: &str| {
@@ -406,7 +595,7 @@ fn large_references_need_an_effect_size_past_threshold() {
             })
             .collect()
     };
-    let fitted = scorer.fit("m", &events(10_000, 0.0), &[]).unwrap();
+    let fitted = scorer.fit("m", &events(10_000, 0.0), &[], 0).unwrap();
     let cfg = modelwatch::config::JudgeConfig::default();
     let judged = |shift: f64| {
         let scores = scorer
@@ -449,6 +638,7 @@ fn multivariate_drift_sees_what_the_marginals_miss() {
             permutations: 300,
             ..Default::default()
         },
+        ..Default::default()
     };
     let scorer = Scorer::with_config(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap(), &config);
     let wave = |i: usize, k: f64| (i as f64 * k).sin();
@@ -465,7 +655,7 @@ fn multivariate_drift_sees_what_the_marginals_miss() {
             })
             .collect()
     };
-    let fitted = scorer.fit("m", &events(500, 1.0, 0), &[]).unwrap();
+    let fitted = scorer.fit("m", &events(500, 1.0, 0), &[], 0).unwrap();
     let score = |window: &[TelemetryEvent]| scorer.score(&fitted, window).unwrap().scores;
     let turned = score(&events(200, -1.0, 1000));
     let mmd = turned
@@ -512,5 +702,198 @@ fn auto_never_picks_a_software_adapter() {
     assert!(
         info.backend == "flex" || info.kind == "DiscreteGpu",
         "auto chose {info:?}"
+    );
+}
+
+/// Adversarial-looking requests: each feature stays inside its usual range,
+/// but the pair breaks the correlation every clean request follows. The
+/// per-feature tests cannot see it; the per-request Mahalanobis score can,
+/// and a clean window does not alarm.
+#[test]
+fn out_of_distribution_requests_are_counted_where_marginals_see_nothing() {
+    let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
+    let wave = |i: usize, k: f64| (i as f64 * k).sin();
+    let event = |i: usize, flipped: bool| -> TelemetryEvent {
+        let a = wave(i, 0.731);
+        let b = if flipped { -a } else { a } + 0.1 * wave(i, 1.913);
+        serde_json::from_value(serde_json::json!({
+            "model": "m", "ts": "2026-01-01T00:00:00Z", "request_id": format!("r{i}"),
+            "features": {"a": (a * 1e3).round() / 1e3, "b": (b * 1e3).round() / 1e3},
+        }))
+        .unwrap()
+    };
+    let reference: Vec<TelemetryEvent> = (0..2000).map(|i| event(i, false)).collect();
+    let fitted = scorer.fit("m", &reference, &[], 0).unwrap();
+    assert_eq!(fitted.ood.len(), 1, "features fitted, no embedding sent");
+    let cfg = modelwatch::config::JudgeConfig::default();
+    let window = |attacked: usize| -> Vec<TelemetryEvent> {
+        (5000..5400)
+            .map(|i| event(i, i - 5000 < attacked))
+            .collect()
+    };
+    let judged = modelwatch::judge::judge(&cfg, scorer.score(&fitted, &window(0)).unwrap().scores);
+    assert!(
+        judged.iter().all(|j| j.crossed.is_none()),
+        "clean window: {judged:#?}"
+    );
+    // 20 of 400 requests (5%) with the pair flipped.
+    let scores = scorer.score(&fitted, &window(20)).unwrap().scores;
+    let judged = modelwatch::judge::judge(&cfg, scores);
+    let ood = judged
+        .iter()
+        .find(|j| j.score.detector == "out_of_distribution")
+        .expect("an ood score");
+    assert_eq!(ood.score.feature, "features");
+    assert_eq!(ood.score.family.as_str(), "security");
+    assert!(
+        ood.score.statistic >= 0.04,
+        "most of the 5% are caught: {ood:?}"
+    );
+    assert!(ood.crossed.is_some(), "{ood:?}");
+    assert!(
+        judged
+            .iter()
+            .filter(|j| j.score.test == "ks")
+            .all(|j| j.crossed.is_none()),
+        "the marginals barely move: {judged:#?}"
+    );
+}
+
+/// A model that grows less sure of itself: expected accuracy drops below
+/// the band calibrated on the reference's own windows.
+#[test]
+fn expected_accuracy_drop_is_judged_against_the_reference_band() {
+    let config = modelwatch::config::DetectConfig {
+        confidence: modelwatch::config::ConfidenceConfig {
+            min_labels: 100,
+            min_band_windows: 10,
+        },
+        ..Default::default()
+    };
+    let scorer = Scorer::with_config(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap(), &config);
+    // Deterministic spread of confidences; the true label agrees with the
+    // prediction about as often as the confidence says.
+    let event = |i: usize, sure: f64| -> TelemetryEvent {
+        let u = ((i as f64 * 0.618_034) % 1.0 + 1.0) % 1.0;
+        let p = 0.5 + sure * u;
+        let right = ((i as f64 * 0.414_214) % 1.0) < p;
+        serde_json::from_value(serde_json::json!({
+            "model": "m", "ts": "2026-01-01T00:00:00Z",
+            "output": {"probabilities": {"yes": p, "no": 1.0 - p}},
+            "actual": if right { "yes" } else { "no" },
+        }))
+        .unwrap()
+    };
+    let reference: Vec<TelemetryEvent> = (0..3000).map(|i| event(i, 0.5)).collect();
+    let fitted = scorer.fit("m", &reference, &[], 200).unwrap();
+    let band = fitted
+        .confidence
+        .band
+        .clone()
+        .expect("15 reference windows");
+    assert_eq!((band.windows, band.method), (15, "reference-windows"));
+    assert!(fitted.confidence.calibration.is_some());
+    let accuracy = |sure: f64| {
+        let window: Vec<TelemetryEvent> = (9000..9200).map(|i| event(i, sure)).collect();
+        scorer
+            .score(&fitted, &window)
+            .unwrap()
+            .scores
+            .into_iter()
+            .find(|s| s.detector == "expected_accuracy")
+            .expect("an expected accuracy score")
+    };
+    let same = accuracy(0.5);
+    assert!(same.p_value > 0.05, "{same:?}");
+    assert!(same.method.starts_with("reference-windows"), "{same:?}");
+    let unsure = accuracy(0.25);
+    assert!(unsure.statistic < same.statistic - 0.05, "{unsure:?}");
+    assert!(unsure.p_value < 1e-4, "{unsure:?}");
+}
+
+/// The test and effect size of a feature are set per feature or per model
+/// and feature, and recorded with its score.
+#[test]
+fn per_feature_choices_are_applied_and_recorded() {
+    let config = modelwatch::config::Config::from_sources(
+        r#"
+        [detect.drift.features.age]
+        test = "ks"
+        [detect.drift.features.amount]
+        effect = "hellinger"
+        [detect.drift.features."m/amount"]
+        effect = "psi"
+        effect_threshold = 10.0
+        gate = "always"
+        [detect.drift.features.country]
+        effect = "hellinger"
+        gate = "never"
+        "#,
+        std::iter::empty(),
+    )
+    .expect("config");
+    let scorer = Scorer::with_config(
+        Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap(),
+        &config.detect,
+    );
+    let wave = |i: usize, k: f64| ((i as f64 * k).sin() + 1.0) * 50.0;
+    let reference: Vec<TelemetryEvent> = (0..400)
+        .map(|i| event(i, wave(i, 0.37), (i % 4) as f64, ["DE", "FR"][i % 2], 0.3))
+        .collect();
+    let fitted = scorer.fit("m", &reference, &[], 0).unwrap();
+    let window: Vec<TelemetryEvent> = (1000..1200)
+        .map(|i| {
+            event(
+                i,
+                wave(i, 0.37) + 8.0,
+                (i % 4) as f64,
+                ["DE", "FR"][i % 2],
+                0.3,
+            )
+        })
+        .collect();
+    let judged = modelwatch::judge::judge(
+        &modelwatch::config::JudgeConfig::default(),
+        scorer.score(&fitted, &window).unwrap().scores,
+    );
+    let get = |f: &str| judged.iter().find(|j| j.score.feature == f).unwrap();
+    let amount = get("amount");
+    let effect = amount.score.effect.clone().expect("psi recorded");
+    assert_eq!(
+        (effect.name.as_str(), effect.threshold, effect.gating),
+        ("psi", 10.0, true)
+    );
+    assert!(
+        amount.score.method.contains("effect psi bins=sturges"),
+        "{amount:?}"
+    );
+    assert_eq!(amount.score.test, "ks");
+    let column = |events: &[TelemetryEvent]| -> Vec<f64> {
+        events
+            .iter()
+            .map(|e| e.features["amount"].as_number().unwrap())
+            .collect()
+    };
+    let (cr, cc, binning) = stats::bin_numeric(&column(&reference), &column(&window));
+    assert_eq!(binning, stats::Binning::Sturges);
+    close("recorded psi", effect.value, stats::psi(&cr, &cc), 1e-12);
+    // Significant, and a large PSI, but short of the configured 10.
+    assert!(amount.score.p_value < amount.threshold, "{amount:?}");
+    assert!(effect.value > 0.25 && effect.value < 10.0, "{effect:?}");
+    assert_eq!(amount.crossed, None, "the configured gate holds it back");
+    // Four distinct values would make age categorical by default.
+    let age = get("age");
+    assert_eq!(age.score.test, "ks", "{age:?}");
+    let country = get("country");
+    let e = country.score.effect.clone().expect("hellinger recorded");
+    assert_eq!((e.name.as_str(), e.gating), ("hellinger", false));
+    assert!(country.score.method.contains("not gating"), "{country:?}");
+    assert!(
+        modelwatch::config::Config::from_sources(
+            "[detect.drift.features.x]\ntest = \"t\"\n",
+            std::iter::empty()
+        )
+        .is_err(),
+        "an unknown test is a config error"
     );
 }

@@ -1,6 +1,8 @@
 //! `cargo bench --bench detectors`: the KS kernel on the configured device
 //! against a host sort-merge KS in f64 run in the same process, so the
-//! figures read as ratios on a shared, noisy machine.
+//! figures read as ratios on a shared, noisy machine; then every univariate
+//! statistic over rows 1k/10k/100k x features 8/64/256, one 5,000 x 50
+//! window through the daemon's scorer, MMD, and the Mahalanobis rate.
 //!
 //! MODELWATCH_BENCH_DEVICE=cpu|wgpu-cpu|gpu picks the device (default cpu).
 //! MODELWATCH_BENCH_SCALE=gpu runs the sizes issue 3 asks of a GPU instead:
@@ -11,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use modelwatch::config::DeviceChoice;
 use modelwatch::detect::engine::Engine;
+use modelwatch::detect::{Scorer, linalg, stats};
+use modelwatch::event::TelemetryEvent;
 
 fn lcg(seed: &mut u64) -> f64 {
     *seed = seed
@@ -211,5 +215,178 @@ fn main() {
                 "-"
             );
         }
+    }
+
+    univariate(&engine, gpu_scale, &mut seed);
+    scorer_window();
+    mahalanobis(&engine, gpu_scale, &mut seed);
+}
+
+/// What the drift detector computes per numeric column (device KS plus
+/// p-value, normalised Wasserstein) and the binned distances (PSI,
+/// Jensen-Shannon, Hellinger), against the host sort-merge KS alone.
+fn univariate(engine: &Engine, gpu_scale: bool, seed: &mut u64) {
+    println!();
+    println!(
+        "univariate statistics: KS + p-value, Wasserstein, PSI, JS, Hellinger; reference = window = rows"
+    );
+    println!(
+        "{:>8} {:>8} {:>12} {:>12} {:>14} {:>8}",
+        "rows", "features", "all ms", "host KS ms", "rows x feat/s", "ratio"
+    );
+    let sizes: Vec<(usize, usize)> = if gpu_scale {
+        vec![(100_000, 256)]
+    } else {
+        [1000, 10_000, 100_000]
+            .iter()
+            .flat_map(|&r| [8, 64, 256].map(|f| (r, f)))
+            .collect()
+    };
+    for (rows, f) in sizes {
+        let refs = columns(f, rows, 0.0, seed);
+        let curs = columns(f, rows, 0.02, seed);
+        let (dt, _) = time(|| {
+            let diffs = engine.ks_max_diffs(&refs, &curs).expect("ks");
+            let mut acc = 0.0;
+            for ((r, c), d) in refs.iter().zip(&curs).zip(diffs) {
+                acc += stats::ks_two_sample(r.len(), c.len(), d).p_value;
+                acc += stats::wasserstein_normalised(r, c);
+                let (cr, cc, _) = stats::bin_numeric(r, c);
+                acc += stats::psi(&cr, &cc)
+                    + stats::jensen_shannon(&cr, &cc)
+                    + stats::hellinger(&cr, &cc);
+            }
+            acc
+        });
+        let (ht, _) = time(|| {
+            refs.iter()
+                .zip(&curs)
+                .map(|(r, c)| host_max_diff(r, c))
+                .sum::<u64>()
+        });
+        println!(
+            "{rows:>8} {f:>8} {:>12.2} {:>12.2} {:>14.0} {:>7.2}x",
+            dt.as_secs_f64() * 1e3,
+            ht.as_secs_f64() * 1e3,
+            (rows * f) as f64 / dt.as_secs_f64(),
+            dt.as_secs_f64() / ht.as_secs_f64()
+        );
+    }
+}
+
+/// One 5,000-row window of 50 numeric features (plus probabilities) through
+/// the daemon's scorer on flex, everything a window costs included: building
+/// the columns from events, every detector, every p-value.
+fn scorer_window() {
+    let engine = Engine::open(DeviceChoice::Cpu, 1 << 26).expect("flex");
+    let config = modelwatch::config::DetectConfig::default();
+    let scorer = Scorer::with_config(engine, &config);
+    let mut seed = 7u64;
+    let mut events = |n: usize, shift: f64| -> Vec<TelemetryEvent> {
+        (0..n)
+            .map(|_| {
+                let features: serde_json::Map<String, serde_json::Value> = (0..50)
+                    .map(|j| {
+                        (
+                            format!("f{j:02}"),
+                            (((lcg(&mut seed) + shift) * 1e3).round() / 1e3).into(),
+                        )
+                    })
+                    .collect();
+                let p = 0.5 + 0.5 * lcg(&mut seed);
+                serde_json::from_value(serde_json::json!({
+                    "model": "m", "ts": "2026-01-01T00:00:00Z",
+                    "features": features, "output": {"probabilities": [p, 1.0 - p]},
+                }))
+                .expect("event")
+            })
+            .collect()
+    };
+    let reference = events(5000, 0.0);
+    let window = events(5000, 0.01);
+    let fitted = scorer.fit("m", &reference, &[], 5000).expect("fit");
+    let (dt, scored) = time(|| scorer.score(&fitted, &window).expect("score"));
+    let (ht, _) = time(|| {
+        (0..50)
+            .map(|j| {
+                let col = |ev: &[TelemetryEvent]| -> Vec<f64> {
+                    ev.iter()
+                        .map(|e| e.features[&format!("f{j:02}")].as_number().unwrap())
+                        .collect()
+                };
+                host_max_diff(&col(&reference), &col(&window))
+            })
+            .sum::<u64>()
+    });
+    println!();
+    println!(
+        "one window through the scorer (flex, one thread): 5,000 rows x 50 features, reference 5,000"
+    );
+    println!(
+        "scores {}  window ms {:.2}  host KS-only ms {:.2}  ratio {:.2}x",
+        scored.scores.len(),
+        dt.as_secs_f64() * 1e3,
+        ht.as_secs_f64() * 1e3,
+        dt.as_secs_f64() / ht.as_secs_f64()
+    );
+    for (name, t) in &scored.timings {
+        println!("  {name:<24} {:>8.2} ms", t.as_secs_f64() * 1e3);
+    }
+}
+
+/// Per-request Mahalanobis distances on the device against the same
+/// quadratic form in f64 on the host.
+fn mahalanobis(engine: &Engine, gpu_scale: bool, seed: &mut u64) {
+    println!();
+    println!("Mahalanobis scoring (Ledoit-Wolf, fitted on 5,000 reference rows)");
+    println!(
+        "{:>8} {:>6} {:>12} {:>12} {:>14} {:>8}",
+        "rows", "dims", "device ms", "host ms", "device rows/s", "ratio"
+    );
+    let sizes: &[(usize, usize)] = if gpu_scale {
+        &[(100_000, 64), (100_000, 256)]
+    } else {
+        &[(10_000, 8), (10_000, 64), (100_000, 64)]
+    };
+    for &(rows, d) in sizes {
+        let reference: Vec<Vec<f64>> = (0..5000)
+            .map(|_| (0..d).map(|_| lcg(seed)).collect())
+            .collect();
+        let shrunk = linalg::ledoit_wolf(&reference);
+        let precision = linalg::spd_inverse(&shrunk.covariance, d).expect("invertible");
+        let x: Vec<Vec<f64>> = (0..rows)
+            .map(|_| (0..d).map(|_| lcg(seed)).collect())
+            .collect();
+        let (dt, dev) = time(|| {
+            engine
+                .mahalanobis(&x, &shrunk.mean, &precision)
+                .expect("mahalanobis")
+        });
+        let (ht, host) = time(|| {
+            x.iter()
+                .map(|r| {
+                    let y: Vec<f64> = r.iter().zip(&shrunk.mean).map(|(a, m)| a - m).collect();
+                    let mut q = 0.0;
+                    for i in 0..d {
+                        let row = &precision[i * d..(i + 1) * d];
+                        q += y[i] * row.iter().zip(&y).map(|(p, v)| p * v).sum::<f64>();
+                    }
+                    q.sqrt()
+                })
+                .collect::<Vec<f64>>()
+        });
+        for (a, b) in dev.iter().zip(&host) {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.max(1.0),
+                "device and host disagree: {a} vs {b}"
+            );
+        }
+        println!(
+            "{rows:>8} {d:>6} {:>12.2} {:>12.2} {:>14.0} {:>7.2}x",
+            dt.as_secs_f64() * 1e3,
+            ht.as_secs_f64() * 1e3,
+            rows as f64 / dt.as_secs_f64(),
+            dt.as_secs_f64() / ht.as_secs_f64()
+        );
     }
 }

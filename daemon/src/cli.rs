@@ -508,7 +508,12 @@ async fn score_files(
             );
         }
         let fitted = scoring
-            .fit(&model, ref_events, config.model_settings(&model).classes)
+            .fit(
+                &model,
+                ref_events,
+                config.model_settings(&model).classes,
+                size,
+            )
             .await?;
         let mut by_version: std::collections::BTreeMap<String, Vec<&crate::event::TelemetryEvent>> =
             Default::default();

@@ -74,6 +74,180 @@ pub struct Config {
 pub struct DetectConfig {
     #[serde(default)]
     pub multivariate: MultivariateConfig,
+    #[serde(default)]
+    pub ood: OodConfig,
+    #[serde(default)]
+    pub confidence: ConfidenceConfig,
+    #[serde(default)]
+    pub drift: DriftConfig,
+}
+
+/// Per-feature drift: which test, which effect size and when it gates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftConfig {
+    /// Above this many reference rows the effect size must pass its
+    /// threshold as well as the p-value (`gate = "auto"`).
+    #[serde(default = "default_large_reference")]
+    pub large_reference: usize,
+    /// The effect-size threshold of every feature without its own.
+    #[serde(default = "default_effect_threshold")]
+    pub effect_threshold: f64,
+    /// Overrides by feature name (every model) or by `model/feature`, which wins.
+    #[serde(default)]
+    pub features: BTreeMap<String, FeatureDrift>,
+}
+
+const fn default_large_reference() -> usize {
+    1000
+}
+const fn default_effect_threshold() -> f64 {
+    0.1
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            large_reference: default_large_reference(),
+            effect_threshold: default_effect_threshold(),
+            features: BTreeMap::new(),
+        }
+    }
+}
+
+impl DriftConfig {
+    /// The settings of one feature of one model, overrides applied.
+    pub fn resolve(&self, model: &str, feature: &str) -> FeatureDrift {
+        let mut out = FeatureDrift::default();
+        for key in [feature.to_string(), format!("{model}/{feature}")] {
+            if let Some(f) = self.features.get(&key) {
+                out.test = f.test.or(out.test);
+                out.effect = f.effect.or(out.effect);
+                out.effect_threshold = f.effect_threshold.or(out.effect_threshold);
+                out.gate = f.gate.or(out.gate);
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureDrift {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<DriftTest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<EffectSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect_threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+}
+
+/// The hypothesis test of a feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriftTest {
+    /// KS for numeric features, chi-squared for categorical ones and for
+    /// numeric ones with at most 5 distinct reference values.
+    Auto,
+    Ks,
+    Chi2,
+}
+
+/// The effect size recorded with a feature's score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EffectSize {
+    /// Normalised Wasserstein for KS-tested features, Jensen-Shannon for
+    /// chi-squared-tested ones.
+    Auto,
+    Wasserstein,
+    Psi,
+    JensenShannon,
+    Hellinger,
+    None,
+}
+
+/// When the effect size must pass its threshold for the score to alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gate {
+    /// On references above `large_reference` rows.
+    Auto,
+    Always,
+    /// Recorded, never required.
+    Never,
+}
+
+/// Per-request out-of-distribution scoring (Mahalanobis distance under a
+/// Ledoit-Wolf covariance) on numeric feature rows and on embeddings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OodConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A request is out of distribution beyond this quantile of the
+    /// reference's own (cross-fitted) distances.
+    #[serde(default = "default_ood_quantile")]
+    pub quantile: f64,
+    /// The first this many reference rows are fitted.
+    #[serde(default = "default_ood_reference")]
+    pub max_reference: usize,
+    /// Folds of the cross-fit that sets the threshold.
+    #[serde(default = "default_ood_folds")]
+    pub folds: usize,
+}
+
+const fn default_ood_quantile() -> f64 {
+    0.999
+}
+const fn default_ood_reference() -> usize {
+    50_000
+}
+const fn default_ood_folds() -> usize {
+    5
+}
+
+impl Default for OodConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            quantile: default_ood_quantile(),
+            max_reference: default_ood_reference(),
+            folds: default_ood_folds(),
+        }
+    }
+}
+
+/// Confidence shift and expected accuracy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfidenceConfig {
+    /// True labels (`actual`) the reference needs before expected accuracy
+    /// is isotonic-calibrated; below it the raw max probability is used.
+    #[serde(default = "default_min_labels")]
+    pub min_labels: usize,
+    /// Reference windows of the live size needed for a calibrated band;
+    /// with fewer, the band is the per-request spread over sqrt(window size).
+    #[serde(default = "default_band_windows")]
+    pub min_band_windows: usize,
+}
+
+const fn default_min_labels() -> usize {
+    100
+}
+const fn default_band_windows() -> usize {
+    10
+}
+
+impl Default for ConfidenceConfig {
+    fn default() -> Self {
+        Self {
+            min_labels: default_min_labels(),
+            min_band_windows: default_band_windows(),
+        }
+    }
 }
 
 /// Multivariate drift: an MMD^2 permutation test on each window's rows
@@ -796,6 +970,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "reference.size must be at least 2".into(),
             ));
+        }
+        let q = self.detect.ood.quantile;
+        if !(q > 0.5 && q < 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "detect.ood.quantile must lie in (0.5, 1), got {q}"
+            )));
         }
         if self.source.kind == SourceKind::Kafka && self.source.kafka.topics.is_empty() {
             return Err(ConfigError::Invalid("source.kafka.topics is empty".into()));

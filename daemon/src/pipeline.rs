@@ -357,8 +357,19 @@ impl Pipeline {
         model: &str,
         events: Vec<TelemetryEvent>,
     ) -> Result<Arc<Reference>, PipelineError> {
-        let classes = self.config.model_settings(model).classes;
-        Ok(self.scoring.fit(model, events, classes).await?)
+        let settings = self.config.model_settings(model);
+        let reference = self
+            .scoring
+            .fit(model, events, settings.classes, settings.window_count)
+            .await?;
+        let calibration = reference.calibration();
+        tracing::info!(model, calibration = %calibration, "reference fitted");
+        if let Err(error) = self.store.save_calibration(model, &calibration).await {
+            // The calibration is recomputed from the same events on every
+            // start; failing to record it must not stop scoring.
+            tracing::warn!(model, %error, "storing the reference calibration failed");
+        }
+        Ok(reference)
     }
 
     async fn complete_reference(

@@ -1,6 +1,180 @@
-use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, ks_scores};
+//! Confidence shift: per request the largest class probability, the margin
+//! to the runner-up and the entropy; per window a KS test and a Welch test of
+//! the mean for each, and the expected accuracy (the mean of the max
+//! probability, isotonic-calibrated on the reference where the reference
+//! carries true labels) against a band set by the reference itself.
 
-/// Confidence shift: KS on the per-request maximum class probability.
+use serde::Serialize;
+
+use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, ks_scores, stats};
+use crate::config::ConfidenceConfig;
+
+/// Per-request confidence columns of a frame: max probability, margin,
+/// entropy, and whether the prediction was right where that is known.
+#[derive(Debug, Clone, Default)]
+pub struct Columns {
+    pub max: Vec<f64>,
+    pub margin: Vec<f64>,
+    pub entropy: Vec<f64>,
+    pub correct: Vec<Option<bool>>,
+}
+
+impl Columns {
+    pub fn of(frame: &Frame) -> Self {
+        let mut c = Columns::default();
+        for (p, correct) in frame.probabilities.iter().zip(&frame.correct) {
+            if let Some((max, margin, entropy)) = stats::confidence(p) {
+                c.max.push(max);
+                c.margin.push(margin);
+                c.entropy.push(entropy);
+                c.correct.push(*correct);
+            }
+        }
+        c
+    }
+}
+
+/// The spread a per-window statistic shows on clean data, from which a
+/// live value's p-value follows (normal approximation).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Band {
+    pub mean: f64,
+    pub sd: f64,
+    /// Reference windows behind the band (0 for the analytic band).
+    pub windows: usize,
+    /// The window size the band holds for.
+    pub window_rows: usize,
+    /// `reference-windows` (leave-one-out scores of non-overlapping
+    /// reference windows) or `analytic` (per-request spread / sqrt(m)).
+    pub method: &'static str,
+}
+
+/// The reference side of the confidence detectors.
+#[derive(Debug, Clone, Default)]
+pub struct Fitted {
+    pub columns: Columns,
+    /// Isotonic map from max probability to P(correct), when the reference
+    /// has at least `min_labels` true labels.
+    pub calibration: Option<stats::Isotonic>,
+    pub labelled: usize,
+    /// Expected accuracy of each reference request under `calibration`.
+    pub expected: Vec<f64>,
+    /// Calibrated from the reference's own windows of the live size.
+    pub band: Option<Band>,
+}
+
+fn calibrate(
+    columns: &Columns,
+    skip: std::ops::Range<usize>,
+    min_labels: usize,
+) -> Option<stats::Isotonic> {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for (i, (max, correct)) in columns.max.iter().zip(&columns.correct).enumerate() {
+        if let (false, Some(c)) = (skip.contains(&i), correct) {
+            x.push(*max);
+            y.push(f64::from(u8::from(*c)));
+        }
+    }
+    (x.len() >= min_labels.max(1))
+        .then(|| stats::Isotonic::fit(&x, &y))
+        .flatten()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+fn expected_accuracy(max: &[f64], calibration: Option<&stats::Isotonic>) -> f64 {
+    match calibration {
+        Some(iso) => max.iter().map(|p| iso.predict(*p)).sum::<f64>() / max.len() as f64,
+        None => mean(max),
+    }
+}
+
+pub fn fit(frame: &Frame, window_rows: usize, config: &ConfidenceConfig) -> Fitted {
+    let columns = Columns::of(frame);
+    let n = columns.max.len();
+    if n == 0 {
+        return Fitted::default();
+    }
+    let labelled = columns.correct.iter().filter(|c| c.is_some()).count();
+    let calibration = calibrate(&columns, 0..0, config.min_labels);
+    let expected: Vec<f64> = match &calibration {
+        Some(iso) => columns.max.iter().map(|p| iso.predict(*p)).collect(),
+        None => columns.max.clone(),
+    };
+    let k = n.checked_div(window_rows).unwrap_or(0);
+    let band = (k >= config.min_band_windows.max(2)).then(|| {
+        // Each reference window scored as a live one would be, against a
+        // calibration that never saw it.
+        let values: Vec<f64> = (0..k)
+            .map(|i| {
+                let part = i * window_rows..(i + 1) * window_rows;
+                let iso = calibration
+                    .as_ref()
+                    .and_then(|_| calibrate(&columns, part.clone(), config.min_labels));
+                expected_accuracy(&columns.max[part], iso.as_ref())
+            })
+            .collect();
+        let mu = mean(&values);
+        let sd = (values.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / (k - 1) as f64).sqrt();
+        Band {
+            mean: mu,
+            sd,
+            windows: k,
+            window_rows,
+            method: "reference-windows",
+        }
+    });
+    Fitted {
+        columns,
+        calibration,
+        labelled,
+        expected,
+        band,
+    }
+}
+
+impl Band {
+    /// P(a clean window's value <= `value`). A band from k reference windows
+    /// knows its mean and spread only roughly, so a new window's value
+    /// follows Student's t with k - 1 degrees of freedom scaled by
+    /// sqrt(1 + 1/k) (the prediction interval), not the normal: with five
+    /// windows the normal tail would page several times too often.
+    pub fn lower_tail(&self, value: f64) -> f64 {
+        let z = (value - self.mean) / self.sd;
+        if self.windows >= 2 {
+            let k = self.windows as f64;
+            stats::student_t_cdf(z / (1.0 + 1.0 / k).sqrt(), k - 1.0)
+        } else {
+            stats::normal_cdf(z)
+        }
+    }
+}
+
+impl Fitted {
+    /// The band for a window of `m` requests: the reference windows' when
+    /// they had that size, else the per-request spread over sqrt(m).
+    pub fn band_for(&self, m: usize) -> Option<Band> {
+        match &self.band {
+            Some(b) if b.window_rows == m => Some(b.clone()),
+            _ if self.expected.len() >= 2 && m > 0 => {
+                let mu = mean(&self.expected);
+                let var = self.expected.iter().map(|v| (v - mu).powi(2)).sum::<f64>()
+                    / (self.expected.len() - 1) as f64;
+                Some(Band {
+                    mean: mu,
+                    sd: (var / m as f64).sqrt(),
+                    windows: 0,
+                    window_rows: m,
+                    method: "analytic",
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 pub struct ConfidenceShift;
 
 impl Detector for ConfidenceShift {
@@ -14,19 +188,73 @@ impl Detector for ConfidenceShift {
         reference: &Reference,
         window: &Frame,
     ) -> Result<Vec<Score>, DetectError> {
-        if reference.max_probability.is_empty() || window.probabilities.is_empty() {
+        let fitted = &reference.confidence;
+        let current = Columns::of(window);
+        if fitted.columns.max.is_empty() || current.max.is_empty() {
             return Ok(Vec::new());
         }
-        let current = engine.row_max(&window.probabilities)?;
-        ks_scores(
+        let aspects = [
+            ("max_probability", &fitted.columns.max, &current.max),
+            ("margin", &fitted.columns.margin, &current.margin),
+            ("entropy", &fitted.columns.entropy, &current.entropy),
+        ];
+        let mut scores = ks_scores(
             engine,
             self.name(),
             Family::Confidence,
-            vec![(
-                "max_probability".into(),
-                &reference.max_probability,
-                &current,
-            )],
-        )
+            aspects
+                .iter()
+                .map(|(name, r, c)| (name.to_string(), *r, *c))
+                .collect(),
+        )?;
+        for (name, r, c) in aspects {
+            if let Some(w) = stats::welch_t(r, c) {
+                scores.push(Score {
+                    detector: "confidence_mean".into(),
+                    family: Family::Confidence,
+                    feature: name.into(),
+                    test: "welch_t".into(),
+                    statistic: w.change,
+                    p_value: w.p_value,
+                    n_reference: r.len(),
+                    n_window: c.len(),
+                    method: format!("t={:.4} df={:.1}", w.statistic, w.df),
+                    effect: None,
+                });
+            }
+        }
+        let m = current.max.len();
+        if let Some(band) = fitted.band_for(m) {
+            let value = expected_accuracy(&current.max, fitted.calibration.as_ref());
+            // Only a drop matters: a model that got more sure is a
+            // confidence shift, which the tests above report.
+            let p = if band.sd > 0.0 {
+                band.lower_tail(value)
+            } else if value < band.mean {
+                0.0
+            } else {
+                1.0
+            };
+            scores.push(Score {
+                detector: "expected_accuracy".into(),
+                family: Family::Confidence,
+                feature: if fitted.calibration.is_some() {
+                    "calibrated_max_probability".into()
+                } else {
+                    "max_probability".into()
+                },
+                test: "band".into(),
+                statistic: value,
+                p_value: p,
+                n_reference: fitted.expected.len(),
+                n_window: m,
+                method: format!(
+                    "{} mean={:.4} sd={:.4} windows={} labelled={}",
+                    band.method, band.mean, band.sd, band.windows, fitted.labelled
+                ),
+                effect: None,
+            });
+        }
+        Ok(scores)
     }
 }

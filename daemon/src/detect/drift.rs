@@ -1,14 +1,107 @@
 use super::{
-    DetectError, Detector, EFFECT_THRESHOLD, Effect, Engine, Family, Frame, LARGE_REFERENCE,
-    Reference, Score, chi2_score, ks_scores, stats,
+    DISCRETE_VALUES, DetectError, Detector, Effect, Engine, Family, Frame, Reference, Score,
+    chi2_score, ks_scores, stats,
 };
+use crate::config::{DriftConfig, DriftTest, EffectSize, FeatureDrift as Settings, Gate};
 
-/// Per-feature input drift: KS on numeric features, chi-squared on
-/// categorical ones; on references above `LARGE_REFERENCE` rows each score
-/// also carries its effect size (normalised Wasserstein for numeric,
-/// Jensen-Shannon distance for categorical), which must pass
-/// `EFFECT_THRESHOLD` too before the score alerts.
-pub struct FeatureDrift;
+/// Per-feature input drift. By default (the statistics note's choice): KS on
+/// numeric features, chi-squared on categorical ones and on numeric ones
+/// with few distinct values; on references above `large_reference` rows
+/// each score also carries its effect size (normalised Wasserstein for KS,
+/// Jensen-Shannon distance for chi-squared), which must pass its threshold
+/// too before the score alerts. Every choice can be set per feature or per
+/// model and feature, and is recorded with the score.
+pub struct FeatureDrift {
+    pub config: DriftConfig,
+}
+
+/// A feature's column pair, as numbers or as category labels.
+enum Columns<'a> {
+    Numeric(&'a [f64], &'a [f64]),
+    Labels(&'a [String], &'a [String]),
+}
+
+impl FeatureDrift {
+    fn effect(
+        &self,
+        settings: &Settings,
+        columns: &Columns,
+        n_reference: usize,
+        chi2: bool,
+    ) -> Option<Effect> {
+        let threshold = settings
+            .effect_threshold
+            .unwrap_or(self.config.effect_threshold);
+        let gating = match settings.gate.unwrap_or(Gate::Auto) {
+            Gate::Auto => n_reference > self.config.large_reference,
+            Gate::Always => true,
+            Gate::Never => false,
+        };
+        let choice = match settings.effect.unwrap_or(EffectSize::Auto) {
+            // Outside its gate the default effect is not computed: small
+            // references are judged on the p-value alone.
+            EffectSize::Auto if !gating => return None,
+            EffectSize::Auto if chi2 => EffectSize::JensenShannon,
+            EffectSize::Auto => EffectSize::Wasserstein,
+            EffectSize::None => return None,
+            other => other,
+        };
+        let binned = || match columns {
+            Columns::Numeric(r, c) => {
+                let (cr, cc, _) = stats::bin_numeric(r, c);
+                (cr, cc)
+            }
+            Columns::Labels(r, c) => stats::bin_categorical(r, c),
+        };
+        let (name, value) = match choice {
+            EffectSize::Wasserstein => match columns {
+                Columns::Numeric(r, c) => (
+                    "wasserstein_normalised",
+                    stats::wasserstein_normalised(r, c),
+                ),
+                // Categories have no distance between them.
+                Columns::Labels(..) => {
+                    let (cr, cc) = binned();
+                    ("jensen_shannon", stats::jensen_shannon(&cr, &cc))
+                }
+            },
+            EffectSize::Psi => {
+                let (cr, cc) = binned();
+                ("psi", stats::psi(&cr, &cc))
+            }
+            EffectSize::Hellinger => {
+                let (cr, cc) = binned();
+                ("hellinger", stats::hellinger(&cr, &cc))
+            }
+            _ => {
+                let (cr, cc) = binned();
+                ("jensen_shannon", stats::jensen_shannon(&cr, &cc))
+            }
+        };
+        Some(Effect {
+            name: name.into(),
+            value,
+            threshold,
+            gating,
+        })
+    }
+}
+
+fn binning_note(columns: &Columns) -> &'static str {
+    match columns {
+        // `stats::bin_numeric`'s rule.
+        Columns::Numeric(r, _) if distinct_over(r, 20) => "sturges",
+        Columns::Numeric(..) => "values",
+        Columns::Labels(..) => "categories",
+    }
+}
+
+fn distinct_over(v: &[f64], limit: usize) -> bool {
+    let mut bits: Vec<u64> = v.iter().map(|x| x.to_bits()).collect();
+    bits.sort_unstable();
+    bits.dedup();
+    bits.len() > limit
+}
 
 impl Detector for FeatureDrift {
     fn name(&self) -> &'static str {
@@ -21,11 +114,22 @@ impl Detector for FeatureDrift {
         reference: &Reference,
         window: &Frame,
     ) -> Result<Vec<Score>, DetectError> {
-        let pairs = reference
-            .schema
-            .numeric
+        let model = reference.model.as_str();
+        let numeric = &reference.schema.numeric;
+        let settings: Vec<Settings> = numeric
+            .iter()
+            .map(|f| self.config.resolve(model, f))
+            .collect();
+        let use_chi2 = |i: usize| match settings[i].test.unwrap_or(DriftTest::Auto) {
+            DriftTest::Auto => reference.discrete[i],
+            DriftTest::Ks => false,
+            DriftTest::Chi2 => true,
+        };
+        // Every KS column in one device pass.
+        let pairs = numeric
             .iter()
             .enumerate()
+            .filter(|(i, _)| !use_chi2(*i))
             .map(|(i, name)| {
                 (
                     name.clone(),
@@ -36,37 +140,66 @@ impl Detector for FeatureDrift {
             .collect();
         let mut scores = ks_scores(engine, self.name(), Family::Drift, pairs)?;
         for s in &mut scores {
-            if s.n_reference > LARGE_REFERENCE {
-                let i = reference
-                    .schema
-                    .numeric
-                    .iter()
-                    .position(|n| *n == s.feature)
-                    .unwrap_or_default();
-                s.effect = Some(Effect {
-                    name: "wasserstein_normalised".into(),
-                    value: stats::wasserstein_normalised(
-                        &reference.frame.numeric[i],
-                        &window.numeric[i],
-                    ),
-                    threshold: EFFECT_THRESHOLD,
-                });
+            let i = numeric
+                .iter()
+                .position(|n| *n == s.feature)
+                .unwrap_or_default();
+            let columns = Columns::Numeric(&reference.frame.numeric[i], &window.numeric[i]);
+            let effect = self.effect(&settings[i], &columns, s.n_reference, false);
+            annotate(s, effect, &columns);
+        }
+        // Numeric features tested as categories: their values are the labels.
+        for (i, name) in numeric.iter().enumerate() {
+            if !use_chi2(i) {
+                continue;
+            }
+            let as_labels = |col: &[f64]| col.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+            let (r, c) = (
+                as_labels(&reference.frame.numeric[i]),
+                as_labels(&window.numeric[i]),
+            );
+            if let Some(mut s) = chi2_score(engine, self.name(), Family::Drift, name, &r, &c)? {
+                s.method = format!("{} numeric<={DISCRETE_VALUES}values", s.method);
+                let columns = Columns::Numeric(&reference.frame.numeric[i], &window.numeric[i]);
+                let effect = self.effect(&settings[i], &columns, s.n_reference, true);
+                annotate(&mut s, effect, &columns);
+                scores.push(s);
             }
         }
         for (i, name) in reference.schema.categorical.iter().enumerate() {
             let (r, c) = (&reference.frame.categorical[i], &window.categorical[i]);
             if let Some(mut s) = chi2_score(engine, self.name(), Family::Drift, name, r, c)? {
-                if s.n_reference > LARGE_REFERENCE {
-                    let (cr, cc) = stats::bin_categorical(r, c);
-                    s.effect = Some(Effect {
-                        name: "jensen_shannon".into(),
-                        value: stats::jensen_shannon(&cr, &cc),
-                        threshold: EFFECT_THRESHOLD,
-                    });
-                }
+                let settings = self.config.resolve(model, name);
+                let columns = Columns::Labels(r, c);
+                let effect = self.effect(&settings, &columns, s.n_reference, true);
+                annotate(&mut s, effect, &columns);
                 scores.push(s);
             }
         }
         Ok(scores)
     }
+}
+
+/// Attaches the effect and names, in the score's method, the binning it was
+/// computed on and whether it gates.
+fn annotate(s: &mut Score, effect: Option<Effect>, columns: &Columns) {
+    if let Some(e) = &effect {
+        let binned = e.name != "wasserstein_normalised";
+        s.method = format!(
+            "{}; effect {}{}{}",
+            s.method,
+            e.name,
+            if binned {
+                format!(" bins={}", binning_note(columns))
+            } else {
+                String::new()
+            },
+            if e.gating {
+                ""
+            } else {
+                " (recorded, not gating)"
+            }
+        );
+    }
+    s.effect = effect;
 }

@@ -385,6 +385,51 @@ impl Engine {
         })
     }
 
+    /// Mahalanobis distance of each row to `mean` under `precision` (the
+    /// inverse covariance, row-major `d x d`): sqrt((x - mu)^T P (x - mu)).
+    /// Rows are centred in f64 on the host so that the f32 device product
+    /// sees small numbers; rows go through in tiles.
+    pub fn mahalanobis(
+        &self,
+        rows: &[Vec<f64>],
+        mean: &[f64],
+        precision: &[f64],
+    ) -> Result<Vec<f64>, DetectError> {
+        let d = mean.len();
+        if d == 0 || precision.len() != d * d {
+            return Err(DetectError::Failed(
+                "mahalanobis needs a mean and a d x d precision".into(),
+            ));
+        }
+        if rows.iter().any(|r| r.len() != d) {
+            return Err(DetectError::Failed(format!(
+                "mahalanobis rows must have {d} values"
+            )));
+        }
+        let p: Vec<f32> = precision.iter().map(|v| *v as f32).collect();
+        let p = Tensor::<2>::from_data(TensorData::new(p, [d, d]), &self.device);
+        let tile = (self.max_tile / (2 * d)).clamp(1, rows.len().max(1));
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(tile) {
+            // Padded to a power of two: each new shape costs a compile on a GPU.
+            let padded = chunk.len().next_power_of_two().min(tile);
+            let mut centred: Vec<Vec<f64>> = chunk
+                .iter()
+                .map(|r| r.iter().zip(mean).map(|(v, m)| v - m).collect())
+                .collect();
+            centred.resize(padded, vec![0.0; d]);
+            let y = self.matrix(&centred)?;
+            let q = (y.clone().matmul(p.clone()) * y).sum_dim(1);
+            out.extend(
+                read(q)?
+                    .iter::<f32>()
+                    .take(chunk.len())
+                    .map(|v| (v as f64).max(0.0).sqrt()),
+            );
+        }
+        Ok(out)
+    }
+
     fn matrix(&self, rows: &[Vec<f64>]) -> Result<Tensor<2>, DetectError> {
         let d = rows.first().map_or(0, Vec::len);
         if d == 0 || rows.iter().any(|r| r.len() != d) {

@@ -53,12 +53,28 @@ pub struct Frame {
     pub probabilities: Vec<Vec<f64>>,
     /// Predicted class per event: `output.label`, else the most probable class.
     pub predicted: Vec<String>,
-    /// One row per event for multivariate detectors: the embedding when the
-    /// event has one, else its numeric features in schema order when all
-    /// are present (incomplete rows are left out).
-    pub vectors: Vec<Vec<f64>>,
-    /// How many of `vectors` are embeddings.
-    pub embedding_rows: usize,
+    /// Whether the predicted class matched `actual`, per probability row,
+    /// where the event carries a true label.
+    pub correct: Vec<Option<bool>>,
+    /// Regression outputs (`output.score`).
+    pub regression: Vec<f64>,
+    /// Embeddings, for multivariate and out-of-distribution detectors.
+    pub embeddings: Vec<Vec<f64>>,
+    /// Each event's numeric features in schema order, where all are present
+    /// (incomplete rows are left out).
+    pub feature_rows: Vec<Vec<f64>>,
+}
+
+impl Frame {
+    /// The rows a multivariate detector compares: embeddings when the model
+    /// sends them, else the numeric feature rows.
+    pub fn vectors(&self) -> (&'static str, &[Vec<f64>]) {
+        if self.embeddings.is_empty() {
+            ("numeric_features", &self.feature_rows)
+        } else {
+            ("embedding", &self.embeddings)
+        }
+    }
 }
 
 impl Frame {
@@ -97,25 +113,44 @@ impl Frame {
             });
             if let Some((values, _)) = probs {
                 f.probabilities.push(values);
+                f.correct
+                    .push(match (&label, e.actual.as_ref().and_then(actual_label)) {
+                        (Some(predicted), Some(actual)) => Some(*predicted == actual),
+                        _ => None,
+                    });
             }
             if let Some(l) = label {
                 f.predicted.push(l);
             }
+            if let Some(v) = e.output.score.filter(|v| v.is_finite()) {
+                f.regression.push(v);
+            }
             if let Some(e) = &e.embedding {
-                f.vectors.push(e.clone());
-                f.embedding_rows += 1;
-            } else if schema.numeric.len() >= 2 {
+                f.embeddings.push(e.clone());
+            }
+            if schema.numeric.len() >= 2 {
                 let row: Option<Vec<f64>> = schema
                     .numeric
                     .iter()
                     .map(|n| e.features.get(n).and_then(FeatureValue::as_number))
                     .collect();
                 if let Some(row) = row {
-                    f.vectors.push(row);
+                    f.feature_rows.push(row);
                 }
             }
         }
         f
+    }
+}
+
+/// A true label as a class name: strings as they are, numbers and booleans
+/// in their JSON form (`1`, `true`).
+fn actual_label(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 

@@ -4,11 +4,13 @@
 //! distribution. The bulk work runs on burn (`engine`), the p-values in f64 on
 //! the host (`stats`). Scoring blocks; `Scorer` runs on its own thread.
 
-mod confidence;
+pub mod confidence;
 mod drift;
 pub mod engine;
 pub mod frame;
+pub mod linalg;
 mod multivariate;
+pub mod ood;
 mod output;
 pub mod stats;
 mod worker;
@@ -37,6 +39,9 @@ pub enum Family {
     Drift,
     Confidence,
     Output,
+    /// Signals built on the others that point at misuse: out-of-distribution
+    /// or adversarial inputs.
+    Security,
 }
 
 impl Family {
@@ -45,6 +50,7 @@ impl Family {
             Family::Drift => "drift",
             Family::Confidence => "confidence",
             Family::Output => "output",
+            Family::Security => "security",
         }
     }
 }
@@ -73,10 +79,18 @@ pub struct Score {
 /// An effect size and the threshold it must reach for its score to alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Effect {
-    /// `wasserstein_normalised` or `jensen_shannon`.
+    /// `wasserstein_normalised`, `jensen_shannon`, `psi` or `hellinger`.
     pub name: String,
     pub value: f64,
     pub threshold: f64,
+    /// Whether the score needs the effect past threshold to alert; an
+    /// effect recorded with `gate = "never"` only informs.
+    #[serde(default = "gating_default")]
+    pub gating: bool,
+}
+
+fn gating_default() -> bool {
+    true
 }
 
 /// Above this many reference rows a drift score also needs its effect size
@@ -84,6 +98,11 @@ pub struct Effect {
 pub const LARGE_REFERENCE: usize = 1000;
 /// The effect-size threshold for normalised Wasserstein and Jensen-Shannon.
 pub const EFFECT_THRESHOLD: f64 = 0.1;
+
+/// A numeric feature with at most this many distinct reference values is
+/// a set of categories: KS p-values on a handful of tied values are far too
+/// conservative, chi-squared is the right test (the statistics note's default).
+pub const DISCRETE_VALUES: usize = 5;
 
 /// A window's scores and how long each detector took on it.
 #[derive(Debug, Clone, Default)]
@@ -99,10 +118,42 @@ pub struct Reference {
     pub schema: Schema,
     pub classes: Vec<String>,
     pub frame: Frame,
-    /// Max probability per reference event, computed once at fit time.
-    pub max_probability: Vec<f64>,
+    /// Per numeric feature: at most `DISCRETE_VALUES` distinct reference
+    /// values, so tested as categories (chi-squared) rather than by KS.
+    pub discrete: Vec<bool>,
+    /// Per-request confidence of the reference, its calibration and band.
+    pub confidence: confidence::Fitted,
     /// What the multivariate detector compares against, when it is enabled.
     pub multivariate: Option<multivariate::Fitted>,
+    /// Out-of-distribution fits, one per vector space the reference has.
+    pub ood: Vec<ood::Fitted>,
+}
+
+impl Reference {
+    /// What was calibrated on the reference, stored beside it so that a
+    /// reader can see the thresholds a score was judged by.
+    pub fn calibration(&self) -> serde_json::Value {
+        serde_json::json!({
+            "expected_accuracy": {
+                "band": self.confidence.band,
+                "labelled": self.confidence.labelled,
+                "isotonic": self.confidence.calibration.is_some(),
+            },
+            "out_of_distribution": self.ood.iter().map(|f| serde_json::json!({
+                "space": f.space,
+                "dimensions": f.mean.len(),
+                "shrinkage": f.shrinkage,
+                "quantile": f.quantile,
+                "threshold": f.threshold,
+                "reference_exceed": f.reference_exceed,
+                "reference_rows": f.reference_rows,
+            })).collect::<Vec<_>>(),
+            "multivariate": self.multivariate.as_ref().map(|m| serde_json::json!({
+                "sigma": m.sigma(),
+                "rows": m.rows(),
+            })),
+        })
+    }
 }
 
 /// A detector of one family.
@@ -120,7 +171,7 @@ pub trait Detector: Send {
 pub struct Scorer {
     engine: Engine,
     detectors: Vec<Box<dyn Detector>>,
-    multivariate: Option<crate::config::MultivariateConfig>,
+    config: crate::config::DetectConfig,
 }
 
 impl Scorer {
@@ -130,23 +181,24 @@ impl Scorer {
 
     pub fn with_config(engine: Engine, config: &crate::config::DetectConfig) -> Self {
         let mut detectors: Vec<Box<dyn Detector>> = vec![
-            Box::new(drift::FeatureDrift),
+            Box::new(drift::FeatureDrift {
+                config: config.drift.clone(),
+            }),
             Box::new(confidence::ConfidenceShift),
             Box::new(output::OutputDistribution),
         ];
-        let mv = config
-            .multivariate
-            .enabled
-            .then(|| config.multivariate.clone());
-        if let Some(c) = &mv {
+        if config.ood.enabled {
+            detectors.push(Box::new(ood::OutOfDistribution));
+        }
+        if config.multivariate.enabled {
             detectors.push(Box::new(multivariate::MultivariateDrift {
-                config: c.clone(),
+                config: config.multivariate.clone(),
             }));
         }
         Self {
             engine,
             detectors,
-            multivariate: mv,
+            config: config.clone(),
         }
     }
 
@@ -154,30 +206,51 @@ impl Scorer {
         &self.engine
     }
 
-    /// Types the reference events and precomputes what every window reuses.
+    /// Types the reference events and precomputes what every window reuses;
+    /// `window_rows` is the live window size the reference's own windows are
+    /// cut to for calibration (0 when windows close by time only).
     pub fn fit(
         &self,
         model: &str,
         events: &[TelemetryEvent],
         classes: &[String],
+        window_rows: usize,
     ) -> Result<Arc<Reference>, DetectError> {
         let schema = Schema::infer(events);
         if !schema.mixed.is_empty() {
             tracing::warn!(model, features = ?schema.mixed, "features of mixed type are not scored");
         }
         let frame = Frame::build(events, &schema, classes);
-        let max_probability = self.engine.row_max(&frame.probabilities)?;
-        let multivariate = match &self.multivariate {
-            Some(c) => multivariate::fit(&self.engine, &frame, c)?,
-            None => None,
+        let discrete = frame
+            .numeric
+            .iter()
+            .map(|col| {
+                let mut v: Vec<u64> = col.iter().map(|x| x.to_bits()).collect();
+                v.sort_unstable();
+                v.dedup();
+                v.len() <= DISCRETE_VALUES
+            })
+            .collect();
+        let confidence = confidence::fit(&frame, window_rows, &self.config.confidence);
+        let multivariate = if self.config.multivariate.enabled {
+            multivariate::fit(&self.engine, &frame, &self.config.multivariate)?
+        } else {
+            None
+        };
+        let ood = if self.config.ood.enabled {
+            ood::fit(&self.engine, &frame, &self.config.ood)?
+        } else {
+            Vec::new()
         };
         Ok(Arc::new(Reference {
             model: model.to_string(),
             schema,
             classes: classes.to_vec(),
             frame,
-            max_probability,
+            discrete,
+            confidence,
             multivariate,
+            ood,
         }))
     }
 

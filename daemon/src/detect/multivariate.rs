@@ -20,6 +20,15 @@ pub struct Fitted {
     feature: &'static str,
 }
 
+impl Fitted {
+    pub fn sigma(&self) -> f64 {
+        self.sigma
+    }
+    pub fn rows(&self) -> usize {
+        self.rows.len()
+    }
+}
+
 fn standardise(rows: &[Vec<f64>], mean: &[f64], scale: &[f64]) -> Vec<Vec<f64>> {
     rows.iter()
         .map(|r| {
@@ -39,13 +48,8 @@ pub fn fit(
     frame: &Frame,
     config: &MultivariateConfig,
 ) -> Result<Option<Fitted>, DetectError> {
-    let feature = if frame.embedding_rows > 0 {
-        "embedding"
-    } else {
-        "numeric_features"
-    };
-    let rows: Vec<Vec<f64>> = frame
-        .vectors
+    let (feature, vectors) = frame.vectors();
+    let rows: Vec<Vec<f64>> = vectors
         .iter()
         .take(config.max_reference.max(2))
         .cloned()
@@ -99,7 +103,8 @@ impl Detector for MultivariateDrift {
         };
         let d = fitted.mean.len();
         let current: Vec<Vec<f64>> = window
-            .vectors
+            .vectors()
+            .1
             .iter()
             .filter(|r| r.len() == d)
             .cloned()

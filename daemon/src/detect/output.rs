@@ -1,6 +1,12 @@
-use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, chi2_score};
+use super::{
+    DetectError, Detector, EFFECT_THRESHOLD, Effect, Engine, Family, Frame, LARGE_REFERENCE,
+    Reference, Score, chi2_score, ks_scores, stats,
+};
 
-/// Output distribution: chi-squared on the mix of predicted classes.
+/// Output distribution: chi-squared on the mix of predicted classes, and KS
+/// on regression outputs; on large references the Jensen-Shannon distance
+/// of the class mix (normalised Wasserstein of the regression output) must
+/// pass its threshold too.
 pub struct OutputDistribution;
 
 impl Detector for OutputDistribution {
@@ -14,15 +20,46 @@ impl Detector for OutputDistribution {
         reference: &Reference,
         window: &Frame,
     ) -> Result<Vec<Score>, DetectError> {
-        Ok(chi2_score(
+        let (r, c) = (&reference.frame.predicted, &window.predicted);
+        let mut scores: Vec<Score> =
+            chi2_score(engine, self.name(), Family::Output, "predicted_class", r, c)?
+                .into_iter()
+                .collect();
+        let mut regression = ks_scores(
             engine,
             self.name(),
             Family::Output,
-            "predicted_class",
-            &reference.frame.predicted,
-            &window.predicted,
-        )?
-        .into_iter()
-        .collect())
+            vec![(
+                "regression_output".into(),
+                &reference.frame.regression,
+                &window.regression,
+            )],
+        )?;
+        for s in &mut scores {
+            if s.n_reference > LARGE_REFERENCE {
+                let (cr, cc) = stats::bin_categorical(r, c);
+                s.effect = Some(Effect {
+                    name: "jensen_shannon".into(),
+                    value: stats::jensen_shannon(&cr, &cc),
+                    threshold: EFFECT_THRESHOLD,
+                    gating: true,
+                });
+            }
+        }
+        for s in &mut regression {
+            if s.n_reference > LARGE_REFERENCE {
+                s.effect = Some(Effect {
+                    name: "wasserstein_normalised".into(),
+                    value: stats::wasserstein_normalised(
+                        &reference.frame.regression,
+                        &window.regression,
+                    ),
+                    threshold: EFFECT_THRESHOLD,
+                    gating: true,
+                });
+            }
+        }
+        scores.extend(regression);
+        Ok(scores)
     }
 }

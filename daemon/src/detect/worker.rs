@@ -14,6 +14,7 @@ enum Job {
         model: String,
         events: Vec<TelemetryEvent>,
         classes: Vec<String>,
+        window_rows: usize,
         reply: oneshot::Sender<Result<Arc<Reference>, DetectError>>,
     },
     Score {
@@ -67,9 +68,10 @@ impl ScoringHandle {
                             model,
                             events,
                             classes,
+                            window_rows,
                             reply,
                         } => {
-                            let _ = reply.send(scorer.fit(&model, &events, &classes));
+                            let _ = reply.send(scorer.fit(&model, &events, &classes, window_rows));
                         }
                         Job::Score {
                             reference,
@@ -97,12 +99,14 @@ impl ScoringHandle {
         model: &str,
         events: Vec<TelemetryEvent>,
         classes: Vec<String>,
+        window_rows: usize,
     ) -> Result<Arc<Reference>, DetectError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Fit {
             model: model.to_string(),
             events,
             classes,
+            window_rows,
             reply,
         })?;
         rx.await.map_err(|_| gone())?

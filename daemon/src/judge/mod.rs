@@ -65,7 +65,10 @@ pub fn judge(config: &JudgeConfig, scores: Vec<Score>) -> Vec<Judged> {
         .into_iter()
         .map(|score| {
             // On large samples the effect size must pass its threshold too.
-            let large_enough = score.effect.as_ref().is_none_or(|e| e.value >= e.threshold);
+            let large_enough = score
+                .effect
+                .as_ref()
+                .is_none_or(|e| !e.gating || e.value >= e.threshold);
             let crossed = (score.p_value < threshold && large_enough).then(|| {
                 let factor = threshold / score.p_value.max(f64::MIN_POSITIVE);
                 if factor >= config.critical_factor {
@@ -214,6 +217,7 @@ mod tests {
                 name: "wasserstein_normalised".into(),
                 value,
                 threshold: 0.1,
+                gating: true,
             }),
             ..score(1e-12)
         };

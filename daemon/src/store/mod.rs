@@ -59,6 +59,11 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
         "effect_sizes",
         include_str!("../../../migrations/postgres/0004_effect_sizes.sql"),
     ),
+    (
+        5,
+        "reference_calibration",
+        include_str!("../../../migrations/postgres/0005_reference_calibration.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -80,6 +85,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "effect_sizes",
         include_str!("../../../migrations/sqlite/0004_effect_sizes.sql"),
+    ),
+    (
+        5,
+        "reference_calibration",
+        include_str!("../../../migrations/sqlite/0005_reference_calibration.sql"),
     ),
 ];
 
@@ -229,6 +239,39 @@ impl Store {
                 .transpose()?
         });
         Ok(row)
+    }
+
+    /// Records what was calibrated on a model's reference.
+    pub async fn save_calibration(
+        &self,
+        model: &str,
+        calibration: &serde_json::Value,
+    ) -> Result<()> {
+        let now = Utc::now();
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE model_references SET calibration = $1, calibrated_at = $2 WHERE model = $3")
+                .bind(Json(calibration))
+                .bind(now)
+                .bind(model)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// What was last calibrated on a model's reference, if anything.
+    pub async fn load_calibration(&self, model: &str) -> Result<Option<serde_json::Value>> {
+        let v = with_pool!(self, pool => {
+            sqlx::query("SELECT calibration FROM model_references WHERE model = $1")
+                .bind(model)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.try_get::<Option<Json<serde_json::Value>>, _>("calibration"))
+                .transpose()?
+                .flatten()
+                .map(|j| j.0)
+        });
+        Ok(v)
     }
 
     /// Stores a model's reference and the stream positions it covers in one

@@ -1,0 +1,157 @@
+//! Per-request out-of-distribution scoring: the Mahalanobis distance of each
+//! request to the reference under a Ledoit-Wolf shrunk covariance, and per
+//! window the fraction of requests beyond the reference's own high quantile.
+//!
+//! The quantile is taken over cross-fitted reference distances (each fold
+//! scored by a covariance fitted without it): in-sample distances are
+//! systematically short, and a threshold from them would flag more than its
+//! nominal share of clean traffic. The window's exceedances are then tested
+//! against the reference's with Fisher's exact test, so the estimate of the
+//! quantile itself is accounted for.
+
+use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, linalg, stats};
+use crate::config::OodConfig;
+
+/// One vector space (features or embedding) fitted on the reference.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    /// `features` or `embedding`.
+    pub space: &'static str,
+    pub mean: Vec<f64>,
+    pub precision: Vec<f64>,
+    pub shrinkage: f64,
+    /// The `quantile` of the cross-fitted reference distances.
+    pub threshold: f64,
+    pub quantile: f64,
+    /// Cross-fitted reference distances above `threshold`, of `reference_rows`.
+    pub reference_exceed: usize,
+    pub reference_rows: usize,
+}
+
+pub fn fit_space(
+    engine: &Engine,
+    space: &'static str,
+    rows: &[Vec<f64>],
+    config: &OodConfig,
+) -> Result<Option<Fitted>, DetectError> {
+    let rows = &rows[..rows.len().min(config.max_reference)];
+    let d = rows.first().map_or(0, Vec::len);
+    let folds = config.folds.max(2);
+    // Each training part needs more rows than folds; below a few dozen rows
+    // a 99.9% quantile means nothing.
+    if d < 2 || rows.len() < 10 * folds || rows.iter().any(|r| r.len() != d) {
+        return Ok(None);
+    }
+    let n = rows.len();
+    let mut held_out = Vec::with_capacity(n);
+    for f in 0..folds {
+        let (lo, hi) = (f * n / folds, (f + 1) * n / folds);
+        let train: Vec<Vec<f64>> = rows[..lo].iter().chain(&rows[hi..]).cloned().collect();
+        let Some((mean, precision, _)) = fit_covariance(&train) else {
+            return Ok(None);
+        };
+        held_out.extend(engine.mahalanobis(&rows[lo..hi], &mean, &precision)?);
+    }
+    let mut sorted = held_out.clone();
+    sorted.sort_by(f64::total_cmp);
+    let threshold = stats::quantile_sorted(&sorted, config.quantile);
+    let reference_exceed = held_out.iter().filter(|v| **v > threshold).count();
+    let Some((mean, precision, shrinkage)) = fit_covariance(rows) else {
+        return Ok(None);
+    };
+    Ok(Some(Fitted {
+        space,
+        mean,
+        precision,
+        shrinkage,
+        threshold,
+        quantile: config.quantile,
+        reference_exceed,
+        reference_rows: n,
+    }))
+}
+
+fn fit_covariance(rows: &[Vec<f64>]) -> Option<(Vec<f64>, Vec<f64>, f64)> {
+    let shrunk = linalg::ledoit_wolf(rows);
+    let precision = linalg::spd_inverse(&shrunk.covariance, shrunk.mean.len())?;
+    Some((shrunk.mean, precision, shrunk.shrinkage))
+}
+
+/// Fits the feature space and the embedding space, where the reference has them.
+pub fn fit(engine: &Engine, frame: &Frame, config: &OodConfig) -> Result<Vec<Fitted>, DetectError> {
+    let mut out = Vec::new();
+    for (space, rows) in [
+        ("features", &frame.feature_rows),
+        ("embedding", &frame.embeddings),
+    ] {
+        match fit_space(engine, space, rows, config)? {
+            Some(f) => out.push(f),
+            None if !rows.is_empty() => tracing::info!(
+                space,
+                rows = rows.len(),
+                "out-of-distribution scoring needs at least 2 dimensions and {} complete reference rows",
+                10 * config.folds.max(2)
+            ),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The fraction of a window's requests beyond the reference threshold, with
+/// the one-sided Fisher p-value that it exceeds the reference's own rate.
+pub struct OutOfDistribution;
+
+impl Detector for OutOfDistribution {
+    fn name(&self) -> &'static str {
+        "out_of_distribution"
+    }
+
+    fn score(
+        &self,
+        engine: &Engine,
+        reference: &Reference,
+        window: &Frame,
+    ) -> Result<Vec<Score>, DetectError> {
+        let mut scores = Vec::new();
+        for fitted in &reference.ood {
+            let rows = match fitted.space {
+                "features" => &window.feature_rows,
+                _ => &window.embeddings,
+            };
+            let d = fitted.mean.len();
+            let rows: Vec<Vec<f64>> = rows.iter().filter(|r| r.len() == d).cloned().collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let distances = engine.mahalanobis(&rows, &fitted.mean, &fitted.precision)?;
+            let k = distances.iter().filter(|v| **v > fitted.threshold).count();
+            let m = rows.len();
+            scores.push(Score {
+                detector: self.name().to_string(),
+                family: Family::Security,
+                feature: fitted.space.into(),
+                test: "ood_fraction".into(),
+                statistic: k as f64 / m as f64,
+                p_value: stats::fisher_greater(
+                    k as u64,
+                    m as u64,
+                    fitted.reference_exceed as u64,
+                    fitted.reference_rows as u64,
+                ),
+                n_reference: fitted.reference_rows,
+                n_window: m,
+                method: format!(
+                    "mahalanobis ledoit-wolf shrinkage={:.4} q{}={:.4} reference_rate={}/{} fisher",
+                    fitted.shrinkage,
+                    fitted.quantile,
+                    fitted.threshold,
+                    fitted.reference_exceed,
+                    fitted.reference_rows
+                ),
+                effect: None,
+            });
+        }
+        Ok(scores)
+    }
+}
