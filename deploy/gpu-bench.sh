@@ -2,7 +2,10 @@
 # GPU figures for daemon/docs/benchmarks.md (issue 3): builds the detector
 # benchmark with autotune and fusion (`gpu-tuned`) in release mode and runs
 # it at GPU sizes on the first hardware GPU wgpu finds, printing the adapter
-# name and the date with the figures.
+# name and the date with the figures: KS at 100k rows x 8 and 256 features,
+# MMD with 100 permutations at 250, 10k and 100k rows per side (d = 64), every
+# univariate statistic (KS, Wasserstein, PSI, JS, Hellinger) over 100k rows x
+# 256 features, and the Mahalanobis scoring rate at 100k rows x 64 and 256.
 #
 #   deploy/gpu-bench.sh                  # build and run here
 #   deploy/gpu-bench.sh --build-only     # build, and leave the binary in target/gpu-bench/

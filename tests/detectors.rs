@@ -441,8 +441,9 @@ fn flex_matches_scipy() {
 
 #[test]
 fn sorting_and_comparing_agree_on_flex() {
-    // flex scores by sorting, wgpu by comparison; both against SciPy above,
-    // and here against each other on ragged, tied, tiled input.
+    // flex scores on the host, wgpu by comparison; both against SciPy
+    // above, and here all three ways against each other on ragged, tied,
+    // tiled input.
     let engine = Engine::open(DeviceChoice::Cpu, 1 << 16).expect("flex device");
     let fx = fixtures();
     let cases = fx["ks"].as_array().unwrap();
@@ -462,7 +463,11 @@ fn sorting_and_comparing_agree_on_flex() {
     let compared = engine
         .ks_max_diffs_with(KsAlgorithm::Compare, &refs, &curs)
         .unwrap();
+    let host = engine
+        .ks_max_diffs_with(KsAlgorithm::Host, &refs, &curs)
+        .unwrap();
     assert_eq!(sorted, compared);
+    assert_eq!(sorted, host);
     assert!(sorted.iter().filter(|&&d| d > 0).count() >= 9);
 }
 

@@ -90,10 +90,17 @@ impl Frame {
         };
         for e in events {
             f.rows += 1;
+            // The feature row is gathered in the same pass: one map lookup
+            // per feature and event is most of what building a frame costs.
+            let mut row = Vec::with_capacity(schema.numeric.len());
             for (i, name) in schema.numeric.iter().enumerate() {
                 if let Some(v) = e.features.get(name).and_then(FeatureValue::as_number) {
                     f.numeric[i].push(v);
+                    row.push(v);
                 }
+            }
+            if schema.numeric.len() >= 2 && row.len() == schema.numeric.len() {
+                f.feature_rows.push(row);
             }
             for (i, name) in schema.categorical.iter().enumerate() {
                 if let Some(v) = e.features.get(name).and_then(FeatureValue::as_category) {
@@ -127,16 +134,6 @@ impl Frame {
             }
             if let Some(e) = &e.embedding {
                 f.embeddings.push(e.clone());
-            }
-            if schema.numeric.len() >= 2 {
-                let row: Option<Vec<f64>> = schema
-                    .numeric
-                    .iter()
-                    .map(|n| e.features.get(n).and_then(FeatureValue::as_number))
-                    .collect();
-                if let Some(row) = row {
-                    f.feature_rows.push(row);
-                }
             }
         }
         f
