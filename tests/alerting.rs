@@ -423,28 +423,32 @@ async fn silenced_alerts_do_not_page() {
     );
     let store = format!("sqlite:{}", d.join("store.db").display());
     let cfg = config(&d, &store, &receivers, 10);
-    let silence = Command::new(daemon_binary())
-        .args([
-            "alerts",
-            "silence",
-            "--model",
-            "credit",
-            "--detector",
-            "feature_drift",
-            "--duration",
-            "2h",
-            "--comment",
-            "planned retrain",
-            "--config",
-        ])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        silence.status.success(),
-        "{}",
-        String::from_utf8_lossy(&silence.stderr)
-    );
+    // The planted shift moves x1 (feature drift) and, with it, the feature
+    // rows off the reference (out of distribution): silence both detectors.
+    for detector in ["feature_drift", "out_of_distribution"] {
+        let silence = Command::new(daemon_binary())
+            .args([
+                "alerts",
+                "silence",
+                "--model",
+                "credit",
+                "--detector",
+                detector,
+                "--duration",
+                "2h",
+                "--comment",
+                "planned retrain",
+                "--config",
+            ])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            silence.status.success(),
+            "{}",
+            String::from_utf8_lossy(&silence.stderr)
+        );
+    }
     let out = run_daemon(&cfg, &input);
     assert!(out.status.success());
     assert!(am.accepted().is_empty(), "a silenced alert paged");

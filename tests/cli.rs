@@ -223,6 +223,17 @@ fn imported_baseline_is_the_reference() {
     let cells = transitions_printed(&stdout);
     assert_eq!(cells, vec!["fired:3:x1"], "{stdout}");
     assert!(stdout.contains("4 windows scored"), "{stdout}");
+    // What was calibrated on the reference is stored beside it.
+    let calibration = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = modelwatch::store::Store::open(&store, 1).await.unwrap();
+        store.load_calibration("credit").await.unwrap()
+    });
+    let calibration = calibration.expect("calibration stored with the reference");
+    let ood = &calibration["out_of_distribution"][0];
+    assert_eq!(ood["space"], "features", "{calibration}");
+    assert_eq!(ood["reference_rows"], 300, "{calibration}");
+    assert_eq!(ood["quantile"], 0.999, "{calibration}");
+    assert!(ood["threshold"].as_f64().unwrap() > 0.0, "{calibration}");
 }
 
 /// `transition:window:feature` of every ALERT line the daemon printed, sorted.

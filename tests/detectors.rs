@@ -5,7 +5,7 @@
 use modelwatch::config::DeviceChoice;
 use modelwatch::detect::engine::{Engine, KsAlgorithm};
 use modelwatch::detect::stats::{self, KsMethod};
-use modelwatch::detect::{Frame, Scorer, confidence, linalg, ood};
+use modelwatch::detect::{Frame, Scorer, confidence, linalg, ood, reconstruction};
 use modelwatch::event::TelemetryEvent;
 use serde_json::Value;
 
@@ -242,6 +242,66 @@ fn ood_parity(engine: &Engine) {
     }
 }
 
+/// PCA reconstruction error on one engine: components kept, per-row
+/// errors, the leave-one-out band and the p-value, against scikit-learn.
+fn reconstruction_parity(engine: &Engine) {
+    let fx = fixtures();
+    for case in fx["reconstruction"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let variance = case["variance"].as_f64().unwrap();
+        let reference = rows(&case["reference"]);
+        let rows_per_window = case["window_rows"].as_u64().unwrap() as usize;
+        let frame = Frame {
+            feature_rows: reference.clone(),
+            ..Frame::default()
+        };
+        let config = modelwatch::config::MultivariateConfig {
+            enabled: true,
+            method: modelwatch::config::MultivariateMethod::Pca,
+            pca_variance: variance,
+            min_band_windows: 5,
+            ..Default::default()
+        };
+        let fitted = reconstruction::fit(engine, &frame, &config, rows_per_window)
+            .unwrap()
+            .expect("enough rows");
+        assert_eq!(
+            fitted.pca.components.len() as u64,
+            case["components"].as_u64().unwrap(),
+            "{name} components"
+        );
+        close(
+            &format!("{name} explained"),
+            fitted.pca.explained,
+            case["explained"].as_f64().unwrap(),
+            1e-9,
+        );
+        let errors = reconstruction::errors(engine, &fitted.pca, &rows(&case["window"])).unwrap();
+        for (i, (g, w)) in errors
+            .iter()
+            .zip(floats(&case["window_errors"]))
+            .enumerate()
+        {
+            close(&format!("{name} error {i}"), *g, w, 1e-4 * w.max(1.0));
+        }
+        let band = fitted.band.clone().expect("a band from reference windows");
+        assert_eq!(band.windows as u64, case["windows"].as_u64().unwrap());
+        let want = case["band_mean"].as_f64().unwrap();
+        close(&format!("{name} band mean"), band.mean, want, 1e-5 * want);
+        let want = case["band_sd"].as_f64().unwrap();
+        close(&format!("{name} band sd"), band.sd, want, 1e-3 * want);
+        let value = errors.iter().sum::<f64>() / errors.len() as f64;
+        let want = case["value"].as_f64().unwrap();
+        close(&format!("{name} value"), value, want, 1e-5 * want);
+        let want = case["p_value"].as_f64().unwrap();
+        let p = band.upper_tail(value);
+        assert!(
+            (p - want).abs() <= 1e-3 * want.max(1e-12) || (p.ln() - want.ln()).abs() < 1e-2,
+            "{name} p-value: got {p:e}, scipy {want:e}"
+        );
+    }
+}
+
 #[test]
 fn covariance_confidence_and_calibration_match_sklearn_and_scipy() {
     let fx = fixtures();
@@ -437,6 +497,7 @@ fn flex_matches_scipy() {
     assert_eq!(engine.info().backend, "flex");
     parity(&engine);
     ood_parity(&engine);
+    reconstruction_parity(&engine);
 }
 
 #[test]
@@ -519,6 +580,7 @@ fn wgpu_lavapipe_matches_scipy() {
     eprintln!("wgpu adapter: {}", engine.info().adapter);
     parity(&engine);
     ood_parity(&engine);
+    reconstruction_parity(&engine);
     scorer_flags_only_shifted_features(engine);
 }
 
@@ -901,4 +963,56 @@ fn per_feature_choices_are_applied_and_recorded() {
         .is_err(),
         "an unknown test is a config error"
     );
+}
+
+/// The cheap multivariate option: the same correlation flip that the MMD
+/// test catches leaves rows off the reference's principal subspace.
+#[test]
+fn pca_reconstruction_sees_what_the_marginals_miss() {
+    let config = modelwatch::config::DetectConfig {
+        multivariate: modelwatch::config::MultivariateConfig {
+            enabled: true,
+            method: modelwatch::config::MultivariateMethod::Pca,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let scorer = Scorer::with_config(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap(), &config);
+    let wave = |i: usize, k: f64| (i as f64 * k).sin();
+    let events = |n: usize, sign: f64, offset: usize| -> Vec<TelemetryEvent> {
+        (0..n)
+            .map(|i| {
+                let a = wave(i + offset, 0.731);
+                let b = sign * a + 0.3 * wave(i + offset, 1.913);
+                let c = wave(i + offset, 0.377);
+                serde_json::from_value(serde_json::json!({
+                    "model": "m", "ts": "2026-01-01T00:00:00Z",
+                    "features": {"a": (a * 1e3).round() / 1e3, "b": (b * 1e3).round() / 1e3,
+                                 "c": (c * 1e3).round() / 1e3},
+                }))
+                .unwrap()
+            })
+            .collect()
+    };
+    // 2,000 reference rows in windows of 200: a band from 10 of them.
+    let fitted = scorer.fit("m", &events(2000, 1.0, 0), &[], 200).unwrap();
+    let r = fitted.reconstruction.as_ref().expect("pca fitted");
+    assert_eq!(r.band.as_ref().map(|b| b.windows), Some(10));
+    let pca = |window: &[TelemetryEvent]| {
+        scorer
+            .score(&fitted, window)
+            .unwrap()
+            .scores
+            .into_iter()
+            .find(|s| s.test == "pca_reconstruction")
+            .expect("a reconstruction score")
+    };
+    let turned = pca(&events(200, -1.0, 5000));
+    assert!(turned.p_value < 1e-6, "joint shift: {turned:?}");
+    assert!(turned.method.contains("reference-windows"), "{turned:?}");
+    let same = pca(&events(200, 1.0, 5000));
+    assert!(same.p_value > 0.01, "no shift: {same:?}");
+    // A window of another size is judged against the analytic band.
+    let other = pca(&events(150, 1.0, 5000));
+    assert!(other.method.contains("analytic"), "{other:?}");
 }

@@ -64,12 +64,24 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
     assert_eq!(
         alert_cells(&pool).await,
         expected,
-        "alert conditions must be exactly x1 in windows 4-7"
+        "feature drift must be exactly x1 in windows 4-7"
     );
-    // One incident: pending at window 4, firing from window 5 (two windows
-    // past threshold), still firing at the end.
+    // Other detectors may see the same shift (x1 moves the feature rows out
+    // of distribution), but only where it is.
+    let any = crossings(&pool, "").await;
+    assert!(
+        any.iter().all(|(w, _)| (4..8).contains(w)),
+        "crossings outside the shifted windows: {any:?}"
+    );
+    // One drift incident: pending at window 4, firing from window 5 (two
+    // windows past threshold), still firing at the end; whatever else opened
+    // did so inside the shift.
+    let (drift, other): (Vec<_>, Vec<_>) = incidents(&pool)
+        .await
+        .into_iter()
+        .partition(|i| i.0.contains("/feature_drift/"));
     assert_eq!(
-        incidents(&pool).await,
+        drift,
         vec![(
             "credit/feature_drift/x1".to_string(),
             "firing".to_string(),
@@ -77,8 +89,14 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
             7
         )]
     );
+    assert!(
+        other.iter().all(|i| (4..8).contains(&i.2)),
+        "incidents outside the shift: {other:?}"
+    );
 
-    // Every window has all five scores and exactly WINDOW events.
+    // Every window has all twelve scores and exactly WINDOW events: KS on
+    // x1, x2 and chi2 on the segment; KS and Welch on max probability,
+    // margin and entropy; expected accuracy; class mix; out of distribution.
     let rows = sqlx::query("SELECT seq, n_events, (SELECT COUNT(*) FROM scores s WHERE s.window_seq = w.seq) AS k FROM windows w ORDER BY seq")
         .fetch_all(&pool)
         .await
@@ -87,7 +105,7 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(r.get::<i64, _>("seq"), i as i64);
         assert_eq!(r.get::<i64, _>("n_events"), WINDOW as i64, "window {i}");
-        assert_eq!(r.get::<i64, _>("k"), 5, "scores of window {i}");
+        assert_eq!(r.get::<i64, _>("k"), 12, "scores of window {i}");
     }
     let alert =
         sqlx::query("SELECT severity, status, p_value, threshold, state::text AS ev FROM alerts")
@@ -200,7 +218,7 @@ async fn killed_daemon_restarts_without_loss_or_duplicates() {
         .await
         .unwrap()
         .get("n");
-    assert_eq!(scores, 5 * windows as i64);
+    assert_eq!(scores, 12 * windows as i64);
     let expected: Vec<(i64, String)> = (3..6).map(|w| (w, "x1".to_string())).collect();
     assert_eq!(
         alert_cells(&pool).await,
@@ -224,6 +242,15 @@ async fn killed_daemon_restarts_without_loss_or_duplicates() {
         .unwrap()
         .get("n");
     assert_eq!(refs, 1);
+    // What was calibrated on the reference is stored beside it (JSONB).
+    let space: Option<String> = sqlx::query(
+        "SELECT calibration->'out_of_distribution'->0->>'space' AS s FROM model_references",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get("s");
+    assert_eq!(space.as_deref(), Some("features"));
     assert!(
         second.log_text().contains("using stored reference"),
         "restart reuses the stored reference"

@@ -268,6 +268,29 @@ pub struct MultivariateConfig {
     /// Seed of the permutations: the same window gives the same p-value.
     #[serde(default)]
     pub seed: u64,
+    /// `mmd` (the permutation test) or `pca` (reconstruction error, far
+    /// cheaper per window, judged against a band from the reference).
+    #[serde(default)]
+    pub method: MultivariateMethod,
+    /// `pca`: keep the components that explain this share of the variance.
+    #[serde(default = "default_pca_variance")]
+    pub pca_variance: f64,
+    /// `pca`: reference windows of the live size needed for a band from
+    /// them; with fewer, cross-fitted per-row errors over sqrt(window size).
+    #[serde(default = "default_band_windows")]
+    pub min_band_windows: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MultivariateMethod {
+    #[default]
+    Mmd,
+    Pca,
+}
+
+const fn default_pca_variance() -> f64 {
+    0.65
 }
 
 const fn default_permutations() -> usize {
@@ -284,6 +307,9 @@ impl Default for MultivariateConfig {
             permutations: default_permutations(),
             max_reference: default_mmd_reference(),
             seed: 0,
+            method: MultivariateMethod::Mmd,
+            pca_variance: default_pca_variance(),
+            min_band_windows: default_band_windows(),
         }
     }
 }
@@ -970,6 +996,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "reference.size must be at least 2".into(),
             ));
+        }
+        let v = self.detect.multivariate.pca_variance;
+        if !(v > 0.0 && v < 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "detect.multivariate.pca_variance must lie in (0, 1), got {v}"
+            )));
         }
         let q = self.detect.ood.quantile;
         if !(q > 0.5 && q < 1.0) {

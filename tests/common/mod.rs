@@ -268,8 +268,15 @@ pub async fn wait_for_windows(pool: &PgPool, daemon: &mut Daemon, windows: i64, 
 /// (window, feature) of every score past its threshold, sorted: the
 /// alert conditions, before hysteresis turns them into incidents.
 pub async fn alert_cells(pool: &PgPool) -> Vec<(i64, String)> {
+    crossings(pool, "feature_drift").await
+}
+
+/// (window, feature) of every score of `detector` (any, when empty) past
+/// its threshold, sorted.
+pub async fn crossings(pool: &PgPool, detector: &str) -> Vec<(i64, String)> {
     let mut v: Vec<(i64, String)> =
-        sqlx::query("SELECT window_seq, feature FROM scores WHERE p_value < threshold")
+        sqlx::query("SELECT window_seq, feature FROM scores WHERE p_value < threshold AND ($1 = '' OR detector = $1)")
+            .bind(detector)
             .fetch_all(pool)
             .await
             .expect("scores")

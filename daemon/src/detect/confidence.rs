@@ -4,8 +4,7 @@
 //! probability, isotonic-calibrated on the reference where the reference
 //! carries true labels) against a band set by the reference itself.
 
-use serde::Serialize;
-
+use super::band::Band;
 use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, ks_scores, stats};
 use crate::config::ConfidenceConfig;
 
@@ -32,21 +31,6 @@ impl Columns {
         }
         c
     }
-}
-
-/// The spread a per-window statistic shows on clean data, from which a
-/// live value's p-value follows (normal approximation).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Band {
-    pub mean: f64,
-    pub sd: f64,
-    /// Reference windows behind the band (0 for the analytic band).
-    pub windows: usize,
-    /// The window size the band holds for.
-    pub window_rows: usize,
-    /// `reference-windows` (leave-one-out scores of non-overlapping
-    /// reference windows) or `analytic` (per-request spread / sqrt(m)).
-    pub method: &'static str,
 }
 
 /// The reference side of the confidence detectors.
@@ -116,15 +100,7 @@ pub fn fit(frame: &Frame, window_rows: usize, config: &ConfidenceConfig) -> Fitt
                 expected_accuracy(&columns.max[part], iso.as_ref())
             })
             .collect();
-        let mu = mean(&values);
-        let sd = (values.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / (k - 1) as f64).sqrt();
-        Band {
-            mean: mu,
-            sd,
-            windows: k,
-            window_rows,
-            method: "reference-windows",
-        }
+        Band::from_windows(&values, window_rows)
     });
     Fitted {
         columns,
@@ -135,42 +111,13 @@ pub fn fit(frame: &Frame, window_rows: usize, config: &ConfidenceConfig) -> Fitt
     }
 }
 
-impl Band {
-    /// P(a clean window's value <= `value`). A band from k reference windows
-    /// knows its mean and spread only roughly, so a new window's value
-    /// follows Student's t with k - 1 degrees of freedom scaled by
-    /// sqrt(1 + 1/k) (the prediction interval), not the normal: with five
-    /// windows the normal tail would page several times too often.
-    pub fn lower_tail(&self, value: f64) -> f64 {
-        let z = (value - self.mean) / self.sd;
-        if self.windows >= 2 {
-            let k = self.windows as f64;
-            stats::student_t_cdf(z / (1.0 + 1.0 / k).sqrt(), k - 1.0)
-        } else {
-            stats::normal_cdf(z)
-        }
-    }
-}
-
 impl Fitted {
     /// The band for a window of `m` requests: the reference windows' when
     /// they had that size, else the per-request spread over sqrt(m).
     pub fn band_for(&self, m: usize) -> Option<Band> {
         match &self.band {
             Some(b) if b.window_rows == m => Some(b.clone()),
-            _ if self.expected.len() >= 2 && m > 0 => {
-                let mu = mean(&self.expected);
-                let var = self.expected.iter().map(|v| (v - mu).powi(2)).sum::<f64>()
-                    / (self.expected.len() - 1) as f64;
-                Some(Band {
-                    mean: mu,
-                    sd: (var / m as f64).sqrt(),
-                    windows: 0,
-                    window_rows: m,
-                    method: "analytic",
-                })
-            }
-            _ => None,
+            _ => Band::analytic(&self.expected, m),
         }
     }
 }
@@ -228,13 +175,7 @@ impl Detector for ConfidenceShift {
             let value = expected_accuracy(&current.max, fitted.calibration.as_ref());
             // Only a drop matters: a model that got more sure is a
             // confidence shift, which the tests above report.
-            let p = if band.sd > 0.0 {
-                band.lower_tail(value)
-            } else if value < band.mean {
-                0.0
-            } else {
-                1.0
-            };
+            let p = band.lower_tail(value);
             scores.push(Score {
                 detector: "expected_accuracy".into(),
                 family: Family::Confidence,
@@ -248,10 +189,7 @@ impl Detector for ConfidenceShift {
                 p_value: p,
                 n_reference: fitted.expected.len(),
                 n_window: m,
-                method: format!(
-                    "{} mean={:.4} sd={:.4} windows={} labelled={}",
-                    band.method, band.mean, band.sd, band.windows, fitted.labelled
-                ),
+                method: format!("{} labelled={}", band.describe(), fitted.labelled),
                 effect: None,
             });
         }

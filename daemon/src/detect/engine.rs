@@ -440,6 +440,48 @@ impl Engine {
         Ok(out)
     }
 
+    /// The distance of each row to its projection on the span of
+    /// `components` (unit, orthogonal rows of length d): ||z - z W W^T||.
+    /// Rows go through in tiles, padded to a power of two like the others.
+    pub fn reconstruction_errors(
+        &self,
+        rows: &[Vec<f64>],
+        components: &[Vec<f64>],
+    ) -> Result<Vec<f64>, DetectError> {
+        let d = components.first().map_or(0, Vec::len);
+        if d == 0 || rows.iter().any(|r| r.len() != d) {
+            return Err(DetectError::Failed(format!(
+                "reconstruction rows must have {d} values"
+            )));
+        }
+        let k = components.len();
+        // W: d x k, the components as columns.
+        let mut w = vec![0f32; d * k];
+        for (c, comp) in components.iter().enumerate() {
+            for (j, v) in comp.iter().enumerate() {
+                w[j * k + c] = *v as f32;
+            }
+        }
+        let w = Tensor::<2>::from_data(TensorData::new(w, [d, k]), &self.device);
+        let tile = (self.max_tile / (2 * d + k)).clamp(1, rows.len().max(1));
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(tile) {
+            let padded = chunk.len().next_power_of_two().min(tile);
+            let mut z: Vec<Vec<f64>> = chunk.to_vec();
+            z.resize(padded, vec![0.0; d]);
+            let z = self.matrix(&z)?;
+            let rebuilt = z.clone().matmul(w.clone()).matmul(w.clone().transpose());
+            let e = (z - rebuilt).powi_scalar(2).sum_dim(1);
+            out.extend(
+                read(e)?
+                    .iter::<f32>()
+                    .take(chunk.len())
+                    .map(|v| (v as f64).max(0.0).sqrt()),
+            );
+        }
+        Ok(out)
+    }
+
     fn matrix(&self, rows: &[Vec<f64>]) -> Result<Tensor<2>, DetectError> {
         let d = rows.first().map_or(0, Vec::len);
         if d == 0 || rows.iter().any(|r| r.len() != d) {

@@ -117,6 +117,71 @@ pub fn spd_inverse(a: &[f64], d: usize) -> Option<Vec<f64>> {
     Some(inv)
 }
 
+/// Eigenvalues (descending) and unit eigenvectors (as rows, same order) of
+/// a symmetric `d x d` matrix by cyclic Jacobi rotations: slow for large d
+/// (O(d^3) per sweep) but simple and accurate to rounding, which is what a
+/// once-per-reference fit wants.
+pub fn symmetric_eigen(a: &[f64], d: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let mut m = a.to_vec();
+    let mut v = vec![0.0f64; d * d];
+    for i in 0..d {
+        v[i * d + i] = 1.0;
+    }
+    let scale: f64 = m
+        .iter()
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt()
+        .max(f64::MIN_POSITIVE);
+    for _sweep in 0..100 {
+        let off: f64 = (0..d)
+            .flat_map(|i| (0..d).filter(move |j| *j != i).map(move |j| (i, j)))
+            .map(|(i, j)| m[i * d + j] * m[i * d + j])
+            .sum::<f64>()
+            .sqrt();
+        if off <= 1e-15 * scale {
+            break;
+        }
+        for p in 0..d {
+            for q in (p + 1)..d {
+                let apq = m[p * d + q];
+                if apq.abs() <= 1e-300 {
+                    continue;
+                }
+                let (app, aqq) = (m[p * d + p], m[q * d + q]);
+                let theta = (aqq - app) / (2.0 * apq);
+                let sign = if theta >= 0.0 { 1.0 } else { -1.0 };
+                let t = sign / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..d {
+                    let (mkp, mkq) = (m[k * d + p], m[k * d + q]);
+                    m[k * d + p] = c * mkp - s * mkq;
+                    m[k * d + q] = s * mkp + c * mkq;
+                }
+                for k in 0..d {
+                    let (mpk, mqk) = (m[p * d + k], m[q * d + k]);
+                    m[p * d + k] = c * mpk - s * mqk;
+                    m[q * d + k] = s * mpk + c * mqk;
+                }
+                for k in 0..d {
+                    let (vkp, vkq) = (v[k * d + p], v[k * d + q]);
+                    v[k * d + p] = c * vkp - s * vkq;
+                    v[k * d + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&a, &b| m[b * d + b].total_cmp(&m[a * d + a]));
+    let values = order.iter().map(|&i| m[i * d + i]).collect();
+    let vectors = order
+        .iter()
+        .map(|&i| (0..d).map(|k| v[k * d + i]).collect())
+        .collect();
+    (values, vectors)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +197,20 @@ mod tests {
             }
         }
         assert!(spd_inverse(&[1.0, 2.0, 2.0, 1.0], 2).is_none());
+    }
+
+    #[test]
+    fn eigen_decomposition_rebuilds_the_matrix() {
+        let a = [4.0, 1.0, 0.5, 1.0, 3.0, 0.2, 0.5, 0.2, 2.0];
+        let (values, vectors) = symmetric_eigen(&a, 3);
+        assert!(values.windows(2).all(|w| w[0] >= w[1]), "{values:?}");
+        for i in 0..3 {
+            for j in 0..3 {
+                let v: f64 = (0..3)
+                    .map(|k| values[k] * vectors[k][i] * vectors[k][j])
+                    .sum();
+                assert!((v - a[i * 3 + j]).abs() < 1e-12, "{i},{j}: {v}");
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! distribution. The bulk work runs on burn (`engine`), the p-values in f64 on
 //! the host (`stats`). Scoring blocks; `Scorer` runs on its own thread.
 
+pub mod band;
 pub mod confidence;
 mod drift;
 pub mod engine;
@@ -12,6 +13,7 @@ pub mod linalg;
 mod multivariate;
 pub mod ood;
 mod output;
+pub mod reconstruction;
 pub mod stats;
 mod worker;
 
@@ -23,6 +25,7 @@ pub use engine::{DeviceInfo, Engine};
 pub use frame::{Frame, Schema};
 pub use worker::ScoringHandle;
 
+use crate::config::MultivariateMethod;
 use crate::event::TelemetryEvent;
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +128,8 @@ pub struct Reference {
     pub confidence: confidence::Fitted,
     /// What the multivariate detector compares against, when it is enabled.
     pub multivariate: Option<multivariate::Fitted>,
+    /// What the reconstruction-error detector compares against, when enabled.
+    pub reconstruction: Option<reconstruction::Fitted>,
     /// Out-of-distribution fits, one per vector space the reference has.
     pub ood: Vec<ood::Fitted>,
 }
@@ -149,9 +154,16 @@ impl Reference {
                 "reference_rows": f.reference_rows,
             })).collect::<Vec<_>>(),
             "multivariate": self.multivariate.as_ref().map(|m| serde_json::json!({
+                "method": "mmd",
                 "sigma": m.sigma(),
                 "rows": m.rows(),
-            })),
+            })).or_else(|| self.reconstruction.as_ref().map(|r| serde_json::json!({
+                "method": "pca",
+                "components": r.pca.components.len(),
+                "explained": r.pca.explained,
+                "band": r.band,
+                "rows": r.per_row.len(),
+            }))),
         })
     }
 }
@@ -191,9 +203,16 @@ impl Scorer {
             detectors.push(Box::new(ood::OutOfDistribution));
         }
         if config.multivariate.enabled {
-            detectors.push(Box::new(multivariate::MultivariateDrift {
-                config: config.multivariate.clone(),
-            }));
+            match config.multivariate.method {
+                MultivariateMethod::Mmd => {
+                    detectors.push(Box::new(multivariate::MultivariateDrift {
+                        config: config.multivariate.clone(),
+                    }))
+                }
+                MultivariateMethod::Pca => {
+                    detectors.push(Box::new(reconstruction::ReconstructionDrift))
+                }
+            }
         }
         Self {
             engine,
@@ -232,8 +251,14 @@ impl Scorer {
             })
             .collect();
         let confidence = confidence::fit(&frame, window_rows, &self.config.confidence);
-        let multivariate = if self.config.multivariate.enabled {
-            multivariate::fit(&self.engine, &frame, &self.config.multivariate)?
+        let mv = &self.config.multivariate;
+        let multivariate = if mv.enabled && mv.method == MultivariateMethod::Mmd {
+            multivariate::fit(&self.engine, &frame, mv)?
+        } else {
+            None
+        };
+        let reconstruction = if mv.enabled && mv.method == MultivariateMethod::Pca {
+            reconstruction::fit(&self.engine, &frame, mv, window_rows)?
         } else {
             None
         };
@@ -250,6 +275,7 @@ impl Scorer {
             discrete,
             confidence,
             multivariate,
+            reconstruction,
             ood,
         }))
     }

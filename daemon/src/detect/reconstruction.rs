@@ -1,0 +1,227 @@
+//! Multivariate drift, the cheap way (NannyML's data-reconstruction
+//! detector): standardise the rows by the reference, keep the principal
+//! components that explain `pca_variance` of the reference's variance, and
+//! score a window by the mean distance between its rows and their
+//! reconstruction from those components. A change in how features move
+//! together leaves rows off the reference's subspace and the error grows.
+//! The band the mean error is judged against comes from the reference
+//! itself: leave-one-out reference windows of the live size where there are
+//! enough of them, else cross-fitted per-row errors over sqrt(window size).
+
+use super::band::Band;
+use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, linalg};
+use crate::config::MultivariateConfig;
+
+/// A standardiser and the retained principal axes.
+#[derive(Debug, Clone)]
+pub struct Pca {
+    pub mean: Vec<f64>,
+    pub scale: Vec<f64>,
+    /// Unit principal axes, one row each, largest variance first.
+    pub components: Vec<Vec<f64>>,
+    /// Share of the variance the kept components explain.
+    pub explained: f64,
+}
+
+/// `StandardScaler` then `PCA(n_components=variance)` as scikit-learn fits
+/// them: population standard deviations, and the fewest components whose
+/// cumulative explained-variance ratio exceeds `variance`.
+pub fn fit_pca(rows: &[Vec<f64>], variance: f64) -> Option<Pca> {
+    let n = rows.len();
+    let d = rows.first()?.len();
+    if n < 2 || d == 0 {
+        return None;
+    }
+    let nf = n as f64;
+    let mean: Vec<f64> = (0..d)
+        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / nf)
+        .collect();
+    let scale: Vec<f64> = (0..d)
+        .map(|j| {
+            let var = rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / nf;
+            // scikit-learn leaves a constant column unscaled.
+            if var > 0.0 { var.sqrt() } else { 1.0 }
+        })
+        .collect();
+    let z = standardise(rows, &mean, &scale);
+    let mut cov = vec![0.0f64; d * d];
+    for r in &z {
+        for a in 0..d {
+            for b in a..d {
+                cov[a * d + b] += r[a] * r[b];
+            }
+        }
+    }
+    for a in 0..d {
+        for b in a..d {
+            cov[a * d + b] /= nf - 1.0;
+            cov[b * d + a] = cov[a * d + b];
+        }
+    }
+    let (values, vectors) = linalg::symmetric_eigen(&cov, d);
+    let total: f64 = values.iter().map(|v| v.max(0.0)).sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut cumulative = 0.0;
+    let mut k = 0;
+    for v in &values {
+        if cumulative / total > variance {
+            break;
+        }
+        cumulative += v.max(0.0);
+        k += 1;
+    }
+    Some(Pca {
+        mean,
+        scale,
+        components: vectors.into_iter().take(k.max(1)).collect(),
+        explained: cumulative / total,
+    })
+}
+
+fn standardise(rows: &[Vec<f64>], mean: &[f64], scale: &[f64]) -> Vec<Vec<f64>> {
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(mean)
+                .zip(scale)
+                .map(|((v, m), s)| (v - m) / s)
+                .collect()
+        })
+        .collect()
+}
+
+/// Each row's reconstruction error under `pca`, on the device.
+pub fn errors(engine: &Engine, pca: &Pca, rows: &[Vec<f64>]) -> Result<Vec<f64>, DetectError> {
+    engine.reconstruction_errors(&standardise(rows, &pca.mean, &pca.scale), &pca.components)
+}
+
+/// The reference side, fitted once per model.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    /// `embedding` or `numeric_features`.
+    pub feature: &'static str,
+    pub pca: Pca,
+    /// Cross-fitted per-row errors of the reference, for the analytic band.
+    pub per_row: Vec<f64>,
+    /// From leave-one-out reference windows of the live size, when enough.
+    pub band: Option<Band>,
+}
+
+impl Fitted {
+    pub fn band_for(&self, m: usize) -> Option<Band> {
+        match &self.band {
+            Some(b) if b.window_rows == m => Some(b.clone()),
+            _ => Band::analytic(&self.per_row, m),
+        }
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+fn without(rows: &[Vec<f64>], part: std::ops::Range<usize>) -> Vec<Vec<f64>> {
+    rows[..part.start]
+        .iter()
+        .chain(&rows[part.end..])
+        .cloned()
+        .collect()
+}
+
+pub fn fit(
+    engine: &Engine,
+    frame: &Frame,
+    config: &MultivariateConfig,
+    window_rows: usize,
+) -> Result<Option<Fitted>, DetectError> {
+    let (feature, vectors) = frame.vectors();
+    let rows = &vectors[..vectors.len().min(config.max_reference)];
+    let d = rows.first().map_or(0, Vec::len);
+    let folds = 5;
+    if d < 2 || rows.len() < 10 * folds || rows.iter().any(|r| r.len() != d) {
+        return Ok(None);
+    }
+    let Some(pca) = fit_pca(rows, config.pca_variance) else {
+        return Ok(None);
+    };
+    let n = rows.len();
+    let mut per_row = Vec::with_capacity(n);
+    for f in 0..folds {
+        let part = f * n / folds..(f + 1) * n / folds;
+        let Some(p) = fit_pca(&without(rows, part.clone()), config.pca_variance) else {
+            return Ok(None);
+        };
+        per_row.extend(errors(engine, &p, &rows[part])?);
+    }
+    let k = n.checked_div(window_rows).unwrap_or(0);
+    let band = if k >= config.min_band_windows.max(2) {
+        let mut values = Vec::with_capacity(k);
+        for i in 0..k {
+            let part = i * window_rows..(i + 1) * window_rows;
+            let Some(p) = fit_pca(&without(rows, part.clone()), config.pca_variance) else {
+                return Ok(None);
+            };
+            values.push(mean(&errors(engine, &p, &rows[part])?));
+        }
+        Some(Band::from_windows(&values, window_rows))
+    } else {
+        None
+    };
+    Ok(Some(Fitted {
+        feature,
+        pca,
+        per_row,
+        band,
+    }))
+}
+
+pub struct ReconstructionDrift;
+
+impl Detector for ReconstructionDrift {
+    fn name(&self) -> &'static str {
+        "multivariate_drift"
+    }
+
+    fn score(
+        &self,
+        engine: &Engine,
+        reference: &Reference,
+        window: &Frame,
+    ) -> Result<Vec<Score>, DetectError> {
+        let Some(fitted) = &reference.reconstruction else {
+            return Ok(Vec::new());
+        };
+        let d = fitted.pca.mean.len();
+        let rows: Vec<Vec<f64>> = window
+            .vectors()
+            .1
+            .iter()
+            .filter(|r| r.len() == d)
+            .cloned()
+            .collect();
+        let Some(band) = fitted.band_for(rows.len()) else {
+            return Ok(Vec::new());
+        };
+        let value = mean(&errors(engine, &fitted.pca, &rows)?);
+        Ok(vec![Score {
+            detector: self.name().to_string(),
+            family: Family::Drift,
+            feature: fitted.feature.into(),
+            test: "pca_reconstruction".into(),
+            statistic: value,
+            p_value: band.upper_tail(value),
+            n_reference: fitted.per_row.len(),
+            n_window: rows.len(),
+            method: format!(
+                "components={}/{} explained={:.3}; {}",
+                fitted.pca.components.len(),
+                d,
+                fitted.pca.explained,
+                band.describe()
+            ),
+            effect: None,
+        }])
+    }
+}
