@@ -1016,3 +1016,57 @@ fn pca_reconstruction_sees_what_the_marginals_miss() {
     let other = pca(&events(150, 1.0, 5000));
     assert!(other.method.contains("analytic"), "{other:?}");
 }
+
+/// On small windows an effect size is noisy even on clean data; the gate's
+/// threshold rises to mean + 3 sd of its values on leave-one-out reference
+/// windows of the live size, and stays at the configured 0.1 where windows
+/// are large enough for the effect to be steady.
+#[test]
+fn effect_thresholds_are_calibrated_on_reference_windows() {
+    use rand::{Rng, SeedableRng};
+    let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 26).unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut events = |n: usize| -> Vec<TelemetryEvent> {
+        (0..n)
+            .map(|_| {
+                let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                serde_json::from_value(serde_json::json!({
+                    "model": "m", "ts": "2026-01-01T00:00:00Z",
+                    "features": {"a": (z * 1e3).round() / 1e3},
+                }))
+                .unwrap()
+            })
+            .collect()
+    };
+    let reference = events(12_000);
+    let window = events(100);
+    let small = scorer.fit("m", &reference, &[], 100).unwrap();
+    let band = small.effect_bands.get("a").expect("windows of 100");
+    // 120 fit; the first 30 are scored.
+    assert_eq!((band.windows, band.window_rows), (30, 100));
+    let floor = band.mean + 3.0 * band.sd;
+    assert!(floor > 0.1, "wasserstein of 100 rows is noisy: {band:?}");
+    let score = scorer.score(&small, &window).unwrap().scores;
+    let a = score.iter().find(|s| s.feature == "a").unwrap();
+    let effect = a.effect.clone().expect("gating effect on 12,000 rows");
+    close("calibrated threshold", effect.threshold, floor, 1e-12);
+    assert!(
+        a.method.contains("mean+3sd of 30 reference windows"),
+        "{a:?}"
+    );
+    // The calibration is stored with the reference.
+    assert_eq!(small.calibration()["effect_sizes"]["a"]["windows"], 30);
+    // Windows of 2,000 rows: the noise floor sits below 0.1, which stands.
+    let large = scorer.fit("m", &reference, &[], 2000).unwrap();
+    let band = large.effect_bands.get("a").expect("6 windows of 2,000");
+    assert!(band.mean + 3.0 * band.sd < 0.1, "{band:?}");
+    let score = scorer.score(&large, &events(2000)).unwrap().scores;
+    let a = score.iter().find(|s| s.feature == "a").unwrap();
+    assert_eq!(a.effect.as_ref().unwrap().threshold, 0.1);
+    assert!(!a.method.contains("reference windows"), "{a:?}");
+    // A window of another size than the calibration keeps the configured one.
+    let score = scorer.score(&small, &events(150)).unwrap().scores;
+    let a = score.iter().find(|s| s.feature == "a").unwrap();
+    assert_eq!(a.effect.as_ref().unwrap().threshold, 0.1);
+}

@@ -93,9 +93,21 @@ pub struct DriftConfig {
     /// The effect-size threshold of every feature without its own.
     #[serde(default = "default_effect_threshold")]
     pub effect_threshold: f64,
+    /// Raise a gating effect size's threshold to mean + 3 sd of its values
+    /// on leave-one-out reference windows of the live size, where higher:
+    /// an effect that noisy on clean windows is no evidence of drift.
+    #[serde(default = "default_true")]
+    pub calibrate: bool,
+    /// Reference windows needed for that calibration.
+    #[serde(default = "default_effect_band_windows")]
+    pub min_band_windows: usize,
     /// Overrides by feature name (every model) or by `model/feature`, which wins.
     #[serde(default)]
     pub features: BTreeMap<String, FeatureDrift>,
+}
+
+const fn default_effect_band_windows() -> usize {
+    5
 }
 
 const fn default_large_reference() -> usize {
@@ -110,6 +122,8 @@ impl Default for DriftConfig {
         Self {
             large_reference: default_large_reference(),
             effect_threshold: default_effect_threshold(),
+            calibrate: true,
+            min_band_windows: default_effect_band_windows(),
             features: BTreeMap::new(),
         }
     }

@@ -5,6 +5,18 @@ use serde::Serialize;
 
 use super::stats;
 
+/// At most this many reference windows are scored for a band: each costs
+/// a refit or a pass over the rest of the reference, and 30 values pin a
+/// mean and spread down well enough.
+pub const MAX_WINDOWS: usize = 30;
+
+/// How many non-overlapping windows of `window_rows` a reference of `n`
+/// rows gives a band, `None` below `min`.
+pub fn windows(n: usize, window_rows: usize, min: usize) -> Option<usize> {
+    let k = n.checked_div(window_rows)?.min(MAX_WINDOWS);
+    (k >= min.max(2)).then_some(k)
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Band {
     pub mean: f64,
@@ -33,8 +45,10 @@ impl Band {
         }
     }
 
-    /// The mean of `m` independent draws from `per_row`: its spread is the
-    /// per-row spread over sqrt(m). `None` with fewer than two rows.
+    /// The mean of `m` new independent draws like `per_row`, against the
+    /// mean of `per_row` itself: its spread is the per-row spread times
+    /// sqrt(1/m + 1/n), the second term for the reference mean's own error.
+    /// `None` with fewer than two rows.
     pub fn analytic(per_row: &[f64], m: usize) -> Option<Self> {
         let n = per_row.len();
         if n < 2 || m == 0 {
@@ -44,7 +58,7 @@ impl Band {
         let var = per_row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
         Some(Self {
             mean,
-            sd: (var / m as f64).sqrt(),
+            sd: (var * (1.0 / m as f64 + 1.0 / n as f64)).sqrt(),
             windows: 0,
             window_rows: m,
             method: "analytic",

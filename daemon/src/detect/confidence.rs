@@ -87,8 +87,7 @@ pub fn fit(frame: &Frame, window_rows: usize, config: &ConfidenceConfig) -> Fitt
         Some(iso) => columns.max.iter().map(|p| iso.predict(*p)).collect(),
         None => columns.max.clone(),
     };
-    let k = n.checked_div(window_rows).unwrap_or(0);
-    let band = (k >= config.min_band_windows.max(2)).then(|| {
+    let band = super::band::windows(n, window_rows, config.min_band_windows).map(|k| {
         // Each reference window scored as a live one would be, against a
         // calibration that never saw it.
         let values: Vec<f64> = (0..k)

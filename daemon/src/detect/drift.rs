@@ -2,6 +2,10 @@ use super::{
     DISCRETE_VALUES, DetectError, Detector, Effect, Engine, Family, Frame, Reference, Score,
     chi2_score, ks_scores, stats,
 };
+use std::collections::BTreeMap;
+
+use super::Schema;
+use super::band::Band;
 use crate::config::{DriftConfig, DriftTest, EffectSize, FeatureDrift as Settings, Gate};
 
 /// Per-feature input drift. By default (the statistics note's choice): KS on
@@ -21,69 +25,188 @@ enum Columns<'a> {
     Labels(&'a [String], &'a [String]),
 }
 
+/// What a feature's effect size will be: which statistic, the configured
+/// threshold, and whether it gates.
+struct Plan {
+    choice: EffectSize,
+    threshold: f64,
+    gating: bool,
+}
+
+fn plan(config: &DriftConfig, settings: &Settings, n_reference: usize, chi2: bool) -> Option<Plan> {
+    let threshold = settings.effect_threshold.unwrap_or(config.effect_threshold);
+    let gating = match settings.gate.unwrap_or(Gate::Auto) {
+        Gate::Auto => n_reference > config.large_reference,
+        Gate::Always => true,
+        Gate::Never => false,
+    };
+    let choice = match settings.effect.unwrap_or(EffectSize::Auto) {
+        // Outside its gate the default effect is not computed: small
+        // references are judged on the p-value alone.
+        EffectSize::Auto if !gating => return None,
+        EffectSize::Auto if chi2 => EffectSize::JensenShannon,
+        EffectSize::Auto => EffectSize::Wasserstein,
+        EffectSize::None => return None,
+        other => other,
+    };
+    Some(Plan {
+        choice,
+        threshold,
+        gating,
+    })
+}
+
+fn effect_value(choice: EffectSize, columns: &Columns) -> (&'static str, f64) {
+    let binned = || match columns {
+        Columns::Numeric(r, c) => {
+            let (cr, cc, _) = stats::bin_numeric(r, c);
+            (cr, cc)
+        }
+        Columns::Labels(r, c) => stats::bin_categorical(r, c),
+    };
+    match choice {
+        EffectSize::Wasserstein => match columns {
+            Columns::Numeric(r, c) => (
+                "wasserstein_normalised",
+                stats::wasserstein_normalised(r, c),
+            ),
+            // Categories have no distance between them.
+            Columns::Labels(..) => {
+                let (cr, cc) = binned();
+                ("jensen_shannon", stats::jensen_shannon(&cr, &cc))
+            }
+        },
+        EffectSize::Psi => {
+            let (cr, cc) = binned();
+            ("psi", stats::psi(&cr, &cc))
+        }
+        EffectSize::Hellinger => {
+            let (cr, cc) = binned();
+            ("hellinger", stats::hellinger(&cr, &cc))
+        }
+        _ => {
+            let (cr, cc) = binned();
+            ("jensen_shannon", stats::jensen_shannon(&cr, &cc))
+        }
+    }
+}
+
+/// How far a gating effect size moves between clean windows of the live
+/// size: per feature, its value on each non-overlapping reference window
+/// against the rest of the reference. A feature whose effect size is that
+/// noisy at this window size needs more than the configured threshold
+/// before it counts as real, so its threshold is raised to mean + 3 sd of
+/// these values (NannyML's band) where that is higher.
+pub fn calibrate(
+    config: &DriftConfig,
+    model: &str,
+    schema: &Schema,
+    frame: &Frame,
+    discrete: &[bool],
+    window_rows: usize,
+) -> BTreeMap<String, Band> {
+    let mut bands = BTreeMap::new();
+    if !config.calibrate || window_rows == 0 {
+        return bands;
+    }
+    let windows = |n: usize| super::band::windows(n, window_rows, config.min_band_windows);
+    for (i, name) in schema.numeric.iter().enumerate() {
+        let settings = config.resolve(model, name);
+        let col = &frame.numeric[i];
+        let chi2 = use_chi2(&settings, discrete[i]);
+        let (Some(p), Some(k)) = (plan(config, &settings, col.len(), chi2), windows(col.len()))
+        else {
+            continue;
+        };
+        if !p.gating {
+            continue;
+        }
+        let values: Vec<f64> = (0..k)
+            .map(|j| {
+                let part = j * window_rows..(j + 1) * window_rows;
+                let rest: Vec<f64> = col[..part.start]
+                    .iter()
+                    .chain(&col[part.end..])
+                    .copied()
+                    .collect();
+                effect_value(p.choice, &Columns::Numeric(&rest, &col[part])).1
+            })
+            .collect();
+        bands.insert(name.clone(), Band::from_windows(&values, window_rows));
+    }
+    for (i, name) in schema.categorical.iter().enumerate() {
+        let settings = config.resolve(model, name);
+        let col = &frame.categorical[i];
+        let (Some(p), Some(k)) = (plan(config, &settings, col.len(), true), windows(col.len()))
+        else {
+            continue;
+        };
+        if !p.gating {
+            continue;
+        }
+        let values: Vec<f64> = (0..k)
+            .map(|j| {
+                let part = j * window_rows..(j + 1) * window_rows;
+                let rest: Vec<String> = col[..part.start]
+                    .iter()
+                    .chain(&col[part.end..])
+                    .cloned()
+                    .collect();
+                effect_value(p.choice, &Columns::Labels(&rest, &col[part])).1
+            })
+            .collect();
+        bands.insert(name.clone(), Band::from_windows(&values, window_rows));
+    }
+    bands
+}
+
+fn use_chi2(settings: &Settings, discrete: bool) -> bool {
+    match settings.test.unwrap_or(DriftTest::Auto) {
+        DriftTest::Auto => discrete,
+        DriftTest::Ks => false,
+        DriftTest::Chi2 => true,
+    }
+}
+
 impl FeatureDrift {
     fn effect(
         &self,
+        reference: &Reference,
+        feature: &str,
         settings: &Settings,
         columns: &Columns,
         n_reference: usize,
         chi2: bool,
-    ) -> Option<Effect> {
-        let threshold = settings
-            .effect_threshold
-            .unwrap_or(self.config.effect_threshold);
-        let gating = match settings.gate.unwrap_or(Gate::Auto) {
-            Gate::Auto => n_reference > self.config.large_reference,
-            Gate::Always => true,
-            Gate::Never => false,
-        };
-        let choice = match settings.effect.unwrap_or(EffectSize::Auto) {
-            // Outside its gate the default effect is not computed: small
-            // references are judged on the p-value alone.
-            EffectSize::Auto if !gating => return None,
-            EffectSize::Auto if chi2 => EffectSize::JensenShannon,
-            EffectSize::Auto => EffectSize::Wasserstein,
-            EffectSize::None => return None,
-            other => other,
-        };
-        let binned = || match columns {
-            Columns::Numeric(r, c) => {
-                let (cr, cc, _) = stats::bin_numeric(r, c);
-                (cr, cc)
-            }
-            Columns::Labels(r, c) => stats::bin_categorical(r, c),
-        };
-        let (name, value) = match choice {
-            EffectSize::Wasserstein => match columns {
-                Columns::Numeric(r, c) => (
-                    "wasserstein_normalised",
-                    stats::wasserstein_normalised(r, c),
-                ),
-                // Categories have no distance between them.
-                Columns::Labels(..) => {
-                    let (cr, cc) = binned();
-                    ("jensen_shannon", stats::jensen_shannon(&cr, &cc))
-                }
+    ) -> Option<(Effect, Option<Band>)> {
+        let p = plan(&self.config, settings, n_reference, chi2)?;
+        let (name, value) = effect_value(p.choice, columns);
+        // The calibrated floor holds for windows of the size it was cut at.
+        let band = reference
+            .effect_bands
+            .get(feature)
+            .filter(|b| b.window_rows == columns.window_len())
+            .cloned();
+        let floor = band
+            .as_ref()
+            .map_or(f64::NEG_INFINITY, |b| b.mean + 3.0 * b.sd);
+        Some((
+            Effect {
+                name: name.into(),
+                value,
+                threshold: p.threshold.max(floor),
+                gating: p.gating,
             },
-            EffectSize::Psi => {
-                let (cr, cc) = binned();
-                ("psi", stats::psi(&cr, &cc))
-            }
-            EffectSize::Hellinger => {
-                let (cr, cc) = binned();
-                ("hellinger", stats::hellinger(&cr, &cc))
-            }
-            _ => {
-                let (cr, cc) = binned();
-                ("jensen_shannon", stats::jensen_shannon(&cr, &cc))
-            }
-        };
-        Some(Effect {
-            name: name.into(),
-            value,
-            threshold,
-            gating,
-        })
+            band.filter(|_| floor > p.threshold),
+        ))
+    }
+}
+
+impl Columns<'_> {
+    fn window_len(&self) -> usize {
+        match self {
+            Columns::Numeric(_, c) => c.len(),
+            Columns::Labels(_, c) => c.len(),
+        }
     }
 }
 
@@ -120,11 +243,7 @@ impl Detector for FeatureDrift {
             .iter()
             .map(|f| self.config.resolve(model, f))
             .collect();
-        let use_chi2 = |i: usize| match settings[i].test.unwrap_or(DriftTest::Auto) {
-            DriftTest::Auto => reference.discrete[i],
-            DriftTest::Ks => false,
-            DriftTest::Chi2 => true,
-        };
+        let use_chi2 = |i: usize| use_chi2(&settings[i], reference.discrete[i]);
         // Every KS column in one device pass.
         let pairs = numeric
             .iter()
@@ -145,7 +264,14 @@ impl Detector for FeatureDrift {
                 .position(|n| *n == s.feature)
                 .unwrap_or_default();
             let columns = Columns::Numeric(&reference.frame.numeric[i], &window.numeric[i]);
-            let effect = self.effect(&settings[i], &columns, s.n_reference, false);
+            let effect = self.effect(
+                reference,
+                &s.feature.clone(),
+                &settings[i],
+                &columns,
+                s.n_reference,
+                false,
+            );
             annotate(s, effect, &columns);
         }
         // Numeric features tested as categories: their values are the labels.
@@ -161,7 +287,8 @@ impl Detector for FeatureDrift {
             if let Some(mut s) = chi2_score(engine, self.name(), Family::Drift, name, &r, &c)? {
                 s.method = format!("{} numeric<={DISCRETE_VALUES}values", s.method);
                 let columns = Columns::Numeric(&reference.frame.numeric[i], &window.numeric[i]);
-                let effect = self.effect(&settings[i], &columns, s.n_reference, true);
+                let effect =
+                    self.effect(reference, name, &settings[i], &columns, s.n_reference, true);
                 annotate(&mut s, effect, &columns);
                 scores.push(s);
             }
@@ -171,7 +298,7 @@ impl Detector for FeatureDrift {
             if let Some(mut s) = chi2_score(engine, self.name(), Family::Drift, name, r, c)? {
                 let settings = self.config.resolve(model, name);
                 let columns = Columns::Labels(r, c);
-                let effect = self.effect(&settings, &columns, s.n_reference, true);
+                let effect = self.effect(reference, name, &settings, &columns, s.n_reference, true);
                 annotate(&mut s, effect, &columns);
                 scores.push(s);
             }
@@ -182,24 +309,29 @@ impl Detector for FeatureDrift {
 
 /// Attaches the effect and names, in the score's method, the binning it was
 /// computed on and whether it gates.
-fn annotate(s: &mut Score, effect: Option<Effect>, columns: &Columns) {
-    if let Some(e) = &effect {
-        let binned = e.name != "wasserstein_normalised";
-        s.method = format!(
-            "{}; effect {}{}{}",
-            s.method,
-            e.name,
-            if binned {
-                format!(" bins={}", binning_note(columns))
-            } else {
-                String::new()
-            },
-            if e.gating {
-                ""
-            } else {
-                " (recorded, not gating)"
-            }
-        );
-    }
-    s.effect = effect;
+fn annotate(s: &mut Score, effect: Option<(Effect, Option<Band>)>, columns: &Columns) {
+    let Some((e, band)) = effect else {
+        return;
+    };
+    let binned = e.name != "wasserstein_normalised";
+    s.method = format!(
+        "{}; effect {}{}{}{}",
+        s.method,
+        e.name,
+        if binned {
+            format!(" bins={}", binning_note(columns))
+        } else {
+            String::new()
+        },
+        match band {
+            Some(b) => format!(" threshold=mean+3sd of {} reference windows", b.windows),
+            None => String::new(),
+        },
+        if e.gating {
+            ""
+        } else {
+            " (recorded, not gating)"
+        }
+    );
+    s.effect = Some(e);
 }

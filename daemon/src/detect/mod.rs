@@ -124,6 +124,8 @@ pub struct Reference {
     /// Per numeric feature: at most `DISCRETE_VALUES` distinct reference
     /// values, so tested as categories (chi-squared) rather than by KS.
     pub discrete: Vec<bool>,
+    /// Per feature, the band of its gating effect size on reference windows.
+    pub effect_bands: std::collections::BTreeMap<String, band::Band>,
     /// Per-request confidence of the reference, its calibration and band.
     pub confidence: confidence::Fitted,
     /// What the multivariate detector compares against, when it is enabled.
@@ -144,6 +146,7 @@ impl Reference {
                 "labelled": self.confidence.labelled,
                 "isotonic": self.confidence.calibration.is_some(),
             },
+            "effect_sizes": self.effect_bands,
             "out_of_distribution": self.ood.iter().map(|f| serde_json::json!({
                 "space": f.space,
                 "dimensions": f.mean.len(),
@@ -240,7 +243,7 @@ impl Scorer {
             tracing::warn!(model, features = ?schema.mixed, "features of mixed type are not scored");
         }
         let frame = Frame::build(events, &schema, classes);
-        let discrete = frame
+        let discrete: Vec<bool> = frame
             .numeric
             .iter()
             .map(|col| {
@@ -250,6 +253,14 @@ impl Scorer {
                 v.len() <= DISCRETE_VALUES
             })
             .collect();
+        let effect_bands = drift::calibrate(
+            &self.config.drift,
+            model,
+            &schema,
+            &frame,
+            &discrete,
+            window_rows,
+        );
         let confidence = confidence::fit(&frame, window_rows, &self.config.confidence);
         let mv = &self.config.multivariate;
         let multivariate = if mv.enabled && mv.method == MultivariateMethod::Mmd {
@@ -273,6 +284,7 @@ impl Scorer {
             classes: classes.to_vec(),
             frame,
             discrete,
+            effect_bands,
             confidence,
             multivariate,
             reconstruction,

@@ -146,6 +146,16 @@ pub fn fit(
     let Some(pca) = fit_pca(rows, config.pca_variance) else {
         return Ok(None);
     };
+    // Keeping every axis rebuilds every row exactly: nothing to measure
+    // (independent features end here; the per-feature tests cover them).
+    if pca.components.len() >= d {
+        tracing::info!(
+            feature,
+            dimensions = d,
+            "pca keeps every dimension at this variance share; no reconstruction score"
+        );
+        return Ok(None);
+    }
     let n = rows.len();
     let mut per_row = Vec::with_capacity(n);
     for f in 0..folds {
@@ -155,8 +165,7 @@ pub fn fit(
         };
         per_row.extend(errors(engine, &p, &rows[part])?);
     }
-    let k = n.checked_div(window_rows).unwrap_or(0);
-    let band = if k >= config.min_band_windows.max(2) {
+    let band = if let Some(k) = super::band::windows(n, window_rows, config.min_band_windows) {
         let mut values = Vec::with_capacity(k);
         for i in 0..k {
             let part = i * window_rows..(i + 1) * window_rows;
