@@ -218,3 +218,61 @@ fn multivariate_detectors_stay_within_the_false_alarm_rate() {
         );
     }
 }
+
+/// A deeper measurement than CI can afford (5,000 windows per setting, about
+/// a minute): `cargo test --release --test alarm_rates -- --ignored --nocapture`
+/// prints the PCA method's clean-window alarm rate at three alphas for its
+/// analytic band (500 reference rows / windows of 100, and the default
+/// 1,000 / 500) and its reference-window band (2,000 / 100).
+#[test]
+#[ignore = "a measurement; run on demand"]
+fn pca_false_alarm_rates_in_depth() {
+    let alphas = [0.05, 0.01, 0.001];
+    for (rows, window_rows) in [(500usize, 100usize), (2000, 100), (1000, 500)] {
+        let config = DetectConfig {
+            multivariate: MultivariateConfig {
+                enabled: true,
+                method: MultivariateMethod::Pca,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let scorer =
+            Scorer::with_config(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap(), &config);
+        let mut rng = StdRng::seed_from_u64(1234);
+        let (mut counts, mut n) = ([0usize; 3], 0usize);
+        for _ in 0..250 {
+            let reference: Vec<TelemetryEvent> =
+                (0..rows).map(|_| correlated_event(&mut rng)).collect();
+            let fitted = scorer.fit("m", &reference, &[], window_rows).unwrap();
+            for _ in 0..20 {
+                let window: Vec<TelemetryEvent> = (0..window_rows)
+                    .map(|_| correlated_event(&mut rng))
+                    .collect();
+                let p = scorer
+                    .score(&fitted, &window)
+                    .unwrap()
+                    .scores
+                    .into_iter()
+                    .find(|s| s.detector == "multivariate_drift")
+                    .unwrap()
+                    .p_value;
+                n += 1;
+                for (c, a) in counts.iter_mut().zip(alphas) {
+                    *c += usize::from(p < a);
+                }
+            }
+        }
+        let rates: Vec<String> = alphas
+            .iter()
+            .zip(counts)
+            .map(|(a, c)| format!("alpha {a}: {:.4}", c as f64 / n as f64))
+            .collect();
+        eprintln!(
+            "pca, {rows} reference rows, windows of {window_rows}, {n} windows: {}",
+            rates.join(", ")
+        );
+        // Loose: within 1.5x of nominal at alpha 0.01.
+        assert!((counts[1] as f64 / n as f64) < 0.015, "{rates:?}");
+    }
+}
