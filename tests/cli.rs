@@ -59,6 +59,13 @@ fn demo_prints_alerts_for_its_scheduled_episodes_and_exits_0() {
             3,
             5,
         ),
+        (
+            "image-classifier",
+            "out_of_distribution",
+            "embedding",
+            8,
+            10,
+        ),
     ];
     for (model, detector, feature, from, to) in episodes {
         assert_eq!(

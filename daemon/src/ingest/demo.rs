@@ -50,7 +50,7 @@ pub const FLEET: [SimModel; 3] = [
     },
 ];
 
-pub const EPISODES: [Episode; 3] = [
+pub const EPISODES: [Episode; 4] = [
     Episode {
         model: "fraud-scorer",
         what: "input drift: transaction amounts 2.5x larger",
@@ -68,6 +68,12 @@ pub const EPISODES: [Episode; 3] = [
         what: "output anomaly: 'car' predicted for most inputs",
         from: 3,
         to: 5,
+    },
+    Episode {
+        model: "image-classifier",
+        what: "adversarial inputs: 1 in 10 embeddings off the learned manifold",
+        from: 8,
+        to: 10,
     },
 ];
 
@@ -103,11 +109,23 @@ fn softmax(logits: &[f64]) -> Vec<f64> {
     e.iter().map(|x| (x / s * 1e6).round() / 1e6).collect()
 }
 
-fn in_episode(model: &str, window: i64) -> bool {
+fn in_episode(model: &str, window: i64, what: &str) -> bool {
     EPISODES
         .iter()
-        .any(|e| e.model == model && (e.from..=e.to).contains(&window))
+        .any(|e| e.model == model && e.what.starts_with(what) && (e.from..=e.to).contains(&window))
 }
+
+/// How the demo image model's 8-d embedding follows its two latent factors.
+const EMBEDDING_LOADINGS: [(f64, f64); 8] = [
+    (1.0, 0.0),
+    (0.7, 0.7),
+    (0.0, 1.0),
+    (-0.6, 0.8),
+    (0.9, -0.4),
+    (0.3, 0.3),
+    (-0.5, -0.5),
+    (0.2, -0.9),
+];
 
 /// One simulated event of `model` as its JSON payload; `i` counts that model's events.
 fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> serde_json::Value {
@@ -116,7 +134,8 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
     } else {
         ((i - REFERENCE_SIZE) / WINDOW_SIZE) as i64
     };
-    let shifted = in_episode(model.name, window);
+    let shifted = in_episode(model.name, window, "");
+    let mut embedding = None;
     let (features, probs) = match model.name {
         "fraud-scorer" => {
             let amount = (3.5 + 0.8 * normal(rng)).exp() * if shifted { 2.5 } else { 1.0 };
@@ -144,9 +163,26 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
         _ => {
             let brightness = (0.5 + 0.15 * normal(rng)).clamp(0.0, 1.0);
             let mut logits: Vec<f64> = (0..4).map(|_| 2.0 * normal(rng)).collect();
-            if shifted && rng.random::<f64>() < 0.7 {
+            if in_episode(model.name, window, "output") && rng.random::<f64>() < 0.7 {
                 logits[3] += 8.0;
             }
+            let (u, v) = (normal(rng), normal(rng));
+            let mut e: Vec<f64> = EMBEDDING_LOADINGS
+                .iter()
+                .map(|(a, b)| a * u + b * v + 0.2 * normal(rng))
+                .collect();
+            // Crafted inputs: each coordinate stays in its usual range, but
+            // half of them turn against the factors they follow.
+            if in_episode(model.name, window, "adversarial") && rng.random::<f64>() < 0.1 {
+                for x in e.iter_mut().skip(4) {
+                    *x = -*x;
+                }
+            }
+            embedding = Some(
+                e.iter()
+                    .map(|x| (x * 1000.0).round() / 1000.0)
+                    .collect::<Vec<f64>>(),
+            );
             (
                 json!({"brightness": (brightness * 1000.0).round() / 1000.0}),
                 softmax(&logits),
@@ -160,6 +196,7 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
         "request_id": format!("{}-{i}", model.name),
         "client_id": format!("client-{}", rng.random_range(0..20)),
         "features": features,
+        "embedding": embedding,
         "output": {"probabilities": probs},
     })
 }
