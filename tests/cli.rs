@@ -331,6 +331,28 @@ fn score_command_prints_every_score_and_backfills() {
         table.lines().any(|l| l.contains(" 8 ") && l.contains("x1")),
         "second backfill continues at window 5: {table}"
     );
+    // Values JSON cannot hold (NaN, overflowing numbers) are refused with the
+    // file and line, before any scoring.
+    for (i, bad) in [r#""x1":NaN"#, r#""x1":1e999"#].iter().enumerate() {
+        let path = dir.join(format!("bad{i}.ndjson"));
+        let line = all[300].replacen(r#""x1":"#, &format!("{bad},\"x0\":"), 1);
+        std::fs::write(&path, format!("{}\n{line}\n", all[301])).unwrap();
+        let out = Command::new(daemon_binary())
+            .args(["score", "--reference"])
+            .arg(&reference)
+            .arg("--current")
+            .arg(&path)
+            .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad} accepted");
+        assert!(
+            stderr.contains(&format!("bad{i}.ndjson:2")) && stderr.contains("not valid json"),
+            "{stderr}"
+        );
+    }
 }
 
 /// `modelwatch run --file` on the embedded store: windows of 100 events,
