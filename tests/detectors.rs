@@ -892,6 +892,8 @@ fn per_feature_choices_are_applied_and_recorded() {
         effect = "psi"
         effect_threshold = 10.0
         gate = "always"
+        bins = "values"
+        epsilon = 0.001
         [detect.drift.features.country]
         effect = "hellinger"
         gate = "never"
@@ -931,7 +933,10 @@ fn per_feature_choices_are_applied_and_recorded() {
         ("psi", 10.0, true)
     );
     assert!(
-        amount.score.method.contains("effect psi bins=sturges"),
+        amount
+            .score
+            .method
+            .contains("effect psi bins=values epsilon=0.001"),
         "{amount:?}"
     );
     assert_eq!(amount.score.test, "ks");
@@ -941,9 +946,19 @@ fn per_feature_choices_are_applied_and_recorded() {
             .map(|e| e.features["amount"].as_number().unwrap())
             .collect()
     };
-    let (cr, cc, binning) = stats::bin_numeric(&column(&reference), &column(&window));
-    assert_eq!(binning, stats::Binning::Sturges);
-    close("recorded psi", effect.value, stats::psi(&cr, &cc), 1e-12);
+    let (r, c) = (column(&reference), column(&window));
+    let (cr, cc, binning) = stats::bin_numeric_as(&r, &c, Some(stats::Binning::Values));
+    assert_eq!(binning, stats::Binning::Values);
+    close(
+        "recorded psi",
+        effect.value,
+        stats::psi_with_epsilon(&cr, &cc, Some(0.001)),
+        1e-12,
+    );
+    // Not what the defaults would give: the choices took effect.
+    let (dr, dc, default_binning) = stats::bin_numeric(&r, &c);
+    assert_eq!(default_binning, stats::Binning::Sturges);
+    assert!((stats::psi(&dr, &dc) - effect.value).abs() > 1e-6);
     // Significant, and a large PSI, but short of the configured 10.
     assert!(amount.score.p_value < amount.threshold, "{amount:?}");
     assert!(effect.value > 0.25 && effect.value < 10.0, "{effect:?}");

@@ -139,6 +139,8 @@ impl DriftConfig {
                 out.effect = f.effect.or(out.effect);
                 out.effect_threshold = f.effect_threshold.or(out.effect_threshold);
                 out.gate = f.gate.or(out.gate);
+                out.bins = f.bins.or(out.bins);
+                out.epsilon = f.epsilon.or(out.epsilon);
             }
         }
         out
@@ -156,6 +158,24 @@ pub struct FeatureDrift {
     pub effect_threshold: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<Gate>,
+    /// Bins of binned effect sizes (PSI, Jensen-Shannon, Hellinger) on
+    /// numeric features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bins: Option<Bins>,
+    /// The proportion PSI gives an empty bin (default: 1e-4, or the smallest
+    /// nonzero proportion / 1e6 when that is at most 1e-4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bins {
+    /// Sturges edges over the pooled sample with more than 20 distinct
+    /// reference values, else one bin per value.
+    Auto,
+    Sturges,
+    Values,
 }
 
 /// The hypothesis test of a feature.
@@ -1010,6 +1030,13 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "reference.size must be at least 2".into(),
             ));
+        }
+        for (key, f) in &self.detect.drift.features {
+            if let Some(e) = f.epsilon.filter(|e| !(*e > 0.0 && *e < 1.0)) {
+                return Err(ConfigError::Invalid(format!(
+                    "detect.drift.features.{key}.epsilon must lie in (0, 1), got {e}"
+                )));
+            }
         }
         let v = self.detect.multivariate.pca_variance;
         if !(v > 0.0 && v < 1.0) {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::Schema;
 use super::band::Band;
-use crate::config::{DriftConfig, DriftTest, EffectSize, FeatureDrift as Settings, Gate};
+use crate::config::{Bins, DriftConfig, DriftTest, EffectSize, FeatureDrift as Settings, Gate};
 
 /// Per-feature input drift. By default (the statistics note's choice): KS on
 /// numeric features, chi-squared on categorical ones and on numeric ones
@@ -56,10 +56,18 @@ fn plan(config: &DriftConfig, settings: &Settings, n_reference: usize, chi2: boo
     })
 }
 
-fn effect_value(choice: EffectSize, columns: &Columns) -> (&'static str, f64) {
+fn bin_rule(settings: &Settings) -> Option<stats::Binning> {
+    match settings.bins.unwrap_or(Bins::Auto) {
+        Bins::Auto => None,
+        Bins::Sturges => Some(stats::Binning::Sturges),
+        Bins::Values => Some(stats::Binning::Values),
+    }
+}
+
+fn effect_value(choice: EffectSize, settings: &Settings, columns: &Columns) -> (&'static str, f64) {
     let binned = || match columns {
         Columns::Numeric(r, c) => {
-            let (cr, cc, _) = stats::bin_numeric(r, c);
+            let (cr, cc, _) = stats::bin_numeric_as(r, c, bin_rule(settings));
             (cr, cc)
         }
         Columns::Labels(r, c) => stats::bin_categorical(r, c),
@@ -78,7 +86,7 @@ fn effect_value(choice: EffectSize, columns: &Columns) -> (&'static str, f64) {
         },
         EffectSize::Psi => {
             let (cr, cc) = binned();
-            ("psi", stats::psi(&cr, &cc))
+            ("psi", stats::psi_with_epsilon(&cr, &cc, settings.epsilon))
         }
         EffectSize::Hellinger => {
             let (cr, cc) = binned();
@@ -129,7 +137,7 @@ pub fn calibrate(
                     .chain(&col[part.end..])
                     .copied()
                     .collect();
-                effect_value(p.choice, &Columns::Numeric(&rest, &col[part])).1
+                effect_value(p.choice, &settings, &Columns::Numeric(&rest, &col[part])).1
             })
             .collect();
         bands.insert(name.clone(), Band::from_windows(&values, window_rows));
@@ -152,7 +160,7 @@ pub fn calibrate(
                     .chain(&col[part.end..])
                     .cloned()
                     .collect();
-                effect_value(p.choice, &Columns::Labels(&rest, &col[part])).1
+                effect_value(p.choice, &settings, &Columns::Labels(&rest, &col[part])).1
             })
             .collect();
         bands.insert(name.clone(), Band::from_windows(&values, window_rows));
@@ -179,7 +187,7 @@ impl FeatureDrift {
         chi2: bool,
     ) -> Option<(Effect, Option<Band>)> {
         let p = plan(&self.config, settings, n_reference, chi2)?;
-        let (name, value) = effect_value(p.choice, columns);
+        let (name, value) = effect_value(p.choice, settings, columns);
         // The calibrated floor holds for windows of the size it was cut at.
         let band = reference
             .effect_bands
@@ -210,12 +218,14 @@ impl Columns<'_> {
     }
 }
 
-fn binning_note(columns: &Columns) -> &'static str {
-    match columns {
+fn binning_note(columns: &Columns, settings: &Settings) -> &'static str {
+    match (columns, bin_rule(settings)) {
+        (Columns::Labels(..), _) => "categories",
+        (_, Some(stats::Binning::Sturges)) => "sturges",
+        (_, Some(_)) => "values",
         // `stats::bin_numeric`'s rule.
-        Columns::Numeric(r, _) if distinct_over(r, 20) => "sturges",
-        Columns::Numeric(..) => "values",
-        Columns::Labels(..) => "categories",
+        (Columns::Numeric(r, _), None) if distinct_over(r, 20) => "sturges",
+        (Columns::Numeric(..), None) => "values",
     }
 }
 
@@ -272,7 +282,7 @@ impl Detector for FeatureDrift {
                 s.n_reference,
                 false,
             );
-            annotate(s, effect, &columns);
+            annotate(s, effect, &columns, &settings[i]);
         }
         // Numeric features tested as categories: their values are the labels.
         for (i, name) in numeric.iter().enumerate() {
@@ -289,7 +299,7 @@ impl Detector for FeatureDrift {
                 let columns = Columns::Numeric(&reference.frame.numeric[i], &window.numeric[i]);
                 let effect =
                     self.effect(reference, name, &settings[i], &columns, s.n_reference, true);
-                annotate(&mut s, effect, &columns);
+                annotate(&mut s, effect, &columns, &settings[i]);
                 scores.push(s);
             }
         }
@@ -299,7 +309,7 @@ impl Detector for FeatureDrift {
                 let settings = self.config.resolve(model, name);
                 let columns = Columns::Labels(r, c);
                 let effect = self.effect(reference, name, &settings, &columns, s.n_reference, true);
-                annotate(&mut s, effect, &columns);
+                annotate(&mut s, effect, &columns, &settings);
                 scores.push(s);
             }
         }
@@ -309,19 +319,29 @@ impl Detector for FeatureDrift {
 
 /// Attaches the effect and names, in the score's method, the binning it was
 /// computed on and whether it gates.
-fn annotate(s: &mut Score, effect: Option<(Effect, Option<Band>)>, columns: &Columns) {
+fn annotate(
+    s: &mut Score,
+    effect: Option<(Effect, Option<Band>)>,
+    columns: &Columns,
+    settings: &Settings,
+) {
     let Some((e, band)) = effect else {
         return;
     };
     let binned = e.name != "wasserstein_normalised";
     s.method = format!(
-        "{}; effect {}{}{}{}",
+        "{}; effect {}{}{}{}{}",
         s.method,
         e.name,
         if binned {
-            format!(" bins={}", binning_note(columns))
+            format!(" bins={}", binning_note(columns, settings))
         } else {
             String::new()
+        },
+        match (e.name.as_str(), settings.epsilon) {
+            ("psi", Some(eps)) => format!(" epsilon={eps}"),
+            ("psi", None) => " epsilon=1e-4-rule".to_string(),
+            _ => String::new(),
         },
         match band {
             Some(b) => format!(" threshold=mean+3sd of {} reference windows", b.windows),

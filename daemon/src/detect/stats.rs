@@ -382,10 +382,23 @@ pub enum Binning {
 
 /// Bin counts of a numeric column pair, as the statistics note defines them.
 pub fn bin_numeric(r: &[f64], c: &[f64]) -> (Vec<u64>, Vec<u64>, Binning) {
-    let mut distinct: Vec<f64> = r.to_vec();
-    distinct.sort_by(f64::total_cmp);
-    distinct.dedup();
-    if distinct.len() > 20 {
+    bin_numeric_as(r, c, None)
+}
+
+/// `bin_numeric` with the rule forced (`Some(Binning::Sturges)` or
+/// `Some(Binning::Values)`), or chosen by the distinct reference values.
+pub fn bin_numeric_as(
+    r: &[f64],
+    c: &[f64],
+    rule: Option<Binning>,
+) -> (Vec<u64>, Vec<u64>, Binning) {
+    let sturges = rule.map(|b| b == Binning::Sturges).unwrap_or_else(|| {
+        let mut distinct: Vec<f64> = r.to_vec();
+        distinct.sort_by(f64::total_cmp);
+        distinct.dedup();
+        distinct.len() > 20
+    });
+    if sturges {
         let pooled: Vec<f64> = r.iter().chain(c).copied().collect();
         let edges = sturges_edges(&pooled);
         (histogram(r, &edges), histogram(c, &edges), Binning::Sturges)
@@ -471,6 +484,12 @@ fn proportions(counts: &[u64]) -> Vec<f64> {
 /// Population stability index. An empty bin gets epsilon = 1e-4, or the
 /// smallest nonzero proportion / 1e6 when that is itself at most 1e-4.
 pub fn psi(reference: &[u64], current: &[u64]) -> f64 {
+    psi_with_epsilon(reference, current, None)
+}
+
+/// PSI with the proportion an empty bin gets set, or (`None`) by the rule
+/// above.
+pub fn psi_with_epsilon(reference: &[u64], current: &[u64], epsilon: Option<f64>) -> f64 {
     let (pr, pc) = (proportions(reference), proportions(current));
     let smallest = pr
         .iter()
@@ -478,11 +497,11 @@ pub fn psi(reference: &[u64], current: &[u64]) -> f64 {
         .copied()
         .filter(|&p| p > 0.0)
         .fold(f64::INFINITY, f64::min);
-    let eps = if smallest <= 1e-4 {
+    let eps = epsilon.unwrap_or(if smallest <= 1e-4 {
         smallest / 1e6
     } else {
         1e-4
-    };
+    });
     pr.iter()
         .zip(&pc)
         .map(|(&a, &b)| {
