@@ -94,9 +94,9 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
         "incidents outside the shift: {other:?}"
     );
 
-    // Every window has all twelve scores and exactly WINDOW events: KS on
-    // x1, x2 and chi2 on the segment; KS and Welch on max probability,
-    // margin and entropy; expected accuracy; class mix; out of distribution.
+    // Every window has all eight scores and exactly WINDOW events: KS on
+    // x1, x2 and chi2 on the segment; KS and Welch on the max probability
+    // (two classes); expected accuracy; class mix; out of distribution.
     let rows = sqlx::query("SELECT seq, n_events, (SELECT COUNT(*) FROM scores s WHERE s.window_seq = w.seq) AS k FROM windows w ORDER BY seq")
         .fetch_all(&pool)
         .await
@@ -105,7 +105,7 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(r.get::<i64, _>("seq"), i as i64);
         assert_eq!(r.get::<i64, _>("n_events"), WINDOW as i64, "window {i}");
-        assert_eq!(r.get::<i64, _>("k"), 12, "scores of window {i}");
+        assert_eq!(r.get::<i64, _>("k"), 8, "scores of window {i}");
     }
     let alert =
         sqlx::query("SELECT severity, status, p_value, threshold, state::text AS ev FROM alerts")
@@ -218,7 +218,7 @@ async fn killed_daemon_restarts_without_loss_or_duplicates() {
         .await
         .unwrap()
         .get("n");
-    assert_eq!(scores, 12 * windows as i64);
+    assert_eq!(scores, 8 * windows as i64);
     let expected: Vec<(i64, String)> = (3..6).map(|w| (w, "x1".to_string())).collect();
     assert_eq!(
         alert_cells(&pool).await,

@@ -16,12 +16,15 @@ pub struct Columns {
     pub margin: Vec<f64>,
     pub entropy: Vec<f64>,
     pub correct: Vec<Option<bool>>,
+    /// The longest probability vector seen.
+    pub classes: usize,
 }
 
 impl Columns {
     pub fn of(frame: &Frame) -> Self {
         let mut c = Columns::default();
         for (p, correct) in frame.probabilities.iter().zip(&frame.correct) {
+            c.classes = c.classes.max(p.len());
             if let Some((max, margin, entropy)) = stats::confidence(p) {
                 c.max.push(max);
                 c.margin.push(margin);
@@ -139,11 +142,17 @@ impl Detector for ConfidenceShift {
         if fitted.columns.max.is_empty() || current.max.is_empty() {
             return Ok(Vec::new());
         }
-        let aspects = [
+        let mut aspects = vec![
             ("max_probability", &fitted.columns.max, &current.max),
             ("margin", &fitted.columns.margin, &current.margin),
             ("entropy", &fitted.columns.entropy, &current.entropy),
         ];
+        // With two classes margin (2 max - 1) and entropy are monotone
+        // functions of the max probability: the same KS statistic, the same
+        // information, and two more pages for one event.
+        if fitted.columns.classes.max(current.classes) <= 2 {
+            aspects.truncate(1);
+        }
         let mut scores = ks_scores(
             engine,
             self.name(),
