@@ -107,6 +107,23 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
         assert_eq!(r.get::<i64, _>("n_events"), WINDOW as i64, "window {i}");
         assert_eq!(r.get::<i64, _>("k"), 8, "scores of window {i}");
     }
+    // The class mix's Jensen-Shannon distance is recorded beside its test,
+    // not gating on a reference this small.
+    let mix = sqlx::query(
+        "SELECT effect_name, effect_value, effect_gating FROM scores WHERE detector = 'output_distribution' LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        mix.get::<Option<String>, _>("effect_name").as_deref(),
+        Some("jensen_shannon")
+    );
+    assert!(
+        mix.get::<Option<f64>, _>("effect_value")
+            .is_some_and(|v| v >= 0.0)
+    );
+    assert_eq!(mix.get::<Option<bool>, _>("effect_gating"), Some(false));
     let alert =
         sqlx::query("SELECT severity, status, p_value, threshold, state::text AS ev FROM alerts")
             .fetch_one(&pool)

@@ -3,9 +3,9 @@ use super::{
     Reference, Score, chi2_score, ks_scores, stats,
 };
 
-/// Output distribution: chi-squared on the mix of predicted classes, and KS
-/// on regression outputs; on large references the Jensen-Shannon distance
-/// of the class mix (normalised Wasserstein of the regression output) must
+/// Output distribution: chi-squared on the mix of predicted classes with its
+/// Jensen-Shannon distance, and KS on regression outputs with their
+/// normalised Wasserstein distance; on large references the distance must
 /// pass its threshold too.
 pub struct OutputDistribution;
 
@@ -35,29 +35,28 @@ impl Detector for OutputDistribution {
                 &window.regression,
             )],
         )?;
+        // The distance is always recorded beside the test (the class mix's
+        // Jensen-Shannon distance is what dashboards plot); it gates only on
+        // large references.
         for s in &mut scores {
-            if s.n_reference > LARGE_REFERENCE {
-                let (cr, cc) = stats::bin_categorical(r, c);
-                s.effect = Some(Effect {
-                    name: "jensen_shannon".into(),
-                    value: stats::jensen_shannon(&cr, &cc),
-                    threshold: EFFECT_THRESHOLD,
-                    gating: true,
-                });
-            }
+            let (cr, cc) = stats::bin_categorical(r, c);
+            s.effect = Some(Effect {
+                name: "jensen_shannon".into(),
+                value: stats::jensen_shannon(&cr, &cc),
+                threshold: EFFECT_THRESHOLD,
+                gating: s.n_reference > LARGE_REFERENCE,
+            });
         }
         for s in &mut regression {
-            if s.n_reference > LARGE_REFERENCE {
-                s.effect = Some(Effect {
-                    name: "wasserstein_normalised".into(),
-                    value: stats::wasserstein_normalised(
-                        &reference.frame.regression,
-                        &window.regression,
-                    ),
-                    threshold: EFFECT_THRESHOLD,
-                    gating: true,
-                });
-            }
+            s.effect = Some(Effect {
+                name: "wasserstein_normalised".into(),
+                value: stats::wasserstein_normalised(
+                    &reference.frame.regression,
+                    &window.regression,
+                ),
+                threshold: EFFECT_THRESHOLD,
+                gating: s.n_reference > LARGE_REFERENCE,
+            });
         }
         scores.extend(regression);
         Ok(scores)

@@ -61,8 +61,8 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         5,
-        "reference_calibration",
-        include_str!("../../../migrations/postgres/0005_reference_calibration.sql"),
+        "calibration",
+        include_str!("../../../migrations/postgres/0005_calibration.sql"),
     ),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -88,8 +88,8 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         5,
-        "reference_calibration",
-        include_str!("../../../migrations/sqlite/0005_reference_calibration.sql"),
+        "calibration",
+        include_str!("../../../migrations/sqlite/0005_calibration.sql"),
     ),
 ];
 
@@ -401,8 +401,8 @@ impl Store {
                         "INSERT INTO scores (model, model_version, window_seq, detector, feature, family, test,
                                              method, value, p_value, threshold, n_reference, n_window,
                                              window_start, window_end, created_at, effect_name, effect_value,
-                                             effect_threshold)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+                                             effect_threshold, effect_gating)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
                          ON CONFLICT (model, model_version, window_seq, detector, feature) DO NOTHING",
                     )
                     .bind(&v.model)
@@ -424,6 +424,7 @@ impl Store {
                     .bind(s.effect.as_ref().map(|e| e.name.as_str()))
                     .bind(s.effect.as_ref().map(|e| e.value))
                     .bind(s.effect.as_ref().map(|e| e.threshold))
+                    .bind(s.effect.as_ref().map(|e| e.gating))
                     .execute(&mut *tx)
                     .await?;
 

@@ -3,3 +3,6 @@
 -- is fitted so that the thresholds behind a score can be read back.
 ALTER TABLE model_references ADD COLUMN calibration JSONB;
 ALTER TABLE model_references ADD COLUMN calibrated_at TIMESTAMPTZ;
+-- Whether a score's effect size had to pass its threshold for it to alert
+-- (false: recorded beside the test only).
+ALTER TABLE scores ADD COLUMN effect_gating BOOLEAN;
