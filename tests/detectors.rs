@@ -817,6 +817,17 @@ fn out_of_distribution_requests_are_counted_where_marginals_see_nothing() {
         "most of the 5% are caught: {ood:?}"
     );
     assert!(ood.crossed.is_some(), "{ood:?}");
+    // The evidence names the farthest requests, and they are flipped ones.
+    assert_eq!(ood.score.examples.len(), 5, "{ood:?}");
+    for e in &ood.score.examples {
+        let id: usize = e
+            .strip_prefix('r')
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{e}"));
+        assert!((5000..5020).contains(&id), "{e} was not flipped");
+        assert!(e.contains(" distance="), "{e}");
+    }
     assert!(
         judged
             .iter()

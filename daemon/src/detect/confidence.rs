@@ -175,6 +175,7 @@ impl Detector for ConfidenceShift {
                     n_window: c.len(),
                     method: format!("t={:.4} df={:.1}", w.statistic, w.df),
                     effect: None,
+                    examples: Vec::new(),
                 });
             }
         }
@@ -199,6 +200,7 @@ impl Detector for ConfidenceShift {
                 n_window: m,
                 method: format!("{} labelled={}", band.describe(), fitted.labelled),
                 effect: None,
+                examples: Vec::new(),
             });
         }
         Ok(scores)

@@ -63,6 +63,35 @@ pub struct Frame {
     /// Each event's numeric features in schema order, where all are present
     /// (incomplete rows are left out).
     pub feature_rows: Vec<Vec<f64>>,
+    /// Who sent each of `embeddings` and of `feature_rows`.
+    pub embedding_senders: Vec<Sender>,
+    pub feature_row_senders: Vec<Sender>,
+}
+
+/// The request and client ids of one event, for evidence.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sender {
+    pub request_id: Option<String>,
+    pub client_id: Option<String>,
+}
+
+impl Sender {
+    fn of(e: &TelemetryEvent) -> Self {
+        Self {
+            request_id: e.request_id.clone(),
+            client_id: e.client_id.clone(),
+        }
+    }
+
+    /// `req-17 client=shop-3`, or `-` when the event named neither.
+    pub fn label(&self) -> String {
+        match (&self.request_id, &self.client_id) {
+            (Some(r), Some(c)) => format!("{r} client={c}"),
+            (Some(r), None) => r.clone(),
+            (None, Some(c)) => format!("client={c}"),
+            (None, None) => "-".into(),
+        }
+    }
 }
 
 impl Frame {
@@ -101,6 +130,7 @@ impl Frame {
             }
             if schema.numeric.len() >= 2 && row.len() == schema.numeric.len() {
                 f.feature_rows.push(row);
+                f.feature_row_senders.push(Sender::of(e));
             }
             for (i, name) in schema.categorical.iter().enumerate() {
                 if let Some(v) = e.features.get(name).and_then(FeatureValue::as_category) {
@@ -132,8 +162,9 @@ impl Frame {
             if let Some(v) = e.output.score.filter(|v| v.is_finite()) {
                 f.regression.push(v);
             }
-            if let Some(e) = &e.embedding {
-                f.embeddings.push(e.clone());
+            if let Some(v) = &e.embedding {
+                f.embeddings.push(v.clone());
+                f.embedding_senders.push(Sender::of(e));
             }
         }
         f

@@ -77,6 +77,11 @@ pub struct Score {
     /// threshold: p-values of big samples flag every tiny shift.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effect: Option<Effect>,
+    /// The requests behind the statistic, most telling first, where it is
+    /// made of requests (`req-17 client=shop-3 distance=9.41`): what an
+    /// analyst looks at first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<String>,
 }
 
 /// An effect size and the threshold it must reach for its score to alert.
@@ -361,6 +366,7 @@ fn ks_scores(
                     stats::KsMethod::Asymptotic => "asymptotic".into(),
                 },
                 effect: None,
+                examples: Vec::new(),
             }
         })
         .collect())
@@ -398,5 +404,6 @@ fn chi2_score(
         n_window: window.len(),
         method: format!("chi2 dof={}", result.dof),
         effect: None,
+        examples: Vec::new(),
     }))
 }

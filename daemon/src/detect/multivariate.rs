@@ -136,6 +136,7 @@ impl Detector for MultivariateDrift {
             n_window: current.len(),
             method: format!("permutations={} sigma={:.6}", r.permutations, r.sigma),
             effect: None,
+            examples: Vec::new(),
         }])
     }
 }

@@ -9,7 +9,11 @@
 //! against the reference's with Fisher's exact test, so the estimate of the
 //! quantile itself is accounted for.
 
+use super::frame::Sender;
 use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, linalg, stats};
+
+/// How many of the farthest requests a score names.
+const EXAMPLES: usize = 5;
 use crate::config::OodConfig;
 
 /// One vector space (features or embedding) fitted on the reference.
@@ -115,17 +119,35 @@ impl Detector for OutOfDistribution {
     ) -> Result<Vec<Score>, DetectError> {
         let mut scores = Vec::new();
         for fitted in &reference.ood {
-            let rows = match fitted.space {
-                "features" => &window.feature_rows,
-                _ => &window.embeddings,
+            let (rows, senders) = match fitted.space {
+                "features" => (&window.feature_rows, &window.feature_row_senders),
+                _ => (&window.embeddings, &window.embedding_senders),
             };
             let d = fitted.mean.len();
-            let rows: Vec<Vec<f64>> = rows.iter().filter(|r| r.len() == d).cloned().collect();
+            let (rows, senders): (Vec<Vec<f64>>, Vec<&Sender>) = rows
+                .iter()
+                .zip(senders)
+                .filter(|(r, _)| r.len() == d)
+                .map(|(r, s)| (r.clone(), s))
+                .unzip();
             if rows.is_empty() {
                 continue;
             }
             let distances = engine.mahalanobis(&rows, &fitted.mean, &fitted.precision)?;
             let k = distances.iter().filter(|v| **v > fitted.threshold).count();
+            // The farthest requests past the line, for the analyst.
+            let mut beyond: Vec<(f64, &Sender)> = distances
+                .iter()
+                .zip(senders)
+                .filter(|(v, _)| **v > fitted.threshold)
+                .map(|(v, s)| (*v, s))
+                .collect();
+            beyond.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let examples = beyond
+                .iter()
+                .take(EXAMPLES)
+                .map(|(v, s)| format!("{} distance={v:.3}", s.label()))
+                .collect();
             let m = rows.len();
             scores.push(Score {
                 detector: self.name().to_string(),
@@ -150,6 +172,7 @@ impl Detector for OutOfDistribution {
                     fitted.reference_rows
                 ),
                 effect: None,
+                examples,
             });
         }
         Ok(scores)

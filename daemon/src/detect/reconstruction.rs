@@ -231,6 +231,7 @@ impl Detector for ReconstructionDrift {
                 band.describe()
             ),
             effect: None,
+            examples: Vec::new(),
         }])
     }
 }

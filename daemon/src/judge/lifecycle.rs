@@ -77,6 +77,10 @@ pub struct Evidence {
     /// The model's most significant crossings in the latest bad window.
     pub top_features: Vec<(String, f64)>,
     pub sample_request_ids: Vec<String>,
+    /// The requests behind the latest crossing, where the detector names
+    /// them (the farthest out-of-distribution requests and their clients).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<String>,
     pub test: String,
     pub method: String,
     pub n_reference: usize,
@@ -221,6 +225,7 @@ pub fn step(
                     windows: vec![obs.window_evidence()],
                     top_features: obs.top_features(),
                     sample_request_ids: v.sample_request_ids.clone(),
+                    examples: s.examples.clone(),
                     test: s.test.clone(),
                     method: s.method.clone(),
                     n_reference: s.n_reference,
@@ -250,6 +255,7 @@ pub fn step(
                     a.trace_id = v.trace_id.clone().or(a.trace_id);
                     a.evidence.top_features = obs.top_features();
                     a.evidence.sample_request_ids = v.sample_request_ids.clone();
+                    a.evidence.examples = s.examples.clone();
                     if a.status == Status::Pending {
                         fire_if_due(&mut a, config, now)
                     } else {
@@ -316,6 +322,7 @@ mod tests {
             n_window: 50,
             method: "exact".into(),
             effect: None,
+            examples: Vec::new(),
         };
         let judged = Judged {
             crossed: (p < 0.01).then_some(if p < 1e-8 {

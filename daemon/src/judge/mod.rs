@@ -181,6 +181,7 @@ mod tests {
             n_window: 10,
             method: "exact".into(),
             effect: None,
+            examples: Vec::new(),
         }
     }
 

@@ -102,6 +102,11 @@ pub fn print_transition(a: &AlertState, t: Transition) {
         a.p_value,
         a.threshold,
     );
+    if t == Transition::Fired {
+        for e in &a.evidence.examples {
+            println!("      e.g. {e}");
+        }
+    }
 }
 
 pub fn log_transition(a: &AlertState, t: Transition) {

@@ -795,6 +795,7 @@ mod tests {
             n_window: 50,
             method: "exact".into(),
             effect: None,
+            examples: Vec::new(),
         };
         WindowVerdict {
             model: "m".into(),
