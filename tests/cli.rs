@@ -322,6 +322,14 @@ fn score_command_prints_every_score_and_backfills() {
             r["p_value"].as_f64().unwrap() < r["threshold"].as_f64().unwrap()
         );
     }
+    // The class mix carries its Jensen-Shannon distance (not gating on 300
+    // reference rows).
+    let mix = rows
+        .iter()
+        .find(|r| r["detector"] == "output_distribution")
+        .unwrap();
+    assert_eq!(mix["effect"]["name"], "jensen_shannon", "{mix}");
+    assert_eq!(mix["effect"]["gating"], false, "{mix}");
     // The same scores as a table, appended to the store's history.
     let out = score(&["--store"]);
     let table = String::from_utf8_lossy(&out.stdout);
