@@ -1096,3 +1096,45 @@ fn effect_thresholds_are_calibrated_on_reference_windows() {
     let a = score.iter().find(|s| s.feature == "a").unwrap();
     assert_eq!(a.effect.as_ref().unwrap().threshold, 0.1);
 }
+
+/// A changed class mix reads differently with and without a new model
+/// version: the score says which.
+#[test]
+fn output_shift_is_read_as_tampering_or_deploy_by_version() {
+    let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
+    let events = |n: usize, version: &str, yes_every: usize| -> Vec<TelemetryEvent> {
+        (0..n)
+            .map(|i| {
+                let p = if i % yes_every == 0 { 0.9 } else { 0.1 };
+                serde_json::from_value(serde_json::json!({
+                    "model": "m", "model_version": version, "ts": "2026-01-01T00:00:00Z",
+                    "output": {"probabilities": {"no": 1.0 - p, "yes": p}},
+                }))
+                .unwrap()
+            })
+            .collect()
+    };
+    let fitted = scorer.fit("m", &events(600, "v1", 4), &[], 0).unwrap();
+    let judged = |window: Vec<TelemetryEvent>| {
+        modelwatch::judge::judge(
+            &modelwatch::config::JudgeConfig::default(),
+            scorer.score(&fitted, &window).unwrap().scores,
+        )
+        .into_iter()
+        .find(|j| j.score.feature == "predicted_class")
+        .unwrap()
+    };
+    // "yes" for every second request instead of every fourth.
+    let same = judged(events(200, "v1", 2));
+    assert!(same.crossed.is_some(), "{same:?}");
+    assert!(same.score.method.contains("tampering signal"), "{same:?}");
+    let deploy = judged(events(200, "v2", 2));
+    assert!(deploy.crossed.is_some(), "{deploy:?}");
+    assert!(
+        deploy
+            .score
+            .method
+            .contains("version v2 against reference v1: a deploy change"),
+        "{deploy:?}"
+    );
+}

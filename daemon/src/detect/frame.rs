@@ -63,6 +63,9 @@ pub struct Frame {
     /// Each event's numeric features in schema order, where all are present
     /// (incomplete rows are left out).
     pub feature_rows: Vec<Vec<f64>>,
+    /// The model version every event carried, or the most common one
+    /// (`None` when no event named one).
+    pub version: Option<String>,
     /// Who sent each of `embeddings` and of `feature_rows`.
     pub embedding_senders: Vec<Sender>,
     pub feature_row_senders: Vec<Sender>,
@@ -117,8 +120,12 @@ impl Frame {
             categorical: vec![Vec::new(); schema.categorical.len()],
             ..Frame::default()
         };
+        let mut versions: std::collections::BTreeMap<String, usize> = Default::default();
         for e in events {
             f.rows += 1;
+            if let Some(v) = &e.model_version {
+                *versions.entry(v.clone()).or_default() += 1;
+            }
             // The feature row is gathered in the same pass: one map lookup
             // per feature and event is most of what building a frame costs.
             let mut row = Vec::with_capacity(schema.numeric.len());
@@ -167,6 +174,10 @@ impl Frame {
                 f.embedding_senders.push(Sender::of(e));
             }
         }
+        f.version = versions
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            .map(|(v, _)| v);
         f
     }
 }

@@ -58,6 +58,22 @@ impl Detector for OutputDistribution {
                 gating: s.n_reference > LARGE_REFERENCE,
             });
         }
+        // A changed output mix means different things with and without a
+        // new model version: a deploy regression, or someone changing what
+        // the serving model does (tampering, poisoning) behind the same
+        // version. Say which, so the page reaches the right people.
+        if let (Some(now), Some(then)) = (&window.version, &reference.frame.version) {
+            let reading = if now == then {
+                format!(
+                    "same version as the reference ({now}): a change here is a tampering signal"
+                )
+            } else {
+                format!("version {now} against reference {then}: a deploy change")
+            };
+            for s in scores.iter_mut().chain(regression.iter_mut()) {
+                s.method = format!("{}; {reading}", s.method);
+            }
+        }
         scores.extend(regression);
         Ok(scores)
     }
