@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use modelwatch::config::DeviceChoice;
-use modelwatch::detect::engine::{Engine, KsAlgorithm};
+use modelwatch::detect::engine::{Engine, KsAlgorithm, host_max_diff};
 use modelwatch::detect::{Scorer, linalg, stats};
 use modelwatch::event::TelemetryEvent;
 
@@ -32,32 +32,6 @@ fn columns(features: usize, rows: usize, shift: f64, seed: &mut u64) -> Vec<Vec<
                 .collect()
         })
         .collect()
-}
-
-/// The same integer statistic by sorting and merging on the host.
-fn host_max_diff(r: &[f64], c: &[f64]) -> u64 {
-    let mut r = r.to_vec();
-    let mut c = c.to_vec();
-    r.sort_by(f64::total_cmp);
-    c.sort_by(f64::total_cmp);
-    let (n, m) = (r.len() as i64, c.len() as i64);
-    let (mut i, mut j, mut best) = (0usize, 0usize, 0u64);
-    while i < r.len() || j < c.len() {
-        let z = match (r.get(i), c.get(j)) {
-            (Some(a), Some(b)) => a.min(*b),
-            (Some(a), None) => *a,
-            (None, Some(b)) => *b,
-            (None, None) => break,
-        };
-        while i < r.len() && r[i] <= z {
-            i += 1;
-        }
-        while j < c.len() && c[j] <= z {
-            j += 1;
-        }
-        best = best.max((i as i64 * m - j as i64 * n).unsigned_abs());
-    }
-    best
 }
 
 fn time<T>(mut f: impl FnMut() -> T) -> (Duration, T) {

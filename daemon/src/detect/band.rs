@@ -17,6 +17,77 @@ pub fn windows(n: usize, window_rows: usize, min: usize) -> Option<usize> {
     (k >= min.max(2)).then_some(k)
 }
 
+/// `rows` without `part`: what a leave-out fit trains on.
+pub fn without<T: Clone>(rows: &[T], part: std::ops::Range<usize>) -> Vec<T> {
+    rows[..part.start]
+        .iter()
+        .chain(&rows[part.end..])
+        .cloned()
+        .collect()
+}
+
+/// The `k` non-overlapping windows of `window_rows` at the start of `rows`,
+/// each scored by `score(rest, window)`; stops at the first `None` or error.
+pub fn leave_one_window_out<T: Clone, E>(
+    rows: &[T],
+    window_rows: usize,
+    k: usize,
+    mut score: impl FnMut(&[T], &[T]) -> Result<Option<f64>, E>,
+) -> Result<Option<Vec<f64>>, E> {
+    let mut values = Vec::with_capacity(k);
+    for j in 0..k {
+        let part = j * window_rows..(j + 1) * window_rows;
+        match score(&without(rows, part.clone()), &rows[part])? {
+            Some(v) => values.push(v),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(values))
+}
+
+/// Each row's value from a model fitted on the other `folds - 1` contiguous
+/// folds (`fold(train, test)` scores `test`); in-sample values of a fitted
+/// model are systematically kind to it.
+pub fn cross_fitted<T: Clone, E>(
+    rows: &[T],
+    folds: usize,
+    mut fold: impl FnMut(&[T], &[T]) -> Result<Option<Vec<f64>>, E>,
+) -> Result<Option<Vec<f64>>, E> {
+    let n = rows.len();
+    let mut out = Vec::with_capacity(n);
+    for f in 0..folds {
+        let part = f * n / folds..(f + 1) * n / folds;
+        match fold(&without(rows, part.clone()), &rows[part])? {
+            Some(v) => out.extend(v),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Mean and variance of per-request values of the reference, kept at fit
+/// time for the analytic band of any window size.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub var: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    /// `None` with fewer than two values.
+    pub fn of(per_row: &[f64]) -> Option<Self> {
+        (per_row.len() >= 2).then(|| {
+            let (mean, var) = stats::mean_var(per_row);
+            Self {
+                mean,
+                var,
+                n: per_row.len(),
+            }
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Band {
     pub mean: f64,
@@ -33,36 +104,44 @@ pub struct Band {
 impl Band {
     /// From the values of k >= 2 reference windows of `window_rows` rows.
     pub fn from_windows(values: &[f64], window_rows: usize) -> Self {
-        let k = values.len();
-        let mean = values.iter().sum::<f64>() / k as f64;
-        let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1) as f64).sqrt();
+        let (mean, var) = stats::mean_var(values);
         Self {
             mean,
-            sd,
-            windows: k,
+            sd: var.sqrt(),
+            windows: values.len(),
             window_rows,
             method: "reference-windows",
         }
     }
 
-    /// The mean of `m` new independent draws like `per_row`, against the
-    /// mean of `per_row` itself: its spread is the per-row spread times
-    /// sqrt(1/m + 1/n), the second term for the reference mean's own error.
-    /// `None` with fewer than two rows.
-    pub fn analytic(per_row: &[f64], m: usize) -> Option<Self> {
-        let n = per_row.len();
-        if n < 2 || m == 0 {
+    /// The mean of `m` new independent draws like the reference's rows,
+    /// against the reference's own mean: its spread is the per-row spread
+    /// times sqrt(1/m + 1/n), the second term for the reference mean's own
+    /// error. `None` for an empty window.
+    pub fn analytic(spread: &Spread, m: usize) -> Option<Self> {
+        if m == 0 {
             return None;
         }
-        let mean = per_row.iter().sum::<f64>() / n as f64;
-        let var = per_row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
         Some(Self {
-            mean,
-            sd: (var * (1.0 / m as f64 + 1.0 / n as f64)).sqrt(),
+            mean: spread.mean,
+            sd: (spread.var * (1.0 / m as f64 + 1.0 / spread.n as f64)).sqrt(),
             windows: 0,
             window_rows: m,
             method: "analytic",
         })
+    }
+
+    /// The band for a window of `m` rows: `calibrated` (from reference
+    /// windows) when it was cut at that size, else the analytic one.
+    pub fn for_window(
+        calibrated: Option<&Band>,
+        spread: Option<&Spread>,
+        m: usize,
+    ) -> Option<Band> {
+        match calibrated {
+            Some(b) if b.window_rows == m => Some(b.clone()),
+            _ => spread.and_then(|s| Band::analytic(s, m)),
+        }
     }
 
     /// P(a clean window's value <= `value`). A band from k reference windows

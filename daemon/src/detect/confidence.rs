@@ -4,7 +4,7 @@
 //! probability, isotonic-calibrated on the reference where the reference
 //! carries true labels) against a band set by the reference itself.
 
-use super::band::Band;
+use super::band::{Band, Spread};
 use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, ks_scores, stats};
 use crate::config::ConfidenceConfig;
 
@@ -44,8 +44,9 @@ pub struct Fitted {
     /// has at least `min_labels` true labels.
     pub calibration: Option<stats::Isotonic>,
     pub labelled: usize,
-    /// Expected accuracy of each reference request under `calibration`.
-    pub expected: Vec<f64>,
+    /// Spread of the reference's per-request expected accuracy under
+    /// `calibration`, for the analytic band.
+    pub spread: Option<Spread>,
     /// Calibrated from the reference's own windows of the live size.
     pub band: Option<Band>,
 }
@@ -67,14 +68,10 @@ fn calibrate(
         .flatten()
 }
 
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
-}
-
 fn expected_accuracy(max: &[f64], calibration: Option<&stats::Isotonic>) -> f64 {
     match calibration {
         Some(iso) => max.iter().map(|p| iso.predict(*p)).sum::<f64>() / max.len() as f64,
-        None => mean(max),
+        None => stats::mean_var(max).0,
     }
 }
 
@@ -86,9 +83,15 @@ pub fn fit(frame: &Frame, window_rows: usize, config: &ConfidenceConfig) -> Fitt
     }
     let labelled = columns.correct.iter().filter(|c| c.is_some()).count();
     let calibration = calibrate(&columns, 0..0, config.min_labels);
-    let expected: Vec<f64> = match &calibration {
-        Some(iso) => columns.max.iter().map(|p| iso.predict(*p)).collect(),
-        None => columns.max.clone(),
+    let spread = match &calibration {
+        Some(iso) => Spread::of(
+            &columns
+                .max
+                .iter()
+                .map(|p| iso.predict(*p))
+                .collect::<Vec<_>>(),
+        ),
+        None => Spread::of(&columns.max),
     };
     let band = super::band::windows(n, window_rows, config.min_band_windows).map(|k| {
         // Each reference window scored as a live one would be, against a
@@ -108,19 +111,8 @@ pub fn fit(frame: &Frame, window_rows: usize, config: &ConfidenceConfig) -> Fitt
         columns,
         calibration,
         labelled,
-        expected,
+        spread,
         band,
-    }
-}
-
-impl Fitted {
-    /// The band for a window of `m` requests: the reference windows' when
-    /// they had that size, else the per-request spread over sqrt(m).
-    pub fn band_for(&self, m: usize) -> Option<Band> {
-        match &self.band {
-            Some(b) if b.window_rows == m => Some(b.clone()),
-            _ => Band::analytic(&self.expected, m),
-        }
     }
 }
 
@@ -180,7 +172,7 @@ impl Detector for ConfidenceShift {
             }
         }
         let m = current.max.len();
-        if let Some(band) = fitted.band_for(m) {
+        if let Some(band) = Band::for_window(fitted.band.as_ref(), fitted.spread.as_ref(), m) {
             let value = expected_accuracy(&current.max, fitted.calibration.as_ref());
             // Only a drop matters: a model that got more sure is a
             // confidence shift, which the tests above report.
@@ -196,7 +188,7 @@ impl Detector for ConfidenceShift {
                 test: "band".into(),
                 statistic: value,
                 p_value: p,
-                n_reference: fitted.expected.len(),
+                n_reference: fitted.columns.max.len(),
                 n_window: m,
                 method: format!("{} labelled={}", band.describe(), fitted.labelled),
                 effect: None,

@@ -3,9 +3,10 @@ use super::{
     chi2_score, ks_scores, stats,
 };
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
 use super::Schema;
-use super::band::Band;
+use super::band::{self, Band};
 use crate::config::{Bins, DriftConfig, DriftTest, EffectSize, FeatureDrift as Settings, Gate};
 
 /// Per-feature input drift. By default (the statistics note's choice): KS on
@@ -117,53 +118,37 @@ pub fn calibrate(
     if !config.calibrate || window_rows == 0 {
         return bands;
     }
-    let windows = |n: usize| super::band::windows(n, window_rows, config.min_band_windows);
+    let windows = |n: usize| band::windows(n, window_rows, config.min_band_windows);
     for (i, name) in schema.numeric.iter().enumerate() {
         let settings = config.resolve(model, name);
         let col = &frame.numeric[i];
         let chi2 = use_chi2(&settings, discrete[i]);
-        let (Some(p), Some(k)) = (plan(config, &settings, col.len(), chi2), windows(col.len()))
-        else {
+        let gating = plan(config, &settings, col.len(), chi2).filter(|p| p.gating);
+        let (Some(p), Some(k)) = (gating, windows(col.len())) else {
             continue;
         };
-        if !p.gating {
-            continue;
+        let values = band::leave_one_window_out(col, window_rows, k, |rest, window| {
+            let columns = Columns::Numeric(rest, window);
+            Ok::<_, Infallible>(Some(effect_value(p.choice, &settings, &columns).1))
+        });
+        if let Ok(Some(values)) = values {
+            bands.insert(name.clone(), Band::from_windows(&values, window_rows));
         }
-        let values: Vec<f64> = (0..k)
-            .map(|j| {
-                let part = j * window_rows..(j + 1) * window_rows;
-                let rest: Vec<f64> = col[..part.start]
-                    .iter()
-                    .chain(&col[part.end..])
-                    .copied()
-                    .collect();
-                effect_value(p.choice, &settings, &Columns::Numeric(&rest, &col[part])).1
-            })
-            .collect();
-        bands.insert(name.clone(), Band::from_windows(&values, window_rows));
     }
     for (i, name) in schema.categorical.iter().enumerate() {
         let settings = config.resolve(model, name);
         let col = &frame.categorical[i];
-        let (Some(p), Some(k)) = (plan(config, &settings, col.len(), true), windows(col.len()))
-        else {
+        let gating = plan(config, &settings, col.len(), true).filter(|p| p.gating);
+        let (Some(p), Some(k)) = (gating, windows(col.len())) else {
             continue;
         };
-        if !p.gating {
-            continue;
+        let values = band::leave_one_window_out(col, window_rows, k, |rest, window| {
+            let columns = Columns::Labels(rest, window);
+            Ok::<_, Infallible>(Some(effect_value(p.choice, &settings, &columns).1))
+        });
+        if let Ok(Some(values)) = values {
+            bands.insert(name.clone(), Band::from_windows(&values, window_rows));
         }
-        let values: Vec<f64> = (0..k)
-            .map(|j| {
-                let part = j * window_rows..(j + 1) * window_rows;
-                let rest: Vec<String> = col[..part.start]
-                    .iter()
-                    .chain(&col[part.end..])
-                    .cloned()
-                    .collect();
-                effect_value(p.choice, &settings, &Columns::Labels(&rest, &col[part])).1
-            })
-            .collect();
-        bands.insert(name.clone(), Band::from_windows(&values, window_rows));
     }
     bands
 }

@@ -564,7 +564,7 @@ impl Engine {
 
 /// The integer KS statistic by sorting both sides in f64 and merging,
 /// comparing at each distinct value so that ties are counted together.
-fn host_max_diff(r: &[f64], c: &[f64]) -> u64 {
+pub fn host_max_diff(r: &[f64], c: &[f64]) -> u64 {
     let mut r = r.to_vec();
     let mut c = c.to_vec();
     r.sort_unstable_by(f64::total_cmp);

@@ -120,11 +120,11 @@ impl Frame {
             categorical: vec![Vec::new(); schema.categorical.len()],
             ..Frame::default()
         };
-        let mut versions: std::collections::BTreeMap<String, usize> = Default::default();
+        let mut versions: std::collections::BTreeMap<&str, usize> = Default::default();
         for e in events {
             f.rows += 1;
             if let Some(v) = &e.model_version {
-                *versions.entry(v.clone()).or_default() += 1;
+                *versions.entry(v.as_str()).or_default() += 1;
             }
             // The feature row is gathered in the same pass: one map lookup
             // per feature and event is most of what building a frame costs.
@@ -177,7 +177,7 @@ impl Frame {
         f.version = versions
             .into_iter()
             .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
-            .map(|(v, _)| v);
+            .map(|(v, _)| v.to_string());
         f
     }
 }

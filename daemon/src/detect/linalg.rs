@@ -3,6 +3,45 @@
 //! reference, so clarity beats speed here; the per-request work runs on the
 //! device.
 
+/// Per-column centring and scaling as scikit-learn's `StandardScaler`:
+/// population standard deviations, and a constant column left unscaled
+/// (dividing by ~0 would turn any later change in it into an infinity).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standardiser {
+    pub mean: Vec<f64>,
+    pub scale: Vec<f64>,
+}
+
+impl Standardiser {
+    /// Rows must be non-empty and of equal length.
+    pub fn fit(rows: &[Vec<f64>]) -> Self {
+        let d = rows[0].len();
+        let n = rows.len() as f64;
+        let mean: Vec<f64> = (0..d)
+            .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n)
+            .collect();
+        let scale = (0..d)
+            .map(|j| {
+                let var = rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / n;
+                if var > 0.0 { var.sqrt() } else { 1.0 }
+            })
+            .collect();
+        Self { mean, scale }
+    }
+
+    pub fn apply(&self, rows: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        rows.iter()
+            .map(|r| {
+                r.iter()
+                    .zip(&self.mean)
+                    .zip(&self.scale)
+                    .map(|((v, m), s)| (v - m) / s)
+                    .collect()
+            })
+            .collect()
+    }
+}
+
 /// A mean and a Ledoit-Wolf shrunk covariance, row-major `d x d`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shrunk {

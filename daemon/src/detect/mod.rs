@@ -101,12 +101,6 @@ fn gating_default() -> bool {
     true
 }
 
-/// Above this many reference rows a drift score also needs its effect size
-/// past threshold (Evidently's default choice, ../shared statistics note).
-pub const LARGE_REFERENCE: usize = 1000;
-/// The effect-size threshold for normalised Wasserstein and Jensen-Shannon.
-pub const EFFECT_THRESHOLD: f64 = 0.1;
-
 /// A numeric feature with at most this many distinct reference values is
 /// a set of categories: KS p-values on a handful of tied values are far too
 /// conservative, chi-squared is the right test (the statistics note's default).
@@ -170,7 +164,7 @@ impl Reference {
                 "components": r.pca.components.len(),
                 "explained": r.pca.explained,
                 "band": r.band,
-                "rows": r.per_row.len(),
+                "rows": r.spread.n,
             }))),
         })
     }
@@ -205,7 +199,10 @@ impl Scorer {
                 config: config.drift.clone(),
             }),
             Box::new(confidence::ConfidenceShift),
-            Box::new(output::OutputDistribution),
+            Box::new(output::OutputDistribution {
+                large_reference: config.drift.large_reference,
+                effect_threshold: config.drift.effect_threshold,
+            }),
         ];
         if config.ood.enabled {
             detectors.push(Box::new(ood::OutOfDistribution));

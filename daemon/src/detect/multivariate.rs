@@ -6,14 +6,14 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use super::linalg::Standardiser;
 use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score};
 use crate::config::MultivariateConfig;
 
 /// The reference side of the test, prepared once per model.
 #[derive(Debug, Clone)]
 pub struct Fitted {
-    mean: Vec<f64>,
-    scale: Vec<f64>,
+    scaler: Standardiser,
     rows: Vec<Vec<f64>>,
     sigma: f64,
     /// `embedding` or `numeric_features`: what the rows are.
@@ -27,18 +27,6 @@ impl Fitted {
     pub fn rows(&self) -> usize {
         self.rows.len()
     }
-}
-
-fn standardise(rows: &[Vec<f64>], mean: &[f64], scale: &[f64]) -> Vec<Vec<f64>> {
-    rows.iter()
-        .map(|r| {
-            r.iter()
-                .zip(mean)
-                .zip(scale)
-                .map(|((v, m), s)| (v - m) / s)
-                .collect()
-        })
-        .collect()
 }
 
 /// Standardises the first `max_reference` rows and fits the bandwidth; none
@@ -58,25 +46,14 @@ pub fn fit(
     if rows.len() < 10 || d < 2 || rows.iter().any(|r| r.len() != d) {
         return Ok(None);
     }
-    let n = rows.len() as f64;
-    let mean: Vec<f64> = (0..d)
-        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n)
-        .collect();
-    let scale: Vec<f64> = (0..d)
-        .map(|j| {
-            let var = rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / n;
-            // A constant dimension carries no information; keep it finite.
-            var.sqrt().max(1e-9)
-        })
-        .collect();
-    let rows = standardise(&rows, &mean, &scale);
+    let scaler = Standardiser::fit(&rows);
+    let rows = scaler.apply(&rows);
     let sigma = engine.median_bandwidth(&rows)?;
     if !(sigma.is_finite() && sigma > 0.0) {
         return Ok(None);
     }
     Ok(Some(Fitted {
-        mean,
-        scale,
+        scaler,
         rows,
         sigma,
         feature,
@@ -101,7 +78,7 @@ impl Detector for MultivariateDrift {
         let Some(fitted) = &reference.multivariate else {
             return Ok(Vec::new());
         };
-        let d = fitted.mean.len();
+        let d = fitted.scaler.mean.len();
         let current: Vec<Vec<f64>> = window
             .vectors()
             .1
@@ -112,7 +89,7 @@ impl Detector for MultivariateDrift {
         if current.len() < 2 {
             return Ok(Vec::new());
         }
-        let current = standardise(&current, &fitted.mean, &fitted.scale);
+        let current = fitted.scaler.apply(&current);
         let total = fitted.rows.len() + current.len();
         // Seeded by configuration and size: the same window always gets the
         // same p-value, on a replay too.

@@ -9,6 +9,7 @@
 //! against the reference's with Fisher's exact test, so the estimate of the
 //! quantile itself is accounted for.
 
+use super::band;
 use super::frame::Sender;
 use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, linalg, stats};
 
@@ -47,15 +48,14 @@ pub fn fit_space(
         return Ok(None);
     }
     let n = rows.len();
-    let mut held_out = Vec::with_capacity(n);
-    for f in 0..folds {
-        let (lo, hi) = (f * n / folds, (f + 1) * n / folds);
-        let train: Vec<Vec<f64>> = rows[..lo].iter().chain(&rows[hi..]).cloned().collect();
-        let Some((mean, precision, _)) = fit_covariance(&train) else {
-            return Ok(None);
-        };
-        held_out.extend(engine.mahalanobis(&rows[lo..hi], &mean, &precision)?);
-    }
+    let held_out = band::cross_fitted(rows, folds, |train, test| {
+        fit_covariance(train)
+            .map(|(mean, precision, _)| engine.mahalanobis(test, &mean, &precision))
+            .transpose()
+    })?;
+    let Some(held_out) = held_out else {
+        return Ok(None);
+    };
     let mut sorted = held_out.clone();
     sorted.sort_by(f64::total_cmp);
     let threshold = stats::quantile_sorted(&sorted, config.quantile);

@@ -1,13 +1,17 @@
 use super::{
-    DetectError, Detector, EFFECT_THRESHOLD, Effect, Engine, Family, Frame, LARGE_REFERENCE,
-    Reference, Score, chi2_score, ks_scores, stats,
+    DetectError, Detector, Effect, Engine, Family, Frame, Reference, Score, chi2_score, ks_scores,
+    stats,
 };
 
 /// Output distribution: chi-squared on the mix of predicted classes with its
 /// Jensen-Shannon distance, and KS on regression outputs with their
 /// normalised Wasserstein distance; on large references the distance must
-/// pass its threshold too.
-pub struct OutputDistribution;
+/// pass its threshold too. `[detect.drift]`'s large-reference size and effect threshold apply here
+/// too, so one setting governs every distance gate.
+pub struct OutputDistribution {
+    pub large_reference: usize,
+    pub effect_threshold: f64,
+}
 
 impl Detector for OutputDistribution {
     fn name(&self) -> &'static str {
@@ -43,8 +47,8 @@ impl Detector for OutputDistribution {
             s.effect = Some(Effect {
                 name: "jensen_shannon".into(),
                 value: stats::jensen_shannon(&cr, &cc),
-                threshold: EFFECT_THRESHOLD,
-                gating: s.n_reference > LARGE_REFERENCE,
+                threshold: self.effect_threshold,
+                gating: s.n_reference > self.large_reference,
             });
         }
         for s in &mut regression {
@@ -54,8 +58,8 @@ impl Detector for OutputDistribution {
                     &reference.frame.regression,
                     &window.regression,
                 ),
-                threshold: EFFECT_THRESHOLD,
-                gating: s.n_reference > LARGE_REFERENCE,
+                threshold: self.effect_threshold,
+                gating: s.n_reference > self.large_reference,
             });
         }
         // A changed output mix means different things with and without a

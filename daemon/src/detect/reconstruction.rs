@@ -8,15 +8,15 @@
 //! itself: leave-one-out reference windows of the live size where there are
 //! enough of them, else cross-fitted per-row errors over sqrt(window size).
 
-use super::band::Band;
-use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, linalg};
+use super::band::{self, Band, Spread};
+use super::linalg::{self, Standardiser};
+use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, stats};
 use crate::config::MultivariateConfig;
 
 /// A standardiser and the retained principal axes.
 #[derive(Debug, Clone)]
 pub struct Pca {
-    pub mean: Vec<f64>,
-    pub scale: Vec<f64>,
+    pub scaler: Standardiser,
     /// Unit principal axes, one row each, largest variance first.
     pub components: Vec<Vec<f64>>,
     /// Share of the variance the kept components explain.
@@ -33,17 +33,8 @@ pub fn fit_pca(rows: &[Vec<f64>], variance: f64) -> Option<Pca> {
         return None;
     }
     let nf = n as f64;
-    let mean: Vec<f64> = (0..d)
-        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / nf)
-        .collect();
-    let scale: Vec<f64> = (0..d)
-        .map(|j| {
-            let var = rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / nf;
-            // scikit-learn leaves a constant column unscaled.
-            if var > 0.0 { var.sqrt() } else { 1.0 }
-        })
-        .collect();
-    let z = standardise(rows, &mean, &scale);
+    let scaler = Standardiser::fit(rows);
+    let z = scaler.apply(rows);
     let mut cov = vec![0.0f64; d * d];
     for r in &z {
         for a in 0..d {
@@ -73,28 +64,15 @@ pub fn fit_pca(rows: &[Vec<f64>], variance: f64) -> Option<Pca> {
         k += 1;
     }
     Some(Pca {
-        mean,
-        scale,
+        scaler,
         components: vectors.into_iter().take(k.max(1)).collect(),
         explained: cumulative / total,
     })
 }
 
-fn standardise(rows: &[Vec<f64>], mean: &[f64], scale: &[f64]) -> Vec<Vec<f64>> {
-    rows.iter()
-        .map(|r| {
-            r.iter()
-                .zip(mean)
-                .zip(scale)
-                .map(|((v, m), s)| (v - m) / s)
-                .collect()
-        })
-        .collect()
-}
-
 /// Each row's reconstruction error under `pca`, on the device.
 pub fn errors(engine: &Engine, pca: &Pca, rows: &[Vec<f64>]) -> Result<Vec<f64>, DetectError> {
-    engine.reconstruction_errors(&standardise(rows, &pca.mean, &pca.scale), &pca.components)
+    engine.reconstruction_errors(&pca.scaler.apply(rows), &pca.components)
 }
 
 /// The reference side, fitted once per model.
@@ -103,31 +81,11 @@ pub struct Fitted {
     /// `embedding` or `numeric_features`.
     pub feature: &'static str,
     pub pca: Pca,
-    /// Cross-fitted per-row errors of the reference, for the analytic band.
-    pub per_row: Vec<f64>,
+    /// Spread of cross-fitted per-row errors of the reference, for the
+    /// analytic band.
+    pub spread: Spread,
     /// From leave-one-out reference windows of the live size, when enough.
     pub band: Option<Band>,
-}
-
-impl Fitted {
-    pub fn band_for(&self, m: usize) -> Option<Band> {
-        match &self.band {
-            Some(b) if b.window_rows == m => Some(b.clone()),
-            _ => Band::analytic(&self.per_row, m),
-        }
-    }
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
-}
-
-fn without(rows: &[Vec<f64>], part: std::ops::Range<usize>) -> Vec<Vec<f64>> {
-    rows[..part.start]
-        .iter()
-        .chain(&rows[part.end..])
-        .cloned()
-        .collect()
 }
 
 pub fn fit(
@@ -156,32 +114,26 @@ pub fn fit(
         );
         return Ok(None);
     }
-    let n = rows.len();
-    let mut per_row = Vec::with_capacity(n);
-    for f in 0..folds {
-        let part = f * n / folds..(f + 1) * n / folds;
-        let Some(p) = fit_pca(&without(rows, part.clone()), config.pca_variance) else {
-            return Ok(None);
-        };
-        per_row.extend(errors(engine, &p, &rows[part])?);
-    }
-    let band = if let Some(k) = super::band::windows(n, window_rows, config.min_band_windows) {
-        let mut values = Vec::with_capacity(k);
-        for i in 0..k {
-            let part = i * window_rows..(i + 1) * window_rows;
-            let Some(p) = fit_pca(&without(rows, part.clone()), config.pca_variance) else {
-                return Ok(None);
-            };
-            values.push(mean(&errors(engine, &p, &rows[part])?));
-        }
-        Some(Band::from_windows(&values, window_rows))
-    } else {
-        None
+    let refit = |train: &[Vec<f64>]| fit_pca(train, config.pca_variance);
+    let per_row = band::cross_fitted(rows, folds, |train, test| {
+        refit(train).map(|p| errors(engine, &p, test)).transpose()
+    })?;
+    let Some(spread) = per_row.as_deref().and_then(Spread::of) else {
+        return Ok(None);
+    };
+    let band = match band::windows(rows.len(), window_rows, config.min_band_windows) {
+        Some(k) => band::leave_one_window_out(rows, window_rows, k, |rest, window| {
+            refit(rest)
+                .map(|p| errors(engine, &p, window).map(|e| stats::mean_var(&e).0))
+                .transpose()
+        })?
+        .map(|values| Band::from_windows(&values, window_rows)),
+        None => None,
     };
     Ok(Some(Fitted {
         feature,
         pca,
-        per_row,
+        spread,
         band,
     }))
 }
@@ -202,7 +154,7 @@ impl Detector for ReconstructionDrift {
         let Some(fitted) = &reference.reconstruction else {
             return Ok(Vec::new());
         };
-        let d = fitted.pca.mean.len();
+        let d = fitted.pca.scaler.mean.len();
         let rows: Vec<Vec<f64>> = window
             .vectors()
             .1
@@ -210,10 +162,11 @@ impl Detector for ReconstructionDrift {
             .filter(|r| r.len() == d)
             .cloned()
             .collect();
-        let Some(band) = fitted.band_for(rows.len()) else {
+        let Some(band) = Band::for_window(fitted.band.as_ref(), Some(&fitted.spread), rows.len())
+        else {
             return Ok(Vec::new());
         };
-        let value = mean(&errors(engine, &fitted.pca, &rows)?);
+        let value = stats::mean_var(&errors(engine, &fitted.pca, &rows)?).0;
         Ok(vec![Score {
             detector: self.name().to_string(),
             family: Family::Drift,
@@ -221,7 +174,7 @@ impl Detector for ReconstructionDrift {
             test: "pca_reconstruction".into(),
             statistic: value,
             p_value: band.upper_tail(value),
-            n_reference: fitted.per_row.len(),
+            n_reference: fitted.spread.n,
             n_window: rows.len(),
             method: format!(
                 "components={}/{} explained={:.3}; {}",

@@ -600,6 +600,14 @@ pub fn bin_categorical(r: &[String], c: &[String]) -> (Vec<u64>, Vec<u64>) {
     (count(r), count(c))
 }
 
+/// The mean and the sample variance (n - 1) of `v`; NaN where undefined.
+pub fn mean_var(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var)
+}
+
 /// `numpy.quantile(x, q)` with its default linear interpolation; `sorted`
 /// must be in ascending order and non-empty.
 pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
