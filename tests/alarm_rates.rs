@@ -2,15 +2,14 @@
 //! stream without drift raises alarms at no more than the configured rate,
 //! and a planted shift is caught within the hysteresis it is configured with.
 
-use modelwatch::config::{
-    AlertsConfig, Correction, DetectConfig, DeviceChoice, JudgeConfig, MultivariateConfig,
-    MultivariateMethod,
-};
-use modelwatch::detect::Scorer;
 use modelwatch::detect::engine::Engine;
+use modelwatch::detect::{
+    DetectConfig, DeviceChoice, MultivariateConfig, MultivariateMethod, Scorer,
+};
 use modelwatch::event::TelemetryEvent;
 use modelwatch::judge::lifecycle::{self, Observation};
 use modelwatch::judge::{self, Transition, WindowVerdict};
+use modelwatch::judge::{AlertsConfig, Correction, JudgeConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

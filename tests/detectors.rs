@@ -2,7 +2,7 @@
 //! made by tests/fixtures/make_stats_fixtures.py), on burn's flex backend and
 //! on wgpu over a software Vulkan adapter (Mesa lavapipe).
 
-use modelwatch::config::DeviceChoice;
+use modelwatch::detect::DeviceChoice;
 use modelwatch::detect::engine::{Engine, KsAlgorithm};
 use modelwatch::detect::stats::{self, KsMethod};
 use modelwatch::detect::{Frame, Scorer, confidence, linalg, ood, reconstruction};
@@ -193,7 +193,7 @@ fn ood_parity(engine: &Engine) {
     let fx = fixtures();
     for case in fx["ood"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let config = modelwatch::config::OodConfig {
+        let config = modelwatch::detect::OodConfig {
             enabled: true,
             quantile: case["quantile"].as_f64().unwrap(),
             folds: case["folds"].as_u64().unwrap() as usize,
@@ -255,9 +255,9 @@ fn reconstruction_parity(engine: &Engine) {
             feature_rows: reference.clone(),
             ..Frame::default()
         };
-        let config = modelwatch::config::MultivariateConfig {
+        let config = modelwatch::detect::MultivariateConfig {
             enabled: true,
-            method: modelwatch::config::MultivariateMethod::Pca,
+            method: modelwatch::detect::MultivariateMethod::Pca,
             pca_variance: variance,
             min_band_windows: 5,
             ..Default::default()
@@ -397,7 +397,7 @@ fn covariance_confidence_and_calibration_match_sklearn_and_scipy() {
         };
         let (max, correct) = (floats(&case["max"]), floats(&case["correct"]));
         let rows_per_window = case["window_rows"].as_u64().unwrap() as usize;
-        let cfg = modelwatch::config::ConfidenceConfig {
+        let cfg = modelwatch::detect::ConfidenceConfig {
             min_labels: 100,
             min_band_windows: 5,
         };
@@ -663,7 +663,7 @@ fn large_references_need_an_effect_size_past_threshold() {
             .collect()
     };
     let fitted = scorer.fit("m", &events(10_000, 0.0), &[], 0).unwrap();
-    let cfg = modelwatch::config::JudgeConfig::default();
+    let cfg = modelwatch::judge::JudgeConfig::default();
     let judged = |shift: f64| {
         let scores = scorer
             .score(&fitted, &events(10_000, shift))
@@ -699,8 +699,8 @@ fn large_references_need_an_effect_size_past_threshold() {
 fn multivariate_drift_sees_what_the_marginals_miss() {
     // b follows a in the reference and turns against it in the window: each
     // feature alone keeps its distribution, the joint one does not.
-    let config = modelwatch::config::DetectConfig {
-        multivariate: modelwatch::config::MultivariateConfig {
+    let config = modelwatch::detect::DetectConfig {
+        multivariate: modelwatch::detect::MultivariateConfig {
             enabled: true,
             permutations: 300,
             ..Default::default()
@@ -792,7 +792,7 @@ fn out_of_distribution_requests_are_counted_where_marginals_see_nothing() {
     let reference: Vec<TelemetryEvent> = (0..2000).map(|i| event(i, false)).collect();
     let fitted = scorer.fit("m", &reference, &[], 0).unwrap();
     assert_eq!(fitted.ood.len(), 1, "features fitted, no embedding sent");
-    let cfg = modelwatch::config::JudgeConfig::default();
+    let cfg = modelwatch::judge::JudgeConfig::default();
     let window = |attacked: usize| -> Vec<TelemetryEvent> {
         (5000..5400)
             .map(|i| event(i, i - 5000 < attacked))
@@ -841,8 +841,8 @@ fn out_of_distribution_requests_are_counted_where_marginals_see_nothing() {
 /// the band calibrated on the reference's own windows.
 #[test]
 fn expected_accuracy_drop_is_judged_against_the_reference_band() {
-    let config = modelwatch::config::DetectConfig {
-        confidence: modelwatch::config::ConfidenceConfig {
+    let config = modelwatch::detect::DetectConfig {
+        confidence: modelwatch::detect::ConfidenceConfig {
             min_labels: 100,
             min_band_windows: 10,
         },
@@ -933,7 +933,7 @@ fn per_feature_choices_are_applied_and_recorded() {
         })
         .collect();
     let judged = modelwatch::judge::judge(
-        &modelwatch::config::JudgeConfig::default(),
+        &modelwatch::judge::JudgeConfig::default(),
         scorer.score(&fitted, &window).unwrap().scores,
     );
     let get = |f: &str| judged.iter().find(|j| j.score.feature == f).unwrap();
@@ -995,10 +995,10 @@ fn per_feature_choices_are_applied_and_recorded() {
 /// test catches leaves rows off the reference's principal subspace.
 #[test]
 fn pca_reconstruction_sees_what_the_marginals_miss() {
-    let config = modelwatch::config::DetectConfig {
-        multivariate: modelwatch::config::MultivariateConfig {
+    let config = modelwatch::detect::DetectConfig {
+        multivariate: modelwatch::detect::MultivariateConfig {
             enabled: true,
-            method: modelwatch::config::MultivariateMethod::Pca,
+            method: modelwatch::detect::MultivariateMethod::Pca,
             ..Default::default()
         },
         ..Default::default()
@@ -1117,7 +1117,7 @@ fn output_shift_is_read_as_tampering_or_deploy_by_version() {
     let fitted = scorer.fit("m", &events(600, "v1", 4), &[], 0).unwrap();
     let judged = |window: Vec<TelemetryEvent>| {
         modelwatch::judge::judge(
-            &modelwatch::config::JudgeConfig::default(),
+            &modelwatch::judge::JudgeConfig::default(),
             scorer.score(&fitted, &window).unwrap().scores,
         )
         .into_iter()

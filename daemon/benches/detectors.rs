@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use modelwatch::config::DeviceChoice;
+use modelwatch::detect::DeviceChoice;
 use modelwatch::detect::engine::{Engine, KsAlgorithm, host_max_diff};
 use modelwatch::detect::{Scorer, linalg, stats};
 use modelwatch::event::TelemetryEvent;
@@ -271,7 +271,7 @@ fn univariate(engine: &Engine, gpu_scale: bool, seed: &mut u64) {
 /// the columns from events, every detector, every p-value.
 fn scorer_window() {
     let engine = Engine::open(DeviceChoice::Cpu, 1 << 26).expect("flex");
-    let config = modelwatch::config::DetectConfig::default();
+    let config = modelwatch::detect::DetectConfig::default();
     let scorer = Scorer::with_config(engine, &config);
     let mut seed = 7u64;
     let mut events = |n: usize, shift: f64| -> Vec<TelemetryEvent> {
@@ -326,11 +326,11 @@ fn scorer_window() {
     // first 500 rows of it, the default window size.
     println!("multivariate detector alone (flex, one thread), 50 features:");
     for (method, rows) in [
-        (modelwatch::config::MultivariateMethod::Pca, 5000),
-        (modelwatch::config::MultivariateMethod::Mmd, 500),
+        (modelwatch::detect::MultivariateMethod::Pca, 5000),
+        (modelwatch::detect::MultivariateMethod::Mmd, 500),
     ] {
-        let config = modelwatch::config::DetectConfig {
-            multivariate: modelwatch::config::MultivariateConfig {
+        let config = modelwatch::detect::DetectConfig {
+            multivariate: modelwatch::detect::MultivariateConfig {
                 enabled: true,
                 method,
                 ..Default::default()

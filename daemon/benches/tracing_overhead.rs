@@ -6,9 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use modelwatch::cli::run_pipeline;
-use modelwatch::config::{Config, DeviceChoice, LogConfig, SourceKind};
+use modelwatch::config::Config;
+use modelwatch::detect::DeviceChoice;
+use modelwatch::ingest::SourceKind;
 use modelwatch::ingest::demo;
+use modelwatch::telemetry::LogConfig;
 
 fn config() -> Config {
     let mut c = Config::default();
@@ -23,7 +25,11 @@ fn config() -> Config {
 fn run_once(rt: &tokio::runtime::Runtime) -> Duration {
     let start = Instant::now();
     let metrics = rt
-        .block_on(run_pipeline(config(), false))
+        .block_on(modelwatch::daemon::run(
+            config(),
+            tokio_util::sync::CancellationToken::new(),
+            false,
+        ))
         .expect("pipeline");
     assert_eq!(metrics.windows(), 36);
     start.elapsed()

@@ -2,11 +2,13 @@
 //!
 //! The modules follow the pipeline, in the order data flows:
 //! `ingest` (sources) -> `decode` -> `window` -> `detect` (burn) -> `judge`
-//! -> `store` -> `notify`; `pipeline` drives them, `telemetry` watches the
-//! monitor itself, `config` and `cli` sit at the edges.
+//! -> `store` -> `notify`; `pipeline` drives them, `daemon` builds them from one config,
+//! `telemetry` watches the monitor itself, `config` and `cli` sit at the
+//! edges.
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod decode;
 pub mod detect;
 pub mod event;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::decode::{self, Decoder};
+use crate::decode::{Decoder, DecoderName};
 use crate::detect::{DetectError, Reference, ScoringHandle};
 use crate::event::{Positioned, TelemetryEvent};
 use crate::ingest::ack::OffsetTracker;
@@ -32,8 +32,6 @@ pub enum PipelineError {
     Detect(#[from] DetectError),
     #[error(transparent)]
     Ingest(#[from] IngestError),
-    #[error("invalid config: {0}")]
-    Config(String),
     #[error("shut down while work was pending")]
     Cancelled,
 }
@@ -77,27 +75,27 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         options: PipelineOptions,
-    ) -> Result<Self, PipelineError> {
-        let mut decoders = HashMap::new();
-        for (topic, name) in &config.source.kafka.decoders {
-            let d = decode::by_name(name).ok_or_else(|| {
-                PipelineError::Config(format!("unknown decoder {name:?} for topic {topic}"))
-            })?;
-            decoders.insert(topic.clone(), d);
-        }
-        Ok(Self {
+    ) -> Self {
+        let decoders = config
+            .source
+            .kafka
+            .decoders
+            .iter()
+            .map(|(topic, name)| (topic.clone(), name.build()))
+            .collect();
+        Self {
             config,
             store,
             scoring,
             decoders,
-            default_decoder: Box::new(decode::JsonDecoder),
+            default_decoder: DecoderName::default().build(),
             tracker: OffsetTracker::default(),
             windower: Windower::default(),
             models: HashMap::new(),
             metrics,
             health,
             options,
-        })
+        }
     }
 
     /// Runs until the source ends (file, demo) or `cancel` fires (Kafka).
@@ -451,8 +449,48 @@ impl Pipeline {
             debug_assert!(false, "window without reference");
             return Ok(());
         };
-        let events: Vec<TelemetryEvent> = w.events.iter().map(|p| p.event.clone()).collect();
+        let started = Instant::now();
         let device = self.scoring.info().label();
+        let scores = self.score(&w, reference, &device).await;
+        let mut verdict = judge::verdict(&self.config.judge, &w, device, scores);
+        verdict.trace_id = telemetry::trace_id(&span);
+        let store = self.store.clone();
+        let write_started = Instant::now();
+        let router = &self.options.router;
+        let route = |a: &judge::AlertState| router.route(a);
+        let alerts_config = &self.config.alerts;
+        let transitions = retry("storing window", cancel, || {
+            judge::record_window(&store, &verdict, alerts_config, &route)
+        })
+        .instrument(tracing::info_span!(
+            "persist",
+            store = store.kind(),
+            scores = verdict.judged.len()
+        ))
+        .await?;
+        self.metrics.store_write_took(write_started.elapsed());
+        tracing::debug!(
+            model = %w.key.model, version = %w.key.version, window = w.seq, events = w.events.len(),
+            scores = verdict.judged.len(), transitions = transitions.len(), took_ms = started.elapsed().as_millis() as u64,
+            "window scored"
+        );
+        self.metrics.window_scored(&w.key.model);
+        self.metrics.scores.inc_by(verdict.judged.len() as u64);
+        self.report(&transitions);
+        for p in &w.events {
+            self.tracker.release(&p.pos);
+        }
+        Ok(())
+    }
+
+    /// The window's scores, or the error it is stored with.
+    async fn score(
+        &self,
+        w: &ClosedWindow,
+        reference: Arc<Reference>,
+        device: &str,
+    ) -> Result<Vec<crate::detect::Score>, String> {
+        let events: Vec<TelemetryEvent> = w.events.iter().map(|p| p.event.clone()).collect();
         let score_span = tracing::info_span!(
             "score",
             device = %device,
@@ -467,10 +505,10 @@ impl Pipeline {
             .instrument(score_span.clone())
             .await;
         score_span.record("duration_ms", started.elapsed().as_millis() as u64);
-        let scores = match scored {
+        match scored {
             Ok(s) => {
                 for (detector, took) in &s.timings {
-                    self.metrics.detector_took(detector, &device, *took);
+                    self.metrics.detector_took(detector, device, *took);
                 }
                 // Per-detector time on the span too, since detectors run
                 // on the scoring thread where spans cannot follow.
@@ -487,33 +525,13 @@ impl Pipeline {
                 tracing::error!(model = %w.key.model, version = %w.key.version, window = w.seq, error = %e, "scoring failed; window stored with its error");
                 Err(e.to_string())
             }
-        };
-        let mut verdict = judge::verdict(&self.config.judge, &w, device, scores);
-        verdict.trace_id = telemetry::trace_id(&span);
-        let store = self.store.clone();
-        let write_started = Instant::now();
-        let router = &self.options.router;
-        let route = |a: &judge::AlertState| router.route(a);
-        let alerts_config = &self.config.alerts;
-        let transitions = retry("storing window", cancel, || {
-            store.persist_window(&verdict, alerts_config, &route)
-        })
-        .instrument(tracing::info_span!(
-            "persist",
-            store = store.kind(),
-            scores = verdict.judged.len()
-        ))
-        .await?;
-        self.metrics.store_write_took(write_started.elapsed());
-        tracing::debug!(
-            model = %w.key.model, version = %w.key.version, window = w.seq, events = w.events.len(),
-            scores = verdict.judged.len(), transitions = transitions.len(), took_ms = started.elapsed().as_millis() as u64,
-            "window scored"
-        );
-        self.metrics.window_scored(&w.key.model);
-        self.metrics.scores.inc_by(verdict.judged.len() as u64);
+        }
+    }
+
+    /// Counts, prints or logs the transitions, and wakes the dispatcher.
+    fn report(&self, transitions: &[(judge::AlertState, judge::Transition)]) {
         tracing::info_span!("notify", transitions = transitions.len()).in_scope(|| {
-            for (a, t) in &transitions {
+            for (a, t) in transitions {
                 self.metrics.alert(a.severity.as_str(), a.status.as_str());
                 if self.options.print_alerts {
                     notify::print_transition(a, *t);
@@ -527,10 +545,6 @@ impl Pipeline {
                 wake.notify_one();
             }
         }
-        for p in &w.events {
-            self.tracker.release(&p.pos);
-        }
-        Ok(())
     }
 }
 

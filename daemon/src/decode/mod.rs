@@ -6,6 +6,8 @@
 mod json;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 pub use json::JsonDecoder;
 
@@ -48,10 +50,23 @@ pub trait Decoder: Send + Sync {
     ) -> Result<Vec<TelemetryEvent>, DecodeError>;
 }
 
-/// Looks a decoder up by its configured name.
-pub fn by_name(name: &str) -> Option<Box<dyn Decoder>> {
-    match name {
-        "modelwatch-json" => Some(Box::new(JsonDecoder)),
-        _ => None,
+/// The input formats, by the name config files and `--format` use; a name
+/// that is not here fails when the config is parsed.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecoderName {
+    /// modelwatch's own JSON event, one object or an array per message
+    /// (`docs/event.schema.json`).
+    #[default]
+    ModelwatchJson,
+}
+
+impl DecoderName {
+    pub fn build(self) -> Box<dyn Decoder> {
+        match self {
+            DecoderName::ModelwatchJson => Box::new(JsonDecoder),
+        }
     }
 }

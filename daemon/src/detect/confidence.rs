@@ -6,7 +6,8 @@
 
 use super::band::{Band, Spread};
 use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, ks_scores, stats};
-use crate::config::ConfidenceConfig;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// Per-request confidence columns of a frame: max probability, margin,
 /// entropy, and whether the prediction was right where that is known.
@@ -196,5 +197,26 @@ impl Detector for ConfidenceShift {
             });
         }
         Ok(scores)
+    }
+}
+
+/// Confidence shift and expected accuracy.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfidenceConfig {
+    /// True labels (`actual`) the reference needs before expected accuracy
+    /// is isotonic-calibrated; below it the raw max probability is used.
+    pub min_labels: usize,
+    /// Reference windows of the live size needed for a calibrated band;
+    /// with fewer, the band is the per-request spread over sqrt(window size).
+    pub min_band_windows: usize,
+}
+
+impl Default for ConfidenceConfig {
+    fn default() -> Self {
+        Self {
+            min_labels: 100,
+            min_band_windows: 10,
+        }
     }
 }

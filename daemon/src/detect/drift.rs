@@ -5,9 +5,11 @@ use super::{
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
+use self::FeatureSettings as Settings;
 use super::Schema;
 use super::band::{self, Band};
-use crate::config::{Bins, DriftConfig, DriftTest, EffectSize, FeatureDrift as Settings, Gate};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// Per-feature input drift. By default (the statistics note's choice): KS on
 /// numeric features, chi-squared on categorical ones and on numeric ones
@@ -339,4 +341,146 @@ fn annotate(
         }
     );
     s.effect = Some(e);
+}
+
+/// Per-feature drift: which test, which effect size and when it gates.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftConfig {
+    /// Above this many reference rows the effect size must pass its
+    /// threshold as well as the p-value (`gate = "auto"`).
+    pub large_reference: usize,
+    /// The effect-size threshold of every feature without its own.
+    pub effect_threshold: f64,
+    /// Raise a gating effect size's threshold to mean + 3 sd of its values
+    /// on leave-one-out reference windows of the live size, where higher:
+    /// an effect that noisy on clean windows is no evidence of drift.
+    pub calibrate: bool,
+    /// Reference windows needed for that calibration.
+    pub min_band_windows: usize,
+    /// Overrides by feature name (every model) or by `model/feature`, which wins.
+    pub features: BTreeMap<String, FeatureSettings>,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            large_reference: 1000,
+            effect_threshold: 0.1,
+            calibrate: true,
+            min_band_windows: 5,
+            features: BTreeMap::new(),
+        }
+    }
+}
+
+impl DriftConfig {
+    /// The settings of one feature of one model, overrides applied.
+    pub fn resolve(&self, model: &str, feature: &str) -> FeatureSettings {
+        let mut out = FeatureSettings::default();
+        for key in [feature.to_string(), format!("{model}/{feature}")] {
+            if let Some(f) = self.features.get(&key) {
+                out.test = f.test.or(out.test);
+                out.effect = f.effect.or(out.effect);
+                out.effect_threshold = f.effect_threshold.or(out.effect_threshold);
+                out.gate = f.gate.or(out.gate);
+                out.bins = f.bins.or(out.bins);
+                out.epsilon = f.epsilon.or(out.epsilon);
+            }
+        }
+        out
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, f) in &self.features {
+            if let Some(e) = f.epsilon.filter(|e| !(*e > 0.0 && *e < 1.0)) {
+                return Err(format!(
+                    "detect.drift.features.{key}.epsilon must lie in (0, 1), got {e}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One feature's settings; each unset one takes the default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeatureSettings {
+    /// The hypothesis test.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test: Option<DriftTest>,
+    /// The effect size recorded with the score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect: Option<EffectSize>,
+    /// The effect size's threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect_threshold: Option<f64>,
+    /// When the effect size must pass its threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+    /// Bins of binned effect sizes (PSI, Jensen-Shannon, Hellinger) on
+    /// numeric features.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bins: Option<Bins>,
+    /// The proportion PSI gives an empty bin (default: 1e-4, or the smallest
+    /// nonzero proportion / 1e6 when that is at most 1e-4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bins {
+    /// Sturges edges over the pooled sample with more than 20 distinct
+    /// reference values, else one bin per value.
+    Auto,
+    /// Sturges edges over the pooled sample.
+    Sturges,
+    /// One bin per distinct value.
+    Values,
+}
+
+/// The hypothesis test of a feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriftTest {
+    /// KS for numeric features, chi-squared for categorical ones and for
+    /// numeric ones with at most 5 distinct reference values.
+    Auto,
+    /// Two-sample Kolmogorov-Smirnov.
+    Ks,
+    /// Chi-squared homogeneity.
+    Chi2,
+}
+
+/// The effect size recorded with a feature's score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EffectSize {
+    /// Normalised Wasserstein for KS-tested features, Jensen-Shannon for
+    /// chi-squared-tested ones.
+    Auto,
+    /// Wasserstein distance over the reference's spread.
+    Wasserstein,
+    /// Population stability index.
+    Psi,
+    /// Jensen-Shannon distance.
+    JensenShannon,
+    /// Hellinger distance.
+    Hellinger,
+    /// No effect size.
+    None,
+}
+
+/// When the effect size must pass its threshold for the score to alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gate {
+    /// On references above `large_reference` rows.
+    Auto,
+    /// Always.
+    Always,
+    /// Recorded, never required.
+    Never,
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use burn::tensor::{Bool, Device, DeviceKind, Int, Tensor, TensorData};
 
 use super::DetectError;
-use crate::config::DeviceChoice;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// Values are clamped into this range before they go to the device as f32, so
 /// that `f32::MAX` is free to pad ragged columns (WGSL may assume no infinities).
@@ -682,5 +683,44 @@ fn wgpu_open(kind: DeviceKind) -> Result<(Device, DeviceInfo), String> {
         }
         Ok(Err(e)) => Err(format!("wgpu {kind:?}: {e}")),
         Err(_) => Err(format!("wgpu {kind:?}: adapter probe panicked")),
+    }
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceChoice {
+    /// A discrete GPU through wgpu when there is one, else burn's flex CPU backend.
+    #[default]
+    Auto,
+    /// A hardware GPU through wgpu (discrete, then integrated); error if none.
+    Gpu,
+    /// burn's flex CPU backend.
+    Cpu,
+    /// wgpu on a software adapter such as Mesa lavapipe (tests).
+    WgpuCpu,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `auto`, `gpu`, `cpu` or `wgpu-cpu`.
+    pub device: DeviceChoice,
+    /// Run every kernel once at start-up so the first window is not slow;
+    /// readiness waits for it.
+    pub warmup: bool,
+    /// Largest tensor, in elements, one kernel launch may touch; larger work is
+    /// tiled. wgpu refuses single buffers near 4 GB.
+    pub max_tile_elements: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            device: DeviceChoice::default(),
+            warmup: true,
+            max_tile_elements: 1 << 26,
+        }
     }
 }

@@ -25,13 +25,20 @@ pub use engine::{DeviceInfo, Engine};
 pub use frame::{Frame, Schema};
 pub use worker::ScoringHandle;
 
-use crate::config::MultivariateMethod;
 use crate::event::TelemetryEvent;
+pub use confidence::ConfidenceConfig;
+pub use drift::{Bins, DriftConfig, DriftTest, EffectSize, FeatureSettings, Gate};
+pub use engine::{DeviceChoice, EngineConfig};
+pub use multivariate::{MultivariateConfig, MultivariateMethod};
+pub use ood::OodConfig;
+use schemars::JsonSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
     #[error("device error: {0}")]
     Device(String),
+    #[error("cannot start the scoring thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("scoring failed: {0}")]
     Failed(String),
 }
@@ -185,15 +192,15 @@ pub trait Detector: Send {
 pub struct Scorer {
     engine: Engine,
     detectors: Vec<Box<dyn Detector>>,
-    config: crate::config::DetectConfig,
+    config: DetectConfig,
 }
 
 impl Scorer {
     pub fn new(engine: Engine) -> Self {
-        Self::with_config(engine, &crate::config::DetectConfig::default())
+        Self::with_config(engine, &DetectConfig::default())
     }
 
-    pub fn with_config(engine: Engine, config: &crate::config::DetectConfig) -> Self {
+    pub fn with_config(engine: Engine, config: &DetectConfig) -> Self {
         let mut detectors: Vec<Box<dyn Detector>> = vec![
             Box::new(drift::FeatureDrift {
                 config: config.drift.clone(),
@@ -403,4 +410,26 @@ fn chi2_score(
         effect: None,
         examples: Vec::new(),
     }))
+}
+
+/// The detectors' settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    /// Joint drift of all features or of the embedding (opt-in).
+    pub multivariate: MultivariateConfig,
+    /// Out-of-distribution requests.
+    pub ood: OodConfig,
+    /// Confidence shift and expected accuracy.
+    pub confidence: ConfidenceConfig,
+    /// Per-feature drift.
+    pub drift: DriftConfig,
+}
+
+impl DetectConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        self.drift.validate()?;
+        self.multivariate.validate()?;
+        self.ood.validate()
+    }
 }

@@ -8,7 +8,8 @@ use rand::seq::SliceRandom;
 
 use super::linalg::Standardiser;
 use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score};
-use crate::config::MultivariateConfig;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// The reference side of the test, prepared once per model.
 #[derive(Debug, Clone)]
@@ -115,5 +116,65 @@ impl Detector for MultivariateDrift {
             effect: None,
             examples: Vec::new(),
         }])
+    }
+}
+
+/// Multivariate drift on each window's rows (embeddings, or the numeric
+/// features standardised by the reference).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct MultivariateConfig {
+    /// Off by default until its false-alarm rate is calibrated in the stream.
+    pub enabled: bool,
+    /// Permutations per window; the smallest possible p-value is 1/(1 + this),
+    /// so it must exceed the number of tests in a window divided by alpha.
+    pub permutations: usize,
+    /// The first this many reference rows are used (the kernel grows with the square).
+    pub max_reference: usize,
+    /// Seed of the permutations: the same window gives the same p-value.
+    pub seed: u64,
+    /// `mmd` (the permutation test) or `pca` (reconstruction error, far
+    /// cheaper per window, judged against a band from the reference).
+    pub method: MultivariateMethod,
+    /// `pca`: keep the components that explain this share of the variance.
+    pub pca_variance: f64,
+    /// `pca`: reference windows of the live size needed for a band from
+    /// them; with fewer, cross-fitted per-row errors over sqrt(window size).
+    pub min_band_windows: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum MultivariateMethod {
+    /// MMD² permutation test (Gaussian kernel); meant for a GPU.
+    #[default]
+    Mmd,
+    /// PCA reconstruction error against a band from the reference.
+    Pca,
+}
+
+impl Default for MultivariateConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            permutations: 1000,
+            max_reference: 2000,
+            seed: 0,
+            method: MultivariateMethod::Mmd,
+            pca_variance: 0.65,
+            min_band_windows: 10,
+        }
+    }
+}
+
+impl MultivariateConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let v = self.pca_variance;
+        if !(v > 0.0 && v < 1.0) {
+            return Err(format!(
+                "detect.multivariate.pca_variance must lie in (0, 1), got {v}"
+            ));
+        }
+        Ok(())
     }
 }

@@ -12,10 +12,11 @@
 use super::band;
 use super::frame::Sender;
 use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, linalg, stats};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// How many of the farthest requests a score names.
 const EXAMPLES: usize = 5;
-use crate::config::OodConfig;
 
 /// One vector space (features or embedding) fitted on the reference.
 #[derive(Debug, Clone)]
@@ -176,5 +177,42 @@ impl Detector for OutOfDistribution {
             });
         }
         Ok(scores)
+    }
+}
+
+/// Per-request out-of-distribution scoring (Mahalanobis distance under a
+/// Ledoit-Wolf covariance) on numeric feature rows and on embeddings.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct OodConfig {
+    /// Score requests' distances to the reference.
+    pub enabled: bool,
+    /// A request is out of distribution beyond this quantile of the
+    /// reference's own (cross-fitted) distances.
+    pub quantile: f64,
+    /// The first this many reference rows are fitted.
+    pub max_reference: usize,
+    /// Folds of the cross-fit that sets the threshold.
+    pub folds: usize,
+}
+
+impl Default for OodConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            quantile: 0.999,
+            max_reference: 50_000,
+            folds: 5,
+        }
+    }
+}
+
+impl OodConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let q = self.quantile;
+        if !(q > 0.5 && q < 1.0) {
+            return Err(format!("detect.ood.quantile must lie in (0.5, 1), got {q}"));
+        }
+        Ok(())
     }
 }

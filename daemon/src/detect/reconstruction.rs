@@ -8,10 +8,10 @@
 //! itself: leave-one-out reference windows of the live size where there are
 //! enough of them, else cross-fitted per-row errors over sqrt(window size).
 
+use super::MultivariateConfig;
 use super::band::{self, Band, Spread};
 use super::linalg::{self, Standardiser};
 use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, stats};
-use crate::config::MultivariateConfig;
 
 /// A standardiser and the retained principal axes.
 #[derive(Debug, Clone)]

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use super::EngineConfig;
 use super::{DetectError, DeviceInfo, Engine, Reference, Scored, Scorer};
-use crate::config::EngineConfig;
 use crate::event::TelemetryEvent;
 
 enum Job {
@@ -36,7 +36,7 @@ impl ScoringHandle {
     /// `typical` is the (reference rows, window rows) to warm the kernels up at.
     pub async fn start(
         config: &EngineConfig,
-        detect: &crate::config::DetectConfig,
+        detect: &super::DetectConfig,
         typical: (usize, usize),
     ) -> Result<Self, DetectError> {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
@@ -83,7 +83,7 @@ impl ScoringHandle {
                     }
                 }
             })
-            .map_err(|e| DetectError::Device(format!("cannot start scoring thread: {e}")))?;
+            .map_err(DetectError::Thread)?;
         let info = ready_rx
             .await
             .map_err(|_| DetectError::Device("scoring thread exited during start-up".into()))??;

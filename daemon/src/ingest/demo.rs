@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::RawMessage;
 use crate::config::{Config, ModelConfig};
 use crate::event::SourcePos;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// A scheduled drift episode: windows `from..=to` (0-based, after the
 /// reference) of `model` are generated shifted.
@@ -253,4 +255,22 @@ pub fn start(config: &Config, tx: mpsc::Sender<RawMessage>, cancel: Cancellation
             }
         }
     });
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Windows simulated per model (reference excluded).
+    pub windows_per_model: usize,
+    /// Random seed; the same seed gives the same stream.
+    pub seed: u64,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            windows_per_model: 12,
+            seed: 7,
+        }
+    }
 }

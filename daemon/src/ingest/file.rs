@@ -5,9 +5,15 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use std::io::BufRead;
+use std::path::Path;
+
 use super::{IngestError, RawMessage};
-use crate::config::FileConfig;
+use crate::decode::{DecodeError, Decoder};
+use crate::event::Positioned;
 use crate::event::SourcePos;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 pub struct FileControl {
     dead_letter: Option<Mutex<tokio::fs::File>>,
@@ -43,6 +49,62 @@ impl FileControl {
         f.flush().await.map_err(io)?;
         Ok(())
     }
+}
+
+/// Why an NDJSON file could not be read offline.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}")]
+    Decode {
+        path: String,
+        line: usize,
+        #[source]
+        source: DecodeError,
+    },
+}
+
+/// Every event of an NDJSON file, positioned by line as the file source
+/// positions them, for the offline commands; the first line that does not
+/// decode fails with its file and line. Lines are bytes: one that is not
+/// UTF-8 is the decoder's to refuse.
+pub fn read_events(path: &Path, decoder: &dyn Decoder) -> Result<Vec<Positioned>, ReadError> {
+    let name = path.display().to_string();
+    let io = |source| ReadError::Io {
+        path: name.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let stream = format!("file:{name}");
+    let now = chrono::Utc::now();
+    let mut events = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.map_err(io)?;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let decoded = decoder
+            .decode(&line, Some(now))
+            .map_err(|source| ReadError::Decode {
+                path: name.clone(),
+                line: i + 1,
+                source,
+            })?;
+        let pos = SourcePos {
+            stream: stream.clone(),
+            offset: i as i64,
+        };
+        events.extend(decoded.into_iter().map(|event| Positioned {
+            event,
+            pos: pos.clone(),
+        }));
+    }
+    Ok(events)
 }
 
 pub fn start(
@@ -117,4 +179,22 @@ pub fn start(
         dead_letter,
         dead_letter_path: config.dead_letter_path.clone(),
     })
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// NDJSON path, or `-` for standard input.
+    pub path: String,
+    /// Where undecodable lines go (NDJSON with the reason); empty: log only.
+    pub dead_letter_path: String,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            path: "-".into(),
+            dead_letter_path: String::new(),
+        }
+    }
 }

@@ -16,10 +16,87 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
 use super::{IngestError, RawMessage};
-use crate::config::KafkaConfig;
+use crate::decode::DecoderName;
 use crate::event::SourcePos;
 use crate::telemetry::{Health, Metrics};
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// Consumer group id; instances sharing it split the partitions.
+    pub group_id: String,
+    /// Topics carrying telemetry events.
+    pub topics: Vec<String>,
+    /// Where undecodable messages go, with the reason in a header.
+    pub dead_letter_topic: String,
+    /// Decoder per topic; topics not listed use `modelwatch-json`.
+    pub decoders: BTreeMap<String, DecoderName>,
+    /// Any librdkafka property, passed through verbatim to every client
+    /// (consumer, dead-letter producer, `replay`, Kafka alert receivers),
+    /// for example `"security.protocol" = "SASL_SSL"`. Credentials
+    /// (`"sasl.password"`) belong in a copy of the file readable only by the
+    /// service user.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "modelwatch".into(),
+            topics: vec!["model-telemetry".into()],
+            dead_letter_topic: "modelwatch-dead-letter".into(),
+            decoders: BTreeMap::new(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// What a librdkafka client is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRole {
+    /// The source's consumer-group member.
+    Consumer,
+    /// Any producer: dead letters, `replay`, the Kafka alert receiver.
+    Producer,
+}
+
+/// The one place librdkafka settings are built: brokers, our delivery
+/// guarantees, then the pass-through properties (consumer-group ones only
+/// for the consumer). A property cannot turn off explicit offset storing,
+/// which at-least-once delivery depends on.
+pub fn client_config(config: &KafkaConfig, role: ClientRole) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &config.brokers);
+    match role {
+        ClientRole::Consumer => cfg
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest"),
+        ClientRole::Producer => cfg.set("enable.idempotence", "false").set("acks", "all"),
+    };
+    for (k, v) in &config.properties {
+        let consumer_only =
+            k.starts_with("group.") || k.starts_with("auto.") || k.starts_with("enable.auto");
+        if k == "enable.auto.offset.store" {
+            if role == ClientRole::Consumer {
+                tracing::warn!(property = %k, "ignored: offsets are stored only after durable writes");
+            }
+        } else if role == ClientRole::Consumer || !consumer_only {
+            cfg.set(k, v);
+        }
+    }
+    cfg
+}
 
 pub struct KafkaControl {
     consumer: Arc<StreamConsumer>,
@@ -160,7 +237,7 @@ impl KafkaControl {
             .send(record, Duration::from_secs(30))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| IngestError::DeadLetter(e.to_string()))
+            .map_err(|(e, _)| IngestError::DeadLetter(e))
     }
 }
 
@@ -186,35 +263,11 @@ pub fn start(
     tx: mpsc::Sender<RawMessage>,
     cancel: CancellationToken,
 ) -> Result<KafkaControl, IngestError> {
-    let mut consumer_cfg = ClientConfig::new();
-    consumer_cfg
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest");
-    let mut producer_cfg = ClientConfig::new();
-    producer_cfg
-        .set("bootstrap.servers", &config.brokers)
-        .set("enable.idempotence", "false")
-        .set("acks", "all");
-    // Pass-through properties win over our defaults, except the two that
-    // at-least-once delivery depends on.
-    for (k, v) in &config.properties {
-        if k == "enable.auto.offset.store" {
-            tracing::warn!(property = %k, "ignored: offsets are stored only after durable writes");
-            continue;
-        }
-        consumer_cfg.set(k, v);
-        if !k.starts_with("group.") && !k.starts_with("auto.") && !k.starts_with("enable.auto") {
-            producer_cfg.set(k, v);
-        }
-    }
-    let consumer: StreamConsumer = consumer_cfg.create()?;
+    let consumer: StreamConsumer = client_config(config, ClientRole::Consumer).create()?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let consumer = Arc::new(consumer);
-    let producer: FutureProducer = producer_cfg.create()?;
+    let producer: FutureProducer = client_config(config, ClientRole::Producer).create()?;
     tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?config.topics, "kafka source subscribed");
 
     let reader = consumer.clone();

@@ -11,8 +11,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, SourceKind};
+use crate::config::Config;
 use crate::event::SourcePos;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -24,7 +26,7 @@ pub enum IngestError {
         source: std::io::Error,
     },
     #[error("dead-letter delivery failed: {0}")]
-    DeadLetter(String),
+    DeadLetter(#[source] rdkafka::error::KafkaError),
 }
 
 /// One message as it arrived, before decoding.
@@ -126,5 +128,40 @@ pub fn start(
                 finite: true,
             })
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// Kafka consumer group (production).
+    Kafka,
+    /// NDJSON file, or `-` for standard input.
+    File,
+    /// Built-in simulated fleet with scheduled drift episodes.
+    #[default]
+    Demo,
+}
+
+/// Where telemetry comes from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `kafka`, `file` or `demo`.
+    pub kind: SourceKind,
+    /// The Kafka consumer group.
+    pub kafka: kafka::KafkaConfig,
+    /// The NDJSON file source.
+    pub file: file::FileConfig,
+    /// The simulated fleet.
+    pub demo: demo::DemoConfig,
+}
+
+impl SourceConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.kind == SourceKind::Kafka && self.kafka.topics.is_empty() {
+            return Err("source.kafka.topics is empty".into());
+        }
+        Ok(())
     }
 }

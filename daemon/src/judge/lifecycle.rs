@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Judged, Severity, WindowVerdict, dedup_key};
-use crate::config::AlertsConfig;
+use schemars::JsonSchema;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -189,103 +190,129 @@ pub fn step(
     next_incident: i64,
     now: DateTime<Utc>,
 ) -> (Option<AlertState>, Option<Transition>) {
-    let s = &obs.judged.score;
-    let v = obs.verdict;
-    let keep = config.evidence_windows.max(1);
     match (open, obs.judged.crossed) {
         (None, None) => (None, None),
         (None, Some(severity)) => {
-            let mut a = AlertState {
-                id: None,
-                dedup_key: obs.dedup_key(),
-                incident: next_incident,
-                model: v.model.clone(),
-                model_version: v.model_version.clone(),
-                detector: s.detector.clone(),
-                feature: s.feature.clone(),
-                severity,
-                status: Status::Pending,
-                consecutive_bad: 1,
-                consecutive_clean: 0,
-                score: s.statistic,
-                p_value: s.p_value,
-                threshold: obs.judged.threshold,
-                first_window_seq: v.seq,
-                last_window_seq: v.seq,
-                window_start: v.start,
-                window_end: v.end,
-                first_seen_at: now,
-                fired_at: None,
-                last_seen_at: now,
-                resolved_at: None,
-                acknowledged: false,
-                silenced: false,
-                trace_id: v.trace_id.clone(),
-                evidence: Evidence {
-                    windows: vec![obs.window_evidence()],
-                    top_features: obs.top_features(),
-                    sample_request_ids: v.sample_request_ids.clone(),
-                    examples: s.examples.clone(),
-                    test: s.test.clone(),
-                    method: s.method.clone(),
-                    n_reference: s.n_reference,
-                    link: String::new(),
-                },
-            };
-            a.evidence.link = link(&config.link_template, &a);
+            let mut a = new_incident(obs, severity, config, next_incident, now);
             let transition = fire_if_due(&mut a, config, now);
             (Some(a), transition)
         }
         (Some(mut a), crossed) => {
+            let v = obs.verdict;
             a.last_window_seq = v.seq;
             a.window_end = a.window_end.max(v.end);
             a.model_version = v.model_version.clone();
             a.evidence.windows.push(obs.window_evidence());
-            let excess = a.evidence.windows.len().saturating_sub(keep);
+            let excess = a
+                .evidence
+                .windows
+                .len()
+                .saturating_sub(config.evidence_windows.max(1));
             a.evidence.windows.drain(..excess);
             let transition = match crossed {
-                Some(severity) => {
-                    a.consecutive_bad += 1;
-                    a.consecutive_clean = 0;
-                    a.severity = a.severity.max(severity);
-                    a.score = s.statistic;
-                    a.p_value = s.p_value;
-                    a.threshold = obs.judged.threshold;
-                    a.last_seen_at = now;
-                    a.trace_id = v.trace_id.clone().or(a.trace_id);
-                    a.evidence.top_features = obs.top_features();
-                    a.evidence.sample_request_ids = v.sample_request_ids.clone();
-                    a.evidence.examples = s.examples.clone();
-                    if a.status == Status::Pending {
-                        fire_if_due(&mut a, config, now)
-                    } else {
-                        None
-                    }
-                }
-                None => {
-                    a.consecutive_clean += 1;
-                    a.consecutive_bad = 0;
-                    match a.status {
-                        // A pending alert that misses a window was noise:
-                        // it ends without ever having paged.
-                        Status::Pending => {
-                            a.status = Status::Resolved;
-                            a.resolved_at = Some(now);
-                            None
-                        }
-                        Status::Firing
-                            if a.consecutive_clean >= config.resolve_for(&a.detector) =>
-                        {
-                            a.status = Status::Resolved;
-                            a.resolved_at = Some(now);
-                            Some(Transition::Resolved)
-                        }
-                        _ => None,
-                    }
-                }
+                Some(severity) => still_crossed(&mut a, obs, severity, config, now),
+                None => clean(&mut a, config, now),
             };
             (Some(a), transition)
         }
+    }
+}
+
+/// A pending alert for a condition first seen in this window.
+fn new_incident(
+    obs: &Observation<'_>,
+    severity: Severity,
+    config: &AlertsConfig,
+    incident: i64,
+    now: DateTime<Utc>,
+) -> AlertState {
+    let (s, v) = (&obs.judged.score, obs.verdict);
+    let mut a = AlertState {
+        id: None,
+        dedup_key: obs.dedup_key(),
+        incident,
+        model: v.model.clone(),
+        model_version: v.model_version.clone(),
+        detector: s.detector.clone(),
+        feature: s.feature.clone(),
+        severity,
+        status: Status::Pending,
+        consecutive_bad: 1,
+        consecutive_clean: 0,
+        score: s.statistic,
+        p_value: s.p_value,
+        threshold: obs.judged.threshold,
+        first_window_seq: v.seq,
+        last_window_seq: v.seq,
+        window_start: v.start,
+        window_end: v.end,
+        first_seen_at: now,
+        fired_at: None,
+        last_seen_at: now,
+        resolved_at: None,
+        acknowledged: false,
+        silenced: false,
+        trace_id: v.trace_id.clone(),
+        evidence: Evidence {
+            windows: vec![obs.window_evidence()],
+            top_features: obs.top_features(),
+            sample_request_ids: v.sample_request_ids.clone(),
+            examples: s.examples.clone(),
+            test: s.test.clone(),
+            method: s.method.clone(),
+            n_reference: s.n_reference,
+            link: String::new(),
+        },
+    };
+    a.evidence.link = link(&config.link_template, &a);
+    a
+}
+
+/// An open alert whose condition holds in this window too.
+fn still_crossed(
+    a: &mut AlertState,
+    obs: &Observation<'_>,
+    severity: Severity,
+    config: &AlertsConfig,
+    now: DateTime<Utc>,
+) -> Option<Transition> {
+    let (s, v) = (&obs.judged.score, obs.verdict);
+    a.consecutive_bad += 1;
+    a.consecutive_clean = 0;
+    a.severity = a.severity.max(severity);
+    a.score = s.statistic;
+    a.p_value = s.p_value;
+    a.threshold = obs.judged.threshold;
+    a.last_seen_at = now;
+    a.trace_id = v.trace_id.clone().or(a.trace_id.take());
+    a.evidence.top_features = obs.top_features();
+    a.evidence.sample_request_ids = v.sample_request_ids.clone();
+    a.evidence.examples = s.examples.clone();
+    if a.status == Status::Pending {
+        fire_if_due(a, config, now)
+    } else {
+        None
+    }
+}
+
+/// An open alert whose condition did not hold in this window.
+fn clean(a: &mut AlertState, config: &AlertsConfig, now: DateTime<Utc>) -> Option<Transition> {
+    a.consecutive_clean += 1;
+    a.consecutive_bad = 0;
+    match a.status {
+        // A pending alert that misses a window was noise: it ends without
+        // ever having paged.
+        Status::Pending => {
+            a.status = Status::Resolved;
+            a.resolved_at = Some(now);
+            None
+        }
+        Status::Firing if a.consecutive_clean >= config.resolve_for(&a.detector) => {
+            a.status = Status::Resolved;
+            a.resolved_at = Some(now);
+            Some(Transition::Resolved)
+        }
+        _ => None,
     }
 }
 
@@ -294,7 +321,7 @@ fn fire_if_due(
     config: &AlertsConfig,
     now: DateTime<Utc>,
 ) -> Option<Transition> {
-    if a.consecutive_bad >= config.pending_for(&a.detector, a.severity.as_str()) {
+    if a.consecutive_bad >= config.pending_for(&a.detector, a.severity) {
         a.status = Status::Firing;
         a.fired_at = Some(now);
         Some(Transition::Fired)
@@ -303,10 +330,81 @@ fn fire_if_due(
     }
 }
 
+/// Hysteresis, as Prometheus' `for:`: a condition first seen makes a pending
+/// alert (stored, not paged); it fires after `pending_windows` consecutive
+/// windows past threshold and resolves after `resolve_windows` clean ones.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Consecutive windows past threshold before an alert fires.
+    pub pending_windows: u32,
+    /// Consecutive clean windows before a firing alert resolves.
+    pub resolve_windows: u32,
+    /// Overrides by severity of the window (`critical = { pending_windows = 1 }`).
+    pub per_severity: BTreeMap<Severity, Hysteresis>,
+    /// Overrides by detector; a severity override wins over a detector one.
+    pub per_detector: BTreeMap<String, Hysteresis>,
+    /// Link put in every notification; `{model}`, `{detector}`, `{feature}`,
+    /// `{model_version}` and `{dedup_key}` are replaced.
+    pub link_template: String,
+    /// How many of the latest windows an alert's evidence keeps.
+    pub evidence_windows: usize,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            pending_windows: 2,
+            resolve_windows: 3,
+            per_severity: BTreeMap::new(),
+            per_detector: BTreeMap::new(),
+            link_template: String::new(),
+            evidence_windows: 5,
+        }
+    }
+}
+
+/// An override of the alert hysteresis; unset fields keep the default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hysteresis {
+    /// Consecutive windows past threshold before firing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_windows: Option<u32>,
+    /// Consecutive clean windows before resolving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolve_windows: Option<u32>,
+}
+
+impl AlertsConfig {
+    /// Windows past threshold before an alert of `detector` at `severity` pages.
+    pub fn pending_for(&self, detector: &str, severity: Severity) -> u32 {
+        self.per_severity
+            .get(&severity)
+            .and_then(|h| h.pending_windows)
+            .or_else(|| {
+                self.per_detector
+                    .get(detector)
+                    .and_then(|h| h.pending_windows)
+            })
+            .unwrap_or(self.pending_windows)
+            .max(1)
+    }
+
+    /// Clean windows before a firing alert of `detector` resolves.
+    pub fn resolve_for(&self, detector: &str) -> u32 {
+        self.per_detector
+            .get(detector)
+            .and_then(|h| h.resolve_windows)
+            .unwrap_or(self.resolve_windows)
+            .max(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::Hysteresis;
     use super::*;
-    use crate::config::Hysteresis;
     use crate::detect::{Family, Score};
 
     fn verdict(seq: i64, p: f64) -> WindowVerdict {
@@ -404,7 +502,7 @@ mod tests {
     fn critical_may_page_at_once() {
         let mut c = AlertsConfig::default();
         c.per_severity.insert(
-            "critical".into(),
+            Severity::Critical,
             Hysteresis {
                 pending_windows: Some(1),
                 resolve_windows: None,

@@ -7,6 +7,7 @@
 //! crossings of consecutive windows into pending, firing and resolved alerts.
 
 pub mod lifecycle;
+mod record;
 
 use std::collections::HashMap;
 
@@ -14,15 +15,34 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use lifecycle::{AlertState, Status, Transition};
+pub use record::{Route, record_window};
 
-use crate::config::{Correction, JudgeConfig};
 use crate::detect::Score;
+pub use lifecycle::{AlertsConfig, Hysteresis};
+use schemars::JsonSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
+    /// Past threshold.
+    #[default]
     Info,
+    /// `warning_factor` times past threshold.
     Warning,
+    /// `critical_factor` times past threshold.
     Critical,
 }
 
@@ -32,15 +52,6 @@ impl Severity {
             Severity::Info => "info",
             Severity::Warning => "warning",
             Severity::Critical => "critical",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "info" => Some(Severity::Info),
-            "warning" => Some(Severity::Warning),
-            "critical" => Some(Severity::Critical),
-            _ => None,
         }
     }
 }
@@ -161,6 +172,56 @@ pub fn verdict(
             .collect(),
         high_water: window.high_water(),
         trace_id: None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Correction {
+    /// Divide alpha by the number of tests in the window (family-wise control).
+    #[default]
+    Bonferroni,
+    /// Compare each p-value with alpha as it is.
+    None,
+    /// Control the false-discovery rate across the window's tests at alpha.
+    BenjaminiHochberg,
+}
+
+/// When a score crosses its threshold, and how severely.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// Significance level of one window's family of tests.
+    pub alpha: f64,
+    /// Multiple-testing correction across the tests of one window.
+    pub correction: Correction,
+    /// Severity `critical` when the p-value is this many times below threshold.
+    pub critical_factor: f64,
+    /// Severity `warning` when the p-value is this many times below threshold
+    /// (and `info` when it is below threshold by less).
+    pub warning_factor: f64,
+}
+
+impl Default for JudgeConfig {
+    fn default() -> Self {
+        Self {
+            alpha: 0.01,
+            correction: Correction::default(),
+            critical_factor: 1e6,
+            warning_factor: 10.0,
+        }
+    }
+}
+
+impl JudgeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(format!(
+                "judge.alpha must lie in (0, 1), got {}",
+                self.alpha
+            ));
+        }
+        Ok(())
     }
 }
 

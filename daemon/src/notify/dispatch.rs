@@ -9,8 +9,8 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::NotifyConfig;
 use super::{Receiver, Router};
-use crate::config::{NotifyConfig, ReceiverKind};
 use crate::judge::Status;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -118,8 +118,7 @@ async fn run(
         }
         let repeat_due = receivers
             .iter()
-            .filter(|r| r.kind == ReceiverKind::Alertmanager)
-            .map(|r| r.repeat)
+            .filter_map(Receiver::repeat_every)
             .min()
             .is_some_and(|every| last_repeat.elapsed() >= every);
         if repeat_due {
@@ -194,10 +193,7 @@ async fn repeat_firing(store: &Store, receivers: &[Receiver], router: &Router) {
             return;
         }
     };
-    for r in receivers
-        .iter()
-        .filter(|r| r.kind == ReceiverKind::Alertmanager)
-    {
+    for r in receivers.iter().filter(|r| r.repeat_every().is_some()) {
         let mine: Vec<_> = firing
             .iter()
             .filter(|a| !a.silenced && router.route(a).contains(&r.name))

@@ -1,15 +1,18 @@
 //! Stage 7: telling people. Alert transitions are queued in the store's
-//! outbox by `store::persist_window`; the `Dispatcher` delivers them to the
+//! outbox by `judge::record_window`; the `Dispatcher` delivers them to the
 //! configured receivers (Alertmanager, PagerDuty, signed webhooks, Kafka).
 
+mod config;
 mod dispatch;
 pub mod receivers;
 
+use crate::judge::{AlertState, Severity, Transition};
+pub use config::{
+    AlertmanagerReceiver, KafkaReceiver, NotifyConfig, PagerdutyReceiver, ReceiverConfig,
+    ReceiverKind, WebhookReceiver,
+};
 pub use dispatch::Dispatcher;
 pub use receivers::{NotifyError, Receiver};
-
-use crate::config::ReceiverConfig;
-use crate::judge::{AlertState, Severity, Transition};
 
 /// Which receivers an alert goes to: severity at least the receiver's
 /// minimum, and every label the receiver names equal.
@@ -26,7 +29,7 @@ impl Router {
                 .map(|r| {
                     (
                         r.name.clone(),
-                        Severity::parse(&r.min_severity).unwrap_or(Severity::Info),
+                        r.min_severity,
                         r.labels
                             .iter()
                             .map(|(k, v)| (k.clone(), v.clone()))
@@ -127,36 +130,34 @@ pub fn log_transition(a: &AlertState, t: Transition) {
 mod tests {
     use super::*;
 
-    fn receiver(name: &str, min: &str, labels: &[(&str, &str)]) -> ReceiverConfig {
+    fn receiver(name: &str, min: Severity, labels: &[(&str, &str)]) -> ReceiverConfig {
         ReceiverConfig {
             name: name.into(),
-            kind: crate::config::ReceiverKind::Webhook,
-            url: "http://x".into(),
-            min_severity: min.into(),
+            min_severity: min,
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            repeat_secs: 60,
-            secret_env: String::new(),
-            secret_file: String::new(),
-            topic: String::new(),
-            brokers: String::new(),
             timeout_secs: 5,
+            kind: ReceiverKind::Webhook(WebhookReceiver {
+                url: "http://x".into(),
+                secret_env: None,
+                secret_file: None,
+            }),
         }
     }
 
     #[test]
     fn routes_by_severity_and_labels() {
         let router = Router::new(&[
-            receiver("all", "info", &[]),
-            receiver("pager", "critical", &[]),
+            receiver("all", Severity::Info, &[]),
+            receiver("pager", Severity::Critical, &[]),
             receiver(
                 "fraud-team",
-                "warning",
+                Severity::Warning,
                 &[("model", "m"), ("detector", "feature_drift")],
             ),
-            receiver("other-team", "info", &[("model", "other")]),
+            receiver("other-team", Severity::Info, &[("model", "other")]),
         ]);
         let warning = receivers::tests::alert("x", Severity::Warning);
         assert_eq!(router.route(&warning), vec!["all", "fraud-team"]);

@@ -5,143 +5,178 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::summary;
-use crate::config::{ReceiverConfig, ReceiverKind};
+use super::{ReceiverConfig, ReceiverKind};
+use crate::ingest::kafka::{ClientRole, KafkaConfig, client_config};
 use crate::judge::{AlertState, Status, Transition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
     #[error("receiver {receiver}: secret not found: {reason}")]
     Secret { receiver: String, reason: String },
-    #[error("receiver {receiver}: cannot build client: {reason}")]
-    Client { receiver: String, reason: String },
+    #[error("receiver {receiver}: cannot build its client")]
+    Client {
+        receiver: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("http error: {0}")]
-    Http(String),
+    Http(#[source] reqwest::Error),
     #[error("receiver answered {status}: {body}")]
     Rejected { status: u16, body: String },
     #[error("kafka error: {0}")]
-    Kafka(String),
+    Kafka(#[source] rdkafka::error::KafkaError),
 }
 
 /// PagerDuty's limits on `dedup_key` and `payload.summary`.
 const PD_DEDUP_MAX: usize = 255;
 const PD_SUMMARY_MAX: usize = 1024;
 
+/// Where and how one receiver delivers.
+enum Target {
+    Alertmanager {
+        url: String,
+        repeat: Duration,
+    },
+    Pagerduty {
+        url: String,
+        routing_key: String,
+    },
+    Webhook {
+        url: String,
+        secret: Option<String>,
+    },
+    Kafka {
+        producer: FutureProducer,
+        topic: String,
+    },
+}
+
 pub struct Receiver {
     pub name: String,
-    pub kind: ReceiverKind,
-    pub repeat: Duration,
-    url: String,
-    secret: Option<String>,
+    target: Target,
     http: reqwest::Client,
-    kafka: Option<(FutureProducer, String)>,
 }
 
 impl std::fmt::Debug for Receiver {
     // Never print the secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, dest) = match &self.target {
+            Target::Alertmanager { url, .. } => ("alertmanager", url.as_str()),
+            Target::Pagerduty { url, .. } => ("pagerduty", url.as_str()),
+            Target::Webhook { url, .. } => ("webhook", url.as_str()),
+            Target::Kafka { topic, .. } => ("kafka", topic.as_str()),
+        };
         f.debug_struct("Receiver")
             .field("name", &self.name)
-            .field("kind", &self.kind)
-            .field("url", &self.url)
+            .field("kind", &kind)
+            .field("destination", &dest)
             .finish()
     }
 }
 
-fn read_secret(c: &ReceiverConfig) -> Result<Option<String>, NotifyError> {
+/// A secret from an environment variable or a file; `None` when neither is named.
+fn read_secret(
+    receiver: &str,
+    env: Option<&str>,
+    file: Option<&str>,
+) -> Result<Option<String>, NotifyError> {
     let err = |reason: String| NotifyError::Secret {
-        receiver: c.name.clone(),
+        receiver: receiver.to_string(),
         reason,
     };
-    if !c.secret_env.is_empty() {
-        return std::env::var(&c.secret_env)
+    if let Some(var) = env {
+        return std::env::var(var)
             .map(Some)
-            .map_err(|_| err(format!("environment variable {} is not set", c.secret_env)));
+            .map_err(|_| err(format!("environment variable {var} is not set")));
     }
-    if !c.secret_file.is_empty() {
-        return std::fs::read_to_string(&c.secret_file)
+    if let Some(path) = file {
+        return std::fs::read_to_string(path)
             .map(|s| Some(s.trim().to_string()))
-            .map_err(|e| err(format!("cannot read {}: {e}", c.secret_file)));
+            .map_err(|e| err(format!("cannot read {path}: {e}")));
     }
     Ok(None)
 }
 
 impl Receiver {
-    pub fn new(c: &ReceiverConfig, default_brokers: &str) -> Result<Self, NotifyError> {
-        let secret = read_secret(c)?;
+    /// Builds a receiver; a Kafka receiver uses the source's client settings.
+    pub fn new(c: &ReceiverConfig, kafka: &KafkaConfig) -> Result<Self, NotifyError> {
+        let client_err = |source: Box<dyn std::error::Error + Send + Sync>| NotifyError::Client {
+            receiver: c.name.clone(),
+            source,
+        };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(c.timeout_secs.max(1)))
             .user_agent(concat!("modelwatch/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| NotifyError::Client {
-                receiver: c.name.clone(),
-                reason: e.to_string(),
-            })?;
-        let kafka = if c.kind == ReceiverKind::Kafka {
-            let brokers = if c.brokers.is_empty() {
-                default_brokers
-            } else {
-                &c.brokers
-            };
-            let producer: FutureProducer = ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("acks", "all")
-                .create()
-                .map_err(|e| NotifyError::Client {
-                    receiver: c.name.clone(),
-                    reason: e.to_string(),
-                })?;
-            Some((producer, c.topic.clone()))
-        } else {
-            None
-        };
-        let url = match (c.kind, c.url.is_empty()) {
-            (ReceiverKind::Pagerduty, true) => {
-                "https://events.pagerduty.com/v2/enqueue".to_string()
+            .map_err(|e| client_err(Box::new(e)))?;
+        let target = match &c.kind {
+            ReceiverKind::Alertmanager(a) => Target::Alertmanager {
+                url: a.url.trim_end_matches('/').to_string(),
+                repeat: Duration::from_secs(a.repeat_secs.max(1)),
+            },
+            ReceiverKind::Pagerduty(p) => Target::Pagerduty {
+                url: p.url.trim_end_matches('/').to_string(),
+                routing_key: read_secret(
+                    &c.name,
+                    p.secret_env.as_deref(),
+                    p.secret_file.as_deref(),
+                )?
+                .unwrap_or_default(),
+            },
+            ReceiverKind::Webhook(w) => Target::Webhook {
+                url: w.url.trim_end_matches('/').to_string(),
+                secret: read_secret(&c.name, w.secret_env.as_deref(), w.secret_file.as_deref())?,
+            },
+            ReceiverKind::Kafka(k) => {
+                let mut settings = client_config(kafka, ClientRole::Producer);
+                if let Some(brokers) = &k.brokers {
+                    settings.set("bootstrap.servers", brokers);
+                }
+                Target::Kafka {
+                    producer: settings.create().map_err(|e| client_err(Box::new(e)))?,
+                    topic: k.topic.clone(),
+                }
             }
-            _ => c.url.trim_end_matches('/').to_string(),
         };
         Ok(Self {
             name: c.name.clone(),
-            kind: c.kind,
-            repeat: Duration::from_secs(c.repeat_secs.max(1)),
-            url,
-            secret,
+            target,
             http,
-            kafka,
         })
+    }
+
+    /// How often firing alerts are re-sent, for receivers that forget them
+    /// otherwise (Alertmanager).
+    pub fn repeat_every(&self) -> Option<Duration> {
+        match self.target {
+            Target::Alertmanager { repeat, .. } => Some(repeat),
+            _ => None,
+        }
     }
 
     /// Delivers one transition; Ok only once the receiver accepted it.
     pub async fn send(&self, t: Transition, a: &AlertState) -> Result<(), NotifyError> {
-        match self.kind {
-            ReceiverKind::Alertmanager => {
-                self.post(
-                    &format!("{}/api/v2/alerts", self.url),
-                    &alertmanager_body(&[a], self.repeat, Utc::now()),
-                    None,
-                )
-                .await
+        match &self.target {
+            Target::Alertmanager { url, repeat } => {
+                let body = alertmanager_body(&[a], *repeat, Utc::now());
+                self.post(&format!("{url}/api/v2/alerts"), &body, None)
+                    .await
             }
-            ReceiverKind::Pagerduty => {
-                let key = self.secret.as_deref().unwrap_or_default();
-                self.post(&self.url, &pagerduty_body(t, a, key), None).await
+            Target::Pagerduty { url, routing_key } => {
+                self.post(url, &pagerduty_body(t, a, routing_key), None)
+                    .await
             }
-            ReceiverKind::Webhook => {
+            Target::Webhook { url, secret } => {
                 let body = webhook_body(t, a);
-                let signature = self.secret.as_deref().map(|s| sign(s, &body));
-                self.post(&self.url, &body, signature).await
+                let signature = secret.as_deref().map(|s| sign(s, &body));
+                self.post(url, &body, signature).await
             }
-            ReceiverKind::Kafka => {
-                let (producer, topic) = self
-                    .kafka
-                    .as_ref()
-                    .ok_or_else(|| NotifyError::Kafka("no producer".into()))?;
+            Target::Kafka { producer, topic } => {
                 let body = serde_json::to_vec(&webhook_body(t, a)).unwrap_or_default();
                 producer
                     .send(
@@ -150,7 +185,7 @@ impl Receiver {
                     )
                     .await
                     .map(|_| ())
-                    .map_err(|(e, _)| NotifyError::Kafka(e.to_string()))
+                    .map_err(|(e, _)| NotifyError::Kafka(e))
             }
         }
     }
@@ -158,15 +193,15 @@ impl Receiver {
     /// Alertmanager forgets alerts that are not re-sent: this posts every
     /// firing alert again, with a fresh `endsAt`.
     pub async fn repeat_firing(&self, alerts: &[&AlertState]) -> Result<(), NotifyError> {
-        if alerts.is_empty() || self.kind != ReceiverKind::Alertmanager {
+        let Target::Alertmanager { url, repeat } = &self.target else {
+            return Ok(());
+        };
+        if alerts.is_empty() {
             return Ok(());
         }
-        self.post(
-            &format!("{}/api/v2/alerts", self.url),
-            &alertmanager_body(alerts, self.repeat, Utc::now()),
-            None,
-        )
-        .await
+        let body = alertmanager_body(alerts, *repeat, Utc::now());
+        self.post(&format!("{url}/api/v2/alerts"), &body, None)
+            .await
     }
 
     async fn post(
@@ -187,7 +222,7 @@ impl Receiver {
         let resp = req
             .send()
             .await
-            .map_err(|e| NotifyError::Http(e.without_url().to_string()))?;
+            .map_err(|e| NotifyError::Http(e.without_url()))?;
         let status = resp.status();
         if status.is_success() {
             Ok(())

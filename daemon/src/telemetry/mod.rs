@@ -18,13 +18,14 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 pub use metrics::{Health, Metrics};
-
-use crate::config::{LogConfig, LogFormat, OtlpConfig, OtlpProtocol};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error("cannot build the otlp exporter: {0}")]
-    Exporter(String),
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
     #[error("invalid otlp header {0:?}: expected name and value")]
     Header(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -171,7 +172,7 @@ fn exporter(
                 .build()
         }
     }
-    .map_err(|e| TelemetryError::Exporter(e.to_string()))
+    .map_err(TelemetryError::Exporter)
 }
 
 /// Makes `span` a child of the W3C trace context carried by a message
@@ -193,4 +194,92 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// The monitor's own logs.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// tracing filter directive, overridden by `RUST_LOG`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            filter: "info".into(),
+        }
+    }
+}
+
+/// The monitor's own metrics, health endpoints and traces.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints; empty disables them.
+    pub listen: String,
+    /// Trace export over OTLP.
+    pub otlp: OtlpConfig,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            otlp: OtlpConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC.
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP protobuf over HTTP.
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// Collector URL (`http://collector:4317`). Empty: the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// variables, else no export.
+    pub endpoint: String,
+    /// `grpc` or `http/protobuf`; unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `grpc`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<OtlpProtocol>,
+    /// Extra request headers (authentication); `OTEL_EXPORTER_OTLP_HEADERS` also applies.
+    pub headers: BTreeMap<String, String>,
+    /// Export timeout in seconds.
+    pub timeout_secs: u64,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            protocol: None,
+            headers: BTreeMap::new(),
+            timeout_secs: 10,
+            service_name: "modelwatch".into(),
+        }
+    }
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::event::{Positioned, SourcePos};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WindowKey {
@@ -219,6 +221,59 @@ impl ReferenceBuilder {
     pub fn push(&mut self, item: Positioned) -> bool {
         self.events.push(item);
         self.events.len() >= self.target
+    }
+}
+
+/// Global window settings; `models.<name>` overrides them per model.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Close a window after this many events (0: no count limit).
+    pub count: usize,
+    /// Close a window this many seconds after its first event, by event time,
+    /// or when it has been open that long on the wall clock (0: no time limit).
+    pub duration_secs: u64,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            count: 500,
+            duration_secs: 300,
+        }
+    }
+}
+
+impl WindowConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.count == 0 && self.duration_secs == 0 {
+            return Err("windows.count and windows.duration_secs cannot both be 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// How a model's reference is taken from the stream when none is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReferenceConfig {
+    /// Events taken from the stream as the reference of a model that has none
+    /// (neither stored nor imported).
+    pub size: usize,
+}
+
+impl Default for ReferenceConfig {
+    fn default() -> Self {
+        Self { size: 1000 }
+    }
+}
+
+impl ReferenceConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.size < 2 {
+            return Err("reference.size must be at least 2".into());
+        }
+        Ok(())
     }
 }
 

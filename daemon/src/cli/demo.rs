@@ -1,0 +1,57 @@
+//! `modelwatch demo`: the whole pipeline on a simulated fleet.
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::config::Config;
+use crate::detect::DeviceChoice;
+use crate::ingest::{SourceKind, demo};
+use crate::telemetry;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Store URL; the default keeps everything in memory.
+    #[arg(long, default_value = "sqlite::memory:")]
+    store: String,
+    /// Windows simulated per model after its reference.
+    #[arg(long, default_value_t = 12)]
+    windows: usize,
+    /// Scoring device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Random seed of the simulated fleet.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let mut config = Config::default();
+    config.source.kind = SourceKind::Demo;
+    config.source.demo.windows_per_model = args.windows;
+    config.source.demo.seed = args.seed;
+    config.store.url = args.store;
+    config.engine.device = args.device;
+    config.models.extend(demo::model_configs());
+    config.telemetry.listen = String::new();
+    let _telemetry = telemetry::init(&config.log, &config.telemetry.otlp)?;
+    println!(
+        "modelwatch demo: {} simulated models, reference {} events, windows of {} events, {} windows each",
+        demo::FLEET.len(),
+        demo::REFERENCE_SIZE,
+        demo::WINDOW_SIZE,
+        args.windows
+    );
+    for e in demo::EPISODES {
+        println!(
+            "  scheduled: {} windows {}-{}: {}",
+            e.model, e.from, e.to, e.what
+        );
+    }
+    let url = config.store.url.clone();
+    let metrics = crate::daemon::run(config, super::shutdown_on_signal(), true).await?;
+    super::run::print_summary(&metrics);
+    if url != "sqlite::memory:" {
+        println!("results kept in {url}");
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! `modelwatch score`: files scored offline through the daemon's own
+//! windower, detectors and judge; `--store` records them (backfill).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+
+use super::ConfigArg;
+use crate::config::Config;
+use crate::decode::DecoderName;
+use crate::detect::ScoringHandle;
+use crate::event::Positioned;
+use crate::ingest::file::read_events;
+use crate::judge::{self, AlertState, WindowVerdict};
+use crate::notify::Router;
+use crate::store::Store;
+use crate::telemetry;
+use crate::window::{ClosedWindow, Progress, WindowKey, WindowSettings, Windower};
+
+#[derive(Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Reference events (NDJSON).
+    #[arg(long)]
+    reference: PathBuf,
+    /// Events to score (NDJSON), cut into windows per model and version as
+    /// the daemon cuts them (by count, or by event time).
+    #[arg(long)]
+    current: PathBuf,
+    /// Events per window; default: the model's configured window count.
+    #[arg(long)]
+    window: Option<usize>,
+    /// `table` for people, `json` for one JSON object per score.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    format: Output,
+    /// The files' format, as a topic's decoder would read them.
+    #[arg(long, value_enum, default_value_t = DecoderName::default())]
+    input_format: DecoderName,
+    /// Also write the windows, scores and alerts to the configured store (backfill).
+    #[arg(long)]
+    store: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+pub async fn run(args: ScoreArgs) -> Result<()> {
+    let config = args.config.load()?;
+    telemetry::init_logging(&config.log);
+    let decoder = args.input_format.build();
+    let reference = read_events(&args.reference, decoder.as_ref())?;
+    let current = read_events(&args.current, decoder.as_ref())?;
+    let typical = args.window.unwrap_or(config.windows.count).max(1);
+    let scoring =
+        ScoringHandle::start(&config.engine, &config.detect, (reference.len(), typical)).await?;
+    let store = match args.store {
+        true => Some(Store::open(&config.store.url, 1).await?),
+        false => None,
+    };
+    let router = Router::new(&config.notify.receivers);
+    let route = |a: &AlertState| router.route(a);
+    if args.format == Output::Table {
+        print_header();
+    }
+    let models: BTreeSet<&str> = current.iter().map(|p| p.event.model.as_str()).collect();
+    for model in models {
+        let settings = window_settings(&config, model, args.window);
+        let reference: Vec<_> = reference
+            .iter()
+            .filter(|p| p.event.model == model)
+            .map(|p| p.event.clone())
+            .collect();
+        if reference.len() < 2 {
+            bail!(
+                "the reference holds {} events of model {model}; at least 2 are needed",
+                reference.len()
+            );
+        }
+        let classes = config.model_settings(model).classes;
+        let fitted = scoring
+            .fit(model, reference, classes, settings.count.max(1))
+            .await?;
+        let mine = current.iter().filter(|p| p.event.model == model);
+        for w in cut_windows(mine, model, settings, store.as_ref()).await? {
+            let events = w.events.iter().map(|p| p.event.clone()).collect();
+            let scored = scoring.score(fitted.clone(), events).await?;
+            let device = scoring.info().label();
+            let mut verdict = judge::verdict(&config.judge, &w, device, Ok(scored.scores));
+            // A backfill's events are not the live stream's positions.
+            verdict.high_water.clear();
+            print_verdict(&verdict, args.format);
+            if let Some(store) = &store {
+                judge::record_window(store, &verdict, &config.alerts, &route).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The model's window settings, `--window` overriding its count.
+fn window_settings(config: &Config, model: &str, window: Option<usize>) -> WindowSettings {
+    let s = config.model_settings(model);
+    WindowSettings {
+        count: window.unwrap_or(s.window_count),
+        duration: s.window_duration,
+    }
+}
+
+/// One model's events through the windower, every window closed, in order
+/// of (version, number); a backfill numbers after the stored windows.
+async fn cut_windows<'a>(
+    events: impl Iterator<Item = &'a Positioned>,
+    model: &str,
+    settings: WindowSettings,
+    store: Option<&Store>,
+) -> Result<Vec<ClosedWindow>> {
+    let mut windower = Windower::default();
+    let mut closed = Vec::new();
+    for p in events {
+        let key = WindowKey {
+            model: model.to_string(),
+            version: p.event.version_key().to_string(),
+        };
+        if !windower.knows(&key) {
+            let next_seq = match store {
+                Some(st) => st.next_window_seq(&key.model, &key.version).await?,
+                None => 0,
+            };
+            let progress = Progress {
+                next_seq,
+                high_water: Default::default(),
+            };
+            windower.add_key(key.clone(), settings, progress);
+        }
+        closed.extend(windower.push(&key, p.clone(), Instant::now()));
+    }
+    closed.extend(windower.drain());
+    closed.sort_by(|a, b| (&a.key, a.seq).cmp(&(&b.key, b.seq)));
+    Ok(closed)
+}
+
+fn print_header() {
+    println!(
+        "{:<20} {:<8} {:>6}  {:<20} {:<18} {:<5} {:>10} {:>11} {:>11}  alert",
+        "model",
+        "version",
+        "window",
+        "detector",
+        "feature",
+        "test",
+        "statistic",
+        "p-value",
+        "threshold"
+    );
+}
+
+fn print_verdict(v: &WindowVerdict, format: Output) {
+    for j in &v.judged {
+        let s = &j.score;
+        let alert = j.crossed.map(|c| c.as_str()).unwrap_or("-");
+        match format {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "model": v.model, "model_version": v.model_version, "window": v.seq,
+                    "detector": s.detector, "feature": s.feature, "test": s.test, "method": s.method,
+                    "statistic": s.statistic, "p_value": s.p_value, "threshold": j.threshold,
+                    "n_reference": s.n_reference, "n_window": s.n_window, "alert": alert,
+                    "effect": s.effect, "examples": s.examples,
+                })
+            ),
+            Output::Table => println!(
+                "{:<20} {:<8} {:>6}  {:<20} {:<18} {:<5} {:>10.4} {:>11.3e} {:>11.3e}  {}",
+                v.model,
+                if v.model_version.is_empty() {
+                    "-"
+                } else {
+                    &v.model_version
+                },
+                v.seq,
+                s.detector,
+                s.feature,
+                s.test,
+                s.statistic,
+                s.p_value,
+                j.threshold,
+                alert
+            ),
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! One window made durable with what it means for alerts: its scores, the
+//! alert lifecycle step of each score, silences, the notifications owed to
+//! the receivers the router names, and the window's stream progress, all in
+//! one transaction, so that a replay of the window writes nothing twice and
+//! no transition is paged without its window stored.
+
+use chrono::{DateTime, Utc};
+
+use super::AlertsConfig;
+use super::lifecycle::{self, Observation};
+use super::{AlertState, Transition, WindowVerdict};
+use crate::store::{self, Store, StoreError, Tx};
+
+/// Which receivers an alert transition is queued for.
+pub type Route<'a> = &'a (dyn Fn(&AlertState) -> Vec<String> + Sync);
+
+/// Stores a window and advances its alerts. Returns the transitions it
+/// made; a window stored before (a replay) writes nothing and returns none.
+pub async fn record_window(
+    store: &Store,
+    v: &WindowVerdict,
+    alerts: &AlertsConfig,
+    route: Route<'_>,
+) -> Result<Vec<(AlertState, Transition)>, StoreError> {
+    let now = Utc::now();
+    let mut tx = store.begin().await?;
+    let mut transitions = Vec::new();
+    if tx.insert_window(v, now).await? {
+        for judged in &v.judged {
+            tx.insert_score(v, judged, now).await?;
+            let obs = Observation { verdict: v, judged };
+            if let Some(t) = advance_alert(&mut tx, &obs, alerts, route, now).await? {
+                transitions.push(t);
+            }
+        }
+    }
+    let scope = store::version_scope(&v.model_version);
+    tx.advance_progress(&v.model, &scope, &v.high_water).await?;
+    tx.commit().await?;
+    Ok(transitions)
+}
+
+/// One score's step of its alert: the open incident (or a new one when the
+/// score crossed), silenced or not, saved, and its transition queued.
+async fn advance_alert(
+    tx: &mut Tx,
+    obs: &Observation<'_>,
+    alerts: &AlertsConfig,
+    route: Route<'_>,
+    now: DateTime<Utc>,
+) -> Result<Option<(AlertState, Transition)>, StoreError> {
+    let key = obs.dedup_key();
+    let open = tx.open_alert(&key).await?;
+    if open.is_none() && obs.judged.crossed.is_none() {
+        return Ok(None);
+    }
+    let next_incident = match open {
+        None => tx.next_incident(&key).await?,
+        Some(_) => 0,
+    };
+    let (state, transition) = lifecycle::step(open, obs, alerts, next_incident, now);
+    let Some(mut state) = state else {
+        return Ok(None);
+    };
+    if transition == Some(Transition::Fired) {
+        state.silenced = tx.silenced(&state, now).await?;
+    }
+    let id = tx.save_alert(&state, now).await?;
+    state.id = Some(id);
+    let Some(t) = transition else {
+        return Ok(None);
+    };
+    if !state.silenced {
+        for receiver in route(&state) {
+            tx.enqueue(&receiver, id, t, &state, now).await?;
+        }
+    }
+    Ok(Some((state, t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::judge::Status;
+
+    fn verdict(seq: i64, p: f64) -> WindowVerdict {
+        let t = Utc::now();
+        let score = crate::detect::Score {
+            detector: "feature_drift".into(),
+            family: crate::detect::Family::Drift,
+            feature: "x".into(),
+            test: "ks".into(),
+            statistic: 0.5,
+            p_value: p,
+            n_reference: 100,
+            n_window: 50,
+            method: "exact".into(),
+            effect: None,
+            examples: Vec::new(),
+        };
+        WindowVerdict {
+            model: "m".into(),
+            model_version: "v".into(),
+            seq,
+            start: t,
+            end: t,
+            n_events: 3,
+            close_reason: "count",
+            device: "flex:cpu".into(),
+            error: None,
+            judged: vec![crate::judge::Judged {
+                crossed: (p < 0.01).then_some(crate::judge::Severity::Warning),
+                score,
+                threshold: 0.01,
+            }],
+            sample_request_ids: vec!["r1".into()],
+            high_water: HashMap::from([("t/0".to_string(), 40 + seq)]),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_window_writes_are_idempotent_and_queue_notifications() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let cfg = AlertsConfig {
+            pending_windows: 1,
+            resolve_windows: 1,
+            ..AlertsConfig::default()
+        };
+        let route = |_: &AlertState| vec!["pager".to_string()];
+        let fired = record_window(&store, &verdict(0, 1e-5), &cfg, &route)
+            .await
+            .unwrap();
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].1, Transition::Fired);
+        assert!(
+            record_window(&store, &verdict(0, 1e-5), &cfg, &route)
+                .await
+                .unwrap()
+                .is_empty(),
+            "replay writes nothing"
+        );
+        assert_eq!(store.next_window_seq("m", "v").await.unwrap(), 1);
+        let resolved = record_window(&store, &verdict(1, 0.5), &cfg, &route)
+            .await
+            .unwrap();
+        assert_eq!(resolved[0].1, Transition::Resolved);
+        let alerts = store.list_alerts(None).await.unwrap();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].status, Status::Resolved);
+        assert_eq!(
+            alerts[0].trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+
+        // Delivered in order, one at a time.
+        let first = store.next_notification("pager").await.unwrap().unwrap();
+        assert_eq!(first.transition, Transition::Fired);
+        store
+            .mark_failed(first.id, Utc::now(), "connection refused")
+            .await
+            .unwrap();
+        assert_eq!(store.backlog().await.unwrap()[0].pending, 2);
+        let again = store.next_notification("pager").await.unwrap().unwrap();
+        assert_eq!(
+            (again.id, again.attempts),
+            (first.id, 1),
+            "a failed notification stays first"
+        );
+        store.mark_sent(again.id).await.unwrap();
+        let second = store.next_notification("pager").await.unwrap().unwrap();
+        assert_eq!(second.transition, Transition::Resolved);
+        store.mark_sent(second.id).await.unwrap();
+        assert!(store.next_notification("pager").await.unwrap().is_none());
+        assert!(store.backlog().await.unwrap().is_empty());
+
+        let lower = WindowVerdict {
+            seq: 2,
+            high_water: HashMap::from([("t/0".to_string(), 7)]),
+            ..verdict(2, 0.5)
+        };
+        record_window(&store, &lower, &cfg, &route).await.unwrap();
+        assert_eq!(
+            store.load_progress("m", "version:v").await.unwrap()["t/0"],
+            41,
+            "progress never moves back"
+        );
+    }
+
+    #[tokio::test]
+    async fn silences_keep_alerts_from_paging() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let cfg = AlertsConfig {
+            pending_windows: 1,
+            ..AlertsConfig::default()
+        };
+        let route = |_: &AlertState| vec!["pager".to_string()];
+        store
+            .add_silence(
+                "m",
+                Some("feature_drift"),
+                None,
+                "deploy",
+                Utc::now() + chrono::Duration::hours(1),
+            )
+            .await
+            .unwrap();
+        store
+            .add_silence(
+                "m",
+                None,
+                None,
+                "expired",
+                Utc::now() - chrono::Duration::hours(1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.silences().await.unwrap().len(), 1);
+        record_window(&store, &verdict(0, 1e-5), &cfg, &route)
+            .await
+            .unwrap();
+        let a = &store.list_alerts(Some(Status::Firing)).await.unwrap()[0];
+        assert!(a.silenced);
+        assert!(store.next_notification("pager").await.unwrap().is_none());
+        assert!(store.acknowledge(a.id.unwrap()).await.unwrap());
+        assert!(store.list_alerts(None).await.unwrap()[0].acknowledged);
+        assert!(!store.acknowledge(999).await.unwrap());
+    }
+}

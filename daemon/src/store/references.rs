@@ -1,0 +1,179 @@
+//! Model references, what was calibrated on them, and per scope the stream
+//! positions already inside stored data.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use sqlx::Row;
+use sqlx::types::Json;
+
+use super::{Result, Store, Tx, with_pool, with_tx};
+use crate::event::TelemetryEvent;
+
+/// The progress scope of a model's reference.
+pub const REFERENCE_SCOPE: &str = "reference";
+
+/// The progress scope of a model version's windows.
+pub fn version_scope(version: &str) -> String {
+    format!("version:{version}")
+}
+
+/// A stored reference: where it came from and its events.
+#[derive(Debug, Clone)]
+pub struct StoredReference {
+    pub origin: String,
+    pub events: Vec<TelemetryEvent>,
+}
+
+impl Store {
+    pub async fn load_reference(&self, model: &str) -> Result<Option<StoredReference>> {
+        let row = with_pool!(self, pool => {
+            sqlx::query("SELECT origin, events FROM model_references WHERE model = $1")
+                .bind(model)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| -> std::result::Result<_, sqlx::Error> {
+                    let origin: String = r.try_get("origin")?;
+                    let events: Json<Vec<TelemetryEvent>> = r.try_get("events")?;
+                    Ok(StoredReference { origin, events: events.0 })
+                })
+                .transpose()?
+        });
+        Ok(row)
+    }
+
+    /// Records what was calibrated on a model's reference.
+    pub async fn save_calibration(
+        &self,
+        model: &str,
+        calibration: &serde_json::Value,
+    ) -> Result<()> {
+        let now = Utc::now();
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE model_references SET calibration = $1, calibrated_at = $2 WHERE model = $3")
+                .bind(Json(calibration))
+                .bind(now)
+                .bind(model)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// What was last calibrated on a model's reference, if anything.
+    pub async fn load_calibration(&self, model: &str) -> Result<Option<serde_json::Value>> {
+        let v = with_pool!(self, pool => {
+            sqlx::query("SELECT calibration FROM model_references WHERE model = $1")
+                .bind(model)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.try_get::<Option<Json<serde_json::Value>>, _>("calibration"))
+                .transpose()?
+                .flatten()
+                .map(|j| j.0)
+        });
+        Ok(v)
+    }
+
+    /// Stores a model's reference and the stream positions it covers in one
+    /// transaction. Returns false when the model already had one (another
+    /// instance won the race, or a replay): the stored one stands.
+    pub async fn save_reference(
+        &self,
+        model: &str,
+        origin: &str,
+        events: &[TelemetryEvent],
+        high_water: &HashMap<String, i64>,
+        replace: bool,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        if replace {
+            tx.delete_reference(model).await?;
+        }
+        let inserted = tx.insert_reference(model, origin, events).await?;
+        if inserted {
+            tx.advance_progress(model, REFERENCE_SCOPE, high_water)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Per stream, the highest offset already inside stored data of `scope`.
+    pub async fn load_progress(&self, model: &str, scope: &str) -> Result<HashMap<String, i64>> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query("SELECT stream, high_water FROM progress WHERE model = $1 AND scope = $2")
+                .bind(model)
+                .bind(scope)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| Ok((r.try_get::<String, _>("stream")?, r.try_get::<i64, _>("high_water")?)))
+                .collect::<std::result::Result<HashMap<_, _>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+}
+
+impl Tx {
+    async fn delete_reference(&mut self, model: &str) -> Result<()> {
+        with_tx!(self, conn => {
+            sqlx::query("DELETE FROM model_references WHERE model = $1")
+                .bind(model)
+                .execute(conn)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// False when the model already has a reference.
+    async fn insert_reference(
+        &mut self,
+        model: &str,
+        origin: &str,
+        events: &[TelemetryEvent],
+    ) -> Result<bool> {
+        let now = Utc::now();
+        let n = events.len() as i64;
+        let done = with_tx!(self, conn => {
+            sqlx::query(
+                "INSERT INTO model_references (model, origin, n_events, events, created_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (model) DO NOTHING",
+            )
+            .bind(model)
+            .bind(origin)
+            .bind(n)
+            .bind(Json(events))
+            .bind(now)
+            .execute(conn)
+            .await?
+            .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Raises the stored high-water marks of `scope`; never lowers one.
+    pub async fn advance_progress(
+        &mut self,
+        model: &str,
+        scope: &str,
+        high_water: &HashMap<String, i64>,
+    ) -> Result<()> {
+        for (stream, hw) in high_water {
+            with_tx!(self, conn => {
+                sqlx::query(
+                    "INSERT INTO progress (model, scope, stream, high_water) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (model, scope, stream) DO UPDATE SET high_water = excluded.high_water
+                     WHERE excluded.high_water > progress.high_water",
+                )
+                .bind(model)
+                .bind(scope)
+                .bind(stream)
+                .bind(*hw)
+                .execute(conn)
+                .await?;
+            });
+        }
+        Ok(())
+    }
+}
