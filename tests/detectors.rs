@@ -69,6 +69,13 @@ fn parity(engine: &Engine) {
     let curs: Vec<Vec<f64>> = cases.iter().map(|c| floats(&c["current"])).collect();
     // All cases in one ragged batch: padding must not leak between columns.
     let diffs = engine.ks_max_diffs(&refs, &curs).expect("ks on device");
+    // The host counts KS everywhere now; the device kernel must still agree.
+    if engine.info().backend != "flex" {
+        let kernel = engine
+            .ks_max_diffs_with(KsAlgorithm::Compare, &refs, &curs)
+            .expect("ks kernel on device");
+        assert_eq!(kernel, diffs, "device kernel against the host count");
+    }
     for (i, case) in cases.iter().enumerate() {
         let name = case["name"].as_str().unwrap();
         let r = stats::ks_two_sample(refs[i].len(), curs[i].len(), diffs[i]);
