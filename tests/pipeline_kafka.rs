@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::Message;
@@ -296,4 +296,36 @@ fn expand_time_filter(sql: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// A dead-letter topic that does not exist would hold the stream at the
+/// first undecodable message; the daemon refuses to start instead, and says
+/// which topic to create.
+#[tokio::test]
+async fn a_missing_dead_letter_topic_stops_the_start_with_its_name() {
+    let topic = unique("telemetry");
+    create_topic(&topic, 1).await;
+    let dlq = unique("missing_dead_letter");
+    let db = fresh_database(&unique("mw_nodlq")).await;
+    let tmp = std::env::temp_dir().join(unique("mw_nodlq"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let config = kafka_config(&tmp, &topic, &dlq, &unique("g"), &db, REFERENCE, WINDOW);
+    // Brokers that create topics on demand would make the check pass
+    // vacuously; this one must not have created it.
+    let mut daemon = Daemon::start(&config, tmp.join("daemon.log"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon started without its dead-letter topic; log:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = daemon.log_text();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains(&dlq) && log.contains("create it"), "{log}");
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::decode::Limits;
 use crate::detect::{DetectConfig, EngineConfig};
 use crate::ingest::SourceConfig;
 use crate::judge::{AlertsConfig, JudgeConfig};
@@ -69,6 +70,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// The detectors' settings.
     pub detect: DetectConfig,
+    /// What every message and event must keep to be scored.
+    pub limits: Limits,
 }
 
 /// One model's overrides of the global settings.
@@ -193,6 +196,27 @@ impl Config {
     /// The effective config as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// A copy safe to print: passwords in the store URL, librdkafka
+    /// properties that hold secrets, and OTLP header values are masked.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.store.url = crate::store::redact(&c.store.url);
+        for (key, value) in &mut c.source.kafka.properties {
+            let k = key.to_ascii_lowercase();
+            if ["password", "secret", "token", "key"]
+                .iter()
+                .any(|s| k.contains(s))
+                && !k.ends_with(".location")
+            {
+                *value = "***".into();
+            }
+        }
+        for value in c.telemetry.otlp.headers.values_mut() {
+            *value = "***".into();
+        }
+        c
     }
 
     /// The effective config as TOML with every field's documentation, as
@@ -370,6 +394,21 @@ mod tests {
             let err = chain(Config::from_sources(text, []).unwrap_err());
             assert!(err.contains(bad), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn printed_config_holds_no_secret() {
+        let c = Config::from_sources(
+            "[source.kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"ssl.key.password\" = \"pem-pass\"\n\"ssl.ca.location\" = \"/etc/ca.pem\"\n[telemetry.otlp.headers]\nauthorization = \"Bearer tok3n\"\n",
+            [("MODELWATCH_STORE__URL".into(), "postgres://mw:s3cret@db/mw".into())],
+        )
+        .unwrap();
+        let text = c.redacted().annotated();
+        for secret in ["hunter2", "pem-pass", "tok3n", "s3cret"] {
+            assert!(!text.contains(secret), "{secret} printed:\n{text}");
+        }
+        assert!(text.contains("postgres://mw:***@db/mw"), "{text}");
+        assert!(text.contains("/etc/ca.pem"), "{text}");
     }
 
     #[test]

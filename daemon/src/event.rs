@@ -8,13 +8,32 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Where a raw message came from: a stream (Kafka `topic/partition`, a file
-/// path, the demo generator) and a monotonically increasing position in it.
-/// Positions drive at-least-once acknowledgement and replay de-duplication.
+/// Where an event came from: a stream (Kafka `topic/partition`, a file
+/// path, the demo generator), the message's monotonically increasing offset
+/// in it, and the event's index inside that message (a message may carry an
+/// array of events). Offsets drive at-least-once acknowledgement; offset and
+/// index together drive replay de-duplication.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SourcePos {
     pub stream: String,
     pub offset: i64,
+    pub index: i64,
+}
+
+impl SourcePos {
+    pub fn mark(&self) -> Mark {
+        Mark {
+            offset: self.offset,
+            index: self.index,
+        }
+    }
+}
+
+/// A point in one stream, ordered by offset, then by index in the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mark {
+    pub offset: i64,
+    pub index: i64,
 }
 
 /// One feature value: numbers are numeric features, strings and booleans

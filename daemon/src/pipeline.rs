@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::decode::{Decoder, DecoderName};
+use crate::decode::{DecodeError, Decoder, DecoderName};
 use crate::detect::{DetectError, Reference, ScoringHandle};
-use crate::event::{Positioned, TelemetryEvent};
+use crate::event::{Positioned, SourcePos, TelemetryEvent};
 use crate::ingest::ack::OffsetTracker;
 use crate::ingest::{IngestError, RawMessage, Source, SourceControl};
 use crate::judge;
@@ -65,6 +65,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     options: PipelineOptions,
+    retry: Retry,
 }
 
 impl Pipeline {
@@ -92,6 +93,10 @@ impl Pipeline {
             tracker: OffsetTracker::default(),
             windower: Windower::default(),
             models: HashMap::new(),
+            retry: Retry {
+                health: health.clone(),
+                metrics: metrics.clone(),
+            },
             metrics,
             health,
             options,
@@ -215,37 +220,79 @@ impl Pipeline {
             .decoders
             .get(&msg.topic)
             .unwrap_or(&self.default_decoder);
+        let limits = &self.config.limits;
         let decoded = tracing::info_span!(
             "decode",
             decoder = decoder.name(),
             bytes = msg.payload.len()
         )
-        .in_scope(|| decoder.decode(&msg.payload, msg.timestamp));
+        .in_scope(|| {
+            limits.check_size(&msg.payload)?;
+            let events = decoder.decode(&msg.payload, msg.timestamp)?;
+            for e in &events {
+                limits.check(e, msg.timestamp)?;
+            }
+            self.admit(&events)?;
+            Ok::<_, DecodeError>(events)
+        });
         match decoded {
             Err(e) => {
                 tracing::warn!(stream = %msg.pos.stream, offset = msg.pos.offset, reason = e.reason(), error = %e, "message rejected");
                 self.metrics.reject(e.reason());
                 let detail = e.to_string();
-                retry("dead-letter delivery", cancel, || {
-                    control.dead_letter(&msg, e.reason(), &detail)
-                })
-                .await?;
+                // What cannot be decoded whole is kept in part, small enough
+                // for the dead-letter producer.
+                let kept = RawMessage {
+                    payload: msg.payload[..msg.payload.len().min(limits.max_message_bytes)]
+                        .to_vec(),
+                    ..msg.clone()
+                };
+                self.retry
+                    .run("dead-letter delivery", cancel, || {
+                        control.dead_letter(&kept, e.reason(), &detail)
+                    })
+                    .await?;
             }
             Ok(events) => {
                 self.metrics.events_decoded.inc_by(events.len() as u64);
-                for event in events {
-                    self.route(
-                        Positioned {
-                            event,
-                            pos: msg.pos.clone(),
-                        },
-                        cancel,
-                    )
-                    .await?;
+                for (index, event) in events.into_iter().enumerate() {
+                    let pos = SourcePos {
+                        index: index as i64,
+                        ..msg.pos.clone()
+                    };
+                    self.route(Positioned { event, pos }, cancel).await?;
                 }
             }
         }
         self.tracker.release(&msg.pos);
+        Ok(())
+    }
+
+    /// Whether a message's models fit the model limits: models with state
+    /// and configured ones always do, new ones while there is room.
+    fn admit(&self, events: &[TelemetryEvent]) -> Result<(), DecodeError> {
+        let limits = &self.config.limits;
+        let mut new = std::collections::BTreeSet::new();
+        for e in events {
+            let m = e.model.as_str();
+            if self.models.contains_key(m) || self.config.models.contains_key(m) {
+                continue;
+            }
+            if limits.only_configured_models {
+                return Err(DecodeError::UnknownModel(format!(
+                    "{:?} is not under [models]",
+                    m.chars().take(64).collect::<String>()
+                )));
+            }
+            new.insert(m);
+        }
+        if !new.is_empty() && self.models.len() + new.len() > limits.max_models {
+            return Err(DecodeError::UnknownModel(format!(
+                "{} new models would pass limits.max_models = {}",
+                new.len(),
+                limits.max_models
+            )));
+        }
         Ok(())
     }
 
@@ -285,14 +332,18 @@ impl Pipeline {
         if !self.windower.knows(&key) {
             let store = self.store.clone();
             let scope = store::version_scope(&key.version);
-            let high_water = retry("loading window progress", cancel, || {
-                store.load_progress(&model, &scope)
-            })
-            .await?;
-            let next_seq = retry("loading window sequence", cancel, || {
-                store.next_window_seq(&key.model, &key.version)
-            })
-            .await?;
+            let high_water = self
+                .retry
+                .run("loading window progress", cancel, || {
+                    store.load_progress(&model, &scope)
+                })
+                .await?;
+            let next_seq = self
+                .retry
+                .run("loading window sequence", cancel, || {
+                    store.next_window_seq(&key.model, &key.version)
+                })
+                .await?;
             let s = self.config.model_settings(&model);
             let settings = WindowSettings {
                 count: s.window_count,
@@ -324,11 +375,16 @@ impl Pipeline {
         cancel: &CancellationToken,
     ) -> Result<(), PipelineError> {
         let store = self.store.clone();
-        let stored = retry("loading reference", cancel, || store.load_reference(model)).await?;
-        let high_water = retry("loading reference progress", cancel, || {
-            store.load_progress(model, store::REFERENCE_SCOPE)
-        })
-        .await?;
+        let stored = self
+            .retry
+            .run("loading reference", cancel, || store.load_reference(model))
+            .await?;
+        let high_water = self
+            .retry
+            .run("loading reference progress", cancel, || {
+                store.load_progress(model, store::REFERENCE_SCOPE)
+            })
+            .await?;
         let reference = match stored {
             Some(r) => {
                 tracing::info!(model, origin = %r.origin, events = r.events.len(), "using stored reference");
@@ -381,10 +437,12 @@ impl Pipeline {
         let events: Vec<TelemetryEvent> = builder.events.iter().map(|p| p.event.clone()).collect();
         let high_water = window::high_water(builder.events.iter().map(|p| &p.pos));
         let store = self.store.clone();
-        let inserted = retry("storing reference", cancel, || {
-            store.save_reference(model, "stream", &events, &high_water, false)
-        })
-        .await?;
+        let inserted = self
+            .retry
+            .run("storing reference", cancel, || {
+                store.save_reference(model, "stream", &events, &high_water, false)
+            })
+            .await?;
         let events = if inserted {
             tracing::info!(
                 model,
@@ -394,7 +452,10 @@ impl Pipeline {
             events
         } else {
             // Another instance stored one first: use it, so that all agree.
-            let stored = retry("loading reference", cancel, || store.load_reference(model)).await?;
+            let stored = self
+                .retry
+                .run("loading reference", cancel, || store.load_reference(model))
+                .await?;
             stored.map(|r| r.events).unwrap_or(events)
         };
         let reference = self.fit(model, events).await?;
@@ -454,20 +515,19 @@ impl Pipeline {
         let scores = self.score(&w, reference, &device).await;
         let mut verdict = judge::verdict(&self.config.judge, &w, device, scores);
         verdict.trace_id = telemetry::trace_id(&span);
-        let store = self.store.clone();
         let write_started = Instant::now();
-        let router = &self.options.router;
-        let route = |a: &judge::AlertState| router.route(a);
-        let alerts_config = &self.config.alerts;
-        let transitions = retry("storing window", cancel, || {
-            judge::record_window(&store, &verdict, alerts_config, &route)
-        })
-        .instrument(tracing::info_span!(
-            "persist",
-            store = store.kind(),
-            scores = verdict.judged.len()
-        ))
-        .await?;
+        let transitions = match self.store_verdict(&verdict, cancel).await {
+            Err(PipelineError::Store(e)) if e.is_permanent() => {
+                // The scores cannot be stored: the window is, with the
+                // error, so that its positions move on and it is counted.
+                self.metrics.windows_quarantined.inc();
+                tracing::error!(model = %w.key.model, version = %w.key.version, window = w.seq, error = %e, "window scores cannot be stored; window stored with the error");
+                verdict.judged.clear();
+                verdict.error = Some(format!("its scores could not be stored: {e}"));
+                self.store_verdict(&verdict, cancel).await?
+            }
+            other => other?,
+        };
         self.metrics.store_write_took(write_started.elapsed());
         tracing::debug!(
             model = %w.key.model, version = %w.key.version, window = w.seq, events = w.events.len(),
@@ -481,6 +541,28 @@ impl Pipeline {
             self.tracker.release(&p.pos);
         }
         Ok(())
+    }
+
+    /// Stores a judged window and steps its alerts, retrying outages.
+    async fn store_verdict(
+        &self,
+        verdict: &judge::WindowVerdict,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(judge::AlertState, judge::Transition)>, PipelineError> {
+        let store = &self.store;
+        let router = &self.options.router;
+        let route = |a: &judge::AlertState| router.route(a);
+        let alerts_config = &self.config.alerts;
+        self.retry
+            .run("storing window", cancel, || {
+                judge::record_window(store, verdict, alerts_config, &route)
+            })
+            .instrument(tracing::info_span!(
+                "persist",
+                store = store.kind(),
+                scores = verdict.judged.len()
+            ))
+            .await
     }
 
     /// The window's scores, or the error it is stored with.
@@ -548,31 +630,64 @@ impl Pipeline {
     }
 }
 
-/// Retries a fallible step with exponential backoff until it succeeds or the
-/// daemon shuts down: an outage of the store or the dead-letter topic pauses
-/// the stream instead of losing data.
-async fn retry<T, E, F, Fut>(
-    what: &str,
-    cancel: &CancellationToken,
-    mut f: F,
-) -> Result<T, PipelineError>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                tracing::warn!(step = what, error = %e, retry_in_ms = delay.as_millis() as u64, "step failed, retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return Err(PipelineError::Cancelled),
-                    _ = tokio::time::sleep(delay) => {}
+/// An error a step can fail with; some say retrying cannot help.
+trait Failure: std::fmt::Display + Into<PipelineError> {
+    fn permanent(&self) -> bool {
+        false
+    }
+}
+
+impl Failure for StoreError {
+    fn permanent(&self) -> bool {
+        self.is_permanent()
+    }
+}
+
+impl Failure for IngestError {}
+
+/// Retries steps that fail for reasons outside the data (an unreachable
+/// store or broker) until they succeed or the daemon shuts down: an outage
+/// pauses the stream instead of losing data. Backoff doubles to 10 s with
+/// jitter; each failed attempt is counted per step, the daemon reports not
+/// ready meanwhile, and stays alive. A permanent failure returns at once.
+#[derive(Clone)]
+struct Retry {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl Retry {
+    async fn run<T, E, F, Fut>(
+        &self,
+        what: &'static str,
+        cancel: &CancellationToken,
+        mut f: F,
+    ) -> Result<T, PipelineError>
+    where
+        E: Failure,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let e = match f().await {
+                Ok(v) => {
+                    Health::set(&self.health.step_failing, false);
+                    return Ok(v);
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
+                Err(e) if e.permanent() => return Err(e.into()),
+                Err(e) => e,
+            };
+            Health::set(&self.health.step_failing, true);
+            self.metrics.step_retry(what);
+            let wait = delay.mul_f64(rand::random_range(0.5..1.5));
+            tracing::warn!(step = what, error = %e, retry_in_ms = wait.as_millis() as u64, "step failed, retrying");
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(PipelineError::Cancelled),
+                _ = tokio::time::sleep(wait) => {}
             }
+            self.health.beat();
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 }

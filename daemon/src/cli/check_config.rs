@@ -1,4 +1,5 @@
-//! `modelwatch check-config`: validate and print the effective config.
+//! `modelwatch check-config`: validate and print the effective config,
+//! secrets masked.
 
 use anyhow::Result;
 use clap::Args;
@@ -12,6 +13,6 @@ pub struct CheckConfigArgs {
 }
 
 pub fn run(args: CheckConfigArgs) -> Result<()> {
-    print!("{}", args.config.load()?.annotated());
+    print!("{}", args.config.load()?.redacted().annotated());
     Ok(())
 }

@@ -55,8 +55,8 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
     let config = args.config.load()?;
     telemetry::init_logging(&config.log);
     let decoder = args.input_format.build();
-    let reference = read_events(&args.reference, decoder.as_ref())?;
-    let current = read_events(&args.current, decoder.as_ref())?;
+    let reference = read_events(&args.reference, decoder.as_ref(), &config.limits)?;
+    let current = read_events(&args.current, decoder.as_ref(), &config.limits)?;
     let typical = args.window.unwrap_or(config.windows.count).max(1);
     let scoring =
         ScoringHandle::start(&config.engine, &config.detect, (reference.len(), typical)).await?;

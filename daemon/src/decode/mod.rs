@@ -4,12 +4,14 @@
 //! (`docs/event.schema.json`); serving-system formats plug in beside it.
 
 mod json;
+mod limits;
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use json::JsonDecoder;
+pub use limits::Limits;
 
 use crate::event::TelemetryEvent;
 
@@ -23,6 +25,12 @@ pub enum DecodeError {
     InvalidValue(String),
     #[error("message has no timestamp and the source gave none")]
     NoTimestamp,
+    #[error("timestamp out of range: {0}")]
+    TimestampOutOfRange(String),
+    #[error("message of {bytes} bytes exceeds the limit of {limit}")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("unknown model: {0}")]
+    UnknownModel(String),
 }
 
 impl DecodeError {
@@ -33,6 +41,9 @@ impl DecodeError {
             DecodeError::Schema(_) => "schema",
             DecodeError::InvalidValue(_) => "invalid_value",
             DecodeError::NoTimestamp => "no_timestamp",
+            DecodeError::TimestampOutOfRange(_) => "timestamp_out_of_range",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::UnknownModel(_) => "unknown_model",
         }
     }
 }

@@ -239,8 +239,19 @@ impl Scorer {
 
     /// Types the reference events and precomputes what every window reuses;
     /// `window_rows` is the live window size the reference's own windows are
-    /// cut to for calibration (0 when windows close by time only).
+    /// cut to for calibration (0 when windows close by time only). A panic
+    /// becomes an error.
     pub fn fit(
+        &self,
+        model: &str,
+        events: &[TelemetryEvent],
+        classes: &[String],
+        window_rows: usize,
+    ) -> Result<Arc<Reference>, DetectError> {
+        guarded(|| self.fit_unguarded(model, events, classes, window_rows))
+    }
+
+    fn fit_unguarded(
         &self,
         model: &str,
         events: &[TelemetryEvent],
@@ -301,15 +312,14 @@ impl Scorer {
         }))
     }
 
-    /// Scores one window with every detector. A panic inside the tensor
-    /// library becomes an error: bad input must never take the daemon down.
+    /// Scores one window with every detector; a panic becomes an error.
     pub fn score<'a>(
         &self,
         reference: &Reference,
         events: impl IntoIterator<Item = &'a TelemetryEvent>,
     ) -> Result<Scored, DetectError> {
         let window = Frame::build(events, &reference.schema, &reference.classes);
-        let run = std::panic::AssertUnwindSafe(|| {
+        guarded(|| {
             let mut scored = Scored::default();
             for d in &self.detectors {
                 let started = std::time::Instant::now();
@@ -319,18 +329,22 @@ impl Scorer {
                 scored.timings.push((d.name(), started.elapsed()));
             }
             Ok(scored)
-        });
-        std::panic::catch_unwind(run).unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(DetectError::Failed(format!(
-                "tensor operation panicked: {msg}"
-            )))
         })
     }
+}
+
+/// Runs `f`, turning a panic (in the tensor library, or a statistic meeting
+/// values it did not expect) into an error: one model's bad data must never
+/// take the daemon down.
+fn guarded<T>(f: impl FnOnce() -> Result<T, DetectError>) -> Result<T, DetectError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(DetectError::Failed(format!("scoring panicked: {msg}")))
+    })
 }
 
 /// KS scores for column pairs, batched in one device pass. Pairs where either

@@ -131,6 +131,7 @@ impl Detector for OutOfDistribution {
                 .filter(|(r, _)| r.len() == d)
                 .map(|(r, s)| (r.clone(), s))
                 .unzip();
+            scores.extend(unplaced(self.name(), fitted, reference, window));
             if rows.is_empty() {
                 continue;
             }
@@ -178,6 +179,50 @@ impl Detector for OutOfDistribution {
         }
         Ok(scores)
     }
+}
+
+/// How many of a frame's events have a row of the fitted space's width.
+fn placed(frame: &Frame, fitted: &Fitted) -> usize {
+    let rows = match fitted.space {
+        "features" => &frame.feature_rows,
+        _ => &frame.embeddings,
+    };
+    rows.iter().filter(|r| r.len() == fitted.mean.len()).count()
+}
+
+/// Requests that cannot be placed in the space (a numeric feature missing or
+/// not a number, an embedding of another width) are where evasion hides: their
+/// share of the window against the reference's, Fisher's exact test. Only
+/// scored when the window or the reference has such requests.
+fn unplaced(
+    detector: &str,
+    fitted: &Fitted,
+    reference: &Reference,
+    window: &Frame,
+) -> Option<Score> {
+    let (n, k) = (window.rows, window.rows - placed(window, fitted));
+    let ref_n = reference.frame.rows;
+    let ref_k = ref_n - placed(&reference.frame, fitted);
+    if n == 0 || (k == 0 && ref_k == 0) {
+        return None;
+    }
+    Some(Score {
+        detector: detector.to_string(),
+        family: Family::Security,
+        feature: format!("{}_unplaced", fitted.space),
+        test: "unplaced_fraction".into(),
+        statistic: k as f64 / n as f64,
+        p_value: stats::fisher_greater(k as u64, n as u64, ref_k as u64, ref_n as u64),
+        n_reference: ref_n,
+        n_window: n,
+        method: format!(
+            "requests without a complete {} row of width {}; reference_rate={ref_k}/{ref_n} fisher",
+            fitted.space,
+            fitted.mean.len()
+        ),
+        effect: None,
+        examples: Vec::new(),
+    })
 }
 
 /// Per-request out-of-distribution scoring (Mahalanobis distance under a

@@ -349,6 +349,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn binning_survives_ranges_past_f64() {
+        let x = [-1e308, 0.0, 1.0, 1e308, 1e308];
+        let edges = sturges_edges(&x);
+        assert!(edges.iter().all(|e| e.is_finite()), "{edges:?}");
+        assert!(edges.windows(2).all(|w| w[0] < w[1]), "{edges:?}");
+        let counts = histogram(&x, &edges);
+        assert_eq!(counts.iter().sum::<u64>(), 5);
+        assert_eq!((counts[0], *counts.last().unwrap()), (1, 2));
+        assert!(histogram(&x, &[1.0]).is_empty());
+    }
+
+    #[test]
     fn identical_samples_have_p_one() {
         let r = ks_two_sample(10, 10, 0);
         assert_eq!(r.p_value, 1.0);
@@ -431,8 +443,11 @@ pub fn sturges_edges(x: &[f64]) -> Vec<f64> {
     }
     let ptp = hi - lo;
     let width = ptp / ((x.len() as f64).log2() + 1.0);
-    let bins = if width > 0.0 {
+    let bins = if width > 0.0 && width.is_finite() {
         (ptp / width).ceil() as usize
+    } else if ptp > 0.0 {
+        // A range past f64's (-1e308 to 1e308): as many bins as a finite one.
+        ((x.len() as f64).log2() + 1.0).ceil() as usize
     } else {
         1
     };
@@ -440,9 +455,16 @@ pub fn sturges_edges(x: &[f64]) -> Vec<f64> {
         lo -= 0.5;
         hi += 0.5;
     }
-    // numpy.linspace: start + i * step, with the last edge set to stop.
+    // numpy.linspace: start + i * step, with the last edge set to stop; the
+    // step from halves when the range overflows.
     let step = (hi - lo) / bins as f64;
-    let mut edges: Vec<f64> = (0..=bins).map(|i| lo + i as f64 * step).collect();
+    let half_step = (hi / 2.0 - lo / 2.0) / bins as f64;
+    let mut edges: Vec<f64> = (0..=bins)
+        .map(|i| match step.is_finite() {
+            true => lo + i as f64 * step,
+            false => lo + 2.0 * (i as f64 * half_step),
+        })
+        .collect();
     edges[bins] = hi;
     edges
 }
@@ -450,20 +472,26 @@ pub fn sturges_edges(x: &[f64]) -> Vec<f64> {
 /// `numpy.histogram(x, edges)` for equal-width edges: half-open bins, the
 /// last one closed, values outside ignored.
 pub fn histogram(x: &[f64], edges: &[f64]) -> Vec<u64> {
-    let bins = edges.len() - 1;
+    let bins = edges.len().saturating_sub(1);
+    let mut counts = vec![0u64; bins];
+    if bins == 0 {
+        return counts;
+    }
     let (lo, hi) = (edges[0], edges[bins]);
     let norm = bins as f64 / (hi - lo);
-    let mut counts = vec![0u64; bins];
+    // Halves keep the arithmetic finite when the range overflows f64.
+    let half_norm = bins as f64 / (hi / 2.0 - lo / 2.0);
     for &v in x {
         if !(lo..=hi).contains(&v) {
             continue;
         }
-        let mut i = ((v - lo) * norm) as usize;
-        if i == bins {
-            i -= 1;
-        }
+        let at = match norm > 0.0 {
+            true => (v - lo) * norm,
+            false => (v / 2.0 - lo / 2.0) * half_norm,
+        };
+        let mut i = (at as usize).min(bins - 1);
         // numpy corrects the index against the actual edges.
-        if v < edges[i] {
+        if v < edges[i] && i > 0 {
             i -= 1;
         } else if i + 1 < bins && v >= edges[i + 1] {
             i += 1;

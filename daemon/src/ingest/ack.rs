@@ -81,6 +81,7 @@ mod tests {
         SourcePos {
             stream: "t/0".into(),
             offset: o,
+            index: 0,
         }
     }
 

@@ -227,6 +227,7 @@ pub fn start(config: &Config, tx: mpsc::Sender<RawMessage>, cancel: Cancellation
                     pos: SourcePos {
                         stream: "demo".into(),
                         offset,
+                        index: 0,
                     },
                     trace_context: Vec::new(),
                 };
@@ -245,6 +246,7 @@ pub fn start(config: &Config, tx: mpsc::Sender<RawMessage>, cancel: Cancellation
                     pos: SourcePos {
                         stream: "demo".into(),
                         offset,
+                        index: 0,
                     },
                     trace_context: Vec::new(),
                 };

@@ -9,7 +9,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use super::{IngestError, RawMessage};
-use crate::decode::{DecodeError, Decoder};
+use crate::decode::{DecodeError, Decoder, Limits};
 use crate::event::Positioned;
 use crate::event::SourcePos;
 use schemars::JsonSchema;
@@ -71,9 +71,13 @@ pub enum ReadError {
 
 /// Every event of an NDJSON file, positioned by line as the file source
 /// positions them, for the offline commands; the first line that does not
-/// decode fails with its file and line. Lines are bytes: one that is not
-/// UTF-8 is the decoder's to refuse.
-pub fn read_events(path: &Path, decoder: &dyn Decoder) -> Result<Vec<Positioned>, ReadError> {
+/// decode or breaks a limit fails with its file and line. Lines are bytes:
+/// one that is not UTF-8 is the decoder's to refuse.
+pub fn read_events(
+    path: &Path,
+    decoder: &dyn Decoder,
+    limits: &Limits,
+) -> Result<Vec<Positioned>, ReadError> {
     let name = path.display().to_string();
     let io = |source| ReadError::Io {
         path: name.clone(),
@@ -88,21 +92,39 @@ pub fn read_events(path: &Path, decoder: &dyn Decoder) -> Result<Vec<Positioned>
         if line.trim_ascii().is_empty() {
             continue;
         }
-        let decoded = decoder
-            .decode(&line, Some(now))
-            .map_err(|source| ReadError::Decode {
+        let decoded =
+            decode_line(&line, decoder, limits, now).map_err(|source| ReadError::Decode {
                 path: name.clone(),
                 line: i + 1,
                 source,
             })?;
-        let pos = SourcePos {
-            stream: stream.clone(),
-            offset: i as i64,
-        };
-        events.extend(decoded.into_iter().map(|event| Positioned {
-            event,
-            pos: pos.clone(),
-        }));
+        events.extend(
+            decoded
+                .into_iter()
+                .enumerate()
+                .map(|(index, event)| Positioned {
+                    event,
+                    pos: SourcePos {
+                        stream: stream.clone(),
+                        offset: i as i64,
+                        index: index as i64,
+                    },
+                }),
+        );
+    }
+    Ok(events)
+}
+
+fn decode_line(
+    line: &[u8],
+    decoder: &dyn Decoder,
+    limits: &Limits,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<crate::event::TelemetryEvent>, DecodeError> {
+    limits.check_size(line)?;
+    let events = decoder.decode(line, Some(now))?;
+    for e in &events {
+        limits.check(e, Some(now))?;
     }
     Ok(events)
 }
@@ -137,26 +159,29 @@ pub fn start(
     };
     let stream = format!("file:{path}");
     tokio::spawn(async move {
-        let mut lines = BufReader::new(reader).lines();
+        // Lines as bytes: a line that is not UTF-8 is the decoder's to refuse
+        // (and dead-letter), not the end of the input.
+        let mut lines = BufReader::new(reader).split(b'\n');
         let mut offset: i64 = 0;
         loop {
             let line = tokio::select! {
                 _ = cancel.cancelled() => break,
-                line = lines.next_line() => line,
+                line = lines.next_segment() => line,
             };
             match line {
                 Ok(Some(line)) => {
                     let pos = SourcePos {
                         stream: stream.clone(),
                         offset,
+                        index: 0,
                     };
                     offset += 1;
-                    if line.trim().is_empty() {
+                    if line.trim_ascii().is_empty() {
                         continue;
                     }
                     // A line without `ts` is stamped with the time it was read.
                     let msg = RawMessage {
-                        payload: line.into_bytes(),
+                        payload: line,
                         key: None,
                         timestamp: Some(chrono::Utc::now()),
                         topic: stream.clone(),

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -258,6 +258,27 @@ fn trace_headers(msg: &BorrowedMessage<'_>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The dead-letter topic must exist before the first bad message needs it:
+/// a missing one would hold the stream at that message.
+fn check_topic(producer: &FutureProducer, topic: &str) -> Result<(), IngestError> {
+    let missing = |reason: String| IngestError::DeadLetterTopic {
+        topic: topic.to_string(),
+        reason,
+    };
+    let md = producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| missing(e.to_string()))?;
+    match md.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+        Some(t) => Err(missing(match t.error() {
+            Some(e) => rdkafka::types::RDKafkaErrorCode::from(e).to_string(),
+            None => "it has no partitions".into(),
+        })),
+        None => Err(missing("the broker does not list it".into())),
+    }
+}
+
 pub fn start(
     config: &KafkaConfig,
     tx: mpsc::Sender<RawMessage>,
@@ -268,6 +289,7 @@ pub fn start(
     consumer.subscribe(&topics)?;
     let consumer = Arc::new(consumer);
     let producer: FutureProducer = client_config(config, ClientRole::Producer).create()?;
+    check_topic(&producer, &config.dead_letter_topic)?;
     tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?config.topics, "kafka source subscribed");
 
     let reader = consumer.clone();
@@ -296,6 +318,7 @@ pub fn start(
                 pos: SourcePos {
                     stream: stream_name(msg.topic(), msg.partition()),
                     offset: msg.offset(),
+                    index: 0,
                 },
                 trace_context: trace_headers(&msg),
             };

@@ -18,6 +18,7 @@ pub use lifecycle::{AlertState, Status, Transition};
 pub use record::{Route, record_window};
 
 use crate::detect::Score;
+use crate::event::Mark;
 pub use lifecycle::{AlertsConfig, Hysteresis};
 use schemars::JsonSchema;
 
@@ -136,8 +137,8 @@ pub struct WindowVerdict {
     pub judged: Vec<Judged>,
     /// Request ids of a few of the window's events, quoted as evidence.
     pub sample_request_ids: Vec<String>,
-    /// Highest offset per stream among the window's events.
-    pub high_water: HashMap<String, i64>,
+    /// The furthest position per stream among the window's events.
+    pub high_water: HashMap<String, Mark>,
     /// The trace the window was scored in, stored with its alerts.
     pub trace_id: Option<String>,
 }

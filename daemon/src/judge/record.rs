@@ -85,6 +85,10 @@ mod tests {
     use super::*;
     use crate::judge::Status;
 
+    fn mark(offset: i64) -> crate::event::Mark {
+        crate::event::Mark { offset, index: 0 }
+    }
+
     fn verdict(seq: i64, p: f64) -> WindowVerdict {
         let t = Utc::now();
         let score = crate::detect::Score {
@@ -116,7 +120,7 @@ mod tests {
                 threshold: 0.01,
             }],
             sample_request_ids: vec!["r1".into()],
-            high_water: HashMap::from([("t/0".to_string(), 40 + seq)]),
+            high_water: HashMap::from([("t/0".to_string(), mark(40 + seq))]),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         }
     }
@@ -178,13 +182,13 @@ mod tests {
 
         let lower = WindowVerdict {
             seq: 2,
-            high_water: HashMap::from([("t/0".to_string(), 7)]),
+            high_water: HashMap::from([("t/0".to_string(), mark(7))]),
             ..verdict(2, 0.5)
         };
         record_window(&store, &lower, &cfg, &route).await.unwrap();
         assert_eq!(
             store.load_progress("m", "version:v").await.unwrap()["t/0"],
-            41,
+            mark(41),
             "progress never moves back"
         );
     }

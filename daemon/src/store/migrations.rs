@@ -18,6 +18,7 @@ const POSTGRES: &[(i64, &str, &str)] = migrations!("postgres":
     3 "alert_lifecycle" "0003_alert_lifecycle.sql",
     4 "effect_sizes" "0004_effect_sizes.sql",
     5 "calibration" "0005_calibration.sql",
+    6 "event_positions" "0006_event_positions.sql",
 );
 const SQLITE: &[(i64, &str, &str)] = migrations!("sqlite":
     1 "init" "0001_init.sql",
@@ -25,6 +26,7 @@ const SQLITE: &[(i64, &str, &str)] = migrations!("sqlite":
     3 "alert_lifecycle" "0003_alert_lifecycle.sql",
     4 "effect_sizes" "0004_effect_sizes.sql",
     5 "calibration" "0005_calibration.sql",
+    6 "event_positions" "0006_event_positions.sql",
 );
 
 pub fn postgres() -> Migrator {

@@ -38,6 +38,36 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+impl StoreError {
+    /// Whether retrying cannot help because the data itself cannot be
+    /// stored (a value or key past a limit, a constraint it breaks); an
+    /// unreachable or slow database is never permanent.
+    pub fn is_permanent(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => {
+                true
+            }
+            sqlx::Error::Database(db) => {
+                if db.kind() != sqlx::error::ErrorKind::Other {
+                    return true;
+                }
+                if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    // 22: data exception; 54: program limit exceeded (a
+                    // key past the btree row size).
+                    return matches!(&pg.code()[..2], "22" | "54");
+                }
+                // SQLite's primary codes: TOOBIG (18), MISMATCH (20).
+                let code = db.code().and_then(|c| c.parse::<i32>().ok());
+                matches!(code.map(|c| c & 0xff), Some(18 | 20))
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Store {
     Postgres(PgPool),

@@ -8,7 +8,7 @@ use sqlx::Row;
 use sqlx::types::Json;
 
 use super::{Result, Store, Tx, with_pool, with_tx};
-use crate::event::TelemetryEvent;
+use crate::event::{Mark, TelemetryEvent};
 
 /// The progress scope of a model's reference.
 pub const REFERENCE_SCOPE: &str = "reference";
@@ -83,7 +83,7 @@ impl Store {
         model: &str,
         origin: &str,
         events: &[TelemetryEvent],
-        high_water: &HashMap<String, i64>,
+        high_water: &HashMap<String, Mark>,
         replace: bool,
     ) -> Result<bool> {
         let mut tx = self.begin().await?;
@@ -99,17 +99,25 @@ impl Store {
         Ok(inserted)
     }
 
-    /// Per stream, the highest offset already inside stored data of `scope`.
-    pub async fn load_progress(&self, model: &str, scope: &str) -> Result<HashMap<String, i64>> {
+    /// Per stream, the furthest position already inside stored data of `scope`.
+    pub async fn load_progress(&self, model: &str, scope: &str) -> Result<HashMap<String, Mark>> {
         let rows = with_pool!(self, pool => {
-            sqlx::query("SELECT stream, high_water FROM progress WHERE model = $1 AND scope = $2")
-                .bind(model)
-                .bind(scope)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| Ok((r.try_get::<String, _>("stream")?, r.try_get::<i64, _>("high_water")?)))
-                .collect::<std::result::Result<HashMap<_, _>, sqlx::Error>>()?
+            sqlx::query(
+                "SELECT stream, high_water, high_water_index FROM progress WHERE model = $1 AND scope = $2",
+            )
+            .bind(model)
+            .bind(scope)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let mark = Mark {
+                    offset: r.try_get("high_water")?,
+                    index: r.try_get("high_water_index")?,
+                };
+                Ok((r.try_get::<String, _>("stream")?, mark))
+            })
+            .collect::<std::result::Result<HashMap<_, _>, sqlx::Error>>()?
         });
         Ok(rows)
     }
@@ -157,19 +165,23 @@ impl Tx {
         &mut self,
         model: &str,
         scope: &str,
-        high_water: &HashMap<String, i64>,
+        high_water: &HashMap<String, Mark>,
     ) -> Result<()> {
         for (stream, hw) in high_water {
             with_tx!(self, conn => {
                 sqlx::query(
-                    "INSERT INTO progress (model, scope, stream, high_water) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (model, scope, stream) DO UPDATE SET high_water = excluded.high_water
-                     WHERE excluded.high_water > progress.high_water",
+                    "INSERT INTO progress (model, scope, stream, high_water, high_water_index)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (model, scope, stream) DO UPDATE
+                     SET high_water = excluded.high_water, high_water_index = excluded.high_water_index
+                     WHERE (excluded.high_water, excluded.high_water_index)
+                           > (progress.high_water, progress.high_water_index)",
                 )
                 .bind(model)
                 .bind(scope)
                 .bind(stream)
-                .bind(*hw)
+                .bind(hw.offset)
+                .bind(hw.index)
                 .execute(conn)
                 .await?;
             });

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub positions_held: Gauge,
     notifications: Family<Labels, Counter>,
     outbox_backlog: Family<Labels, Gauge>,
+    step_retries: Family<Labels, Counter>,
+    pub windows_quarantined: Counter,
     rejected_summary: Mutex<BTreeMap<String, u64>>,
     alerts_total: Counter,
     windows_total: Counter,
@@ -159,6 +161,18 @@ impl Metrics {
                 "source positions waiting for their windows to be stored",
                 Gauge::default(),
             ),
+            step_retries: reg(
+                &mut r,
+                "step_retries",
+                "failed attempts of a pipeline step that were retried, by step",
+                Family::<Labels, Counter>::default(),
+            ),
+            windows_quarantined: reg(
+                &mut r,
+                "windows_quarantined",
+                "windows whose scores could not be stored (stored with the error instead)",
+                Counter::default(),
+            ),
             registry: r,
             rejected_summary: Mutex::new(BTreeMap::new()),
             alerts_total: Counter::default(),
@@ -229,6 +243,12 @@ impl Metrics {
             .inc();
     }
 
+    pub fn step_retry(&self, step: &str) {
+        self.step_retries
+            .get_or_create(&labels(&[("step", step)]))
+            .inc();
+    }
+
     pub fn set_backlog(&self, receiver: &str, pending: i64) {
         self.outbox_backlog
             .get_or_create(&labels(&[("receiver", receiver)]))
@@ -253,6 +273,8 @@ pub struct Health {
     pub device_ready: AtomicBool,
     pub store_reachable: AtomicBool,
     pub partitions_assigned: AtomicBool,
+    /// A pipeline step is failing and being retried.
+    pub step_failing: AtomicBool,
 }
 
 impl Health {
@@ -278,6 +300,9 @@ impl Health {
         }
         if !self.partitions_assigned.load(Ordering::Relaxed) {
             missing.push("no partitions assigned");
+        }
+        if self.step_failing.load(Ordering::Relaxed) {
+            missing.push("a pipeline step is failing and being retried");
         }
         missing
     }

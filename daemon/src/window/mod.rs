@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::event::{Positioned, SourcePos};
+use crate::event::{Mark, Positioned, SourcePos};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -51,34 +51,34 @@ pub struct ClosedWindow {
 }
 
 impl ClosedWindow {
-    /// The highest offset per stream among the window's events.
-    pub fn high_water(&self) -> HashMap<String, i64> {
+    /// The furthest position per stream among the window's events.
+    pub fn high_water(&self) -> HashMap<String, Mark> {
         high_water(self.events.iter().map(|e| &e.pos))
     }
 }
 
-pub fn high_water<'a>(positions: impl Iterator<Item = &'a SourcePos>) -> HashMap<String, i64> {
-    let mut hw: HashMap<String, i64> = HashMap::new();
+pub fn high_water<'a>(positions: impl Iterator<Item = &'a SourcePos>) -> HashMap<String, Mark> {
+    let mut hw: HashMap<String, Mark> = HashMap::new();
     for p in positions {
-        let e = hw.entry(p.stream.clone()).or_insert(p.offset);
-        *e = (*e).max(p.offset);
+        let e = hw.entry(p.stream.clone()).or_insert(p.mark());
+        *e = (*e).max(p.mark());
     }
     hw
 }
 
 /// What the store already holds for a key: the next window number, and per
-/// stream the highest offset whose events are inside stored windows.
+/// stream the furthest position whose events are inside stored windows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
     pub next_seq: i64,
-    pub high_water: HashMap<String, i64>,
+    pub high_water: HashMap<String, Mark>,
 }
 
 impl Progress {
     pub fn covers(&self, pos: &SourcePos) -> bool {
         self.high_water
             .get(&pos.stream)
-            .is_some_and(|&hw| pos.offset <= hw)
+            .is_some_and(|&hw| pos.mark() <= hw)
     }
 }
 
@@ -140,8 +140,12 @@ impl Windower {
         let mut closed = Vec::new();
         let ts = item.event.ts;
         if let (Some(open), Some(d)) = (&state.open, state.settings.duration) {
-            let limit = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-            if ts >= open.start + limit {
+            // A window whose end lies past the end of time never closes by
+            // event time (the wall clock still closes it).
+            let end = chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|limit| open.start.checked_add_signed(limit));
+            if end.is_some_and(|end| ts >= end) {
                 closed.extend(close(key, state, CloseReason::EventTime));
             }
         }
@@ -213,7 +217,9 @@ impl ReferenceBuilder {
     pub fn new(target: usize) -> Self {
         Self {
             target,
-            events: Vec::with_capacity(target.min(100_000)),
+            // Grown as events come: a model that never sends its reference
+            // (or a sprayed model name) must not cost a full reservation.
+            events: Vec::with_capacity(target.min(1024)),
         }
     }
 
@@ -292,6 +298,7 @@ mod tests {
             pos: SourcePos {
                 stream: "t/0".into(),
                 offset,
+                index: 0,
             },
         }
     }
@@ -335,7 +342,7 @@ mod tests {
         );
         let c = w.drain();
         assert_eq!((c[0].seq, c[0].events.len()), (7, 1));
-        assert_eq!(c[0].high_water()["t/0"], 4);
+        assert_eq!(c[0].high_water()["t/0"].offset, 4);
     }
 
     #[test]
@@ -358,19 +365,28 @@ mod tests {
 
     #[test]
     fn progress_covers_stored_positions() {
+        let pos = |offset, index| SourcePos {
+            stream: "t/0".into(),
+            offset,
+            index,
+        };
         let mut p = Progress::default();
-        p.high_water.insert("t/0".into(), 10);
-        assert!(p.covers(&SourcePos {
-            stream: "t/0".into(),
-            offset: 10
-        }));
-        assert!(!p.covers(&SourcePos {
-            stream: "t/0".into(),
-            offset: 11
-        }));
+        p.high_water.insert(
+            "t/0".into(),
+            Mark {
+                offset: 10,
+                index: 3,
+            },
+        );
+        assert!(p.covers(&pos(9, 700)));
+        assert!(p.covers(&pos(10, 3)));
+        // The rest of a message whose first events a stored window holds.
+        assert!(!p.covers(&pos(10, 4)));
+        assert!(!p.covers(&pos(11, 0)));
         assert!(!p.covers(&SourcePos {
             stream: "t/1".into(),
-            offset: 0
+            offset: 0,
+            index: 0,
         }));
     }
 }

@@ -1,0 +1,337 @@
+//! What producers send cannot stop the monitor or lose events: batched
+//! messages, restarts in the middle of one, and hostile values.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{daemon_binary, telemetry, unique};
+use sqlx::sqlite::SqlitePool;
+
+fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite:{}", dir.join("store.db").display())
+}
+
+fn daemon(store: &str) -> Command {
+    let mut c = Command::new(daemon_binary());
+    c.env("MODELWATCH_STORE__URL", store)
+        .env("MODELWATCH_REFERENCE__SIZE", "100")
+        .env("MODELWATCH_WINDOWS__COUNT", "100")
+        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+        .env("MODELWATCH_TELEMETRY__LISTEN", "")
+        .env_remove("MODELWATCH_CONFIG");
+    c
+}
+
+/// (events in the stored reference, events in stored windows, windows).
+async fn stored(store: &str) -> (i64, i64, i64) {
+    let pool = SqlitePool::connect(store).await.unwrap();
+    let reference: i64 =
+        sqlx::query_scalar("SELECT COALESCE(SUM(n_events), 0) FROM model_references")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let (events, windows): (i64, i64) =
+        sqlx::query_as("SELECT COALESCE(SUM(n_events), 0), COUNT(*) FROM windows")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    (reference, events, windows)
+}
+
+async fn windows_stored(store: &str) -> i64 {
+    match SqlitePool::connect(store).await {
+        Ok(pool) => {
+            let n = sqlx::query_scalar("SELECT COUNT(*) FROM windows")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0);
+            pool.close().await;
+            n
+        }
+        Err(_) => 0,
+    }
+}
+
+/// One message carrying 250 events: the reference takes the first 100, a
+/// window the next 100; the daemon is killed with the last 50 in an open
+/// window. After a restart over the same message and 30 more events, every
+/// event is in the reference or in exactly one stored window.
+#[tokio::test]
+async fn every_event_of_a_batched_message_is_windowed_once_across_a_kill() {
+    let dir = std::env::temp_dir().join(unique("mw_batch"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = sqlite_url(&dir);
+    let lines = telemetry(21, 100, 60, 3, 0..0);
+    let batch = format!("[{}]", lines[..250].join(","));
+
+    // First run on a named pipe kept open, so the source never ends; the
+    // restart reads a file at the same path, the same stream.
+    let input = dir.join("events.ndjson");
+    let made = Command::new("mkfifo").arg(&input).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    let mut first = daemon(&store)
+        .args(["run", "--file"])
+        .arg(&input)
+        .env("MODELWATCH_WINDOWS__DURATION_SECS", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pipe = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&input)
+        .unwrap();
+    writeln!(pipe, "{batch}").unwrap();
+    pipe.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while windows_stored(&store).await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the batch's second hundred events never made a window"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill().unwrap();
+    let _ = first.wait();
+    drop(pipe);
+    std::fs::remove_file(&input).unwrap();
+    assert_eq!(stored(&store).await, (100, 100, 1));
+
+    // Restart over the same message, then 30 single events.
+    std::fs::write(&input, format!("{batch}\n{}\n", lines[250..280].join("\n"))).unwrap();
+    let out = daemon(&store)
+        .args(["run", "--file"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("280 events"), "{stdout}");
+    assert!(stdout.contains("200 already stored"), "{stdout}");
+    let (reference, windowed, windows) = stored(&store).await;
+    assert_eq!(reference + windowed, 280, "every event exactly once");
+    assert_eq!((windowed, windows), (180, 2), "100, then 50 + 30");
+}
+
+/// Runs the daemon on `input` and waits at most `secs`: a wedged daemon
+/// fails the test instead of hanging it.
+fn run_bounded(mut cmd: Command, secs: u64) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "daemon still running after {secs}s:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Messages that used to panic the daemon, stop its input, or store a
+/// reference that could not be loaded again: each is dead-lettered with its
+/// reason, every other event is windowed, and a second run over the same
+/// input and store finishes having reprocessed nothing.
+#[tokio::test]
+async fn hostile_messages_are_dead_lettered_and_stop_nothing() {
+    let dir = std::env::temp_dir().join(unique("mw_hostile"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = sqlite_url(&dir);
+    let mut lines: Vec<Vec<u8>> = telemetry(22, 100, 100, 3, 0..0)
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+    let nested = format!("{}1{}", "[".repeat(126), "]".repeat(126));
+    let hostile: Vec<(usize, Vec<u8>, &str)> = vec![
+        // A window opened at the end of time used to overflow its end.
+        (
+            200,
+            br#"{"model":"credit","ts":"+262142-12-31T23:59:59Z","features":{"x1":0.1}}"#.to_vec(),
+            "timestamp_out_of_range",
+        ),
+        (150, b"\xff\xfe not utf-8 \xc3\x28".to_vec(), "invalid_json"),
+        (
+            10,
+            format!(r#"{{"model":"credit","ts":"2026-03-01T00:00:10Z","actual":{nested}}}"#)
+                .into_bytes(),
+            "invalid_value",
+        ),
+        (
+            60,
+            br#"{"model":"cre\u0000dit","ts":"2026-03-01T00:01:00Z"}"#.to_vec(),
+            "invalid_value",
+        ),
+        (
+            70,
+            format!(
+                r#"{{"model":"{}","ts":"2026-03-01T00:01:10Z"}}"#,
+                "m".repeat(5000)
+            )
+            .into_bytes(),
+            "invalid_value",
+        ),
+    ];
+    for (at, line, _) in &hostile {
+        lines.insert(*at, line.clone());
+    }
+    let input = dir.join("events.ndjson");
+    std::fs::write(&input, lines.join(&b'\n')).unwrap();
+    let dead = dir.join("dead.ndjson");
+    let run = || {
+        let mut c = daemon(&store);
+        c.args(["run", "--file"])
+            .arg(&input)
+            .env("MODELWATCH_SOURCE__FILE__DEAD_LETTER_PATH", &dead);
+        run_bounded(c, 120)
+    };
+    let out = run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dead_text = std::fs::read_to_string(&dead).unwrap();
+    let mut reasons: Vec<String> = dead_text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    reasons.sort();
+    let mut expected: Vec<String> = hostile.iter().map(|(_, _, r)| r.to_string()).collect();
+    expected.sort();
+    assert_eq!(reasons, expected, "{dead_text}");
+    assert_eq!(stored(&store).await, (100, 300, 3), "{stdout}");
+
+    let again = run();
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{stdout}");
+    assert!(stdout.contains("0 windows scored"), "{stdout}");
+    assert!(stdout.contains("400 already stored"), "{stdout}");
+}
+
+fn credit_event(i: usize, x1: serde_json::Value, x2: f64) -> modelwatch::event::TelemetryEvent {
+    serde_json::from_value(serde_json::json!({
+        "model": "m",
+        "ts": format!("2026-03-01T00:00:{:02}Z", i % 60),
+        "request_id": format!("r{i}"),
+        "client_id": if i % 2 == 0 { "a" } else { "b" },
+        "features": {"x1": x1, "x2": x2, "x3": (i % 13) as f64},
+    }))
+    .unwrap()
+}
+
+/// Requests an attacker shapes to slip past the out-of-distribution
+/// detector: a numeric feature missing or sent as text (the row cannot be
+/// placed), and values whose quadratic form overflows f32 (once read as
+/// distance 0). Both now count against the window.
+#[test]
+fn out_of_distribution_evasion_is_scored() {
+    use modelwatch::detect::engine::Engine;
+    use modelwatch::detect::{DeviceChoice, Scorer};
+    let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 26).unwrap());
+    let wave = |i: usize, k: f64| ((i as f64 * k).sin() + 1.0) * 50.0;
+    let reference: Vec<_> = (0..500)
+        .map(|i| credit_event(i, wave(i, 0.37).into(), wave(i, 0.11)))
+        .collect();
+    let fitted = scorer.fit("m", &reference, &[], 0).unwrap();
+    let score = |window: &[modelwatch::event::TelemetryEvent], feature: &str| {
+        scorer
+            .score(&fitted, window)
+            .unwrap()
+            .scores
+            .into_iter()
+            .find(|s| s.detector == "out_of_distribution" && s.feature == feature)
+    };
+    let clean: Vec<_> = (0..200)
+        .map(|i| credit_event(i + 7, wave(i + 7, 0.37).into(), wave(i + 7, 0.11)))
+        .collect();
+    assert!(
+        score(&clean, "features_unplaced").is_none(),
+        "nothing to place"
+    );
+    let mut evasive = clean.clone();
+    for (j, e) in evasive.iter_mut().enumerate().take(30) {
+        let x1 = if j % 2 == 0 {
+            serde_json::Value::Null
+        } else {
+            "12.5".into()
+        };
+        *e = credit_event(j, x1, 10.0);
+    }
+    let s = score(&evasive, "features_unplaced").expect("unplaced requests scored");
+    assert_eq!(s.statistic, 30.0 / 200.0);
+    assert!(s.p_value < 1e-10, "p {}", s.p_value);
+    let mut huge = clean.clone();
+    for (j, e) in huge.iter_mut().enumerate().take(10) {
+        *e = credit_event(j, 1e30.into(), 1e30);
+    }
+    let s = score(&huge, "features").expect("features scored");
+    assert!(
+        s.statistic >= 10.0 / 200.0,
+        "overflowing rows count: {}",
+        s.statistic
+    );
+    assert!(s.p_value < 1e-3, "p {}", s.p_value);
+}
+
+/// A producer spraying model names gets no state past the limit: the extra
+/// models' messages are dead-lettered as `unknown_model`, the others scored.
+#[tokio::test]
+async fn model_names_beyond_the_limit_are_refused() {
+    let dir = std::env::temp_dir().join(unique("mw_models"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = sqlite_url(&dir);
+    let mut lines = telemetry(23, 100, 100, 1, 0..0);
+    for k in 0..5 {
+        lines.insert(
+            50 + k,
+            format!(r#"{{"model":"spray-{k}","ts":"2026-03-01T00:00:00Z"}}"#),
+        );
+    }
+    let input = dir.join("events.ndjson");
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let dead = dir.join("dead.ndjson");
+    let mut c = daemon(&store);
+    c.args(["run", "--file"])
+        .arg(&input)
+        .env("MODELWATCH_SOURCE__FILE__DEAD_LETTER_PATH", &dead)
+        .env("MODELWATCH_LIMITS__MAX_MODELS", "3");
+    let out = run_bounded(c, 120);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let dead_text = std::fs::read_to_string(&dead).unwrap();
+    assert_eq!(
+        dead_text.matches("\"reason\":\"unknown_model\"").count(),
+        3,
+        "{dead_text}"
+    );
+    assert!(stdout.contains("unknown_model=3"), "{stdout}");
+    assert_eq!(
+        stored(&store).await.1,
+        100,
+        "the credit model's window is scored"
+    );
+}
