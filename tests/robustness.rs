@@ -28,19 +28,28 @@ fn daemon(store: &str) -> Command {
 
 /// (events in the stored reference, events in stored windows, windows).
 async fn stored(store: &str) -> (i64, i64, i64) {
+    const REFERENCE: &str =
+        "SELECT CAST(COALESCE(SUM(n_events), 0) AS BIGINT) FROM model_references";
+    const WINDOWS: &str =
+        "SELECT CAST(COALESCE(SUM(n_events), 0) AS BIGINT), COUNT(*) FROM windows";
+    if store.starts_with("postgres") {
+        let pool = sqlx::postgres::PgPool::connect(store).await.unwrap();
+        let r: i64 = sqlx::query_scalar(REFERENCE).fetch_one(&pool).await.unwrap();
+        let (e, w): (i64, i64) = sqlx::query_as(WINDOWS).fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        return (r, e, w);
+    }
     let pool = SqlitePool::connect(store).await.unwrap();
-    let reference: i64 =
-        sqlx::query_scalar("SELECT COALESCE(SUM(n_events), 0) FROM model_references")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    let (events, windows): (i64, i64) =
-        sqlx::query_as("SELECT COALESCE(SUM(n_events), 0), COUNT(*) FROM windows")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let r: i64 = sqlx::query_scalar(REFERENCE)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let (e, w): (i64, i64) = sqlx::query_as(WINDOWS)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     pool.close().await;
-    (reference, events, windows)
+    (r, e, w)
 }
 
 async fn windows_stored(store: &str) -> i64 {
@@ -150,10 +159,25 @@ fn run_bounded(mut cmd: Command, secs: u64) -> std::process::Output {
 /// reason, every other event is windowed, and a second run over the same
 /// input and store finishes having reprocessed nothing.
 #[tokio::test]
-async fn hostile_messages_are_dead_lettered_and_stop_nothing() {
+async fn hostile_messages_are_dead_lettered_and_stop_nothing_on_sqlite() {
     let dir = std::env::temp_dir().join(unique("mw_hostile"));
     std::fs::create_dir_all(&dir).unwrap();
-    let store = sqlite_url(&dir);
+    hostile_messages(&dir, &sqlite_url(&dir)).await;
+}
+
+/// The same on PostgreSQL, where U+0000, timestamps before 4713 BC and keys
+/// past the btree row size each used to fail the write, and so wedge the
+/// stream.
+#[tokio::test]
+async fn hostile_messages_are_dead_lettered_and_stop_nothing_on_postgres() {
+    let dir = std::env::temp_dir().join(unique("mw_hostile_pg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = common::fresh_database(&unique("mw_hostile")).await;
+    hostile_messages(&dir, &db).await;
+}
+
+async fn hostile_messages(dir: &Path, store: &str) {
+    let store = store.to_string();
     let mut lines: Vec<Vec<u8>> = telemetry(22, 100, 100, 3, 0..0)
         .into_iter()
         .map(String::into_bytes)
@@ -176,6 +200,22 @@ async fn hostile_messages_are_dead_lettered_and_stop_nothing() {
         (
             60,
             br#"{"model":"cre\u0000dit","ts":"2026-03-01T00:01:00Z"}"#.to_vec(),
+            "invalid_value",
+        ),
+        (
+            120,
+            br#"{"model":"credit","ts":"-4714-11-24T00:00:00Z","features":{"x1":0.1}}"#.to_vec(),
+            "timestamp_out_of_range",
+        ),
+        (
+            130,
+            format!(r#"{{"model":"credit","ts":"2026-03-01T00:02:10Z","features":{{"{}":1}}}}"#, "f".repeat(5000))
+                .into_bytes(),
+            "invalid_value",
+        ),
+        (
+            140,
+            br#"{"model":"credit","ts":"2026-03-01T00:02:20Z","features":{"segment":"re\u0000tail"}}"#.to_vec(),
             "invalid_value",
         ),
         (
@@ -334,4 +374,46 @@ async fn model_names_beyond_the_limit_are_refused() {
         100,
         "the credit model's window is scored"
     );
+}
+
+/// The shipped config bins `fraud-scorer/amount` by Sturges for PSI; a
+/// producer sending amounts at f64's ends used to panic the fit (and with
+/// it the scoring thread). Now the fit and every window score.
+#[test]
+fn the_shipped_psi_binning_survives_values_at_the_ends_of_f64() {
+    use modelwatch::detect::engine::Engine;
+    use modelwatch::detect::{DeviceChoice, Scorer};
+    let text = include_str!("../deploy/modelwatch.toml");
+    let config = modelwatch::config::Config::from_sources(text, []).unwrap();
+    let scorer = Scorer::with_config(
+        Engine::open(DeviceChoice::Cpu, 1 << 26).unwrap(),
+        &config.detect,
+    );
+    let event = |i: usize, amount: f64| -> modelwatch::event::TelemetryEvent {
+        serde_json::from_value(serde_json::json!({
+            "model": "fraud-scorer",
+            "ts": "2026-03-01T00:00:00Z",
+            "features": {"amount": amount, "age": (i % 50) as f64},
+            "output": {"probabilities": [0.9, 0.1]},
+        }))
+        .unwrap()
+    };
+    let amount = |i: usize| match i % 97 {
+        0 => -1e308,
+        1 => 1e308,
+        _ => (i % 89) as f64 * 3.5,
+    };
+    let reference: Vec<_> = (0..2000).map(|i| event(i, amount(i))).collect();
+    let fitted = scorer
+        .fit("fraud-scorer", &reference, &["legit".into(), "fraud".into()], 500)
+        .expect("fit");
+    let window: Vec<_> = (0..500).map(|i| event(i, amount(i * 7))).collect();
+    let scores = scorer.score(&fitted, &window).expect("score").scores;
+    let psi = scores
+        .iter()
+        .find(|s| s.feature == "amount")
+        .and_then(|s| s.effect.clone())
+        .expect("amount scored with its effect");
+    assert_eq!(psi.name, "psi");
+    assert!(psi.value.is_finite(), "{psi:?}");
 }
