@@ -91,7 +91,9 @@ async fn record(State(h): State<Hook>, body: Bytes) -> StatusCode {
 }
 
 async fn serve(hook: Hook) -> String {
-    let app = Router::new().route("/{*path}", post(record)).with_state(hook);
+    let app = Router::new()
+        .route("/{*path}", post(record))
+        .with_state(hook);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -99,7 +101,9 @@ async fn serve(hook: Hook) -> String {
 }
 
 async fn ready(port: u16) -> Option<bool> {
-    let resp = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?;
+    let resp = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .ok()?;
     Some(resp.status().is_success())
 }
 
@@ -165,12 +169,20 @@ async fn a_database_outage_loses_and_doubles_nothing() {
     let deadline = Instant::now() + Duration::from_secs(90);
     while windows(&pool).await.0 < 2 {
         daemon.assert_alive();
-        assert!(Instant::now() < deadline, "no windows before the outage:\n{}", daemon.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no windows before the outage:\n{}",
+            daemon.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while ready(listen).await != Some(true) {
-        assert!(Instant::now() < deadline, "never ready:\n{}", daemon.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "never ready:\n{}",
+            daemon.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -184,7 +196,10 @@ async fn a_database_outage_loses_and_doubles_nothing() {
         // Nothing past the stored windows is committed.
         let stored = REFERENCE as i64 + windows(&pool).await.1;
         let offset = committed(&group, &topic);
-        assert!(offset <= stored, "committed {offset} with {stored} events stored");
+        assert!(
+            offset <= stored,
+            "committed {offset} with {stored} events stored"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     assert!(saw_not_ready, "never reported not ready during the outage");
@@ -194,10 +209,18 @@ async fn a_database_outage_loses_and_doubles_nothing() {
     let deadline = Instant::now() + Duration::from_secs(120);
     while windows(&pool).await.1 < total {
         daemon.assert_alive();
-        assert!(Instant::now() < deadline, "windows never caught up:\n{}", daemon.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "windows never caught up:\n{}",
+            daemon.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(windows(&pool).await, (10, total, 9), "every window once, numbered 0-9");
+    assert_eq!(
+        windows(&pool).await,
+        (10, total, 9),
+        "every window once, numbered 0-9"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while ready(listen).await != Some(true) {
         assert!(Instant::now() < deadline, "not ready after the outage");
@@ -208,10 +231,16 @@ async fn a_database_outage_loses_and_doubles_nothing() {
     loop {
         let got = hook.0.lock().unwrap().clone();
         let fired = got.get(&(x1.clone(), "fired".into())).copied().unwrap_or(0);
-        let resolved = got.get(&(x1.clone(), "resolved".into())).copied().unwrap_or(0);
+        let resolved = got
+            .get(&(x1.clone(), "resolved".into()))
+            .copied()
+            .unwrap_or(0);
         if (fired, resolved) == (1, 1) || Instant::now() > deadline {
             assert_eq!((fired, resolved), (1, 1), "{got:?}");
-            assert!(got.values().all(|n| *n == 1), "a transition paged twice: {got:?}");
+            assert!(
+                got.values().all(|n| *n == 1),
+                "a transition paged twice: {got:?}"
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -34,7 +34,10 @@ async fn stored(store: &str) -> (i64, i64, i64) {
         "SELECT CAST(COALESCE(SUM(n_events), 0) AS BIGINT), COUNT(*) FROM windows";
     if store.starts_with("postgres") {
         let pool = sqlx::postgres::PgPool::connect(store).await.unwrap();
-        let r: i64 = sqlx::query_scalar(REFERENCE).fetch_one(&pool).await.unwrap();
+        let r: i64 = sqlx::query_scalar(REFERENCE)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         let (e, w): (i64, i64) = sqlx::query_as(WINDOWS).fetch_one(&pool).await.unwrap();
         pool.close().await;
         return (r, e, w);
@@ -44,10 +47,7 @@ async fn stored(store: &str) -> (i64, i64, i64) {
         .fetch_one(&pool)
         .await
         .unwrap();
-    let (e, w): (i64, i64) = sqlx::query_as(WINDOWS)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (e, w): (i64, i64) = sqlx::query_as(WINDOWS).fetch_one(&pool).await.unwrap();
     pool.close().await;
     (r, e, w)
 }
@@ -405,7 +405,12 @@ fn the_shipped_psi_binning_survives_values_at_the_ends_of_f64() {
     };
     let reference: Vec<_> = (0..2000).map(|i| event(i, amount(i))).collect();
     let fitted = scorer
-        .fit("fraud-scorer", &reference, &["legit".into(), "fraud".into()], 500)
+        .fit(
+            "fraud-scorer",
+            &reference,
+            &["legit".into(), "fraud".into()],
+            500,
+        )
         .expect("fit");
     let window: Vec<_> = (0..500).map(|i| event(i, amount(i * 7))).collect();
     let scores = scorer.score(&fitted, &window).expect("score").scores;
@@ -416,4 +421,72 @@ fn the_shipped_psi_binning_survives_values_at_the_ends_of_f64() {
         .expect("amount scored with its effect");
     assert_eq!(psi.name, "psi");
     assert!(psi.value.is_finite(), "{psi:?}");
+}
+
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A model name sent a few times and never again holds its unfinished
+/// reference, and with it the stream's committable position, until it is
+/// evicted after `limits.idle_model_secs`.
+#[tokio::test]
+async fn idle_models_are_evicted_and_release_their_positions() {
+    let dir = std::env::temp_dir().join(unique("mw_idle"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = sqlite_url(&dir);
+    let input = dir.join("events.ndjson");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&input)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = daemon(&store)
+        .args(["run", "--file"])
+        .arg(&input)
+        .env("MODELWATCH_TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
+        .env("MODELWATCH_LIMITS__IDLE_MODEL_SECS", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pipe = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&input)
+        .unwrap();
+    for i in 0..5 {
+        writeln!(pipe, r#"{{"model":"once-{i}","features":{{"x":{i}}}}}"#).unwrap();
+    }
+    pipe.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let evicted = loop {
+        let n = metric(port, "modelwatch_models_evicted_total").await;
+        if n == Some(5.0) || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let held = metric(port, "modelwatch_positions_held").await;
+    let dropped = metric(port, "modelwatch_reference_events_dropped_total").await;
+    daemon.kill().unwrap();
+    let _ = daemon.wait();
+    assert_eq!(evicted, Some(5.0));
+    assert_eq!(dropped, Some(5.0));
+    assert_eq!(held, Some(0.0), "evicted models still hold positions");
 }

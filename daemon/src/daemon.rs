@@ -45,6 +45,7 @@ pub async fn run(
 ) -> Result<Arc<Metrics>, DaemonError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
+    metrics.limit_model_labels(config.limits.max_models);
     let health = Arc::new(Health::default());
     // The endpoints come up first, so that an orchestrator sees "not ready"
     // (rather than nothing) while the engine warms up.

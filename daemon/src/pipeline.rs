@@ -51,6 +51,8 @@ struct ModelState {
     builder: Option<ReferenceBuilder>,
     /// Stream positions already inside the stored reference.
     reference_progress: Progress,
+    /// When the model's last event arrived, for idle eviction.
+    last_seen: Instant,
 }
 
 pub struct Pipeline {
@@ -66,6 +68,9 @@ pub struct Pipeline {
     health: Arc<Health>,
     options: PipelineOptions,
     retry: Retry,
+    /// Models with a stored reference, read at start: known to the model
+    /// limit even before their first event.
+    stored_models: std::collections::HashSet<String>,
 }
 
 impl Pipeline {
@@ -97,6 +102,7 @@ impl Pipeline {
                 health: health.clone(),
                 metrics: metrics.clone(),
             },
+            stored_models: Default::default(),
             metrics,
             health,
             options,
@@ -112,6 +118,18 @@ impl Pipeline {
         cancel: CancellationToken,
     ) -> Result<Arc<Metrics>, PipelineError> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let store = self.store.clone();
+        let stored = self
+            .retry
+            .run("loading stored models", &cancel, || {
+                store.reference_models()
+            })
+            .await;
+        self.stored_models = match stored {
+            Ok(models) => models.into_iter().collect(),
+            Err(PipelineError::Cancelled) => Default::default(),
+            Err(e) => return Err(e),
+        };
         let result = loop {
             self.health.beat();
             let step = tokio::select! {
@@ -168,6 +186,44 @@ impl Pipeline {
     async fn flush_idle(&mut self, cancel: &CancellationToken) -> Result<(), PipelineError> {
         for w in self.windower.flush_idle(Instant::now()) {
             self.process(w, cancel).await?;
+        }
+        self.evict_idle(cancel).await
+    }
+
+    /// Forgets models that sent nothing for `limits.idle_model_secs`: their
+    /// open windows are scored and stored, an unfinished reference is
+    /// dropped (its events counted), and their positions released, so that
+    /// a model that went quiet, or a name a producer sprayed once, neither
+    /// holds memory nor pins the committed offset. A later event loads the
+    /// model again from the store.
+    async fn evict_idle(&mut self, cancel: &CancellationToken) -> Result<(), PipelineError> {
+        let idle = self.config.limits.idle_model_secs;
+        if idle == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let stale: Vec<String> = self
+            .models
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last_seen) >= Duration::from_secs(idle))
+            .map(|(m, _)| m.clone())
+            .collect();
+        for model in stale {
+            for w in self.windower.remove_model(&model) {
+                self.process(w, cancel).await?;
+            }
+            let Some(state) = self.models.remove(&model) else {
+                continue;
+            };
+            let dropped = state.builder.map(|b| b.events).unwrap_or_default();
+            for p in &dropped {
+                self.tracker.release(&p.pos);
+            }
+            self.metrics.models_evicted.inc();
+            self.metrics
+                .reference_events_dropped
+                .inc_by(dropped.len() as u64);
+            tracing::info!(model = %model, idle_secs = idle, dropped_reference_events = dropped.len(), "idle model evicted");
         }
         Ok(())
     }
@@ -237,14 +293,16 @@ impl Pipeline {
         });
         match decoded {
             Err(e) => {
-                tracing::warn!(stream = %msg.pos.stream, offset = msg.pos.offset, reason = e.reason(), error = %e, "message rejected");
+                tracing::warn!(stream = %msg.pos.stream, offset = msg.pos.offset, reason = e.reason(), error = %truncate(&e.to_string(), 1024), "message rejected");
                 self.metrics.reject(e.reason());
-                let detail = e.to_string();
+                let detail = truncate(&e.to_string(), 1024);
                 // What cannot be decoded whole is kept in part, small enough
-                // for the dead-letter producer.
+                // with its key and headers for the dead-letter producer.
+                let key = msg.key.as_deref().map(|k| &k[..k.len().min(1024)]);
+                let room = limits.max_message_bytes.saturating_sub(4096);
                 let kept = RawMessage {
-                    payload: msg.payload[..msg.payload.len().min(limits.max_message_bytes)]
-                        .to_vec(),
+                    payload: msg.payload[..msg.payload.len().min(room)].to_vec(),
+                    key: key.map(<[u8]>::to_vec),
                     ..msg.clone()
                 };
                 self.retry
@@ -268,20 +326,32 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Whether a message's models fit the model limits: models with state
-    /// and configured ones always do, new ones while there is room.
+    /// Whether a message's models fit the model limits: models with state,
+    /// a stored reference or a `[models]` entry always do, new ones while
+    /// there is room; and each model's versions fit theirs.
     fn admit(&self, events: &[TelemetryEvent]) -> Result<(), DecodeError> {
         let limits = &self.config.limits;
         let mut new = std::collections::BTreeSet::new();
+        let mut versions: HashMap<&str, std::collections::BTreeSet<&str>> = HashMap::new();
         for e in events {
             let m = e.model.as_str();
-            if self.models.contains_key(m) || self.config.models.contains_key(m) {
+            let key = WindowKey {
+                model: m.to_string(),
+                version: e.version_key().to_string(),
+            };
+            if !self.windower.knows(&key) {
+                versions.entry(m).or_default().insert(e.version_key());
+            }
+            if self.models.contains_key(m)
+                || self.config.models.contains_key(m)
+                || self.stored_models.contains(m)
+            {
                 continue;
             }
             if limits.only_configured_models {
                 return Err(DecodeError::UnknownModel(format!(
                     "{:?} is not under [models]",
-                    m.chars().take(64).collect::<String>()
+                    truncate(m, 64)
                 )));
             }
             new.insert(m);
@@ -292,6 +362,15 @@ impl Pipeline {
                 new.len(),
                 limits.max_models
             )));
+        }
+        for (m, fresh) in versions {
+            if self.windower.versions(m) + fresh.len() > limits.max_versions_per_model {
+                return Err(DecodeError::TooManyVersions(format!(
+                    "model {:?} would pass limits.max_versions_per_model = {}",
+                    truncate(m, 64),
+                    limits.max_versions_per_model
+                )));
+            }
         }
         Ok(())
     }
@@ -308,6 +387,7 @@ impl Pipeline {
         let Some(state) = self.models.get_mut(&model) else {
             return Ok(());
         };
+        state.last_seen = Instant::now();
         if state.reference_progress.covers(&item.pos) {
             self.metrics.replayed_events.inc();
             return Ok(());
@@ -401,6 +481,7 @@ impl Pipeline {
                     next_seq: 0,
                     high_water,
                 },
+                last_seen: Instant::now(),
             },
         );
         Ok(())
@@ -437,12 +518,27 @@ impl Pipeline {
         let events: Vec<TelemetryEvent> = builder.events.iter().map(|p| p.event.clone()).collect();
         let high_water = window::high_water(builder.events.iter().map(|p| &p.pos));
         let store = self.store.clone();
-        let inserted = self
+        let saved = self
             .retry
             .run("storing reference", cancel, || {
                 store.save_reference(model, "stream", &events, &high_water, false)
             })
-            .await?;
+            .await;
+        let inserted = match saved {
+            Err(PipelineError::Store(e)) if e.is_permanent() => {
+                // These events cannot make a stored reference: drop them
+                // (counted) and collect again from the next ones.
+                tracing::error!(model, events = events.len(), error = %e, "reference cannot be stored; its events are dropped");
+                self.metrics
+                    .reference_events_dropped
+                    .inc_by(builder.events.len() as u64);
+                for p in &builder.events {
+                    self.tracker.release(&p.pos);
+                }
+                return Ok(());
+            }
+            other => other?,
+        };
         let events = if inserted {
             tracing::info!(
                 model,
@@ -628,6 +724,16 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary: a hostile
+/// message's text must not fill a header or a log line.
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// An error a step can fail with; some say retrying cannot help.

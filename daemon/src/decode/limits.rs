@@ -36,6 +36,13 @@ pub struct Limits {
     pub max_models: usize,
     /// Accept only the models named under `[models]`.
     pub only_configured_models: bool,
+    /// Most model versions windowed at once per model; an event of one
+    /// more is refused (reason `too_many_versions`).
+    pub max_versions_per_model: usize,
+    /// Forget a model that sent nothing for this many seconds (its open
+    /// windows are scored first; an unfinished reference is dropped); 0
+    /// keeps every model for good.
+    pub idle_model_secs: u64,
 }
 
 impl Default for Limits {
@@ -48,6 +55,8 @@ impl Default for Limits {
             max_clock_skew_days: 3650,
             max_models: 1000,
             only_configured_models: false,
+            max_versions_per_model: 100,
+            idle_model_secs: 3600,
         }
     }
 }

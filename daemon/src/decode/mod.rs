@@ -31,6 +31,8 @@ pub enum DecodeError {
     TooLarge { bytes: usize, limit: usize },
     #[error("unknown model: {0}")]
     UnknownModel(String),
+    #[error("too many versions: {0}")]
+    TooManyVersions(String),
 }
 
 impl DecodeError {
@@ -44,6 +46,7 @@ impl DecodeError {
             DecodeError::TimestampOutOfRange(_) => "timestamp_out_of_range",
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::UnknownModel(_) => "unknown_model",
+            DecodeError::TooManyVersions(_) => "too_many_versions",
         }
     }
 }

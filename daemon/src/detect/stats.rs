@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn binning_survives_ranges_past_f64() {
-        let x = [-1e308, 0.0, 1.0, 1e308, 1e308];
+        let x = [-1.7e308, 0.0, 1.0, 1.7e308, 1.7e308];
         let edges = sturges_edges(&x);
         assert!(edges.iter().all(|e| e.is_finite()), "{edges:?}");
         assert!(edges.windows(2).all(|w| w[0] < w[1]), "{edges:?}");
@@ -462,7 +462,7 @@ pub fn sturges_edges(x: &[f64]) -> Vec<f64> {
     let mut edges: Vec<f64> = (0..=bins)
         .map(|i| match step.is_finite() {
             true => lo + i as f64 * step,
-            false => lo + 2.0 * (i as f64 * half_step),
+            false => (lo / 2.0 + i as f64 * half_step) * 2.0,
         })
         .collect();
     edges[bins] = hi;

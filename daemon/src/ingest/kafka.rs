@@ -227,17 +227,47 @@ impl KafkaControl {
                 key: "modelwatch.source.offset",
                 value: Some(&offset),
             });
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.dead_letter_topic)
-            .payload(msg.payload.as_slice())
-            .headers(headers);
-        if let Some(k) = &msg.key {
-            record = record.key(k.as_slice());
+        let key = msg.key.as_deref();
+        let sent = self
+            .send_dead_letter(Some(&msg.payload), key, headers.clone())
+            .await;
+        match sent {
+            // Whatever the limits kept can still exceed what the broker
+            // takes: the headers alone still say what was refused and where.
+            Err(rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
+            )) => {
+                tracing::warn!(stream = %msg.pos.stream, offset = msg.pos.offset, "dead letter too large for the broker; sent without its payload");
+                let headers = headers.insert(Header {
+                    key: "modelwatch.payload",
+                    value: Some("omitted: too large"),
+                });
+                self.send_dead_letter(None, None, headers).await
+            }
+            other => other,
+        }
+        .map_err(IngestError::DeadLetter)
+    }
+
+    async fn send_dead_letter(
+        &self,
+        payload: Option<&[u8]>,
+        key: Option<&[u8]>,
+        headers: OwnedHeaders,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.dead_letter_topic).headers(headers);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        if let Some(k) = key {
+            record = record.key(k);
         }
         self.producer
             .send(record, Duration::from_secs(30))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| IngestError::DeadLetter(e))
+            .map_err(|(e, _)| e)
     }
 }
 
@@ -259,24 +289,44 @@ fn trace_headers(msg: &BorrowedMessage<'_>) -> Vec<(String, String)> {
 }
 
 /// The dead-letter topic must exist before the first bad message needs it:
-/// a missing one would hold the stream at that message.
+/// a missing one would hold the stream at that message. A broker that is
+/// electing a leader (or creating the topic on demand) is asked again.
 fn check_topic(producer: &FutureProducer, topic: &str) -> Result<(), IngestError> {
+    use rdkafka::types::RDKafkaErrorCode;
     let missing = |reason: String| IngestError::DeadLetterTopic {
         topic: topic.to_string(),
         reason,
     };
-    let md = producer
-        .client()
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| missing(e.to_string()))?;
-    match md.topics().iter().find(|t| t.name() == topic) {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-        Some(t) => Err(missing(match t.error() {
-            Some(e) => rdkafka::types::RDKafkaErrorCode::from(e).to_string(),
-            None => "it has no partitions".into(),
-        })),
-        None => Err(missing("the broker does not list it".into())),
+    let mut last = String::new();
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let md = match producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+        {
+            Ok(md) => md,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+            return Err(missing("the broker does not list it".into()));
+        };
+        match t.error().map(RDKafkaErrorCode::from) {
+            None if !t.partitions().is_empty() => return Ok(()),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                return Err(missing(
+                    RDKafkaErrorCode::UnknownTopicOrPartition.to_string(),
+                ));
+            }
+            Some(code) => last = code.to_string(),
+            None => last = "it has no partitions".into(),
+        }
     }
+    Err(missing(last))
 }
 
 pub fn start(

@@ -89,7 +89,7 @@ pub enum ReceiverKind {
     /// Any HTTP endpoint: JSON body signed with HMAC-SHA256.
     Webhook(WebhookReceiver),
     /// A Kafka topic of alert transitions, written with the source's
-    /// client settings (`source.kafka.properties`).
+    /// client settings (`source.kafka.properties`) on the source's cluster.
     Kafka(KafkaReceiver),
 }
 
@@ -143,7 +143,8 @@ pub struct WebhookReceiver {
 pub struct KafkaReceiver {
     /// Topic of the transitions, keyed by dedup key.
     pub topic: String,
-    /// Bootstrap servers; default: the source's.
+    /// Bootstrap servers; default: the source's, with its
+    /// `source.kafka.properties`. Another cluster gets none of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub brokers: Option<String>,
 }

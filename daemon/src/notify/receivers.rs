@@ -133,10 +133,19 @@ impl Receiver {
                 secret: read_secret(&c.name, w.secret_env.as_deref(), w.secret_file.as_deref())?,
             },
             ReceiverKind::Kafka(k) => {
-                let mut settings = client_config(kafka, ClientRole::Producer);
-                if let Some(brokers) = &k.brokers {
-                    settings.set("bootstrap.servers", brokers);
-                }
+                // The source's settings (credentials included) go only to
+                // the source's own cluster.
+                let settings = match &k.brokers {
+                    None => client_config(kafka, ClientRole::Producer),
+                    Some(brokers) => {
+                        let other = KafkaConfig {
+                            brokers: brokers.clone(),
+                            properties: Default::default(),
+                            ..kafka.clone()
+                        };
+                        client_config(&other, ClientRole::Producer)
+                    }
+                };
                 Target::Kafka {
                     producer: settings.create().map_err(|e| client_err(Box::new(e)))?,
                     topic: k.topic.clone(),

@@ -51,7 +51,13 @@ impl StoreError {
                 true
             }
             sqlx::Error::Database(db) => {
-                if db.kind() != sqlx::error::ErrorKind::Other {
+                use sqlx::error::ErrorKind;
+                // A unique or foreign-key violation can be a race with
+                // another instance that a retry resolves; these cannot.
+                if matches!(
+                    db.kind(),
+                    ErrorKind::NotNullViolation | ErrorKind::CheckViolation
+                ) {
                     return true;
                 }
                 if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {

@@ -42,6 +42,16 @@ impl Store {
         Ok(row)
     }
 
+    /// Every model that has a stored reference.
+    pub async fn reference_models(&self) -> Result<Vec<String>> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, String>("SELECT model FROM model_references")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
     /// Records what was calibrated on a model's reference.
     pub async fn save_calibration(
         &self,

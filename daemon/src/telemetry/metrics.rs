@@ -46,7 +46,13 @@ pub struct Metrics {
     outbox_backlog: Family<Labels, Gauge>,
     step_retries: Family<Labels, Counter>,
     pub windows_quarantined: Counter,
+    pub models_evicted: Counter,
+    pub reference_events_dropped: Counter,
     rejected_summary: Mutex<BTreeMap<String, u64>>,
+    /// Models with a series of their own, at most `max_model_labels`; the
+    /// rest share `model="_other"`, so sprayed names cannot grow the series.
+    model_labels: Mutex<std::collections::BTreeSet<String>>,
+    max_model_labels: std::sync::atomic::AtomicUsize,
     alerts_total: Counter,
     windows_total: Counter,
 }
@@ -173,8 +179,22 @@ impl Metrics {
                 "windows whose scores could not be stored (stored with the error instead)",
                 Counter::default(),
             ),
+            models_evicted: reg(
+                &mut r,
+                "models_evicted",
+                "models forgotten after limits.idle_model_secs without an event",
+                Counter::default(),
+            ),
+            reference_events_dropped: reg(
+                &mut r,
+                "reference_events_dropped",
+                "events of unfinished references dropped when their model was evicted",
+                Counter::default(),
+            ),
             registry: r,
             rejected_summary: Mutex::new(BTreeMap::new()),
+            model_labels: Mutex::new(Default::default()),
+            max_model_labels: std::sync::atomic::AtomicUsize::new(1000),
             alerts_total: Counter::default(),
             windows_total: Counter::default(),
         }
@@ -196,9 +216,27 @@ impl Metrics {
             .unwrap_or_default()
     }
 
+    /// Caps the models that get a series of their own.
+    pub fn limit_model_labels(&self, n: usize) {
+        self.max_model_labels.store(n, Ordering::Relaxed);
+    }
+
+    fn model_label(&self, model: &str) -> String {
+        let max = self.max_model_labels.load(Ordering::Relaxed);
+        let Ok(mut known) = self.model_labels.lock() else {
+            return "_other".into();
+        };
+        if known.contains(model) || known.len() < max {
+            known.insert(model.to_string());
+            model.to_string()
+        } else {
+            "_other".into()
+        }
+    }
+
     pub fn window_scored(&self, model: &str) {
         self.windows
-            .get_or_create(&labels(&[("model", model)]))
+            .get_or_create(&labels(&[("model", &self.model_label(model))]))
             .inc();
         self.windows_total.inc();
     }

@@ -112,6 +112,11 @@ impl Windower {
         self.keys.contains_key(key)
     }
 
+    /// How many versions of `model` have window state.
+    pub fn versions(&self, model: &str) -> usize {
+        self.keys.keys().filter(|k| k.model == model).count()
+    }
+
     /// Registers a key with its settings and stored progress.
     pub fn add_key(&mut self, key: WindowKey, settings: WindowSettings, progress: Progress) {
         let next_seq = progress.next_seq;
@@ -177,6 +182,25 @@ impl Windower {
                 closed.extend(close(key, state, CloseReason::Idle));
             }
         }
+        closed.sort_by(|a, b| (&a.key, a.seq).cmp(&(&b.key, b.seq)));
+        closed
+    }
+
+    /// Closes the open windows of every key of `model` and forgets the keys.
+    pub fn remove_model(&mut self, model: &str) -> Vec<ClosedWindow> {
+        let keys: Vec<WindowKey> = self
+            .keys
+            .keys()
+            .filter(|k| k.model == model)
+            .cloned()
+            .collect();
+        let mut closed: Vec<ClosedWindow> = keys
+            .iter()
+            .filter_map(|key| {
+                let mut state = self.keys.remove(key)?;
+                close(key, &mut state, CloseReason::Idle)
+            })
+            .collect();
         closed.sort_by(|a, b| (&a.key, a.seq).cmp(&(&b.key, b.seq)));
         closed
     }
