@@ -329,3 +329,69 @@ async fn a_missing_dead_letter_topic_stops_the_start_with_its_name() {
     assert!(!status.success(), "{log}");
     assert!(log.contains(&dlq) && log.contains("create it"), "{log}");
 }
+
+/// The dead-letter topic's first record, with its headers.
+async fn first_dead_letter(dlq: &str, within: Duration) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("dlq_reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[dlq]).unwrap();
+    let msg = tokio::time::timeout(within, consumer.recv())
+        .await
+        .expect("a dead letter in time")
+        .expect("dead letter");
+    let headers = msg
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (msg.payload().unwrap_or_default().to_vec(), headers)
+}
+
+/// A message larger than the dead-letter producer may send (1 MB by
+/// default) used to fail its delivery for good and hold the stream there;
+/// it is now refused as `too_large` and dead-lettered in part, and the
+/// stream goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_message_is_dead_lettered_in_part_and_the_stream_goes_on() {
+    let topic = unique("telemetry");
+    let dlq = unique("dead_letter");
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let db = fresh_database(&unique("mw_big")).await;
+    let tmp = std::env::temp_dir().join(unique("mw_big"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let config = kafka_config(&tmp, &topic, &dlq, &unique("g"), &db, REFERENCE, WINDOW);
+    let big_producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.max.bytes", "3000000")
+        .create()
+        .unwrap();
+    let huge = format!(
+        "{{\"model\": \"credit\", \"junk\": \"{}",
+        "x".repeat(1_500_000)
+    );
+    let mut payloads = telemetry(61, REFERENCE, WINDOW, 1, 0..0);
+    payloads.insert(REFERENCE / 2, huge);
+    produce(&big_producer, &topic, &payloads).await;
+    let mut daemon = Daemon::start(&config, tmp.join("daemon.log"));
+    let pool = PgPool::connect(&db).await.unwrap();
+    wait_for_windows(&pool, &mut daemon, 1, Duration::from_secs(90)).await;
+    let (payload, headers) = first_dead_letter(&dlq, Duration::from_secs(30)).await;
+    let reason = headers
+        .iter()
+        .find(|(k, _)| k == "modelwatch.reason")
+        .map(|(_, v)| v.clone());
+    assert_eq!(reason.as_deref(), Some(&b"too_large"[..]));
+    assert!(
+        payload.len() < 1_000_000 && payload.starts_with(b"{\"model\""),
+        "{}",
+        payload.len()
+    );
+}

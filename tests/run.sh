@@ -29,13 +29,13 @@ apt_install() {
 # --- toolchain pieces librdkafka's bundled build needs -----------------------
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
 missing=()
-for tool in cc c++ make pkg-config perl python3; do
+for tool in cc c++ make pkg-config perl python3 openssl mkfifo; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing build tools (missing: ${missing[*]})"
-  apt_install build-essential pkg-config perl python3 libssl-dev
+  apt_install build-essential pkg-config perl python3 libssl-dev openssl coreutils
 fi
 
 # --- Vulkan software adapter for the wgpu tests ------------------------------
@@ -78,6 +78,21 @@ if ! pg_ok; then
   pg_ok || { echo "cannot reach PostgreSQL at $PG_URL" >&2; exit 1; }
 fi
 export MODELWATCH_TEST_DATABASE_URL=$PG_URL
+
+# TLS for tests/secrets.rs: Debian's clusters come with it on (the snakeoil
+# certificate); elsewhere a self-signed one is made and the server reloaded.
+if [ "$(psql "$PG_URL" -Atqc 'show ssl' 2>/dev/null)" = off ]; then
+  log "turning TLS on in PostgreSQL with a self-signed certificate"
+  TLS_DIR=/var/lib/modelwatch-test-tls
+  as_root mkdir -p "$TLS_DIR"
+  as_root openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
+    -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.crt" 2>/dev/null
+  as_root chown -R postgres "$TLS_DIR" && as_root chmod 600 "$TLS_DIR/server.key"
+  psql "$PG_URL" -qc "ALTER SYSTEM SET ssl_cert_file = '$TLS_DIR/server.crt'" \
+    -c "ALTER SYSTEM SET ssl_key_file = '$TLS_DIR/server.key'" \
+    -c "ALTER SYSTEM SET ssl = on" -c "SELECT pg_reload_conf()" >/dev/null
+  sleep 1
+fi
 
 # --- Kafka-protocol broker -----------------------------------------------------
 TANSU=$TANSU_ROOT/bin/tansu

@@ -226,6 +226,23 @@ impl Config {
     }
 }
 
+/// A secret from the environment variable or the file a config names
+/// (never from the config itself): `None` when it names neither. The error
+/// says which variable or file, never the secret.
+pub fn read_secret(env: Option<&str>, file: Option<&str>) -> Result<Option<String>, String> {
+    if let Some(var) = env {
+        return std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("environment variable {var} is not set"));
+    }
+    if let Some(path) = file {
+        return std::fs::read_to_string(path)
+            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+            .map_err(|e| format!("cannot read {path}: {e}"));
+    }
+    Ok(None)
+}
+
 fn apply_override(
     root: &mut toml::Table,
     var: &str,

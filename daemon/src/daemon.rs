@@ -59,7 +59,7 @@ pub async fn run(
         .await
         .map_err(DaemonError::Telemetry)?;
     }
-    let store = Store::open(&config.store.url, config.store.max_connections)
+    let store = Store::open_config(&config.store, config.store.max_connections)
         .await
         .map_err(|source| DaemonError::Store {
             url: store::redact(&config.store.url),

@@ -77,7 +77,7 @@ pub async fn run(action: AlertsAction) -> Result<()> {
         | AlertsAction::Outbox { config } => config.load()?,
     };
     telemetry::init_logging(&config.log);
-    let store = Store::open(&config.store.url, 1).await?;
+    let store = Store::open_config(&config.store, 1).await?;
     match action {
         AlertsAction::List { status, json, .. } => list(&store, status.as_deref(), json).await,
         AlertsAction::Ack { id, .. } => {

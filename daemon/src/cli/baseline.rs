@@ -53,7 +53,7 @@ pub async fn run(action: BaselineAction) -> Result<()> {
             events.len()
         );
     }
-    let store = Store::open(&config.store.url, 1).await?;
+    let store = Store::open_config(&config.store, 1).await?;
     let origin = format!("import:{}", file.display());
     let stored = store
         .save_reference(&model, &origin, &events, &Default::default(), replace)

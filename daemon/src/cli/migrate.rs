@@ -16,7 +16,7 @@ pub struct MigrateArgs {
 pub async fn run(args: MigrateArgs) -> Result<()> {
     let config = args.config.load()?;
     telemetry::init_logging(&config.log);
-    let store = Store::connect(&config.store.url, 1).await?;
+    let store = Store::connect_config(&config.store, 1).await?;
     store.migrate().await.context("applying migrations")?;
     println!("migrations applied to the {} store", store.kind());
     Ok(())

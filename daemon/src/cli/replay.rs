@@ -34,7 +34,7 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let producer: FutureProducer = client_config(kafka, ClientRole::Producer)
+    let producer: FutureProducer = client_config(kafka, ClientRole::Producer)?
         .create()
         .context("creating the kafka producer")?;
     let bar = indicatif::ProgressBar::new(lines.len() as u64);

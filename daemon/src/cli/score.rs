@@ -61,7 +61,7 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
     let scoring =
         ScoringHandle::start(&config.engine, &config.detect, (reference.len(), typical)).await?;
     let store = match args.store {
-        true => Some(Store::open(&config.store.url, 1).await?),
+        true => Some(Store::open_config(&config.store, 1).await?),
         false => None,
     };
     let router = Router::new(&config.notify.receivers);

@@ -39,6 +39,12 @@ pub struct KafkaConfig {
     pub dead_letter_topic: String,
     /// Decoder per topic; topics not listed use `modelwatch-json`.
     pub decoders: BTreeMap<String, DecoderName>,
+    /// The SASL password (`sasl.password`) from this environment variable ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl_password_env: Option<String>,
+    /// ... or from this file, rather than in `properties`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl_password_file: Option<String>,
     /// Any librdkafka property, passed through verbatim to every client
     /// (consumer, dead-letter producer, `replay`, Kafka alert receivers),
     /// for example `"security.protocol" = "SASL_SSL"`. Credentials
@@ -55,6 +61,8 @@ impl Default for KafkaConfig {
             topics: vec!["model-telemetry".into()],
             dead_letter_topic: "modelwatch-dead-letter".into(),
             decoders: BTreeMap::new(),
+            sasl_password_env: None,
+            sasl_password_file: None,
             properties: BTreeMap::new(),
         }
     }
@@ -73,7 +81,7 @@ pub enum ClientRole {
 /// guarantees, then the pass-through properties (consumer-group ones only
 /// for the consumer). A property cannot turn off explicit offset storing,
 /// which at-least-once delivery depends on.
-pub fn client_config(config: &KafkaConfig, role: ClientRole) -> ClientConfig {
+pub fn client_config(config: &KafkaConfig, role: ClientRole) -> Result<ClientConfig, IngestError> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &config.brokers);
     match role {
@@ -95,7 +103,15 @@ pub fn client_config(config: &KafkaConfig, role: ClientRole) -> ClientConfig {
             cfg.set(k, v);
         }
     }
-    cfg
+    let password = crate::config::read_secret(
+        config.sasl_password_env.as_deref(),
+        config.sasl_password_file.as_deref(),
+    )
+    .map_err(IngestError::Secret)?;
+    if let Some(p) = password {
+        cfg.set("sasl.password", p);
+    }
+    Ok(cfg)
 }
 
 pub struct KafkaControl {
@@ -334,11 +350,11 @@ pub fn start(
     tx: mpsc::Sender<RawMessage>,
     cancel: CancellationToken,
 ) -> Result<KafkaControl, IngestError> {
-    let consumer: StreamConsumer = client_config(config, ClientRole::Consumer).create()?;
+    let consumer: StreamConsumer = client_config(config, ClientRole::Consumer)?.create()?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let consumer = Arc::new(consumer);
-    let producer: FutureProducer = client_config(config, ClientRole::Producer).create()?;
+    let producer: FutureProducer = client_config(config, ClientRole::Producer)?.create()?;
     check_topic(&producer, &config.dead_letter_topic)?;
     tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?config.topics, "kafka source subscribed");
 
@@ -382,4 +398,34 @@ pub fn start(
         producer,
         dead_letter_topic: config.dead_letter_topic.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_gets_the_sasl_password_from_its_file() {
+        let dir = std::env::temp_dir().join(format!("mw_sasl_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let mut config = KafkaConfig {
+            sasl_password_file: Some(file.display().to_string()),
+            ..KafkaConfig::default()
+        };
+        config
+            .properties
+            .insert("group.instance.id".into(), "a".into());
+        let consumer = client_config(&config, ClientRole::Consumer).unwrap();
+        let producer = client_config(&config, ClientRole::Producer).unwrap();
+        assert_eq!(consumer.get("sasl.password"), Some("s3cret"));
+        assert_eq!(producer.get("sasl.password"), Some("s3cret"));
+        // Consumer-group settings stay with the consumer.
+        assert_eq!(consumer.get("group.instance.id"), Some("a"));
+        assert_eq!(producer.get("group.instance.id"), None);
+        config.sasl_password_file = Some(dir.join("missing").display().to_string());
+        let err = client_config(&config, ClientRole::Producer).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
 }

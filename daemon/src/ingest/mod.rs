@@ -27,6 +27,8 @@ pub enum IngestError {
     },
     #[error("dead-letter delivery failed: {0}")]
     DeadLetter(#[source] rdkafka::error::KafkaError),
+    #[error("kafka sasl password: {0}")]
+    Secret(String),
     #[error("dead-letter topic {topic} is not usable ({reason}): create it before starting")]
     DeadLetterTopic { topic: String, reason: String },
 }

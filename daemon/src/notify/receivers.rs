@@ -79,27 +79,16 @@ impl std::fmt::Debug for Receiver {
     }
 }
 
-/// A secret from an environment variable or a file; `None` when neither is named.
+/// A receiver's secret, as `config::read_secret` finds it.
 fn read_secret(
     receiver: &str,
     env: Option<&str>,
     file: Option<&str>,
 ) -> Result<Option<String>, NotifyError> {
-    let err = |reason: String| NotifyError::Secret {
+    crate::config::read_secret(env, file).map_err(|reason| NotifyError::Secret {
         receiver: receiver.to_string(),
         reason,
-    };
-    if let Some(var) = env {
-        return std::env::var(var)
-            .map(Some)
-            .map_err(|_| err(format!("environment variable {var} is not set")));
-    }
-    if let Some(path) = file {
-        return std::fs::read_to_string(path)
-            .map(|s| Some(s.trim().to_string()))
-            .map_err(|e| err(format!("cannot read {path}: {e}")));
-    }
-    Ok(None)
+    })
 }
 
 impl Receiver {
@@ -136,14 +125,18 @@ impl Receiver {
                 // The source's settings (credentials included) go only to
                 // the source's own cluster.
                 let settings = match &k.brokers {
-                    None => client_config(kafka, ClientRole::Producer),
+                    None => client_config(kafka, ClientRole::Producer)
+                        .map_err(|e| client_err(Box::new(e)))?,
                     Some(brokers) => {
                         let other = KafkaConfig {
                             brokers: brokers.clone(),
                             properties: Default::default(),
+                            sasl_password_env: None,
+                            sasl_password_file: None,
                             ..kafka.clone()
                         };
                         client_config(&other, ClientRole::Producer)
+                            .map_err(|e| client_err(Box::new(e)))?
                     }
                 };
                 Target::Kafka {

@@ -34,6 +34,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store password: {0}")]
+    Secret(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -116,13 +118,41 @@ macro_rules! with_tx {
 use {with_pool, with_tx};
 
 impl Store {
+    /// Connects as `config` says, the password from the environment variable
+    /// or file it names, and applies pending migrations.
+    pub async fn open_config(config: &StoreConfig, max_connections: u32) -> Result<Self> {
+        let store = Self::connect_config(config, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// As `open_config`, without migrating.
+    pub async fn connect_config(config: &StoreConfig, max_connections: u32) -> Result<Self> {
+        let password = crate::config::read_secret(
+            config.password_env.as_deref(),
+            config.password_file.as_deref(),
+        )
+        .map_err(StoreError::Secret)?;
+        Self::connect_with(&config.url, password.as_deref(), max_connections).await
+    }
+
     /// Connects (creating an SQLite file when missing) without migrating.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        Self::connect_with(url, None, max_connections).await
+    }
+
+    /// PostgreSQL takes TLS settings from the URL (`sslmode`, `sslrootcert`)
+    /// and `password` over any in the URL.
+    async fn connect_with(url: &str, password: Option<&str>, max_connections: u32) -> Result<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let mut options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+            if let Some(p) = password {
+                options = options.password(p);
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .acquire_timeout(std::time::Duration::from_secs(10))
-                .connect(url)
+                .connect_with(options)
                 .await?;
             Ok(Store::Postgres(pool))
         } else if url.starts_with("sqlite:") {
@@ -207,11 +237,18 @@ pub fn redact(url: &str) -> String {
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `postgres://user@host/db` for production, `sqlite:PATH` or
-    /// `sqlite::memory:` for the embedded store. Put a password in the
-    /// environment (`MODELWATCH_STORE__URL`), not in this file.
+    /// `sqlite::memory:` for the embedded store. TLS: `?sslmode=require`,
+    /// or `verify-full` with `&sslrootcert=/path/ca.pem`. Put a password in
+    /// `password_env` or `password_file`, not in this file.
     pub url: String,
     /// Connection pool size.
     pub max_connections: u32,
+    /// PostgreSQL password from this environment variable ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// ... or from this file (it wins over a password in `url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -219,6 +256,8 @@ impl Default for StoreConfig {
         Self {
             url: "sqlite:modelwatch.db".into(),
             max_connections: 4,
+            password_env: None,
+            password_file: None,
         }
     }
 }
