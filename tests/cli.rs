@@ -384,3 +384,49 @@ fn run_file(
         .output()
         .unwrap()
 }
+
+/// Backfill is history: `score --store` of clean windows beside a firing
+/// alert leaves it firing (it used to step the live lifecycle, resolve the
+/// alert and page the resolution).
+#[test]
+fn backfill_leaves_live_alerts_alone() {
+    let dir = std::env::temp_dir().join(unique("mw_backfill"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines = telemetry(5, 200, 100, 6, 3..6);
+    let input = dir.join("events.ndjson");
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let store = format!("sqlite:{}", dir.join("store.db").display());
+    let out = run_file(&input, &store, 200, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(transitions_printed(&stdout), vec!["fired:4:x1"], "{stdout}");
+
+    let reference = dir.join("ref.ndjson");
+    std::fs::write(&reference, lines[..200].join("\n")).unwrap();
+    let clean = dir.join("clean.ndjson");
+    std::fs::write(&clean, telemetry(9, 0, 100, 5, 0..0).join("\n")).unwrap();
+    let out = Command::new(daemon_binary())
+        .args(["score", "--store", "--window", "100", "--reference"])
+        .arg(&reference)
+        .arg("--current")
+        .arg(&clean)
+        .env("MODELWATCH_STORE__URL", &store)
+        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+        .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(daemon_binary())
+        .args(["alerts", "list", "--json", "--status", "firing"])
+        .env("MODELWATCH_STORE__URL", &store)
+        .output()
+        .unwrap();
+    let firing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        firing.contains("\"dedup_key\":\"credit/feature_drift/x1\""),
+        "the live alert did not stay firing: {firing}"
+    );
+}

@@ -135,11 +135,12 @@ async fn windows(pool: &PgPool) -> (i64, i64, i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_outage_loses_and_doubles_nothing() {
-    let topic = unique("telemetry");
-    let dlq = unique("dead_letter");
-    create_topic(&topic, 1).await;
-    create_topic(&dlq, 1).await;
-    let direct = fresh_database(&unique("mw_outage")).await;
+    let KafkaCase {
+        topic,
+        dlq,
+        db: direct,
+        dir: tmp,
+    } = KafkaCase::new("mw_outage").await;
     let pool = PgPool::connect(&direct).await.unwrap();
     let upstream = {
         let u = url_host_port(&direct);
@@ -150,8 +151,6 @@ async fn a_database_outage_loses_and_doubles_nothing() {
     let hook = Hook::default();
     let hook_url = serve(hook.clone()).await;
     let listen = free_port();
-    let tmp = std::env::temp_dir().join(unique("mw_outage"));
-    std::fs::create_dir_all(&tmp).unwrap();
     let group = unique("g");
     let config = kafka_config(&tmp, &topic, &dlq, &group, &via_proxy, REFERENCE, WINDOW);
     let mut text = std::fs::read_to_string(&config).unwrap();
@@ -247,14 +246,6 @@ async fn a_database_outage_loses_and_doubles_nothing() {
     }
     let status = daemon.terminate();
     assert!(status.success(), "{}", daemon.log_text());
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Host and port of a postgres:// URL (default port 5432).

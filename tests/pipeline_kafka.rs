@@ -17,13 +17,14 @@ const WINDOW: usize = 100;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
-    let topic = unique("telemetry");
-    let dlq = unique("dead_letter");
-    create_topic(&topic, 1).await;
-    create_topic(&dlq, 1).await;
-    let db = fresh_database(&unique("mw_shift")).await;
-    let tmp = tempdir();
-    let tmp = tmp.as_path();
+    let KafkaCase {
+        topic,
+        dlq,
+        db,
+        dir,
+        ..
+    } = KafkaCase::new("mw_shift").await;
+    let tmp = dir.as_path();
 
     // Windows 0-3 clean, 4-7 with x1 shifted; one malformed message in window 2.
     let mut payloads = telemetry(11, REFERENCE, WINDOW, 8, 4..8);
@@ -183,12 +184,12 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_daemon_restarts_without_loss_or_duplicates() {
-    let topic = unique("telemetry");
-    let dlq = unique("dead_letter");
-    create_topic(&topic, 1).await;
-    create_topic(&dlq, 1).await;
-    let db = fresh_database(&unique("mw_crash")).await;
-    let tmp = tempdir();
+    let KafkaCase {
+        topic,
+        dlq,
+        db,
+        dir: tmp,
+    } = KafkaCase::new("mw_crash").await;
     let windows = 10usize;
     let payloads = telemetry(23, REFERENCE, WINDOW, windows, 3..6);
     let producer = producer();
@@ -274,12 +275,6 @@ async fn killed_daemon_restarts_without_loss_or_duplicates() {
     );
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(unique("modelwatch_test"));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// `$__timeFilter(col)` as Grafana expands it (a range wide enough for the test data's event times).
 fn expand_time_filter(sql: &str) -> String {
     let mut out = String::new();
@@ -360,13 +355,12 @@ async fn first_dead_letter(dlq: &str, within: Duration) -> (Vec<u8>, Vec<(String
 /// stream goes on.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oversized_message_is_dead_lettered_in_part_and_the_stream_goes_on() {
-    let topic = unique("telemetry");
-    let dlq = unique("dead_letter");
-    create_topic(&topic, 1).await;
-    create_topic(&dlq, 1).await;
-    let db = fresh_database(&unique("mw_big")).await;
-    let tmp = std::env::temp_dir().join(unique("mw_big"));
-    std::fs::create_dir_all(&tmp).unwrap();
+    let KafkaCase {
+        topic,
+        dlq,
+        db,
+        dir: tmp,
+    } = KafkaCase::new("mw_big").await;
     let config = kafka_config(&tmp, &topic, &dlq, &unique("g"), &db, REFERENCE, WINDOW);
     let big_producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers())

@@ -26,6 +26,23 @@ fn daemon(store: &str) -> Command {
     c
 }
 
+/// Runs the daemon on a named pipe at `input` that the test writes and keeps
+/// open, so the source never ends; a later run can read a file at the same
+/// path, the same stream.
+fn on_fifo(mut cmd: Command, input: &Path) -> (std::process::Child, std::fs::File) {
+    let made = Command::new("mkfifo").arg(input).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    let child = cmd
+        .args(["run", "--file"])
+        .arg(input)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pipe = std::fs::OpenOptions::new().write(true).open(input).unwrap();
+    (child, pipe)
+}
+
 /// (events in the stored reference, events in stored windows, windows).
 async fn stored(store: &str) -> (i64, i64, i64) {
     const REFERENCE: &str =
@@ -81,20 +98,9 @@ async fn every_event_of_a_batched_message_is_windowed_once_across_a_kill() {
     // First run on a named pipe kept open, so the source never ends; the
     // restart reads a file at the same path, the same stream.
     let input = dir.join("events.ndjson");
-    let made = Command::new("mkfifo").arg(&input).status().unwrap();
-    assert!(made.success(), "mkfifo");
-    let mut first = daemon(&store)
-        .args(["run", "--file"])
-        .arg(&input)
-        .env("MODELWATCH_WINDOWS__DURATION_SECS", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut pipe = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&input)
-        .unwrap();
+    let mut first = daemon(&store);
+    first.env("MODELWATCH_WINDOWS__DURATION_SECS", "0");
+    let (mut first, mut pipe) = on_fifo(first, &input);
     writeln!(pipe, "{batch}").unwrap();
     pipe.flush().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -445,31 +451,11 @@ async fn idle_models_are_evicted_and_release_their_positions() {
     std::fs::create_dir_all(&dir).unwrap();
     let store = sqlite_url(&dir);
     let input = dir.join("events.ndjson");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&input)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut daemon = daemon(&store)
-        .args(["run", "--file"])
-        .arg(&input)
-        .env("MODELWATCH_TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
-        .env("MODELWATCH_LIMITS__IDLE_MODEL_SECS", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut pipe = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&input)
-        .unwrap();
+    let port = common::free_port();
+    let mut cmd = daemon(&store);
+    cmd.env("MODELWATCH_TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
+        .env("MODELWATCH_LIMITS__IDLE_MODEL_SECS", "2");
+    let (mut daemon, mut pipe) = on_fifo(cmd, &input);
     for i in 0..5 {
         writeln!(pipe, r#"{{"model":"once-{i}","features":{{"x":{i}}}}}"#).unwrap();
     }

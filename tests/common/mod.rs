@@ -133,6 +133,42 @@ pub fn telemetry(
         .collect()
 }
 
+/// What a daemon test against the broker starts from: a telemetry topic and
+/// a dead-letter topic (both created, one partition), a fresh database and a
+/// scratch folder.
+pub struct KafkaCase {
+    pub topic: String,
+    pub dlq: String,
+    pub db: String,
+    pub dir: PathBuf,
+}
+
+impl KafkaCase {
+    pub async fn new(name: &str) -> Self {
+        let (topic, dlq) = (unique("telemetry"), unique("dead_letter"));
+        create_topic(&topic, 1).await;
+        create_topic(&dlq, 1).await;
+        let db = fresh_database(&unique(name)).await;
+        let dir = std::env::temp_dir().join(unique(name));
+        std::fs::create_dir_all(&dir).unwrap();
+        KafkaCase {
+            topic,
+            dlq,
+            db,
+            dir,
+        }
+    }
+}
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn daemon_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_modelwatch"))
 }

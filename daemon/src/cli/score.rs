@@ -1,5 +1,6 @@
 //! `modelwatch score`: files scored offline through the daemon's own
-//! windower, detectors and judge; `--store` records them (backfill).
+//! windower, detectors and judge; `--store` records the windows and scores
+//! as history (backfill) without touching live alerts.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -14,8 +15,7 @@ use crate::decode::DecoderName;
 use crate::detect::ScoringHandle;
 use crate::event::Positioned;
 use crate::ingest::file::read_events;
-use crate::judge::{self, AlertState, WindowVerdict};
-use crate::notify::Router;
+use crate::judge::{self, WindowVerdict};
 use crate::store::Store;
 use crate::telemetry;
 use crate::window::{ClosedWindow, Progress, WindowKey, WindowSettings, Windower};
@@ -40,7 +40,8 @@ pub struct ScoreArgs {
     /// The files' format, as a topic's decoder would read them.
     #[arg(long, value_enum, default_value_t = DecoderName::default())]
     input_format: DecoderName,
-    /// Also write the windows, scores and alerts to the configured store (backfill).
+    /// Also write the windows and scores to the configured store (backfill,
+    /// `close_reason = 'backfill'`); live alerts are left as they are.
     #[arg(long)]
     store: bool,
 }
@@ -64,8 +65,6 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
         true => Some(Store::open_config(&config.store, 1).await?),
         false => None,
     };
-    let router = Router::new(&config.notify.receivers);
-    let route = |a: &AlertState| router.route(a);
     if args.format == Output::Table {
         print_header();
     }
@@ -93,11 +92,11 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
             let scored = scoring.score(fitted.clone(), events).await?;
             let device = scoring.info().label();
             let mut verdict = judge::verdict(&config.judge, &w, device, Ok(scored.scores));
-            // A backfill's events are not the live stream's positions.
-            verdict.high_water.clear();
+            // History, not the live stream: marked so, and without alerts.
+            verdict.close_reason = "backfill";
             print_verdict(&verdict, args.format);
             if let Some(store) = &store {
-                judge::record_window(store, &verdict, &config.alerts, &route).await?;
+                judge::record_backfill(store, &verdict).await?;
             }
         }
     }

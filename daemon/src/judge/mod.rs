@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use lifecycle::{AlertState, Status, Transition};
-pub use record::{Route, record_window};
+pub use record::{Route, record_backfill, record_window};
 
 use crate::detect::Score;
 use crate::event::Mark;

@@ -40,6 +40,22 @@ pub async fn record_window(
     Ok(transitions)
 }
 
+/// Stores a window of history (`score --store`) with its scores only: a
+/// backfill neither steps live alerts nor moves stream progress, so clean
+/// history cannot resolve what is firing now.
+pub async fn record_backfill(store: &Store, v: &WindowVerdict) -> Result<bool, StoreError> {
+    let now = Utc::now();
+    let mut tx = store.begin().await?;
+    let fresh = tx.insert_window(v, now).await?;
+    if fresh {
+        for judged in &v.judged {
+            tx.insert_score(v, judged, now).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(fresh)
+}
+
 /// One score's step of its alert: the open incident (or a new one when the
 /// score crossed), silenced or not, saved, and its transition queued.
 async fn advance_alert(

@@ -6,28 +6,30 @@ use std::borrow::Cow;
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
+/// The list of migrations, once; each backend's directory holds its dialect
+/// of every file.
 macro_rules! migrations {
-    ($dir:literal: $($version:literal $name:literal $file:literal),* $(,)?) => {
-        &[$(($version, $name, include_str!(concat!("../../../migrations/", $dir, "/", $file)))),*]
+    ($dir:literal) => {
+        &[
+            migrations!(@ $dir, 1, "0001_init.sql", "init"),
+            migrations!(@ $dir, 2, "0002_trace_ids.sql", "trace_ids"),
+            migrations!(@ $dir, 3, "0003_alert_lifecycle.sql", "alert_lifecycle"),
+            migrations!(@ $dir, 4, "0004_effect_sizes.sql", "effect_sizes"),
+            migrations!(@ $dir, 5, "0005_calibration.sql", "calibration"),
+            migrations!(@ $dir, 6, "0006_event_positions.sql", "event_positions"),
+        ]
+    };
+    (@ $dir:literal, $version:literal, $file:literal, $name:literal) => {
+        (
+            $version,
+            $name,
+            include_str!(concat!("../../../migrations/", $dir, "/", $file)),
+        )
     };
 }
 
-const POSTGRES: &[(i64, &str, &str)] = migrations!("postgres":
-    1 "init" "0001_init.sql",
-    2 "trace_ids" "0002_trace_ids.sql",
-    3 "alert_lifecycle" "0003_alert_lifecycle.sql",
-    4 "effect_sizes" "0004_effect_sizes.sql",
-    5 "calibration" "0005_calibration.sql",
-    6 "event_positions" "0006_event_positions.sql",
-);
-const SQLITE: &[(i64, &str, &str)] = migrations!("sqlite":
-    1 "init" "0001_init.sql",
-    2 "trace_ids" "0002_trace_ids.sql",
-    3 "alert_lifecycle" "0003_alert_lifecycle.sql",
-    4 "effect_sizes" "0004_effect_sizes.sql",
-    5 "calibration" "0005_calibration.sql",
-    6 "event_positions" "0006_event_positions.sql",
-);
+const POSTGRES: &[(i64, &str, &str)] = migrations!("postgres");
+const SQLITE: &[(i64, &str, &str)] = migrations!("sqlite");
 
 pub fn postgres() -> Migrator {
     migrator(POSTGRES)
