@@ -389,3 +389,42 @@ async fn an_oversized_message_is_dead_lettered_in_part_and_the_stream_goes_on() 
         payload.len()
     );
 }
+
+/// Limits set above what the broker takes: a refused message that cannot
+/// be dead-lettered whole still is, by its headers alone, and the stream
+/// goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_the_broker_refuses_goes_by_its_headers_alone() {
+    let KafkaCase {
+        topic,
+        dlq,
+        db,
+        dir: tmp,
+    } = KafkaCase::new("mw_hdrs").await;
+    let config = kafka_config(&tmp, &topic, &dlq, &unique("g"), &db, REFERENCE, WINDOW);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[limits]\nmax_message_bytes = 1500000\n");
+    std::fs::write(&config, text).unwrap();
+    let big_producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.max.bytes", "3000000")
+        .create()
+        .unwrap();
+    let mut payloads = telemetry(63, REFERENCE, WINDOW, 1, 0..0);
+    payloads.insert(REFERENCE / 2, format!("not json {}", "x".repeat(1_200_000)));
+    produce(&big_producer, &topic, &payloads).await;
+    let mut daemon = Daemon::start(&config, tmp.join("daemon.log"));
+    let pool = PgPool::connect(&db).await.unwrap();
+    wait_for_windows(&pool, &mut daemon, 1, Duration::from_secs(90)).await;
+    let (payload, headers) = first_dead_letter(&dlq, Duration::from_secs(30)).await;
+    let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(
+        header("modelwatch.reason").as_deref(),
+        Some(&b"invalid_json"[..])
+    );
+    assert_eq!(
+        header("modelwatch.payload").as_deref(),
+        Some(&b"omitted: too large"[..])
+    );
+    assert!(payload.is_empty(), "{} bytes", payload.len());
+}

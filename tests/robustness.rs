@@ -39,7 +39,13 @@ fn on_fifo(mut cmd: Command, input: &Path) -> (std::process::Child, std::fs::Fil
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pipe = std::fs::OpenOptions::new().write(true).open(input).unwrap();
+    // Read-write: on Linux this does not wait for the daemon to open its
+    // end, so a daemon that dies first fails the test instead of hanging it.
+    let pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(input)
+        .unwrap();
     (child, pipe)
 }
 

@@ -237,7 +237,7 @@ pub fn read_secret(env: Option<&str>, file: Option<&str>) -> Result<Option<Strin
     }
     if let Some(path) = file {
         return std::fs::read_to_string(path)
-            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+            .map(|s| Some(s.trim().to_string()))
             .map_err(|e| format!("cannot read {path}: {e}"));
     }
     Ok(None)

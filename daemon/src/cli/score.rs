@@ -94,10 +94,10 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
             let mut verdict = judge::verdict(&config.judge, &w, device, Ok(scored.scores));
             // History, not the live stream: marked so, and without alerts.
             verdict.close_reason = "backfill";
-            print_verdict(&verdict, args.format);
             if let Some(store) = &store {
-                judge::record_backfill(store, &verdict).await?;
+                verdict.seq = judge::record_backfill(store, &verdict).await?;
             }
+            print_verdict(&verdict, args.format);
         }
     }
     Ok(())

@@ -25,7 +25,18 @@ pub async fn record_window(
     let now = Utc::now();
     let mut tx = store.begin().await?;
     let mut transitions = Vec::new();
-    if tx.insert_window(v, now).await? {
+    let mut v = std::borrow::Cow::Borrowed(v);
+    let mut fresh = tx.insert_window(&v, now).await?;
+    if !fresh && tx.is_backfill(&v.model, &v.model_version, v.seq).await? {
+        // A backfill took this number since the daemon read the last one:
+        // the live window takes the next free number instead of vanishing.
+        let seq = tx.next_window_seq(&v.model, &v.model_version).await?;
+        tracing::warn!(model = %v.model, version = %v.model_version, window = v.seq, renumbered = seq, "window number taken by a backfill");
+        v.to_mut().seq = seq;
+        fresh = tx.insert_window(&v, now).await?;
+    }
+    let v = v.as_ref();
+    if fresh {
         for judged in &v.judged {
             tx.insert_score(v, judged, now).await?;
             let obs = Observation { verdict: v, judged };
@@ -43,17 +54,21 @@ pub async fn record_window(
 /// Stores a window of history (`score --store`) with its scores only: a
 /// backfill neither steps live alerts nor moves stream progress, so clean
 /// history cannot resolve what is firing now.
-pub async fn record_backfill(store: &Store, v: &WindowVerdict) -> Result<bool, StoreError> {
+///
+/// Its number is the next free one when it is written, so that it never
+/// takes a number a live window already has; returns that number.
+pub async fn record_backfill(store: &Store, v: &WindowVerdict) -> Result<i64, StoreError> {
     let now = Utc::now();
     let mut tx = store.begin().await?;
-    let fresh = tx.insert_window(v, now).await?;
-    if fresh {
+    let mut v = v.clone();
+    v.seq = tx.next_window_seq(&v.model, &v.model_version).await?;
+    if tx.insert_window(&v, now).await? {
         for judged in &v.judged {
-            tx.insert_score(v, judged, now).await?;
+            tx.insert_score(&v, judged, now).await?;
         }
     }
     tx.commit().await?;
-    Ok(fresh)
+    Ok(v.seq)
 }
 
 /// One score's step of its alert: the open incident (or a new one when the

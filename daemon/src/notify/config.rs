@@ -144,9 +144,13 @@ pub struct KafkaReceiver {
     /// Topic of the transitions, keyed by dedup key.
     pub topic: String,
     /// Bootstrap servers; default: the source's, with its
-    /// `source.kafka.properties`. Another cluster gets none of them.
+    /// `source.kafka.properties`. Another cluster gets none of them, only
+    /// `properties` below.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub brokers: Option<String>,
+    /// librdkafka properties for a receiver on another cluster.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

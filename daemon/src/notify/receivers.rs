@@ -130,7 +130,7 @@ impl Receiver {
                     Some(brokers) => {
                         let other = KafkaConfig {
                             brokers: brokers.clone(),
-                            properties: Default::default(),
+                            properties: k.properties.clone(),
                             sasl_password_env: None,
                             sasl_password_file: None,
                             ..kafka.clone()

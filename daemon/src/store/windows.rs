@@ -22,6 +22,37 @@ impl Store {
 }
 
 impl Tx {
+    /// The number the next window of (model, version) gets, read inside
+    /// this transaction.
+    pub async fn next_window_seq(&mut self, model: &str, version: &str) -> Result<i64> {
+        let max: Option<i64> = with_tx!(self, conn => {
+            sqlx::query("SELECT MAX(seq) AS m FROM windows WHERE model = $1 AND model_version = $2")
+                .bind(model)
+                .bind(version)
+                .fetch_one(conn)
+                .await?
+                .try_get("m")?
+        });
+        Ok(max.map_or(0, |m| m + 1))
+    }
+
+    /// Whether the stored window of that number is history a backfill wrote.
+    pub async fn is_backfill(&mut self, model: &str, version: &str, seq: i64) -> Result<bool> {
+        let reason: Option<String> = with_tx!(self, conn => {
+            sqlx::query(
+                "SELECT close_reason FROM windows WHERE model = $1 AND model_version = $2 AND seq = $3",
+            )
+            .bind(model)
+            .bind(version)
+            .bind(seq)
+            .fetch_optional(conn)
+            .await?
+            .map(|r| r.try_get::<String, _>("close_reason"))
+            .transpose()?
+        });
+        Ok(reason.as_deref() == Some("backfill"))
+    }
+
     /// Inserts the window row; false when it was stored before (a replay).
     pub async fn insert_window(&mut self, v: &WindowVerdict, now: DateTime<Utc>) -> Result<bool> {
         let n = with_tx!(self, conn => {

@@ -100,6 +100,8 @@ struct KeyState {
     progress: Progress,
     next_seq: i64,
     open: Option<Open>,
+    /// When the key's last event arrived, for idle eviction.
+    last_push: Instant,
 }
 
 #[derive(Default)]
@@ -127,6 +129,7 @@ impl Windower {
                 progress,
                 next_seq,
                 open: None,
+                last_push: Instant::now(),
             },
         );
     }
@@ -142,6 +145,7 @@ impl Windower {
             debug_assert!(false, "push for an unregistered key");
             return Vec::new();
         };
+        state.last_push = now;
         let mut closed = Vec::new();
         let ts = item.event.ts;
         if let (Some(open), Some(d)) = (&state.open, state.settings.duration) {
@@ -193,6 +197,26 @@ impl Windower {
             .keys()
             .filter(|k| k.model == model)
             .cloned()
+            .collect();
+        let mut closed: Vec<ClosedWindow> = keys
+            .iter()
+            .filter_map(|key| {
+                let mut state = self.keys.remove(key)?;
+                close(key, &mut state, CloseReason::Idle)
+            })
+            .collect();
+        closed.sort_by(|a, b| (&a.key, a.seq).cmp(&(&b.key, b.seq)));
+        closed
+    }
+
+    /// Closes the open windows of keys that had no event for `idle` and
+    /// forgets the keys (a version that stopped, one a producer sprayed).
+    pub fn remove_idle_keys(&mut self, now: Instant, idle: Duration) -> Vec<ClosedWindow> {
+        let keys: Vec<WindowKey> = self
+            .keys
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last_push) >= idle)
+            .map(|(k, _)| k.clone())
             .collect();
         let mut closed: Vec<ClosedWindow> = keys
             .iter()

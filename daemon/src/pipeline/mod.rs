@@ -2,8 +2,10 @@
 //! notify, driven by one loop. Positions are acknowledged upstream only once
 //! everything they produced is durable.
 
+mod limits;
+mod retry;
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,7 @@ use crate::telemetry::{self, Health, Metrics};
 use crate::window::{
     self, ClosedWindow, Progress, ReferenceBuilder, WindowKey, WindowSettings, Windower,
 };
+use retry::{Retry, truncate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -190,44 +193,6 @@ impl Pipeline {
         self.evict_idle(cancel).await
     }
 
-    /// Forgets models that sent nothing for `limits.idle_model_secs`: their
-    /// open windows are scored and stored, an unfinished reference is
-    /// dropped (its events counted), and their positions released, so that
-    /// a model that went quiet, or a name a producer sprayed once, neither
-    /// holds memory nor pins the committed offset. A later event loads the
-    /// model again from the store.
-    async fn evict_idle(&mut self, cancel: &CancellationToken) -> Result<(), PipelineError> {
-        let idle = self.config.limits.idle_model_secs;
-        if idle == 0 {
-            return Ok(());
-        }
-        let now = Instant::now();
-        let stale: Vec<String> = self
-            .models
-            .iter()
-            .filter(|(_, s)| now.duration_since(s.last_seen) >= Duration::from_secs(idle))
-            .map(|(m, _)| m.clone())
-            .collect();
-        for model in stale {
-            for w in self.windower.remove_model(&model) {
-                self.process(w, cancel).await?;
-            }
-            let Some(state) = self.models.remove(&model) else {
-                continue;
-            };
-            let dropped = state.builder.map(|b| b.events).unwrap_or_default();
-            for p in &dropped {
-                self.tracker.release(&p.pos);
-            }
-            self.metrics.models_evicted.inc();
-            self.metrics
-                .reference_events_dropped
-                .inc_by(dropped.len() as u64);
-            tracing::info!(model = %model, idle_secs = idle, dropped_reference_events = dropped.len(), "idle model evicted");
-        }
-        Ok(())
-    }
-
     fn acknowledge(&mut self, control: &SourceControl) {
         for (stream, next) in self.tracker.advanced() {
             control.acknowledge(&stream, next);
@@ -323,55 +288,6 @@ impl Pipeline {
             }
         }
         self.tracker.release(&msg.pos);
-        Ok(())
-    }
-
-    /// Whether a message's models fit the model limits: models with state,
-    /// a stored reference or a `[models]` entry always do, new ones while
-    /// there is room; and each model's versions fit theirs.
-    fn admit(&self, events: &[TelemetryEvent]) -> Result<(), DecodeError> {
-        let limits = &self.config.limits;
-        let mut new = std::collections::BTreeSet::new();
-        let mut versions: HashMap<&str, std::collections::BTreeSet<&str>> = HashMap::new();
-        for e in events {
-            let m = e.model.as_str();
-            let key = WindowKey {
-                model: m.to_string(),
-                version: e.version_key().to_string(),
-            };
-            if !self.windower.knows(&key) {
-                versions.entry(m).or_default().insert(e.version_key());
-            }
-            if self.models.contains_key(m)
-                || self.config.models.contains_key(m)
-                || self.stored_models.contains(m)
-            {
-                continue;
-            }
-            if limits.only_configured_models {
-                return Err(DecodeError::UnknownModel(format!(
-                    "{:?} is not under [models]",
-                    truncate(m, 64)
-                )));
-            }
-            new.insert(m);
-        }
-        if !new.is_empty() && self.models.len() + new.len() > limits.max_models {
-            return Err(DecodeError::UnknownModel(format!(
-                "{} new models would pass limits.max_models = {}",
-                new.len(),
-                limits.max_models
-            )));
-        }
-        for (m, fresh) in versions {
-            if self.windower.versions(m) + fresh.len() > limits.max_versions_per_model {
-                return Err(DecodeError::TooManyVersions(format!(
-                    "model {:?} would pass limits.max_versions_per_model = {}",
-                    truncate(m, 64),
-                    limits.max_versions_per_model
-                )));
-            }
-        }
         Ok(())
     }
 
@@ -539,6 +455,7 @@ impl Pipeline {
             }
             other => other?,
         };
+        self.stored_models.insert(model.to_string());
         let events = if inserted {
             tracing::info!(
                 model,
@@ -722,78 +639,6 @@ impl Pipeline {
             if let Some(wake) = &self.options.wake_dispatcher {
                 wake.notify_one();
             }
-        }
-    }
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary: a hostile
-/// message's text must not fill a header or a log line.
-fn truncate(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
-}
-
-/// An error a step can fail with; some say retrying cannot help.
-trait Failure: std::fmt::Display + Into<PipelineError> {
-    fn permanent(&self) -> bool {
-        false
-    }
-}
-
-impl Failure for StoreError {
-    fn permanent(&self) -> bool {
-        self.is_permanent()
-    }
-}
-
-impl Failure for IngestError {}
-
-/// Retries steps that fail for reasons outside the data (an unreachable
-/// store or broker) until they succeed or the daemon shuts down: an outage
-/// pauses the stream instead of losing data. Backoff doubles to 10 s with
-/// jitter; each failed attempt is counted per step, the daemon reports not
-/// ready meanwhile, and stays alive. A permanent failure returns at once.
-#[derive(Clone)]
-struct Retry {
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-}
-
-impl Retry {
-    async fn run<T, E, F, Fut>(
-        &self,
-        what: &'static str,
-        cancel: &CancellationToken,
-        mut f: F,
-    ) -> Result<T, PipelineError>
-    where
-        E: Failure,
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let e = match f().await {
-                Ok(v) => {
-                    Health::set(&self.health.step_failing, false);
-                    return Ok(v);
-                }
-                Err(e) if e.permanent() => return Err(e.into()),
-                Err(e) => e,
-            };
-            Health::set(&self.health.step_failing, true);
-            self.metrics.step_retry(what);
-            let wait = delay.mul_f64(rand::random_range(0.5..1.5));
-            tracing::warn!(step = what, error = %e, retry_in_ms = wait.as_millis() as u64, "step failed, retrying");
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(PipelineError::Cancelled),
-                _ = tokio::time::sleep(wait) => {}
-            }
-            self.health.beat();
-            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 }
