@@ -15,6 +15,11 @@ use crate::judge::Status;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
+/// How long a claimed notification is this dispatcher's to send; longer
+/// than any receiver's request (timeouts of seconds), so a live dispatcher
+/// keeps it, and a dead one's claim lapses within it.
+const CLAIM: chrono::Duration = chrono::Duration::minutes(2);
+
 pub struct Dispatcher {
     wake: Arc<Notify>,
     store: Store,
@@ -151,8 +156,19 @@ async fn deliver_due(
                 return;
             }
         };
-        if item.next_attempt_at > chrono::Utc::now() {
+        let now = chrono::Utc::now();
+        if item.next_attempt_at > now {
             return;
+        }
+        // Another instance may be sending it: the claim decides, and the
+        // order holds because only the oldest unsent one is ever claimed.
+        match store.claim(item.id, now, now + CLAIM).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(receiver = %r.name, error = %e, "cannot claim a notification");
+                return;
+            }
         }
         let span = tracing::info_span!("deliver", receiver = %r.name, transition = item.transition.as_str(), dedup_key = %item.alert.dedup_key);
         let sent = {

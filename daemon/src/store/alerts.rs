@@ -147,13 +147,23 @@ impl Tx {
         Ok(a)
     }
 
-    /// The latest incident of `dedup_key` that has not resolved.
+    /// The latest incident of `dedup_key` that has not resolved, locked on
+    /// PostgreSQL until the transaction ends, so that instances stepping the
+    /// same alert take turns instead of overwriting each other (SQLite has
+    /// one writer).
     pub async fn open_alert(&mut self, dedup_key: &str) -> Result<Option<AlertState>> {
-        let a = with_tx!(self, conn => {
-            sqlx::query(
+        let sql = match self {
+            Tx::Postgres(_) => {
                 "SELECT id, state FROM alerts WHERE dedup_key = $1 AND status <> 'resolved'
-                 ORDER BY incident DESC LIMIT 1",
-            )
+                 ORDER BY incident DESC LIMIT 1 FOR UPDATE"
+            }
+            Tx::Sqlite(_) => {
+                "SELECT id, state FROM alerts WHERE dedup_key = $1 AND status <> 'resolved'
+                 ORDER BY incident DESC LIMIT 1"
+            }
+        };
+        let a = with_tx!(self, conn => {
+            sqlx::query(sql)
             .bind(dedup_key)
             .fetch_optional(conn)
             .await?

@@ -17,6 +17,7 @@ macro_rules! migrations {
             migrations!(@ $dir, 4, "0004_effect_sizes.sql", "effect_sizes"),
             migrations!(@ $dir, 5, "0005_calibration.sql", "calibration"),
             migrations!(@ $dir, 6, "0006_event_positions.sql", "event_positions"),
+            migrations!(@ $dir, 7, "0007_outbox_claims.sql", "outbox_claims"),
         ]
     };
     (@ $dir:literal, $version:literal, $file:literal, $name:literal) => {

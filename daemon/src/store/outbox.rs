@@ -57,6 +57,25 @@ impl Store {
         Ok(row)
     }
 
+    /// Claims notification `id` until `until`, unless it was sent or another
+    /// dispatcher holds an unexpired claim; true when this one now holds it.
+    /// One conditional update, so that two claimants cannot both win.
+    pub async fn claim(&self, id: i64, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool> {
+        let n = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE outbox SET claimed_until = $3 WHERE id = $1 AND sent_at IS NULL
+                   AND (claimed_until IS NULL OR claimed_until < $2)",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(until)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
     pub async fn mark_sent(&self, id: i64) -> Result<()> {
         let now = Utc::now();
         with_pool!(self, pool => {
@@ -76,7 +95,8 @@ impl Store {
         error: &str,
     ) -> Result<()> {
         with_pool!(self, pool => {
-            sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1")
+            sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3,
+                    claimed_until = NULL WHERE id = $1")
                 .bind(id)
                 .bind(next_attempt_at)
                 .bind(error)

@@ -1,0 +1,178 @@
+//! Several monitors sharing one store (replicas of one consumer group):
+//! each alert notification reaches its receiver once, however many
+//! dispatchers read the outbox.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use chrono::Utc;
+use common::unique;
+use modelwatch::detect::{Family, Score};
+use modelwatch::ingest::kafka::KafkaConfig;
+use modelwatch::judge::{self, AlertState, AlertsConfig, Judged, Severity, WindowVerdict};
+use modelwatch::notify::{
+    Dispatcher, NotifyConfig, Receiver, ReceiverConfig, ReceiverKind, WebhookReceiver,
+};
+use modelwatch::store::Store;
+use modelwatch::telemetry::Metrics;
+use serde_json::Value;
+
+type Counts = Arc<Mutex<BTreeMap<(String, String), usize>>>;
+
+/// A webhook that counts deliveries and answers slowly, as real ones do:
+/// the window in which two senders could both send the same row.
+async fn record(State(counts): State<Counts>, body: Bytes) -> StatusCode {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let key = (
+        v["alert"]["dedup_key"].as_str().unwrap().to_string(),
+        v["transition"].as_str().unwrap().to_string(),
+    );
+    *counts.lock().unwrap().entry(key).or_default() += 1;
+    StatusCode::OK
+}
+
+/// One window in which `n` features cross: `n` alerts fire at once.
+fn crossing_window(n: usize) -> WindowVerdict {
+    let t = Utc::now();
+    let judged = (0..n)
+        .map(|i| Judged {
+            score: Score {
+                detector: "feature_drift".into(),
+                family: Family::Drift,
+                feature: format!("f{i:02}"),
+                test: "ks".into(),
+                statistic: 0.5,
+                p_value: 1e-12,
+                n_reference: 100,
+                n_window: 100,
+                method: "exact".into(),
+                effect: None,
+                examples: Vec::new(),
+            },
+            threshold: 1e-3,
+            crossed: Some(Severity::Critical),
+        })
+        .collect();
+    WindowVerdict {
+        model: "m".into(),
+        model_version: "v1".into(),
+        seq: 0,
+        start: t,
+        end: t,
+        n_events: 100,
+        close_reason: "count",
+        device: "flex:cpu".into(),
+        error: None,
+        judged,
+        sample_request_ids: Vec::new(),
+        high_water: HashMap::new(),
+        trace_id: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_dispatchers_send_each_notification_once() {
+    let db = common::fresh_database(&unique("mw_replicas")).await;
+    let store = Store::open(&db, 4).await.unwrap();
+    let counts = Counts::default();
+    let app = Router::new()
+        .route("/{*path}", post(record))
+        .with_state(counts.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let alerts = AlertsConfig {
+        pending_windows: 1,
+        ..AlertsConfig::default()
+    };
+    let route = |_: &AlertState| vec!["hook".to_string()];
+    let n = 40;
+    let fired = judge::record_window(&store, &crossing_window(n), &alerts, &route)
+        .await
+        .unwrap();
+    assert_eq!(fired.len(), n);
+
+    let receiver = ReceiverConfig {
+        name: "hook".into(),
+        min_severity: Severity::Info,
+        labels: Default::default(),
+        timeout_secs: 5,
+        kind: ReceiverKind::Webhook(WebhookReceiver {
+            url,
+            secret_env: None,
+            secret_file: None,
+        }),
+    };
+    let dispatcher = || {
+        Dispatcher::spawn(
+            store.clone(),
+            vec![Receiver::new(&receiver, &KafkaConfig::default()).unwrap()],
+            modelwatch::notify::Router::new(std::slice::from_ref(&receiver)),
+            &NotifyConfig::default(),
+            Arc::new(Metrics::new()),
+        )
+    };
+    let (a, b) = (dispatcher(), dispatcher());
+    a.waker().notify_one();
+    b.waker().notify_one();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !store.backlog().await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the outbox never emptied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.drain_and_stop(Duration::from_secs(1)).await;
+    b.drain_and_stop(Duration::from_secs(1)).await;
+    let got = counts.lock().unwrap().clone();
+    assert_eq!(got.len(), n, "{got:?}");
+    let doubled: Vec<_> = got.iter().filter(|(_, c)| **c != 1).collect();
+    assert!(doubled.is_empty(), "sent more than once: {doubled:?}");
+}
+
+/// Instances stepping the same alert at once (each with its own window of
+/// the model) take turns on its row: no step is lost to another's write.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_windows_step_one_alert_without_losing_a_step() {
+    let db = common::fresh_database(&unique("mw_replicas")).await;
+    let store = Store::open(&db, 8).await.unwrap();
+    let alerts = AlertsConfig {
+        pending_windows: 1000,
+        ..AlertsConfig::default()
+    };
+    let window = |seq: i64| WindowVerdict {
+        seq,
+        ..crossing_window(1)
+    };
+    let route = |_: &AlertState| Vec::new();
+    judge::record_window(&store, &window(0), &alerts, &route)
+        .await
+        .unwrap();
+    let steps = 24;
+    let mut tasks = Vec::new();
+    for seq in 1..=steps {
+        let (store, alerts) = (store.clone(), alerts.clone());
+        tasks.push(tokio::spawn(async move {
+            let route = |_: &AlertState| Vec::new();
+            judge::record_window(&store, &window(seq), &alerts, &route).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let open = store.list_alerts(None).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(
+        open[0].consecutive_bad as i64,
+        steps + 1,
+        "steps lost to concurrent writes"
+    );
+}
