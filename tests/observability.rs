@@ -155,12 +155,22 @@ async fn spans_metrics_and_health_tell_what_happened() {
     }
 
     // Metrics: parsed as Prometheus text, equal to what was sent and rejected.
-    // Lag is sampled every 5 s; wait for the first sample.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // Lag is sampled every 5 s, the first sample possibly before the stream
+    // was read: wait for a sample of 0 (the assertions below say what is
+    // wrong if none comes).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let topic_label = format!("topic=\"{topic}\"");
+    let caught_up = |body: &str| {
+        body.lines().any(|l| {
+            l.starts_with("modelwatch_kafka_consumer_lag{")
+                && l.contains(&topic_label)
+                && l.ends_with(" 0")
+        })
+    };
     let body = loop {
         let (code, body) = http_get(metrics_port, "/metrics").await;
         assert_eq!(code, 200);
-        if body.contains("modelwatch_kafka_consumer_lag{") || Instant::now() > deadline {
+        if caught_up(&body) || Instant::now() > deadline {
             break body;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;

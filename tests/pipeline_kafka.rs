@@ -325,6 +325,15 @@ async fn a_missing_dead_letter_topic_stops_the_start_with_its_name() {
     assert!(log.contains(&dlq) && log.contains("create it"), "{log}");
 }
 
+/// A producer that sends messages of up to 3 MB.
+fn big_producer() -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.max.bytes", "3000000")
+        .create()
+        .unwrap()
+}
+
 /// The dead-letter topic's first record, with its headers.
 async fn first_dead_letter(dlq: &str, within: Duration) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
@@ -362,11 +371,7 @@ async fn an_oversized_message_is_dead_lettered_in_part_and_the_stream_goes_on() 
         dir: tmp,
     } = KafkaCase::new("mw_big").await;
     let config = kafka_config(&tmp, &topic, &dlq, &unique("g"), &db, REFERENCE, WINDOW);
-    let big_producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("message.max.bytes", "3000000")
-        .create()
-        .unwrap();
+    let big_producer = big_producer();
     let huge = format!(
         "{{\"model\": \"credit\", \"junk\": \"{}",
         "x".repeat(1_500_000)
@@ -405,11 +410,7 @@ async fn a_dead_letter_the_broker_refuses_goes_by_its_headers_alone() {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("[limits]\nmax_message_bytes = 1500000\n");
     std::fs::write(&config, text).unwrap();
-    let big_producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("message.max.bytes", "3000000")
-        .create()
-        .unwrap();
+    let big_producer = big_producer();
     let mut payloads = telemetry(63, REFERENCE, WINDOW, 1, 0..0);
     payloads.insert(REFERENCE / 2, format!("not json {}", "x".repeat(1_200_000)));
     produce(&big_producer, &topic, &payloads).await;

@@ -3,21 +3,16 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{Result, Store, Tx, with_pool, with_tx};
+use super::{Result, Store, Tx, with_tx};
 use crate::judge::{Judged, WindowVerdict};
 
 impl Store {
     /// The number the next window of (model, version) gets.
     pub async fn next_window_seq(&self, model: &str, version: &str) -> Result<i64> {
-        let max: Option<i64> = with_pool!(self, pool => {
-            sqlx::query("SELECT MAX(seq) AS m FROM windows WHERE model = $1 AND model_version = $2")
-                .bind(model)
-                .bind(version)
-                .fetch_one(pool)
-                .await?
-                .try_get("m")?
-        });
-        Ok(max.map_or(0, |m| m + 1))
+        let mut tx = self.begin().await?;
+        let seq = tx.next_window_seq(model, version).await?;
+        tx.commit().await?;
+        Ok(seq)
     }
 }
 

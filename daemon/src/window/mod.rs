@@ -192,32 +192,28 @@ impl Windower {
 
     /// Closes the open windows of every key of `model` and forgets the keys.
     pub fn remove_model(&mut self, model: &str) -> Vec<ClosedWindow> {
-        let keys: Vec<WindowKey> = self
+        let keys = self
             .keys
             .keys()
             .filter(|k| k.model == model)
             .cloned()
             .collect();
-        let mut closed: Vec<ClosedWindow> = keys
-            .iter()
-            .filter_map(|key| {
-                let mut state = self.keys.remove(key)?;
-                close(key, &mut state, CloseReason::Idle)
-            })
-            .collect();
-        closed.sort_by(|a, b| (&a.key, a.seq).cmp(&(&b.key, b.seq)));
-        closed
+        self.remove_keys(keys)
     }
 
     /// Closes the open windows of keys that had no event for `idle` and
     /// forgets the keys (a version that stopped, one a producer sprayed).
     pub fn remove_idle_keys(&mut self, now: Instant, idle: Duration) -> Vec<ClosedWindow> {
-        let keys: Vec<WindowKey> = self
+        let keys = self
             .keys
             .iter()
             .filter(|(_, s)| now.duration_since(s.last_push) >= idle)
             .map(|(k, _)| k.clone())
             .collect();
+        self.remove_keys(keys)
+    }
+
+    fn remove_keys(&mut self, keys: Vec<WindowKey>) -> Vec<ClosedWindow> {
         let mut closed: Vec<ClosedWindow> = keys
             .iter()
             .filter_map(|key| {
