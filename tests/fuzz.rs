@@ -250,13 +250,7 @@ fn the_daemon_survives_a_file_of_generated_messages() {
             .unwrap()
     };
     let out = run();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::succeeded(&out);
     let dead_lines = std::fs::read_to_string(&dead)
         .map(|t| t.lines().count())
         .unwrap_or(0);

@@ -5,20 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde_json::Value;
 use sqlx::postgres::PgPool;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -76,30 +69,6 @@ impl Proxy {
     }
 }
 
-/// Counts webhook deliveries per (dedup key, transition).
-#[derive(Clone, Default)]
-struct Hook(Arc<Mutex<BTreeMap<(String, String), usize>>>);
-
-async fn record(State(h): State<Hook>, body: Bytes) -> StatusCode {
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    let key = (
-        v["alert"]["dedup_key"].as_str().unwrap().to_string(),
-        v["transition"].as_str().unwrap().to_string(),
-    );
-    *h.0.lock().unwrap().entry(key).or_default() += 1;
-    StatusCode::OK
-}
-
-async fn serve(hook: Hook) -> String {
-    let app = Router::new()
-        .route("/{*path}", post(record))
-        .with_state(hook);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/hook")
-}
-
 async fn ready(port: u16) -> Option<bool> {
     let resp = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
         .await
@@ -148,8 +117,8 @@ async fn a_database_outage_loses_and_doubles_nothing() {
     };
     let (proxy, proxy_port) = Proxy::start(upstream).await;
     let via_proxy = with_port(&direct, proxy_port);
-    let hook = Hook::default();
-    let hook_url = serve(hook.clone()).await;
+    let hook = HookCounts::default();
+    let hook_url = hook.serve(Duration::ZERO).await;
     let listen = free_port();
     let group = unique("g");
     let config = kafka_config(&tmp, &topic, &dlq, &group, &via_proxy, REFERENCE, WINDOW);
@@ -228,7 +197,7 @@ async fn a_database_outage_loses_and_doubles_nothing() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let x1 = "credit/feature_drift/x1".to_string();
     loop {
-        let got = hook.0.lock().unwrap().clone();
+        let got = hook.counts();
         let fired = got.get(&(x1.clone(), "fired".into())).copied().unwrap_or(0);
         let resolved = got
             .get(&(x1.clone(), "resolved".into()))

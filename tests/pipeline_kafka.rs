@@ -364,30 +364,15 @@ async fn first_dead_letter(dlq: &str, within: Duration) -> (Vec<u8>, Vec<(String
 /// stream goes on.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oversized_message_is_dead_lettered_in_part_and_the_stream_goes_on() {
-    let KafkaCase {
-        topic,
-        dlq,
-        db,
-        dir: tmp,
-    } = KafkaCase::new("mw_big").await;
-    let config = kafka_config(&tmp, &topic, &dlq, &unique("g"), &db, REFERENCE, WINDOW);
-    let big_producer = big_producer();
     let huge = format!(
         "{{\"model\": \"credit\", \"junk\": \"{}",
         "x".repeat(1_500_000)
     );
-    let mut payloads = telemetry(61, REFERENCE, WINDOW, 1, 0..0);
-    payloads.insert(REFERENCE / 2, huge);
-    produce(&big_producer, &topic, &payloads).await;
-    let mut daemon = Daemon::start(&config, tmp.join("daemon.log"));
-    let pool = PgPool::connect(&db).await.unwrap();
-    wait_for_windows(&pool, &mut daemon, 1, Duration::from_secs(90)).await;
-    let (payload, headers) = first_dead_letter(&dlq, Duration::from_secs(30)).await;
-    let reason = headers
-        .iter()
-        .find(|(k, _)| k == "modelwatch.reason")
-        .map(|(_, v)| v.clone());
-    assert_eq!(reason.as_deref(), Some(&b"too_large"[..]));
+    let (payload, header) = dead_letter_of_one_big_message("mw_big", huge, "").await;
+    assert_eq!(
+        header("modelwatch.reason").as_deref(),
+        Some(&b"too_large"[..])
+    );
     assert!(
         payload.len() < 1_000_000 && payload.starts_with(b"{\"model\""),
         "{}",
@@ -395,30 +380,44 @@ async fn an_oversized_message_is_dead_lettered_in_part_and_the_stream_goes_on() 
     );
 }
 
-/// Limits set above what the broker takes: a refused message that cannot
-/// be dead-lettered whole still is, by its headers alone, and the stream
-/// goes on.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_dead_letter_the_broker_refuses_goes_by_its_headers_alone() {
+/// Runs the daemon over a stream with `big` in its reference part (limits
+/// and more appended to the config); once the first window is stored,
+/// returns the first dead letter's payload and a lookup of its headers.
+async fn dead_letter_of_one_big_message(
+    name: &str,
+    big: String,
+    config_extra: &str,
+) -> (Vec<u8>, impl Fn(&str) -> Option<Vec<u8>>) {
     let KafkaCase {
         topic,
         dlq,
         db,
         dir: tmp,
-    } = KafkaCase::new("mw_hdrs").await;
+    } = KafkaCase::new(name).await;
     let config = kafka_config(&tmp, &topic, &dlq, &unique("g"), &db, REFERENCE, WINDOW);
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("[limits]\nmax_message_bytes = 1500000\n");
+    text.push_str(config_extra);
     std::fs::write(&config, text).unwrap();
-    let big_producer = big_producer();
-    let mut payloads = telemetry(63, REFERENCE, WINDOW, 1, 0..0);
-    payloads.insert(REFERENCE / 2, format!("not json {}", "x".repeat(1_200_000)));
-    produce(&big_producer, &topic, &payloads).await;
+    let mut payloads = telemetry(61, REFERENCE, WINDOW, 1, 0..0);
+    payloads.insert(REFERENCE / 2, big);
+    produce(&big_producer(), &topic, &payloads).await;
     let mut daemon = Daemon::start(&config, tmp.join("daemon.log"));
     let pool = PgPool::connect(&db).await.unwrap();
     wait_for_windows(&pool, &mut daemon, 1, Duration::from_secs(90)).await;
     let (payload, headers) = first_dead_letter(&dlq, Duration::from_secs(30)).await;
-    let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let header = move |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    (payload, header)
+}
+
+/// Limits set above what the broker takes: a refused message that cannot
+/// be dead-lettered whole still is, by its headers alone, and the stream
+/// goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_the_broker_refuses_goes_by_its_headers_alone() {
+    let big = format!("not json {}", "x".repeat(1_200_000));
+    let (payload, header) =
+        dead_letter_of_one_big_message("mw_hdrs", big, "[limits]\nmax_message_bytes = 1500000\n")
+            .await;
     assert_eq!(
         header("modelwatch.reason").as_deref(),
         Some(&b"invalid_json"[..])

@@ -4,15 +4,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
 use chrono::Utc;
 use common::unique;
 use modelwatch::detect::{Family, Score};
@@ -23,22 +18,6 @@ use modelwatch::notify::{
 };
 use modelwatch::store::Store;
 use modelwatch::telemetry::Metrics;
-use serde_json::Value;
-
-type Counts = Arc<Mutex<BTreeMap<(String, String), usize>>>;
-
-/// A webhook that counts deliveries and answers slowly, as real ones do:
-/// the window in which two senders could both send the same row.
-async fn record(State(counts): State<Counts>, body: Bytes) -> StatusCode {
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    let key = (
-        v["alert"]["dedup_key"].as_str().unwrap().to_string(),
-        v["transition"].as_str().unwrap().to_string(),
-    );
-    *counts.lock().unwrap().entry(key).or_default() += 1;
-    StatusCode::OK
-}
 
 /// One window in which `n` features cross: `n` alerts fire at once.
 fn crossing_window(n: usize) -> WindowVerdict {
@@ -83,13 +62,8 @@ fn crossing_window(n: usize) -> WindowVerdict {
 async fn two_dispatchers_send_each_notification_once() {
     let db = common::fresh_database(&unique("mw_replicas")).await;
     let store = Store::open(&db, 4).await.unwrap();
-    let counts = Counts::default();
-    let app = Router::new()
-        .route("/{*path}", post(record))
-        .with_state(counts.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let hook = common::HookCounts::default();
+    let url = hook.serve(Duration::from_millis(20)).await;
 
     let alerts = AlertsConfig {
         pending_windows: 1,
@@ -132,7 +106,7 @@ async fn two_dispatchers_send_each_notification_once() {
     }
     a.drain_and_stop(Duration::from_secs(1)).await;
     b.drain_and_stop(Duration::from_secs(1)).await;
-    let got = counts.lock().unwrap().clone();
+    let got = hook.counts();
     assert_eq!(got.len(), n, "{got:?}");
     let doubled: Vec<_> = got.iter().filter(|(_, c)| **c != 1).collect();
     assert!(doubled.is_empty(), "sent more than once: {doubled:?}");

@@ -254,13 +254,7 @@ async fn hostile_messages(dir: &Path, store: &str) {
         run_bounded(c, 120)
     };
     let out = run();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::succeeded(&out);
     let dead_text = std::fs::read_to_string(&dead).unwrap();
     let mut reasons: Vec<String> = dead_text
         .lines()

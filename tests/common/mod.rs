@@ -160,6 +160,58 @@ impl KafkaCase {
     }
 }
 
+/// A webhook receiver on loopback counting deliveries per (dedup key,
+/// transition); it answers after `delay`, as real ones do, which is the
+/// window in which two senders could both send one notification.
+#[derive(Clone, Default)]
+pub struct HookCounts(
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<(String, String), usize>>>,
+);
+
+impl HookCounts {
+    /// Serves on a free loopback port; returns the URL to configure.
+    pub async fn serve(&self, delay: Duration) -> String {
+        use axum::routing::post;
+        let app = axum::Router::new()
+            .route("/{*path}", post(record_hook))
+            .with_state((self.clone(), delay));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/hook")
+    }
+
+    pub fn counts(&self) -> std::collections::BTreeMap<(String, String), usize> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+async fn record_hook(
+    axum::extract::State((hook, delay)): axum::extract::State<(HookCounts, Duration)>,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    tokio::time::sleep(delay).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let key = (
+        v["alert"]["dedup_key"].as_str().unwrap().to_string(),
+        v["transition"].as_str().unwrap().to_string(),
+    );
+    *hook.0.lock().unwrap().entry(key).or_default() += 1;
+    axum::http::StatusCode::OK
+}
+
+/// The stdout of a run that must have succeeded; its stderr otherwise.
+pub fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A loopback port free at the time of asking.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
