@@ -49,6 +49,7 @@ fn verdict(seq: i64, judged: Vec<judge::Judged>) -> WindowVerdict {
         judged,
         sample_request_ids: Vec::new(),
         high_water: Default::default(),
+        low_water: Default::default(),
         trace_id: None,
     }
 }

@@ -25,7 +25,7 @@ use sha2::Sha256;
 const REFERENCE: usize = 300;
 const WINDOW: usize = 100;
 const SECRET: &str = "webhook-secret-for-tests";
-const X1: &str = "credit/feature_drift/x1";
+const X1: &str = "credit/v1/feature_drift/x1";
 
 /// A receiver that records what it accepted; while `down`, it answers 503.
 #[derive(Clone, Default)]
@@ -220,7 +220,7 @@ topic = "{topic}"
         .collect();
     let x2 = alerts
         .iter()
-        .find(|a| a["dedup_key"] == "credit/feature_drift/x2")
+        .find(|a| a["dedup_key"] == "credit/v1/feature_drift/x2")
         .expect("x2 alert stored");
     assert_eq!(
         (x2["status"].as_str(), x2["fired_at"].is_null()),

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{daemon_binary, telemetry, unique};
+use common::{daemon_binary, succeeded, telemetry, unique};
 
 #[test]
 fn demo_prints_alerts_for_its_scheduled_episodes_and_exits_0() {
@@ -426,7 +426,65 @@ fn backfill_leaves_live_alerts_alone() {
         .unwrap();
     let firing = String::from_utf8_lossy(&out.stdout);
     assert!(
-        firing.contains("\"dedup_key\":\"credit/feature_drift/x1\""),
+        firing.contains("\"dedup_key\":\"credit/v1/feature_drift/x1\""),
         "the live alert did not stay firing: {firing}"
     );
+}
+
+/// A canary: v1 clean and v2 shifted, interleaved in blocks of 100. Alerts
+/// are kept per version, so v2's drift fires and v1 pages nothing (one
+/// alert per model used to let each clean v1 window end v2's pending one).
+#[test]
+fn canary_drift_fires_for_the_drifted_version_only() {
+    let dir = std::env::temp_dir().join(unique("mw_canary"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let clean = telemetry(11, 300, 100, 6, 0..0);
+    let shifted = telemetry(12, 0, 100, 6, 0..6);
+    let baseline = dir.join("baseline.ndjson");
+    std::fs::write(&baseline, clean[..300].join("\n")).unwrap();
+    let mut stream = Vec::new();
+    for block in 0..6 {
+        stream.extend_from_slice(&clean[300 + 100 * block..][..100]);
+        stream.extend(
+            shifted[100 * block..][..100]
+                .iter()
+                .map(|l| l.replace("\"model_version\":\"v1\"", "\"model_version\":\"v2\"")),
+        );
+    }
+    let input = dir.join("stream.ndjson");
+    std::fs::write(&input, stream.join("\n")).unwrap();
+    let store = format!("sqlite:{}", dir.join("store.db").display());
+    succeeded(
+        &Command::new(daemon_binary())
+            .args(["baseline", "import", "--model", "credit"])
+            .arg(&baseline)
+            .env("MODELWATCH_STORE__URL", &store)
+            .output()
+            .unwrap(),
+    );
+    succeeded(&run_file(&input, &store, 100_000, &[]));
+    let out = Command::new(daemon_binary())
+        .args(["alerts", "list", "--json"])
+        .env("MODELWATCH_STORE__URL", &store)
+        .output()
+        .unwrap();
+    let alerts: Vec<serde_json::Value> = succeeded(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let firing: Vec<&str> = alerts
+        .iter()
+        .filter(|a| a["status"] == "firing")
+        .map(|a| a["dedup_key"].as_str().unwrap())
+        .collect();
+    assert!(firing.contains(&"credit/v2/feature_drift/x1"), "{alerts:?}");
+    assert!(
+        firing.iter().all(|k| k.starts_with("credit/v2/")),
+        "{alerts:?}"
+    );
+    let v1: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["model_version"] == "v1")
+        .collect();
+    assert!(v1.is_empty(), "the clean version has alerts: {v1:?}");
 }

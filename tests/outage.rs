@@ -195,7 +195,7 @@ async fn a_database_outage_loses_and_doubles_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    let x1 = "credit/feature_drift/x1".to_string();
+    let x1 = "credit/v1/feature_drift/x1".to_string();
     loop {
         let got = hook.counts();
         let fired = got.get(&(x1.clone(), "fired".into())).copied().unwrap_or(0);
@@ -237,4 +237,72 @@ fn with_port(url: &str, port: u16) -> String {
     };
     let path = hostpath.split_once('/').map_or("", |(_, p)| p);
     format!("{scheme}://{creds}127.0.0.1:{port}/{path}")
+}
+
+/// The store stalls for longer than `max.poll.interval.ms` while the topic
+/// fills: the member keeps polling with its partitions paused, stays in the
+/// group, and afterwards every event is in exactly one window. The reader
+/// used to block on the full channel, stop polling, drop out of the group
+/// and read its open windows' events a second time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_stall_past_the_poll_interval_keeps_the_member() {
+    const BIG: usize = 500;
+    let KafkaCase {
+        topic,
+        dlq,
+        db: direct,
+        dir: tmp,
+    } = KafkaCase::new("mw_stall").await;
+    let pool = PgPool::connect(&direct).await.unwrap();
+    let (host, port) = url_host_port(&direct);
+    let (proxy, proxy_port) = Proxy::start(format!("{host}:{port}")).await;
+    let config = kafka_config(
+        &tmp,
+        &topic,
+        &dlq,
+        &unique("g"),
+        &with_port(&direct, proxy_port),
+        REFERENCE,
+        BIG,
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "\"session.timeout.ms\" = \"6000\"",
+        "\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"7000\"",
+    );
+    std::fs::write(&config, text).unwrap();
+
+    let events = telemetry(61, REFERENCE, BIG, 8, 0..0);
+    let producer = producer();
+    let mut daemon = Daemon::start(&config, tmp.join("daemon.log"));
+    produce(&producer, &topic, &events[..REFERENCE + BIG]).await;
+    wait_for_windows(&pool, &mut daemon, 1, Duration::from_secs(90)).await;
+
+    proxy.cut();
+    produce(&producer, &topic, &events[REFERENCE + BIG..]).await;
+    let cut_at = Instant::now();
+    while cut_at.elapsed() < Duration::from_secs(20) {
+        daemon.assert_alive();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    proxy.restore();
+
+    let total = (events.len() - REFERENCE) as i64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while windows(&pool).await.1 < total {
+        daemon.assert_alive();
+        assert!(
+            Instant::now() < deadline,
+            "windows never caught up:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(windows(&pool).await, (8, total, 7), "every window once");
+    let log = daemon.log_text();
+    assert!(
+        !log.contains("partitions revoked"),
+        "the member left the group during the stall:\n{log}"
+    );
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
 }

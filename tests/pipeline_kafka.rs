@@ -84,7 +84,7 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
     assert_eq!(
         drift,
         vec![(
-            "credit/feature_drift/x1".to_string(),
+            "credit/v1/feature_drift/x1".to_string(),
             "firing".to_string(),
             4,
             7
@@ -248,7 +248,7 @@ async fn killed_daemon_restarts_without_loss_or_duplicates() {
     assert_eq!(
         incidents(&pool).await,
         vec![(
-            "credit/feature_drift/x1".to_string(),
+            "credit/v1/feature_drift/x1".to_string(),
             "resolved".to_string(),
             3,
             8

@@ -1,10 +1,12 @@
 //! Several monitors sharing one store (replicas of one consumer group):
+//! each window is stored under its own number, each alert step is kept, and
 //! each alert notification reaches its receiver once, however many
 //! dispatchers read the outbox.
 
 mod common;
 
 use std::collections::HashMap;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +56,7 @@ fn crossing_window(n: usize) -> WindowVerdict {
         judged,
         sample_request_ids: Vec::new(),
         high_water: HashMap::new(),
+        low_water: HashMap::new(),
         trace_id: None,
     }
 }
@@ -71,7 +74,7 @@ async fn two_dispatchers_send_each_notification_once() {
     };
     let route = |_: &AlertState| vec!["hook".to_string()];
     let n = 40;
-    let fired = judge::record_window(&store, &crossing_window(n), &alerts, &route)
+    let (_, fired) = judge::record_window(&store, &crossing_window(n), &alerts, &route)
         .await
         .unwrap();
     assert_eq!(fired.len(), n);
@@ -148,5 +151,62 @@ async fn concurrent_windows_step_one_alert_without_losing_a_step() {
         open[0].consecutive_bad as i64,
         steps + 1,
         "steps lost to concurrent writes"
+    );
+}
+
+/// Two monitors writing windows of one model at once (two partitions of a
+/// topic, or a backfill beside the daemon) each get their own window
+/// numbers: no window is lost to the other's number, none is skipped.
+/// Numbers used to come from `MAX(seq) + 1` read once per process, and the
+/// second writer's windows vanished with their offsets committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_store_every_window_of_one_model() {
+    let db = common::fresh_database(&unique("mw_replicas")).await;
+    let dir = std::env::temp_dir().join(unique("mw_two_writers"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let baseline = dir.join("baseline.ndjson");
+    std::fs::write(&baseline, common::telemetry(1, 300, 1, 0, 0..0).join("\n")).unwrap();
+    let import = Command::new(common::daemon_binary())
+        .args(["baseline", "import", "--model", "credit"])
+        .arg(&baseline)
+        .env("MODELWATCH_STORE__URL", &db)
+        .output()
+        .unwrap();
+    common::succeeded(&import);
+    let run = |seed: u64| {
+        let input = dir.join(format!("events{seed}.ndjson"));
+        std::fs::write(&input, common::telemetry(seed, 0, 50, 20, 0..0).join("\n")).unwrap();
+        Command::new(common::daemon_binary())
+            .args(["run", "--file"])
+            .arg(&input)
+            .env("MODELWATCH_STORE__URL", &db)
+            .env("MODELWATCH_WINDOWS__COUNT", "50")
+            .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+            .env("MODELWATCH_TELEMETRY__LISTEN", "")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("log{seed}"))).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (run(2), run(3));
+    for (seed, child) in [(2, &mut a), (3, &mut b)] {
+        let status = child.wait().unwrap();
+        let log = std::fs::read_to_string(dir.join(format!("log{seed}"))).unwrap();
+        assert!(status.success(), "{status}\n{log}");
+    }
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT seq, n_events FROM windows WHERE model = 'credit' AND model_version = 'v1' ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let events: i64 = rows.iter().map(|r| r.1).sum();
+    assert_eq!(events, 2000, "events in stored windows: {rows:?}");
+    let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(
+        seqs,
+        (0..40).collect::<Vec<_>>(),
+        "numbers with gaps or repeats"
     );
 }

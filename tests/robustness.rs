@@ -146,24 +146,43 @@ async fn every_event_of_a_batched_message_is_windowed_once_across_a_kill() {
 /// Runs the daemon on `input` and waits at most `secs`: a wedged daemon
 /// fails the test instead of hanging it.
 fn run_bounded(mut cmd: Command, secs: u64) -> std::process::Output {
+    use std::io::Read;
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Drained as the daemon writes, so that a chatty run cannot fill a pipe
+    // and block.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let deadline = Instant::now() + Duration::from_secs(secs);
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if Instant::now() > deadline {
             child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
+            let _ = child.wait();
             panic!(
                 "daemon still running after {secs}s:\n{}",
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&stderr.join().unwrap())
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
     }
-    child.wait_with_output().unwrap()
 }
 
 /// Messages that used to panic the daemon, stop its input, or store a
@@ -475,4 +494,56 @@ async fn idle_models_are_evicted_and_release_their_positions() {
     assert_eq!(evicted, Some(5.0));
     assert_eq!(dropped, Some(5.0));
     assert_eq!(held, Some(0.0), "evicted models still hold positions");
+}
+
+/// A stored reference that cannot be read (written by hand, or by another
+/// version) makes its model unavailable, not the daemon: that model's
+/// messages are dead-lettered with reason `model_unavailable`, the other
+/// model is windowed, and the run ends cleanly. The load error used to end
+/// the run, and every restart met it again.
+#[tokio::test]
+async fn an_unreadable_reference_stops_only_its_model() {
+    let dir = std::env::temp_dir().join(unique("mw_unavailable"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = sqlite_url(&dir);
+    let migrate = daemon(&store).arg("migrate").output().unwrap();
+    common::succeeded(&migrate);
+    let pool = SqlitePool::connect(&store).await.unwrap();
+    sqlx::query(
+        "INSERT INTO model_references (model, origin, n_events, events, created_at)
+         VALUES ('fraud', 'import:by-hand', 1, '{\"not\": \"a list of events\"}', '2026-11-28T00:00:00Z')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let credit = telemetry(31, 100, 100, 2, 0..0);
+    let fraud: Vec<String> = credit[..50]
+        .iter()
+        .map(|l| l.replace("\"model\":\"credit\"", "\"model\":\"fraud\""))
+        .collect();
+    let mut lines = credit.clone();
+    for (k, l) in fraud.iter().enumerate() {
+        lines.insert(k * 6, l.clone());
+    }
+    let input = dir.join("events.ndjson");
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let dead = dir.join("dead.ndjson");
+    let mut c = daemon(&store);
+    c.args(["run", "--file"])
+        .arg(&input)
+        .env("MODELWATCH_SOURCE__FILE__DEAD_LETTER_PATH", &dead);
+    let out = run_bounded(c, 120);
+    let stdout = common::succeeded(&out);
+    let dead_text = std::fs::read_to_string(&dead).unwrap();
+    let reasons: Vec<serde_json::Value> = dead_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 50, "{dead_text}");
+    assert!(
+        reasons.iter().all(|r| r["reason"] == "model_unavailable"),
+        "{dead_text}"
+    );
+    assert_eq!(stored(&store).await, (101, 200, 2), "{stdout}");
 }

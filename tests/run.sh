@@ -113,6 +113,8 @@ trap 'kill $TANSU_PID 2>/dev/null || true; wait $TANSU_PID 2>/dev/null || true' 
 for _ in $(seq 60); do ! port_free "$PORT" && break; sleep 0.5; done
 port_free "$PORT" && { echo "tansu did not start:" >&2; cat "$RUNDIR/tansu.log" >&2; exit 1; }
 export MODELWATCH_TEST_BROKERS=127.0.0.1:$PORT
+# Tests that need a broker of their own (one behind a fault proxy) start it.
+export MODELWATCH_TEST_TANSU=$TANSU
 
 # --- the suite -------------------------------------------------------------------
 log "running the tests"

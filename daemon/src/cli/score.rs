@@ -87,7 +87,7 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
             .fit(model, reference, classes, settings.count.max(1))
             .await?;
         let mine = current.iter().filter(|p| p.event.model == model);
-        for w in cut_windows(mine, model, settings, store.as_ref()).await? {
+        for w in cut_windows(mine, model, settings) {
             let events = w.events.iter().map(|p| p.event.clone()).collect();
             let scored = scoring.score(fitted.clone(), events).await?;
             let device = scoring.info().label();
@@ -113,13 +113,12 @@ fn window_settings(config: &Config, model: &str, window: Option<usize>) -> Windo
 }
 
 /// One model's events through the windower, every window closed, in order
-/// of (version, number); a backfill numbers after the stored windows.
-async fn cut_windows<'a>(
+/// of (version, number).
+fn cut_windows<'a>(
     events: impl Iterator<Item = &'a Positioned>,
     model: &str,
     settings: WindowSettings,
-    store: Option<&Store>,
-) -> Result<Vec<ClosedWindow>> {
+) -> Vec<ClosedWindow> {
     let mut windower = Windower::default();
     let mut closed = Vec::new();
     for p in events {
@@ -128,21 +127,13 @@ async fn cut_windows<'a>(
             version: p.event.version_key().to_string(),
         };
         if !windower.knows(&key) {
-            let next_seq = match store {
-                Some(st) => st.next_window_seq(&key.model, &key.version).await?,
-                None => 0,
-            };
-            let progress = Progress {
-                next_seq,
-                high_water: Default::default(),
-            };
-            windower.add_key(key.clone(), settings, progress);
+            windower.add_key(key.clone(), settings, Progress::default());
         }
         closed.extend(windower.push(&key, p.clone(), Instant::now()));
     }
     closed.extend(windower.drain());
-    closed.sort_by(|a, b| (&a.key, a.seq).cmp(&(&b.key, b.seq)));
-    Ok(closed)
+    closed.sort_by(|a, b| (&a.key, a.ordinal).cmp(&(&b.key, b.ordinal)));
+    closed
 }
 
 fn print_header() {

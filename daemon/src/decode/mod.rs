@@ -33,6 +33,8 @@ pub enum DecodeError {
     UnknownModel(String),
     #[error("too many versions: {0}")]
     TooManyVersions(String),
+    #[error("model unavailable: {0}")]
+    ModelUnavailable(String),
 }
 
 impl DecodeError {
@@ -47,6 +49,7 @@ impl DecodeError {
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::UnknownModel(_) => "unknown_model",
             DecodeError::TooManyVersions(_) => "too_many_versions",
+            DecodeError::ModelUnavailable(_) => "model_unavailable",
         }
     }
 }

@@ -31,6 +31,72 @@ pub enum IngestError {
     Secret(String),
     #[error("dead-letter topic {topic} is not usable ({reason}): create it before starting")]
     DeadLetterTopic { topic: String, reason: String },
+    #[error(
+        "{0}: incremental rebalancing is not supported (windows mix partitions, so a partial revocation cannot hand one back); use the classic protocol with range or roundrobin"
+    )]
+    Cooperative(String),
+}
+
+/// Why a librdkafka property would make rebalances revoke only some
+/// partitions: the cooperative assignor, or the KIP-848 group protocol.
+pub fn incremental_rebalancing(key: &str, value: &str) -> Option<String> {
+    let incremental = match key {
+        "partition.assignment.strategy" => value.contains("cooperative"),
+        "group.protocol" => value.trim() == "consumer",
+        _ => false,
+    };
+    incremental.then(|| format!("{key} = {value:?}"))
+}
+
+/// Partitions taken from this member by a rebalance. The pipeline drops
+/// every event it holds that is not durable yet, then answers on `done`;
+/// the group waits for that answer before the partitions move.
+pub struct Revocation {
+    pub streams: Vec<String>,
+    pub done: std::sync::mpsc::Sender<()>,
+}
+
+/// Cancels the pipeline step in progress when a revocation arrives (a write
+/// retrying through an outage must not finish after the partitions moved),
+/// without shutting the pipeline down.
+#[derive(Clone)]
+pub struct Interrupt {
+    root: CancellationToken,
+    current: std::sync::Arc<std::sync::Mutex<CancellationToken>>,
+}
+
+impl Interrupt {
+    pub fn new(root: &CancellationToken) -> Self {
+        Self {
+            root: root.clone(),
+            current: std::sync::Arc::new(std::sync::Mutex::new(root.child_token())),
+        }
+    }
+
+    /// The token the next steps run under.
+    pub fn current(&self) -> CancellationToken {
+        self.lock().clone()
+    }
+
+    /// Cancels the steps under the current token.
+    pub fn fire(&self) {
+        self.lock().cancel();
+    }
+
+    /// Steps run again, after the pipeline dealt with the revocation.
+    pub fn renew(&self) {
+        *self.lock() = self.root.child_token();
+    }
+
+    /// Whether the pipeline itself is shutting down.
+    pub fn shutting_down(&self) -> bool {
+        self.root.is_cancelled()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CancellationToken> {
+        // A panic elsewhere cannot leave a token half-written.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// One message as it arrived, before decoding.
@@ -92,6 +158,9 @@ pub struct Source {
     pub control: SourceControl,
     /// Finite sources (file, demo) end; Kafka runs until cancelled.
     pub finite: bool,
+    /// Revocations of a consumer-group member (none for other sources).
+    pub revocations: Option<mpsc::UnboundedReceiver<Revocation>>,
+    pub interrupt: Interrupt,
 }
 
 /// Starts the configured source. Kafka reports its partition assignment
@@ -108,28 +177,37 @@ pub fn start(
     }
     match config.source.kind {
         SourceKind::Kafka => {
-            let control = kafka::start(&config.source.kafka, tx, cancel.clone())?;
+            let (control, revocations, interrupt) =
+                kafka::start(&config.source.kafka, tx, metrics.clone(), cancel.clone())?;
             control.spawn_monitor(metrics, health, cancel);
             Ok(Source {
                 messages: rx,
                 control: SourceControl::Kafka(control),
                 finite: false,
+                revocations: Some(revocations),
+                interrupt,
             })
         }
         SourceKind::File => {
+            let interrupt = Interrupt::new(&cancel);
             let control = file::start(&config.source.file, tx, cancel)?;
             Ok(Source {
                 messages: rx,
                 control: SourceControl::File(control),
                 finite: true,
+                revocations: None,
+                interrupt,
             })
         }
         SourceKind::Demo => {
+            let interrupt = Interrupt::new(&cancel);
             demo::start(config, tx, cancel);
             Ok(Source {
                 messages: rx,
                 control: SourceControl::Demo,
                 finite: true,
+                revocations: None,
+                interrupt,
             })
         }
     }
@@ -166,6 +244,42 @@ impl SourceConfig {
         if self.kind == SourceKind::Kafka && self.kafka.topics.is_empty() {
             return Err("source.kafka.topics is empty".into());
         }
+        for (k, v) in &self.kafka.properties {
+            if let Some(why) = incremental_rebalancing(k, v) {
+                return Err(IngestError::Cooperative(why).to_string());
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Partial revocations would drop events of partitions a member keeps:
+    /// both ways of asking for them are refused at start-up.
+    #[test]
+    fn incremental_rebalancing_is_refused() {
+        let mut c = SourceConfig {
+            kind: SourceKind::Kafka,
+            ..SourceConfig::default()
+        };
+        assert!(c.validate().is_ok());
+        for (k, v) in [
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("group.protocol", "consumer"),
+        ] {
+            c.kafka.properties = [(k.to_string(), v.to_string())].into();
+            let err = c.validate().unwrap_err();
+            assert!(err.contains(k), "{err}");
+            assert!(kafka::client_config(&c.kafka, kafka::ClientRole::Consumer).is_err());
+        }
+        c.kafka.properties = [(
+            "partition.assignment.strategy".to_string(),
+            "range,roundrobin".to_string(),
+        )]
+        .into();
+        assert!(c.validate().is_ok());
     }
 }

@@ -132,6 +132,7 @@ impl Observation<'_> {
     pub fn dedup_key(&self) -> String {
         dedup_key(
             &self.verdict.model,
+            &self.verdict.model_version,
             &self.judged.score.detector,
             &self.judged.score.feature,
         )
@@ -444,6 +445,7 @@ mod tests {
             judged: vec![judged],
             sample_request_ids: vec![format!("r{seq}")],
             high_water: Default::default(),
+            low_water: Default::default(),
             trace_id: None,
         }
     }
@@ -526,7 +528,7 @@ mod tests {
         let seqs: Vec<i64> = a.evidence.windows.iter().map(|w| w.seq).collect();
         assert_eq!(seqs, vec![2, 3, 4]);
         assert_eq!(a.first_window_seq, 0);
-        assert_eq!(a.evidence.link, "https://g/d?m=m&k=m/feature_drift/x");
+        assert_eq!(a.evidence.link, "https://g/d?m=m&k=m/v/feature_drift/x");
         assert_eq!(a.evidence.top_features[0].0, "feature_drift/x");
     }
 }

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use lifecycle::{AlertState, Status, Transition};
-pub use record::{Route, record_backfill, record_window};
+pub use record::{Recorded, Route, record_backfill, record_window};
 
 use crate::detect::Score;
 use crate::event::Mark;
@@ -116,9 +116,14 @@ fn bh_threshold(alpha: f64, scores: &[Score]) -> f64 {
         .unwrap_or(alpha / m)
 }
 
-/// The key that groups one condition across windows: model, detector, feature.
-pub fn dedup_key(model: &str, detector: &str, feature: &str) -> String {
-    format!("{model}/{detector}/{feature}")
+/// The key that groups one condition across windows: model, version (when
+/// the events name one: a canary's versions are judged apart), detector,
+/// feature.
+pub fn dedup_key(model: &str, version: &str, detector: &str, feature: &str) -> String {
+    match version {
+        "" => format!("{model}/{detector}/{feature}"),
+        v => format!("{model}/{v}/{detector}/{feature}"),
+    }
 }
 
 /// Everything one window produced, handed to the store as one unit.
@@ -139,6 +144,8 @@ pub struct WindowVerdict {
     pub sample_request_ids: Vec<String>,
     /// The furthest position per stream among the window's events.
     pub high_water: HashMap<String, Mark>,
+    /// The first position per stream among the window's events.
+    pub low_water: HashMap<String, Mark>,
     /// The trace the window was scored in, stored with its alerts.
     pub trace_id: Option<String>,
 }
@@ -157,7 +164,9 @@ pub fn verdict(
     WindowVerdict {
         model: window.key.model.clone(),
         model_version: window.key.version.clone(),
-        seq: window.seq,
+        // The store allocates the number when it stores the window; until
+        // then the window's order among its key's windows here.
+        seq: window.ordinal,
         start: window.start,
         end: window.end,
         n_events: window.events.len(),
@@ -172,6 +181,7 @@ pub fn verdict(
             .take(5)
             .collect(),
         high_water: window.high_water(),
+        low_water: window.low_water(),
         trace_id: None,
     }
 }

@@ -9,66 +9,108 @@ use chrono::{DateTime, Utc};
 use super::AlertsConfig;
 use super::lifecycle::{self, Observation};
 use super::{AlertState, Transition, WindowVerdict};
-use crate::store::{self, Store, StoreError, Tx};
+use crate::store::{self, Coverage, Store, StoreError, Tx};
 
 /// Which receivers an alert transition is queued for.
 pub type Route<'a> = &'a (dyn Fn(&AlertState) -> Vec<String> + Sync);
 
-/// Stores a window and advances its alerts. Returns the transitions it
-/// made; a window stored before (a replay) writes nothing and returns none.
+/// The number a stored window got (none for a replay) and the alert
+/// transitions it made.
+pub type Recorded = (Option<i64>, Vec<(AlertState, Transition)>);
+
+/// Stores a window under the next number of its key and advances its
+/// alerts. A window stored before (a replay) writes nothing.
 pub async fn record_window(
     store: &Store,
     v: &WindowVerdict,
     alerts: &AlertsConfig,
     route: Route<'_>,
-) -> Result<Vec<(AlertState, Transition)>, StoreError> {
+) -> Result<Recorded, StoreError> {
     let now = Utc::now();
     let mut tx = store.begin().await?;
-    let mut transitions = Vec::new();
-    let mut v = std::borrow::Cow::Borrowed(v);
-    let mut fresh = tx.insert_window(&v, now).await?;
-    if !fresh && tx.is_backfill(&v.model, &v.model_version, v.seq).await? {
-        // A backfill took this number since the daemon read the last one:
-        // the live window takes the next free number instead of vanishing.
-        let seq = tx.next_window_seq(&v.model, &v.model_version).await?;
-        tracing::warn!(model = %v.model, version = %v.model_version, window = v.seq, renumbered = seq, "window number taken by a backfill");
-        v.to_mut().seq = seq;
-        fresh = tx.insert_window(&v, now).await?;
-    }
-    let v = v.as_ref();
-    if fresh {
-        for judged in &v.judged {
-            tx.insert_score(v, judged, now).await?;
-            let obs = Observation { verdict: v, judged };
-            if let Some(t) = advance_alert(&mut tx, &obs, alerts, route, now).await? {
-                transitions.push(t);
-            }
+    let mut v = v.clone();
+    // Taken first: the counter row's lock makes writers of this key take
+    // turns, so the coverage check below sees every earlier window.
+    v.seq = tx.allocate_window_seq(&v.model, &v.model_version).await?;
+    let scope = store::version_scope(&v.model_version);
+    match tx
+        .coverage(&v.model, &scope, &v.low_water, &v.high_water)
+        .await?
+    {
+        Coverage::None => {}
+        Coverage::All => {
+            tracing::warn!(model = %v.model, version = %v.model_version, events = v.n_events, "window already stored; nothing written");
+            tx.rollback().await?;
+            return Ok((None, Vec::new()));
+        }
+        // Neither storing (some events twice) nor dropping it (some never)
+        // is right; what is stored shows what to read again.
+        Coverage::Partial => {
+            return Err(StoreError::Overlap {
+                model: v.model.clone(),
+                version: v.model_version.clone(),
+            });
         }
     }
-    let scope = store::version_scope(&v.model_version);
+    insert_numbered(&mut tx, &mut v, now).await?;
+    let mut transitions = Vec::new();
+    for judged in &v.judged {
+        tx.insert_score(&v, judged, now).await?;
+        let obs = Observation {
+            verdict: &v,
+            judged,
+        };
+        if let Some(t) = advance_alert(&mut tx, &obs, alerts, route, now).await? {
+            transitions.push(t);
+        }
+    }
     tx.advance_progress(&v.model, &scope, &v.high_water).await?;
     tx.commit().await?;
-    Ok(transitions)
+    Ok((Some(v.seq), transitions))
 }
 
 /// Stores a window of history (`score --store`) with its scores only: a
 /// backfill neither steps live alerts nor moves stream progress, so clean
 /// history cannot resolve what is firing now.
 ///
-/// Its number is the next free one when it is written, so that it never
-/// takes a number a live window already has; returns that number.
+/// Its number comes from the same counter as live windows'; returns it.
 pub async fn record_backfill(store: &Store, v: &WindowVerdict) -> Result<i64, StoreError> {
     let now = Utc::now();
     let mut tx = store.begin().await?;
     let mut v = v.clone();
-    v.seq = tx.next_window_seq(&v.model, &v.model_version).await?;
-    if tx.insert_window(&v, now).await? {
-        for judged in &v.judged {
-            tx.insert_score(&v, judged, now).await?;
-        }
+    v.seq = tx.allocate_window_seq(&v.model, &v.model_version).await?;
+    insert_numbered(&mut tx, &mut v, now).await?;
+    for judged in &v.judged {
+        tx.insert_score(&v, judged, now).await?;
     }
     tx.commit().await?;
     Ok(v.seq)
+}
+
+/// Inserts the window row under its allocated number. A number already
+/// taken means windows were written without the counter (a replica of an
+/// older version during a rolling upgrade): the counter moves past them and
+/// the window takes the next number, instead of vanishing.
+async fn insert_numbered(
+    tx: &mut Tx,
+    v: &mut WindowVerdict,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if tx.insert_window(v, now).await? {
+        return Ok(());
+    }
+    tx.resync_window_seq(&v.model, &v.model_version).await?;
+    let taken = v.seq;
+    v.seq = tx.allocate_window_seq(&v.model, &v.model_version).await?;
+    tracing::warn!(model = %v.model, version = %v.model_version, taken, renumbered = v.seq, "window number taken outside the counter");
+    if tx.insert_window(v, now).await? {
+        Ok(())
+    } else {
+        Err(StoreError::Overlap {
+            model: v.model.clone(),
+            version: v.model_version.clone(),
+        })
+    }
 }
 
 /// One score's step of its alert: the open incident (or a new one when the
@@ -152,6 +194,7 @@ mod tests {
             }],
             sample_request_ids: vec!["r1".into()],
             high_water: HashMap::from([("t/0".to_string(), mark(40 + seq))]),
+            low_water: HashMap::from([("t/0".to_string(), mark(40 + seq))]),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         }
     }
@@ -165,20 +208,21 @@ mod tests {
             ..AlertsConfig::default()
         };
         let route = |_: &AlertState| vec!["pager".to_string()];
-        let fired = record_window(&store, &verdict(0, 1e-5), &cfg, &route)
+        let (seq, fired) = record_window(&store, &verdict(0, 1e-5), &cfg, &route)
             .await
             .unwrap();
+        assert_eq!(seq, Some(0));
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].1, Transition::Fired);
-        assert!(
+        assert_eq!(
             record_window(&store, &verdict(0, 1e-5), &cfg, &route)
                 .await
-                .unwrap()
-                .is_empty(),
+                .unwrap(),
+            (None, Vec::new()),
             "replay writes nothing"
         );
         assert_eq!(store.next_window_seq("m", "v").await.unwrap(), 1);
-        let resolved = record_window(&store, &verdict(1, 0.5), &cfg, &route)
+        let (_, resolved) = record_window(&store, &verdict(1, 0.5), &cfg, &route)
             .await
             .unwrap();
         assert_eq!(resolved[0].1, Transition::Resolved);
@@ -216,12 +260,71 @@ mod tests {
             high_water: HashMap::from([("t/0".to_string(), mark(7))]),
             ..verdict(2, 0.5)
         };
-        record_window(&store, &lower, &cfg, &route).await.unwrap();
+        let (seq, _) = record_window(&store, &lower, &cfg, &route).await.unwrap();
+        assert_eq!(seq, None, "a window behind stored progress is a replay");
         assert_eq!(
             store.load_progress("m", "version:v").await.unwrap()["t/0"],
             mark(41),
             "progress never moves back"
         );
+    }
+
+    /// A window that stored progress holds in part was read by another
+    /// member too: storing it would count events twice, dropping it would
+    /// lose the rest, so it is refused for the run to restart.
+    #[tokio::test]
+    async fn a_window_overlapping_stored_ones_is_refused() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let cfg = AlertsConfig::default();
+        let route = |_: &AlertState| Vec::new();
+        record_window(&store, &verdict(0, 0.5), &cfg, &route)
+            .await
+            .unwrap();
+        let straddling = WindowVerdict {
+            low_water: HashMap::from([("t/0".to_string(), mark(35))]),
+            high_water: HashMap::from([("t/0".to_string(), mark(50))]),
+            ..verdict(1, 0.5)
+        };
+        let err = record_window(&store, &straddling, &cfg, &route)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Overlap { .. }), "{err}");
+        let half = WindowVerdict {
+            low_water: HashMap::from([("t/0".to_string(), mark(30)), ("t/1".to_string(), mark(0))]),
+            high_water: HashMap::from([
+                ("t/0".to_string(), mark(40)),
+                ("t/1".to_string(), mark(9)),
+            ]),
+            ..verdict(1, 0.5)
+        };
+        let err = record_window(&store, &half, &cfg, &route)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Overlap { .. }), "{err}");
+        assert_eq!(
+            store.next_window_seq("m", "v").await.unwrap(),
+            1,
+            "no number spent"
+        );
+    }
+
+    /// Windows written without the counter (an older replica during a
+    /// rolling upgrade) push the counter past them; no window vanishes.
+    #[tokio::test]
+    async fn numbers_taken_outside_the_counter_are_skipped() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        assert!(
+            tx.insert_window(&verdict(0, 0.5), Utc::now())
+                .await
+                .unwrap()
+        );
+        tx.commit().await.unwrap();
+        let route = |_: &AlertState| Vec::new();
+        let (seq, _) = record_window(&store, &verdict(1, 0.5), &AlertsConfig::default(), &route)
+            .await
+            .unwrap();
+        assert_eq!(seq, Some(1));
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use crate::decode::{DecodeError, Decoder, DecoderName};
 use crate::detect::{DetectError, Reference, ScoringHandle};
 use crate::event::{Positioned, SourcePos, TelemetryEvent};
 use crate::ingest::ack::OffsetTracker;
-use crate::ingest::{IngestError, RawMessage, Source, SourceControl};
+use crate::ingest::{IngestError, RawMessage, Revocation, Source, SourceControl};
 use crate::judge;
 use crate::notify;
 use crate::store::{self, Store, StoreError};
@@ -54,6 +54,8 @@ struct ModelState {
     builder: Option<ReferenceBuilder>,
     /// Stream positions already inside the stored reference.
     reference_progress: Progress,
+    /// Set by a revocation: `reference_progress` is read again before use.
+    progress_stale: bool,
     /// When the model's last event arrived, for idle eviction.
     last_seen: Instant,
 }
@@ -74,6 +76,8 @@ pub struct Pipeline {
     /// Models with a stored reference, read at start: known to the model
     /// limit even before their first event.
     stored_models: std::collections::HashSet<String>,
+    /// Models whose stored reference cannot be read or fitted, with why.
+    unavailable: HashMap<String, String>,
 }
 
 impl Pipeline {
@@ -106,6 +110,7 @@ impl Pipeline {
                 metrics: metrics.clone(),
             },
             stored_models: Default::default(),
+            unavailable: HashMap::new(),
             metrics,
             health,
             options,
@@ -133,19 +138,33 @@ impl Pipeline {
             Err(PipelineError::Cancelled) => Default::default(),
             Err(e) => return Err(e),
         };
+        let interrupt = source.interrupt.clone();
+        let mut revocations = source.revocations.take();
         let result = loop {
             self.health.beat();
+            let steps = interrupt.current();
             let step = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break Ok(()),
+                r = next_revocation(&mut revocations) => {
+                    self.acknowledge(&source.control);
+                    // Renewed before the answer: a later revocation must
+                    // find a live token to cancel.
+                    interrupt.renew();
+                    self.revoke(r, &mut source.messages);
+                    Ok(())
+                }
                 m = source.messages.recv() => match m {
-                    Some(msg) => self.handle(msg, &source.control, &cancel).await,
-                    None => break self.finish(source.finite, &cancel).await,
+                    Some(msg) => self.handle(msg, &source.control, &steps).await,
+                    None => break self.finish(source.finite, &steps).await,
                 },
-                _ = tick.tick() => self.flush_idle(&cancel).await,
+                _ = tick.tick() => self.flush_idle(&steps).await,
             };
-            if let Err(e) = step {
-                break Err(e);
+            match step {
+                // A revocation interrupted the step; it is answered next.
+                Err(PipelineError::Cancelled) if !interrupt.shutting_down() => {}
+                Err(e) => break Err(e),
+                Ok(()) => {}
             }
             self.acknowledge(&source.control);
             self.metrics.positions_held.set(self.tracker.held() as i64);
@@ -165,6 +184,38 @@ impl Pipeline {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Drops everything held of the revoked assignment (open windows,
+    /// references in progress, buffered messages, cached progress): the
+    /// partitions' next owner reads it again from the last commit. Stored
+    /// references stay fitted; their progress is read again.
+    fn revoke(
+        &mut self,
+        revocation: Revocation,
+        messages: &mut tokio::sync::mpsc::Receiver<RawMessage>,
+    ) {
+        let mut buffered = 0u64;
+        while messages.try_recv().is_ok() {
+            buffered += 1;
+        }
+        let open = self.windower.open_events() as u64;
+        let building: u64 = self
+            .models
+            .values()
+            .filter_map(|s| s.builder.as_ref())
+            .map(|b| b.events.len() as u64)
+            .sum();
+        self.windower = Windower::default();
+        self.tracker = OffsetTracker::default();
+        self.models.retain(|_, s| s.reference.is_some());
+        for state in self.models.values_mut() {
+            state.progress_stale = true;
+        }
+        self.metrics.revocations.inc();
+        self.metrics.events_returned.inc_by(open + building);
+        tracing::info!(partitions = ?revocation.streams, open_window_events = open, reference_events = building, buffered_messages = buffered, "revocation answered; held events go back to the last commit");
+        let _ = revocation.done.send(());
     }
 
     async fn finish(
@@ -256,7 +307,11 @@ impl Pipeline {
             self.admit(&events)?;
             Ok::<_, DecodeError>(events)
         });
-        match decoded {
+        let accepted = match decoded {
+            Ok(events) => self.load_models(&events, cancel).await?.map(|()| events),
+            Err(e) => Err(e),
+        };
+        match accepted {
             Err(e) => {
                 tracing::warn!(stream = %msg.pos.stream, offset = msg.pos.offset, reason = e.reason(), error = %truncate(&e.to_string(), 1024), "message rejected");
                 self.metrics.reject(e.reason());
@@ -264,7 +319,7 @@ impl Pipeline {
                 // What cannot be decoded whole is kept in part, small enough
                 // with its key and headers for the dead-letter producer.
                 let key = msg.key.as_deref().map(|k| &k[..k.len().min(1024)]);
-                let room = limits.max_message_bytes.saturating_sub(4096);
+                let room = self.config.limits.max_message_bytes.saturating_sub(4096);
                 let kept = RawMessage {
                     payload: msg.payload[..msg.payload.len().min(room)].to_vec(),
                     key: key.map(<[u8]>::to_vec),
@@ -291,14 +346,56 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Loads the state of a message's models that have none yet. A model
+    /// whose stored reference cannot be read or fitted is unavailable until
+    /// restart: its messages are dead-lettered, other models go on.
+    async fn load_models(
+        &mut self,
+        events: &[TelemetryEvent],
+        cancel: &CancellationToken,
+    ) -> Result<Result<(), DecodeError>, PipelineError> {
+        for e in events {
+            let model = e.model.as_str();
+            if let Some(error) = self.unavailable.get(model) {
+                return Ok(Err(DecodeError::ModelUnavailable(format!(
+                    "{model:?}: {error}"
+                ))));
+            }
+            if self.models.contains_key(model) {
+                continue;
+            }
+            match self.load_model(model, cancel).await {
+                Ok(()) => {}
+                Err(e) if permanent(&e) => {
+                    tracing::error!(model, error = %e, "model unavailable until restart; its messages are dead-lettered");
+                    let error = truncate(&e.to_string(), 512);
+                    self.unavailable.insert(model.to_string(), error.clone());
+                    return Ok(Err(DecodeError::ModelUnavailable(format!(
+                        "{model:?}: {error}"
+                    ))));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Ok(()))
+    }
+
     async fn route(
         &mut self,
         item: Positioned,
         cancel: &CancellationToken,
     ) -> Result<(), PipelineError> {
         let model = item.event.model.clone();
-        if !self.models.contains_key(&model) {
-            self.load_model(&model, cancel).await?;
+        if self.unavailable.contains_key(&model) {
+            // The rest of the message whose event made the reference that
+            // could not be fitted.
+            self.metrics.reject("model_unavailable");
+            return Ok(());
+        }
+        match self.models.get(&model) {
+            None => self.load_model(&model, cancel).await?,
+            Some(s) if s.progress_stale => self.reload_progress(&model, cancel).await?,
+            Some(_) => {}
         }
         let Some(state) = self.models.get_mut(&model) else {
             return Ok(());
@@ -334,25 +431,13 @@ impl Pipeline {
                     store.load_progress(&model, &scope)
                 })
                 .await?;
-            let next_seq = self
-                .retry
-                .run("loading window sequence", cancel, || {
-                    store.next_window_seq(&key.model, &key.version)
-                })
-                .await?;
             let s = self.config.model_settings(&model);
             let settings = WindowSettings {
                 count: s.window_count,
                 duration: s.window_duration,
             };
-            self.windower.add_key(
-                key.clone(),
-                settings,
-                Progress {
-                    next_seq,
-                    high_water,
-                },
-            );
+            self.windower
+                .add_key(key.clone(), settings, Progress { high_water });
         }
         if self.windower.covered(&key, &item.pos) {
             self.metrics.replayed_events.inc();
@@ -361,6 +446,27 @@ impl Pipeline {
         self.tracker.hold(&item.pos);
         for w in self.windower.push(&key, item, Instant::now()) {
             self.process(w, cancel).await?;
+        }
+        Ok(())
+    }
+
+    /// A stored reference's progress, read again after a revocation: the
+    /// partitions' owner meanwhile may have been another member.
+    async fn reload_progress(
+        &mut self,
+        model: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let store = self.store.clone();
+        let high_water = self
+            .retry
+            .run("loading reference progress", cancel, || {
+                store.load_progress(model, store::REFERENCE_SCOPE)
+            })
+            .await?;
+        if let Some(state) = self.models.get_mut(model) {
+            state.reference_progress = Progress { high_water };
+            state.progress_stale = false;
         }
         Ok(())
     }
@@ -393,10 +499,8 @@ impl Pipeline {
             ModelState {
                 reference,
                 builder: None,
-                reference_progress: Progress {
-                    next_seq: 0,
-                    high_water,
-                },
+                reference_progress: Progress { high_water },
+                progress_stale: false,
                 last_seen: Instant::now(),
             },
         );
@@ -456,32 +560,60 @@ impl Pipeline {
             other => other?,
         };
         self.stored_models.insert(model.to_string());
-        let events = if inserted {
+        let (events, leftovers) = if inserted {
             tracing::info!(
                 model,
                 events = events.len(),
                 "reference taken from the stream"
             );
-            events
+            (events, Vec::new())
         } else {
-            // Another instance stored one first: use it, so that all agree.
+            // Another member stored one first: use it, so that all agree,
+            // and window these events like any after a reference.
             let stored = self
                 .retry
                 .run("loading reference", cancel, || store.load_reference(model))
                 .await?;
-            stored.map(|r| r.events).unwrap_or(events)
+            match stored {
+                Some(r) => (r.events, builder.events.clone()),
+                None => (events, Vec::new()),
+            }
         };
-        let reference = self.fit(model, events).await?;
+        let reference = match self.fit(model, events).await {
+            Err(e) if permanent(&e) => {
+                // Stored, but not usable: the model waits for an operator
+                // (`baseline import --replace`); other models go on.
+                tracing::error!(model, error = %e, "reference cannot be fitted; model unavailable until restart");
+                self.unavailable
+                    .insert(model.to_string(), truncate(&e.to_string(), 512));
+                self.models.remove(model);
+                self.metrics
+                    .reference_events_dropped
+                    .inc_by(leftovers.len() as u64);
+                for p in &builder.events {
+                    self.tracker.release(&p.pos);
+                }
+                return Ok(());
+            }
+            other => other?,
+        };
         if let Some(state) = self.models.get_mut(model) {
             state.reference = Some(reference);
-            for (stream, hw) in high_water {
-                let e = state
-                    .reference_progress
-                    .high_water
-                    .entry(stream)
-                    .or_insert(hw);
-                *e = (*e).max(hw);
+            if leftovers.is_empty() {
+                for (stream, hw) in high_water {
+                    let e = state
+                        .reference_progress
+                        .high_water
+                        .entry(stream)
+                        .or_insert(hw);
+                    *e = (*e).max(hw);
+                }
+            } else {
+                state.progress_stale = true;
             }
+        }
+        for item in leftovers {
+            Box::pin(self.route(item, cancel)).await?;
         }
         for p in &builder.events {
             self.tracker.release(&p.pos);
@@ -500,7 +632,7 @@ impl Pipeline {
             "window",
             model = %w.key.model,
             model_version = %w.key.version,
-            window = w.seq,
+            window = tracing::field::Empty,
             events = w.events.len(),
             close_reason = w.reason.as_str(),
         );
@@ -529,21 +661,24 @@ impl Pipeline {
         let mut verdict = judge::verdict(&self.config.judge, &w, device, scores);
         verdict.trace_id = telemetry::trace_id(&span);
         let write_started = Instant::now();
-        let transitions = match self.store_verdict(&verdict, cancel).await {
+        let (seq, transitions) = match self.store_verdict(&verdict, cancel).await {
             Err(PipelineError::Store(e)) if e.is_permanent() => {
                 // The scores cannot be stored: the window is, with the
                 // error, so that its positions move on and it is counted.
                 self.metrics.windows_quarantined.inc();
-                tracing::error!(model = %w.key.model, version = %w.key.version, window = w.seq, error = %e, "window scores cannot be stored; window stored with the error");
+                tracing::error!(model = %w.key.model, version = %w.key.version, error = %e, "window scores cannot be stored; window stored with the error");
                 verdict.judged.clear();
                 verdict.error = Some(format!("its scores could not be stored: {e}"));
                 self.store_verdict(&verdict, cancel).await?
             }
             other => other?,
         };
+        if let Some(seq) = seq {
+            span.record("window", seq);
+        }
         self.metrics.store_write_took(write_started.elapsed());
         tracing::debug!(
-            model = %w.key.model, version = %w.key.version, window = w.seq, events = w.events.len(),
+            model = %w.key.model, version = %w.key.version, window = seq, events = w.events.len(),
             scores = verdict.judged.len(), transitions = transitions.len(), took_ms = started.elapsed().as_millis() as u64,
             "window scored"
         );
@@ -561,7 +696,7 @@ impl Pipeline {
         &self,
         verdict: &judge::WindowVerdict,
         cancel: &CancellationToken,
-    ) -> Result<Vec<(judge::AlertState, judge::Transition)>, PipelineError> {
+    ) -> Result<judge::Recorded, PipelineError> {
         let store = &self.store;
         let router = &self.options.router;
         let route = |a: &judge::AlertState| router.route(a);
@@ -617,7 +752,7 @@ impl Pipeline {
             }
             Err(e) => {
                 self.metrics.windows_failed.inc();
-                tracing::error!(model = %w.key.model, version = %w.key.version, window = w.seq, error = %e, "scoring failed; window stored with its error");
+                tracing::error!(model = %w.key.model, version = %w.key.version, events = w.events.len(), error = %e, "scoring failed; window stored with its error");
                 Err(e.to_string())
             }
         }
@@ -640,5 +775,31 @@ impl Pipeline {
                 wake.notify_one();
             }
         }
+    }
+}
+
+/// The next revocation; never, for sources without a consumer group.
+async fn next_revocation(
+    revocations: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Revocation>>,
+) -> Revocation {
+    match revocations {
+        Some(rx) => match rx.recv().await {
+            Some(r) => r,
+            None => {
+                *revocations = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Failures that retrying cannot mend: data the store refuses or a
+/// reference the scorer cannot fit.
+fn permanent(e: &PipelineError) -> bool {
+    match e {
+        PipelineError::Store(e) => e.is_permanent(),
+        PipelineError::Detect(e) => matches!(e, DetectError::Failed(_)),
+        PipelineError::Ingest(_) | PipelineError::Cancelled => false,
     }
 }

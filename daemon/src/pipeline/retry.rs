@@ -27,11 +27,20 @@ pub(super) trait Failure: std::fmt::Display + Into<PipelineError> {
     fn permanent(&self) -> bool {
         false
     }
+
+    /// Neither retrying nor quarantining is right: the run must end.
+    fn fatal(&self) -> bool {
+        false
+    }
 }
 
 impl Failure for StoreError {
     fn permanent(&self) -> bool {
         self.is_permanent()
+    }
+
+    fn fatal(&self) -> bool {
+        matches!(self, StoreError::Overlap { .. })
     }
 }
 
@@ -62,15 +71,23 @@ impl Retry {
     {
         let mut delay = Duration::from_millis(100);
         loop {
-            let e = match f().await {
+            // A cancelled step stops at once, even mid-attempt: a store write
+            // dropped here either committed (its progress says so) or not.
+            let attempt = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(PipelineError::Cancelled),
+                r = f() => r,
+            };
+            let e = match attempt {
                 Ok(v) => {
-                    Health::set(&self.health.step_failing, false);
+                    self.health.set_failing(None);
                     return Ok(v);
                 }
-                Err(e) if e.permanent() => return Err(e.into()),
+                Err(e) if e.permanent() || e.fatal() => return Err(e.into()),
                 Err(e) => e,
             };
-            Health::set(&self.health.step_failing, true);
+            let why = truncate(&e.to_string(), 300);
+            self.health.set_failing(Some(format!("{what} ({why})")));
             self.metrics.step_retry(what);
             let wait = delay.mul_f64(rand::random_range(0.5..1.5));
             tracing::warn!(step = what, error = %e, retry_in_ms = wait.as_millis() as u64, "step failed, retrying");

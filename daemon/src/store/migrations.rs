@@ -18,6 +18,7 @@ macro_rules! migrations {
             migrations!(@ $dir, 5, "0005_calibration.sql", "calibration"),
             migrations!(@ $dir, 6, "0006_event_positions.sql", "event_positions"),
             migrations!(@ $dir, 7, "0007_outbox_claims.sql", "outbox_claims"),
+            migrations!(@ $dir, 8, "0008_window_counters.sql", "window_counters"),
         ]
     };
     (@ $dir:literal, $version:literal, $file:literal, $name:literal) => {

@@ -24,7 +24,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use alerts::Silence;
 pub use outbox::{Backlog, OutboxItem};
-pub use references::{REFERENCE_SCOPE, StoredReference, version_scope};
+pub use references::{Coverage, REFERENCE_SCOPE, StoredReference, version_scope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +36,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store password: {0}")]
     Secret(String),
+    #[error(
+        "window of {model} {version} overlaps windows stored by another member: restart to read again from the last commit"
+    )]
+    Overlap { model: String, version: String },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -213,6 +217,14 @@ impl Tx {
         match self {
             Tx::Postgres(tx) => tx.commit().await?,
             Tx::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        match self {
+            Tx::Postgres(tx) => tx.rollback().await?,
+            Tx::Sqlite(tx) => tx.rollback().await?,
         }
         Ok(())
     }

@@ -18,6 +18,14 @@ pub fn version_scope(version: &str) -> String {
     format!("version:{version}")
 }
 
+/// How much of a window's positions stored progress already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    None,
+    All,
+    Partial,
+}
+
 /// A stored reference: where it came from and its events.
 #[derive(Debug, Clone)]
 pub struct StoredReference {
@@ -168,6 +176,48 @@ impl Tx {
             .rows_affected()
         });
         Ok(done == 1)
+    }
+
+    /// How much of the positions `low..=high` (per stream) stored data of
+    /// `scope` already holds: a window replayed after a commit whose answer
+    /// was lost is covered whole; one that is covered in part was written
+    /// meanwhile by another member that read the same events.
+    pub async fn coverage(
+        &mut self,
+        model: &str,
+        scope: &str,
+        low: &HashMap<String, Mark>,
+        high: &HashMap<String, Mark>,
+    ) -> Result<Coverage> {
+        let (mut covered, mut fresh) = (0, 0);
+        for (stream, hw) in high {
+            let stored: Option<Mark> = with_tx!(self, conn => {
+                sqlx::query(
+                    "SELECT high_water, high_water_index FROM progress
+                     WHERE model = $1 AND scope = $2 AND stream = $3",
+                )
+                .bind(model)
+                .bind(scope)
+                .bind(stream)
+                .fetch_optional(conn)
+                .await?
+                .map(|r| -> std::result::Result<Mark, sqlx::Error> {
+                    Ok(Mark { offset: r.try_get("high_water")?, index: r.try_get("high_water_index")? })
+                })
+                .transpose()?
+            });
+            let first = low.get(stream).unwrap_or(hw);
+            match stored {
+                Some(s) if s >= *hw => covered += 1,
+                Some(s) if s >= *first => return Ok(Coverage::Partial),
+                _ => fresh += 1,
+            }
+        }
+        Ok(match (covered, fresh) {
+            (0, _) => Coverage::None,
+            (_, 0) => Coverage::All,
+            _ => Coverage::Partial,
+        })
     }
 
     /// Raises the stored high-water marks of `scope`; never lowers one.

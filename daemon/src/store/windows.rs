@@ -20,41 +20,60 @@ impl Tx {
     /// The number the next window of (model, version) gets, read inside
     /// this transaction.
     pub async fn next_window_seq(&mut self, model: &str, version: &str) -> Result<i64> {
-        let max: Option<i64> = with_tx!(self, conn => {
-            sqlx::query("SELECT MAX(seq) AS m FROM windows WHERE model = $1 AND model_version = $2")
+        let next: Option<i64> = with_tx!(self, conn => {
+            sqlx::query("SELECT next_seq FROM window_counters WHERE model = $1 AND model_version = $2")
                 .bind(model)
                 .bind(version)
-                .fetch_one(conn)
+                .fetch_optional(conn)
                 .await?
-                .try_get("m")?
+                .map(|r| r.try_get("next_seq"))
+                .transpose()?
         });
-        Ok(max.map_or(0, |m| m + 1))
+        Ok(next.unwrap_or(0))
     }
 
-    /// Whether the stored window of that number is history a backfill wrote.
-    pub async fn is_backfill(&mut self, model: &str, version: &str, seq: i64) -> Result<bool> {
-        let reason: Option<String> = with_tx!(self, conn => {
+    /// Takes the next window number of (model, version). The counter row
+    /// stays locked until this transaction ends, so concurrent writers of
+    /// the key take turns and a rolled-back window gives its number back.
+    pub async fn allocate_window_seq(&mut self, model: &str, version: &str) -> Result<i64> {
+        let taken: i64 = with_tx!(self, conn => {
             sqlx::query(
-                "SELECT close_reason FROM windows WHERE model = $1 AND model_version = $2 AND seq = $3",
+                "INSERT INTO window_counters (model, model_version, next_seq) VALUES ($1, $2, 1)
+                 ON CONFLICT (model, model_version) DO UPDATE SET next_seq = window_counters.next_seq + 1
+                 RETURNING next_seq - 1 AS taken",
             )
             .bind(model)
             .bind(version)
-            .bind(seq)
-            .fetch_optional(conn)
+            .fetch_one(conn)
             .await?
-            .map(|r| r.try_get::<String, _>("close_reason"))
-            .transpose()?
+            .try_get("taken")?
         });
-        Ok(reason.as_deref() == Some("backfill"))
+        Ok(taken)
     }
 
-    /// Inserts the window row; false when it was stored before (a replay).
+    /// Moves the counter of (model, version) past every stored window.
+    pub async fn resync_window_seq(&mut self, model: &str, version: &str) -> Result<()> {
+        with_tx!(self, conn => {
+            sqlx::query(
+                "UPDATE window_counters SET next_seq =
+                   (SELECT COALESCE(MAX(seq), -1) + 1 FROM windows WHERE model = $1 AND model_version = $2)
+                 WHERE model = $1 AND model_version = $2",
+            )
+            .bind(model)
+            .bind(version)
+            .execute(conn)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Inserts the window row; false when its number is taken.
     pub async fn insert_window(&mut self, v: &WindowVerdict, now: DateTime<Utc>) -> Result<bool> {
         let n = with_tx!(self, conn => {
             sqlx::query(
                 "INSERT INTO windows (model, model_version, seq, window_start, window_end, n_events,
-                                      close_reason, device, error, scored_at, trace_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                      close_reason, device, error, scored_at, trace_id, positions)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (model, model_version, seq) DO NOTHING",
             )
             .bind(&v.model)
@@ -68,6 +87,7 @@ impl Tx {
             .bind(v.error.as_deref())
             .bind(now)
             .bind(v.trace_id.as_deref())
+            .bind(sqlx::types::Json(positions(v)))
             .execute(conn)
             .await?
             .rows_affected()
@@ -117,4 +137,22 @@ impl Tx {
         });
         Ok(())
     }
+}
+
+/// Per stream, the first and last position of the window's events
+/// (`[offset, index]` each): which source records a window was made of.
+fn positions(v: &WindowVerdict) -> serde_json::Value {
+    let ranges: serde_json::Map<String, serde_json::Value> = v
+        .high_water
+        .iter()
+        .map(|(stream, last)| {
+            let first = v.low_water.get(stream).unwrap_or(last);
+            let range = serde_json::json!({
+                "first": [first.offset, first.index],
+                "last": [last.offset, last.index],
+            });
+            (stream.clone(), range)
+        })
+        .collect();
+    serde_json::Value::Object(ranges)
 }

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub windows_quarantined: Counter,
     pub models_evicted: Counter,
     pub reference_events_dropped: Counter,
+    pub revocations: Counter,
+    pub events_returned: Counter,
+    pub source_pauses: Counter,
     rejected_summary: Mutex<BTreeMap<String, u64>>,
     /// Models with a series of their own, at most `max_model_labels`; the
     /// rest share `model="_other"`, so sprayed names cannot grow the series.
@@ -191,6 +194,24 @@ impl Metrics {
                 "events of unfinished references dropped when their model was evicted",
                 Counter::default(),
             ),
+            revocations: reg(
+                &mut r,
+                "partition_revocations",
+                "consumer-group rebalances that took this member's partitions",
+                Counter::default(),
+            ),
+            events_returned: reg(
+                &mut r,
+                "events_returned",
+                "events of open windows and references dropped at a revocation, to be read again from the last commit",
+                Counter::default(),
+            ),
+            source_pauses: reg(
+                &mut r,
+                "source_pauses",
+                "times the consumer paused its partitions because the pipeline was saturated",
+                Counter::default(),
+            ),
             registry: r,
             rejected_summary: Mutex::new(BTreeMap::new()),
             model_labels: Mutex::new(Default::default()),
@@ -311,8 +332,8 @@ pub struct Health {
     pub device_ready: AtomicBool,
     pub store_reachable: AtomicBool,
     pub partitions_assigned: AtomicBool,
-    /// A pipeline step is failing and being retried.
-    pub step_failing: AtomicBool,
+    /// The pipeline step failing and being retried, with its last error.
+    failing_step: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -328,25 +349,34 @@ impl Health {
     }
 
     /// The readiness conditions not met yet; empty when ready.
-    pub fn not_ready(&self) -> Vec<&'static str> {
-        let mut missing = Vec::new();
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut missing: Vec<String> = Vec::new();
         if !self.device_ready.load(Ordering::Relaxed) {
-            missing.push("scoring device not initialised");
+            missing.push("scoring device not initialised".into());
         }
         if !self.store_reachable.load(Ordering::Relaxed) {
-            missing.push("store unreachable");
+            missing.push("store unreachable".into());
         }
         if !self.partitions_assigned.load(Ordering::Relaxed) {
-            missing.push("no partitions assigned");
+            missing.push("no partitions assigned".into());
         }
-        if self.step_failing.load(Ordering::Relaxed) {
-            missing.push("a pipeline step is failing and being retried");
+        if let Some(step) = self.lock_failing().as_ref() {
+            missing.push(format!("retrying {step}"));
         }
         missing
     }
 
     pub fn set(flag: &AtomicBool, value: bool) {
         flag.store(value, Ordering::Relaxed);
+    }
+
+    /// Records the step being retried and why (`None` once it succeeded).
+    pub fn set_failing(&self, step: Option<String>) {
+        *self.lock_failing() = step;
+    }
+
+    fn lock_failing(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.failing_step.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -2,9 +2,10 @@
 //! closed by count or by time, whichever comes first. A model's first events
 //! form its reference when it has none.
 //!
-//! Window numbers and the positions already covered by stored windows come
-//! from the store (`Progress`), so a replay after a crash neither re-scores
-//! a stored window nor counts an event twice.
+//! The positions already covered by stored windows come from the store
+//! (`Progress`), so a replay after a crash neither re-scores a stored window
+//! nor counts an event twice. Window numbers are the store's: it allocates
+//! them when it stores a window, so that replicas never share one.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -43,7 +44,9 @@ impl CloseReason {
 #[derive(Debug, Clone)]
 pub struct ClosedWindow {
     pub key: WindowKey,
-    pub seq: i64,
+    /// Order among this windower's windows of the key (from 0); the stored
+    /// number is allocated by the store.
+    pub ordinal: i64,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub reason: CloseReason,
@@ -54,6 +57,16 @@ impl ClosedWindow {
     /// The furthest position per stream among the window's events.
     pub fn high_water(&self) -> HashMap<String, Mark> {
         high_water(self.events.iter().map(|e| &e.pos))
+    }
+
+    /// The first position per stream among the window's events.
+    pub fn low_water(&self) -> HashMap<String, Mark> {
+        let mut low: HashMap<String, Mark> = HashMap::new();
+        for p in self.events.iter().map(|e| &e.pos) {
+            let e = low.entry(p.stream.clone()).or_insert(p.mark());
+            *e = (*e).min(p.mark());
+        }
+        low
     }
 }
 
@@ -66,11 +79,10 @@ pub fn high_water<'a>(positions: impl Iterator<Item = &'a SourcePos>) -> HashMap
     hw
 }
 
-/// What the store already holds for a key: the next window number, and per
-/// stream the furthest position whose events are inside stored windows.
+/// What the store already holds for a key: per stream, the furthest
+/// position whose events are inside stored data.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
-    pub next_seq: i64,
     pub high_water: HashMap<String, Mark>,
 }
 
@@ -98,7 +110,7 @@ struct Open {
 struct KeyState {
     settings: WindowSettings,
     progress: Progress,
-    next_seq: i64,
+    next_ordinal: i64,
     open: Option<Open>,
     /// When the key's last event arrived, for idle eviction.
     last_push: Instant,
@@ -114,6 +126,15 @@ impl Windower {
         self.keys.contains_key(key)
     }
 
+    /// Events waiting in open windows.
+    pub fn open_events(&self) -> usize {
+        self.keys
+            .values()
+            .filter_map(|s| s.open.as_ref())
+            .map(|o| o.events.len())
+            .sum()
+    }
+
     /// How many versions of `model` have window state.
     pub fn versions(&self, model: &str) -> usize {
         self.keys.keys().filter(|k| k.model == model).count()
@@ -121,13 +142,12 @@ impl Windower {
 
     /// Registers a key with its settings and stored progress.
     pub fn add_key(&mut self, key: WindowKey, settings: WindowSettings, progress: Progress) {
-        let next_seq = progress.next_seq;
         self.keys.insert(
             key,
             KeyState {
                 settings,
                 progress,
-                next_seq,
+                next_ordinal: 0,
                 open: None,
                 last_push: Instant::now(),
             },
@@ -186,7 +206,7 @@ impl Windower {
                 closed.extend(close(key, state, CloseReason::Idle));
             }
         }
-        closed.sort_by(|a, b| (&a.key, a.seq).cmp(&(&b.key, b.seq)));
+        closed.sort_by(|a, b| (&a.key, a.ordinal).cmp(&(&b.key, b.ordinal)));
         closed
     }
 
@@ -221,7 +241,7 @@ impl Windower {
                 close(key, &mut state, CloseReason::Idle)
             })
             .collect();
-        closed.sort_by(|a, b| (&a.key, a.seq).cmp(&(&b.key, b.seq)));
+        closed.sort_by(|a, b| (&a.key, a.ordinal).cmp(&(&b.key, b.ordinal)));
         closed
     }
 
@@ -232,18 +252,18 @@ impl Windower {
             .iter_mut()
             .filter_map(|(key, state)| close(key, state, CloseReason::EndOfStream))
             .collect();
-        closed.sort_by(|a, b| (&a.key, a.seq).cmp(&(&b.key, b.seq)));
+        closed.sort_by(|a, b| (&a.key, a.ordinal).cmp(&(&b.key, b.ordinal)));
         closed
     }
 }
 
 fn close(key: &WindowKey, state: &mut KeyState, reason: CloseReason) -> Option<ClosedWindow> {
     let open = state.open.take()?;
-    let seq = state.next_seq;
-    state.next_seq += 1;
+    let ordinal = state.next_ordinal;
+    state.next_ordinal += 1;
     Some(ClosedWindow {
         key: key.clone(),
-        seq,
+        ordinal,
         start: open.start,
         end: open.end,
         reason,
@@ -361,31 +381,24 @@ mod tests {
             count: 3,
             duration: Some(Duration::from_secs(60)),
         };
-        w.add_key(
-            key(),
-            settings,
-            Progress {
-                next_seq: 5,
-                ..Progress::default()
-            },
-        );
+        w.add_key(key(), settings, Progress::default());
         let now = Instant::now();
         assert!(w.push(&key(), item(0, 0), now).is_empty());
         assert!(w.push(&key(), item(1, 1), now).is_empty());
         let c = w.push(&key(), item(2, 2), now);
         assert_eq!(c.len(), 1);
         assert_eq!(
-            (c[0].seq, c[0].events.len(), c[0].reason),
-            (5, 3, CloseReason::Count)
+            (c[0].ordinal, c[0].events.len(), c[0].reason),
+            (0, 3, CloseReason::Count)
         );
         assert!(w.push(&key(), item(3, 10), now).is_empty());
         let c = w.push(&key(), item(4, 71), now);
         assert_eq!(
-            (c[0].seq, c[0].events.len(), c[0].reason),
-            (6, 1, CloseReason::EventTime)
+            (c[0].ordinal, c[0].events.len(), c[0].reason),
+            (1, 1, CloseReason::EventTime)
         );
         let c = w.drain();
-        assert_eq!((c[0].seq, c[0].events.len()), (7, 1));
+        assert_eq!((c[0].ordinal, c[0].events.len()), (2, 1));
         assert_eq!(c[0].high_water()["t/0"].offset, 4);
     }
 

@@ -2,17 +2,26 @@
 //!
 //! Offsets are stored explicitly (`enable.auto.offset.store=false`) and only
 //! for positions the pipeline acknowledged as durable; librdkafka commits the
-//! stored offsets in the background, and synchronously on shutdown.
+//! stored offsets in the background, before each revocation, and
+//! synchronously on shutdown.
+//!
+//! Ownership follows partitions with the eager protocol: a rebalance takes
+//! every partition, the pipeline drops its open windows and references in
+//! progress, and whoever gets a partition reads it from the last commit,
+//! skipping what stored windows already cover (the store's progress, read
+//! again after every revocation). Cooperative assignment is refused because
+//! windows mix partitions: a partial revocation cannot hand back part of one.
+
+mod reader;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -21,10 +30,10 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{IngestError, RawMessage};
+use super::{IngestError, Interrupt, RawMessage, Revocation};
 use crate::decode::DecoderName;
-use crate::event::SourcePos;
 use crate::telemetry::{Health, Metrics};
+use reader::{Member, MemberContext};
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -93,6 +102,9 @@ pub fn client_config(config: &KafkaConfig, role: ClientRole) -> Result<ClientCon
         ClientRole::Producer => cfg.set("enable.idempotence", "false").set("acks", "all"),
     };
     for (k, v) in &config.properties {
+        if let Some(why) = super::incremental_rebalancing(k, v) {
+            return Err(IngestError::Cooperative(why));
+        }
         let consumer_only =
             k.starts_with("group.") || k.starts_with("auto.") || k.starts_with("enable.auto");
         if k == "enable.auto.offset.store" {
@@ -115,7 +127,7 @@ pub fn client_config(config: &KafkaConfig, role: ClientRole) -> Result<ClientCon
 }
 
 pub struct KafkaControl {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Member>,
     producer: FutureProducer,
     dead_letter_topic: String,
 }
@@ -287,23 +299,6 @@ impl KafkaControl {
     }
 }
 
-/// The W3C trace context headers of a message, as text.
-fn trace_headers(msg: &BorrowedMessage<'_>) -> Vec<(String, String)> {
-    let Some(headers) = msg.headers() else {
-        return Vec::new();
-    };
-    headers
-        .iter()
-        .filter(|h| {
-            h.key.eq_ignore_ascii_case("traceparent") || h.key.eq_ignore_ascii_case("tracestate")
-        })
-        .filter_map(|h| {
-            let v = std::str::from_utf8(h.value?).ok()?;
-            Some((h.key.to_ascii_lowercase(), v.to_string()))
-        })
-        .collect()
-}
-
 /// The dead-letter topic must exist before the first bad message needs it:
 /// a missing one would hold the stream at that message. A broker that is
 /// electing a leader (or creating the topic on demand) is asked again.
@@ -345,59 +340,38 @@ fn check_topic(producer: &FutureProducer, topic: &str) -> Result<(), IngestError
     Err(missing(last))
 }
 
+/// Joins the group and starts the member's polling thread.
 pub fn start(
     config: &KafkaConfig,
     tx: mpsc::Sender<RawMessage>,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) -> Result<KafkaControl, IngestError> {
-    let consumer: StreamConsumer = client_config(config, ClientRole::Consumer)?.create()?;
+) -> Result<(KafkaControl, mpsc::UnboundedReceiver<Revocation>, Interrupt), IngestError> {
+    let (revocations, revoked) = mpsc::unbounded_channel();
+    let interrupt = Interrupt::new(&cancel);
+    let context = MemberContext::new(revocations, interrupt.clone(), cancel.clone());
+    let consumer: Member =
+        client_config(config, ClientRole::Consumer)?.create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let consumer = Arc::new(consumer);
     let producer: FutureProducer = client_config(config, ClientRole::Producer)?.create()?;
     check_topic(&producer, &config.dead_letter_topic)?;
     tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?config.topics, "kafka source subscribed");
-
-    let reader = consumer.clone();
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                _ = cancel.cancelled() => break,
-                m = reader.recv() => m,
-            };
-            let msg = match next {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "kafka receive error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let raw = RawMessage {
-                payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                key: msg.key().map(<[u8]>::to_vec),
-                timestamp: msg
-                    .timestamp()
-                    .to_millis()
-                    .and_then(DateTime::<Utc>::from_timestamp_millis),
-                topic: msg.topic().to_string(),
-                pos: SourcePos {
-                    stream: stream_name(msg.topic(), msg.partition()),
-                    offset: msg.offset(),
-                    index: 0,
-                },
-                trace_context: trace_headers(&msg),
-            };
-            if tx.send(raw).await.is_err() {
-                break;
-            }
-        }
-    });
-    Ok(KafkaControl {
+    let member = consumer.clone();
+    std::thread::Builder::new()
+        .name("kafka-member".into())
+        .spawn(move || reader::run(member, tx, metrics, cancel))
+        .map_err(|source| IngestError::Io {
+            path: "kafka-member thread".into(),
+            source,
+        })?;
+    let control = KafkaControl {
         consumer,
         producer,
         dead_letter_topic: config.dead_letter_topic.clone(),
-    })
+    };
+    Ok((control, revoked, interrupt))
 }
 
 #[cfg(test)]
