@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{
@@ -121,6 +121,13 @@ fn streams(tpl: &TopicPartitionList) -> Vec<String> {
         .collect()
 }
 
+/// Messages held here while the pipeline's channel is full.
+const BACKLOG: usize = 1024;
+/// How long the pipeline may take no message before the partitions are
+/// paused: ordinary backpressure (a window being scored) waits without
+/// the fetch round trips a pause and resume cost.
+const STALL: Duration = Duration::from_millis(500);
+
 /// Polls until `cancel` fires or the pipeline hangs up.
 pub(super) fn run(
     member: Arc<Member>,
@@ -130,19 +137,21 @@ pub(super) fn run(
 ) {
     let mut backlog: VecDeque<RawMessage> = VecDeque::new();
     let mut paused = false;
+    let mut moved = Instant::now();
     while !cancel.is_cancelled() {
-        while let Some(m) = backlog.pop_front() {
-            match tx.try_send(m) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(m)) => {
-                    backlog.push_front(m);
-                    break;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-            }
+        match hand_over(&mut backlog, &tx) {
+            Some(0) => {}
+            Some(_) => moved = Instant::now(),
+            None => return,
         }
-        if backlog.is_empty() == paused {
-            paused = set_paused(&member, !paused, &metrics);
+        let stalled = !backlog.is_empty() && moved.elapsed() >= STALL;
+        if stalled != paused && (stalled || backlog.is_empty()) {
+            paused = set_paused(&member, stalled, &metrics);
+        }
+        if backlog.len() >= BACKLOG && !paused {
+            // Full, not yet stalled: wait for the pipeline, not the broker.
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
         }
         let wait = if backlog.is_empty() { 100 } else { 10 };
         let polled = member
@@ -162,6 +171,23 @@ pub(super) fn run(
             None => {}
         }
     }
+}
+
+/// Moves what the channel takes from the backlog; how many, or `None`
+/// once the pipeline has hung up.
+fn hand_over(backlog: &mut VecDeque<RawMessage>, tx: &mpsc::Sender<RawMessage>) -> Option<usize> {
+    let mut sent = 0;
+    while let Some(m) = backlog.pop_front() {
+        match tx.try_send(m) {
+            Ok(()) => sent += 1,
+            Err(mpsc::error::TrySendError::Full(m)) => {
+                backlog.push_front(m);
+                break;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return None,
+        }
+    }
+    Some(sent)
 }
 
 /// Pauses (or resumes) every assigned partition; returns the new state.
