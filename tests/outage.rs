@@ -301,6 +301,10 @@ async fn a_store_stall_past_the_poll_interval_keeps_the_member() {
     assert_eq!(windows(&pool).await, (8, total, 7), "every window once");
     let log = daemon.log_text();
     assert!(
+        log.contains("pipeline stalled; partitions paused"),
+        "the stall never made the member pause its partitions:\n{log}"
+    );
+    assert!(
         !log.contains("partitions revoked"),
         "the member left the group during the stall:\n{log}"
     );

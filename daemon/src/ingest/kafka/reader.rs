@@ -207,11 +207,10 @@ fn set_paused(member: &Member, pause: bool, metrics: &Metrics) -> bool {
         Ok(()) => {
             if pause {
                 metrics.source_pauses.inc();
+                tracing::info!("pipeline stalled; partitions paused, polling goes on");
+            } else {
+                tracing::info!("pipeline caught up; partitions resumed");
             }
-            tracing::debug!(
-                paused = pause,
-                "pipeline saturated; partitions paused or resumed"
-            );
             pause
         }
         Err(e) => {
