@@ -440,8 +440,6 @@ fn canary_drift_fires_for_the_drifted_version_only() {
     std::fs::create_dir_all(&dir).unwrap();
     let clean = telemetry(11, 300, 100, 6, 0..0);
     let shifted = telemetry(12, 0, 100, 6, 0..6);
-    let baseline = dir.join("baseline.ndjson");
-    std::fs::write(&baseline, clean[..300].join("\n")).unwrap();
     let mut stream = Vec::new();
     for block in 0..6 {
         stream.extend_from_slice(&clean[300 + 100 * block..][..100]);
@@ -454,14 +452,7 @@ fn canary_drift_fires_for_the_drifted_version_only() {
     let input = dir.join("stream.ndjson");
     std::fs::write(&input, stream.join("\n")).unwrap();
     let store = format!("sqlite:{}", dir.join("store.db").display());
-    succeeded(
-        &Command::new(daemon_binary())
-            .args(["baseline", "import", "--model", "credit"])
-            .arg(&baseline)
-            .env("MODELWATCH_STORE__URL", &store)
-            .output()
-            .unwrap(),
-    );
+    common::import_baseline(&store, &dir, &clean[..300]);
     succeeded(&run_file(&input, &store, 100_000, &[]));
     let out = Command::new(daemon_binary())
         .args(["alerts", "list", "--json"])

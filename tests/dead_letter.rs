@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, free_port, unique};
+use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::postgres::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -146,21 +146,6 @@ async fn create_topics(brokers: &str, names: &[&str]) {
     }
 }
 
-fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    match got.elements()[0].offset() {
-        Offset::Offset(o) => o,
-        _ => -1,
-    }
-}
-
 /// The reason header of every message in the dead-letter topic.
 fn dead_letters(brokers: &str, topic: &str) -> Vec<String> {
     let c: BaseConsumer = ClientConfig::new()
@@ -270,7 +255,7 @@ async fn an_unwritable_dead_letter_topic_holds_the_stream_and_says_why() {
         if let Some((false, body)) = readyz(http).await {
             why = Some(body);
         }
-        let offset = committed(&brokers, &group, &topic);
+        let offset = common::committed(&brokers, &group, &topic);
         assert!(
             offset <= bad_offset,
             "committed {offset} past the undelivered dead letter"
@@ -293,7 +278,7 @@ async fn an_unwritable_dead_letter_topic_holds_the_stream_and_says_why() {
     cut.set(None);
     common::wait_for_windows(&pool, &mut daemon, 2, Duration::from_secs(60)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while committed(&brokers, &group, &topic) < events.len() as i64 + 1 {
+    while common::committed(&brokers, &group, &topic) < events.len() as i64 + 1 {
         assert!(
             Instant::now() < deadline,
             "offsets never moved past the bad message"

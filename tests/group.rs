@@ -100,16 +100,7 @@ async fn members_join_and_leave_without_a_lost_or_doubled_event() {
     std::fs::create_dir_all(&dir).unwrap();
 
     // One reference for every member, stored before any starts.
-    let baseline = dir.join("baseline.ndjson");
-    std::fs::write(&baseline, common::telemetry(20, 500, 1, 0, 0..0).join("\n")).unwrap();
-    common::succeeded(
-        &Command::new(common::daemon_binary())
-            .args(["baseline", "import", "--model", "credit"])
-            .arg(&baseline)
-            .env("MODELWATCH_STORE__URL", &db)
-            .output()
-            .unwrap(),
-    );
+    common::import_baseline(&db, &dir, &common::telemetry(20, 500, 1, 0, 0..0));
     let hook = HookCounts::default();
     let hook_url = hook.serve(Duration::from_millis(5)).await;
     let config = common::kafka_config(&dir, &topic, &dlq, &group, &db, 500, 500);
@@ -326,20 +317,7 @@ async fn group_throughput() {
         let db = common::fresh_database(&unique("mw_load")).await;
         let dir = std::env::temp_dir().join(unique("mw_load"));
         std::fs::create_dir_all(&dir).unwrap();
-        let baseline = dir.join("baseline.ndjson");
-        std::fs::write(
-            &baseline,
-            common::telemetry(40, 1000, 1, 0, 0..0).join("\n"),
-        )
-        .unwrap();
-        common::succeeded(
-            &Command::new(common::daemon_binary())
-                .args(["baseline", "import", "--model", "credit"])
-                .arg(&baseline)
-                .env("MODELWATCH_STORE__URL", &db)
-                .output()
-                .unwrap(),
-        );
+        common::import_baseline(&db, &dir, &common::telemetry(40, 1000, 1, 0, 0..0));
         let config = common::kafka_config(&dir, &topic, &dlq, &unique("g"), &db, 1000, 1000);
         let text = std::fs::read_to_string(&config)
             .unwrap()

@@ -10,8 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::postgres::PgPool;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -76,20 +74,17 @@ async fn ready(port: u16) -> Option<bool> {
     Some(resp.status().is_success())
 }
 
-/// The group's committed offset on partition 0 (-1 when none), read without
-/// joining the group.
-fn committed(group: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    match got.elements()[0].offset() {
-        Offset::Offset(o) => o,
-        _ => -1,
+/// Waits until stored windows hold `total` events, failing with the log.
+async fn wait_until_stored(pool: &PgPool, daemon: &mut Daemon, total: i64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while windows(pool).await.1 < total {
+        daemon.assert_alive();
+        assert!(
+            Instant::now() < deadline,
+            "windows never caught up:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -163,7 +158,7 @@ async fn a_database_outage_loses_and_doubles_nothing() {
         saw_not_ready |= ready(listen).await == Some(false);
         // Nothing past the stored windows is committed.
         let stored = REFERENCE as i64 + windows(&pool).await.1;
-        let offset = committed(&group, &topic);
+        let offset = committed(&brokers(), &group, &topic);
         assert!(
             offset <= stored,
             "committed {offset} with {stored} events stored"
@@ -174,16 +169,7 @@ async fn a_database_outage_loses_and_doubles_nothing() {
     proxy.restore();
 
     let total = (events.len() - REFERENCE) as i64;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while windows(&pool).await.1 < total {
-        daemon.assert_alive();
-        assert!(
-            Instant::now() < deadline,
-            "windows never caught up:\n{}",
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_until_stored(&pool, &mut daemon, total).await;
     assert_eq!(
         windows(&pool).await,
         (10, total, 9),
@@ -287,16 +273,7 @@ async fn a_store_stall_past_the_poll_interval_keeps_the_member() {
     proxy.restore();
 
     let total = (events.len() - REFERENCE) as i64;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while windows(&pool).await.1 < total {
-        daemon.assert_alive();
-        assert!(
-            Instant::now() < deadline,
-            "windows never caught up:\n{}",
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_until_stored(&pool, &mut daemon, total).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(windows(&pool).await, (8, total, 7), "every window once");
     let log = daemon.log_text();

@@ -164,15 +164,7 @@ async fn two_processes_store_every_window_of_one_model() {
     let db = common::fresh_database(&unique("mw_replicas")).await;
     let dir = std::env::temp_dir().join(unique("mw_two_writers"));
     std::fs::create_dir_all(&dir).unwrap();
-    let baseline = dir.join("baseline.ndjson");
-    std::fs::write(&baseline, common::telemetry(1, 300, 1, 0, 0..0).join("\n")).unwrap();
-    let import = Command::new(common::daemon_binary())
-        .args(["baseline", "import", "--model", "credit"])
-        .arg(&baseline)
-        .env("MODELWATCH_STORE__URL", &db)
-        .output()
-        .unwrap();
-    common::succeeded(&import);
+    common::import_baseline(&db, &dir, &common::telemetry(1, 300, 1, 0, 0..0));
     let run = |seed: u64| {
         let input = dir.join(format!("events{seed}.ndjson"));
         std::fs::write(&input, common::telemetry(seed, 0, 50, 20, 0..0).join("\n")).unwrap();

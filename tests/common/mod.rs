@@ -390,3 +390,39 @@ pub async fn incidents(pool: &PgPool) -> Vec<(String, String, i64, i64)> {
         .map(|r| (r.get("dedup_key"), r.get("status"), r.get("first_window_seq"), r.get("last_window_seq")))
         .collect()
 }
+
+/// Stores `lines` as model `credit`'s reference with `baseline import`,
+/// before any daemon starts.
+pub fn import_baseline(store: &str, dir: &std::path::Path, lines: &[String]) {
+    let baseline = dir.join("baseline.ndjson");
+    std::fs::write(&baseline, lines.join("\n")).expect("write baseline");
+    succeeded(
+        &Command::new(daemon_binary())
+            .args(["baseline", "import", "--model", "credit"])
+            .arg(&baseline)
+            .env("MODELWATCH_STORE__URL", store)
+            .output()
+            .expect("run baseline import"),
+    );
+}
+
+/// The group's committed offset on partition 0 of `topic` (-1 when none),
+/// read without joining the group.
+pub fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    match got.elements()[0].offset() {
+        Offset::Offset(o) => o,
+        _ => -1,
+    }
+}

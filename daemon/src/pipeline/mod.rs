@@ -560,25 +560,9 @@ impl Pipeline {
             other => other?,
         };
         self.stored_models.insert(model.to_string());
-        let (events, leftovers) = if inserted {
-            tracing::info!(
-                model,
-                events = events.len(),
-                "reference taken from the stream"
-            );
-            (events, Vec::new())
-        } else {
-            // Another member stored one first: use it, so that all agree,
-            // and window these events like any after a reference.
-            let stored = self
-                .retry
-                .run("loading reference", cancel, || store.load_reference(model))
-                .await?;
-            match stored {
-                Some(r) => (r.events, builder.events.clone()),
-                None => (events, Vec::new()),
-            }
-        };
+        let (events, leftovers) = self
+            .agreed_reference(model, inserted, events, &builder.events, cancel)
+            .await?;
         let reference = match self.fit(model, events).await {
             Err(e) if permanent(&e) => {
                 // Stored, but not usable: the model waits for an operator
@@ -597,21 +581,7 @@ impl Pipeline {
             }
             other => other?,
         };
-        if let Some(state) = self.models.get_mut(model) {
-            state.reference = Some(reference);
-            if leftovers.is_empty() {
-                for (stream, hw) in high_water {
-                    let e = state
-                        .reference_progress
-                        .high_water
-                        .entry(stream)
-                        .or_insert(hw);
-                    *e = (*e).max(hw);
-                }
-            } else {
-                state.progress_stale = true;
-            }
-        }
+        self.install_reference(model, reference, high_water, leftovers.is_empty());
         for item in leftovers {
             Box::pin(self.route(item, cancel)).await?;
         }
@@ -619,6 +589,63 @@ impl Pipeline {
             self.tracker.release(&p.pos);
         }
         Ok(())
+    }
+
+    /// What the model's reference is fitted on, and which collected events
+    /// go to windows instead: none when ours was stored; all of them when
+    /// another member stored one first (used, so that all agree).
+    async fn agreed_reference(
+        &self,
+        model: &str,
+        inserted: bool,
+        events: Vec<TelemetryEvent>,
+        collected: &[Positioned],
+        cancel: &CancellationToken,
+    ) -> Result<(Vec<TelemetryEvent>, Vec<Positioned>), PipelineError> {
+        if inserted {
+            tracing::info!(
+                model,
+                events = events.len(),
+                "reference taken from the stream"
+            );
+            return Ok((events, Vec::new()));
+        }
+        let store = self.store.clone();
+        let stored = self
+            .retry
+            .run("loading reference", cancel, || store.load_reference(model))
+            .await?;
+        Ok(match stored {
+            Some(r) => (r.events, collected.to_vec()),
+            None => (events, Vec::new()),
+        })
+    }
+
+    /// The fitted reference takes the model's events from now on. Its
+    /// progress is ours when we stored it, else read again from the store.
+    fn install_reference(
+        &mut self,
+        model: &str,
+        reference: Arc<Reference>,
+        high_water: HashMap<String, crate::event::Mark>,
+        ours: bool,
+    ) {
+        let Some(state) = self.models.get_mut(model) else {
+            return;
+        };
+        state.reference = Some(reference);
+        if !ours {
+            state.progress_stale = true;
+            return;
+        }
+        for (stream, hw) in high_water {
+            let e = state
+                .reference_progress
+                .high_water
+                .entry(stream)
+                .or_insert(hw);
+            *e = (*e).max(hw);
+        }
     }
 
     /// Scores, judges, stores and reports one closed window, in a span that
