@@ -39,6 +39,8 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
         .args(["replay", "--topic", &topic])
         .arg(&file)
         .env("MODELWATCH_SOURCE__KAFKA__BROKERS", brokers())
+        // One record per batch, for tansu (README, Development).
+        .env("MODELWATCH_SOURCE__KAFKA__PROPERTIES__batch.num.messages", "1")
         .output()
         .unwrap();
     assert!(
@@ -427,4 +429,70 @@ async fn a_dead_letter_the_broker_refuses_goes_by_its_headers_alone() {
         Some(&b"omitted: too large"[..])
     );
     assert!(payload.is_empty(), "{} bytes", payload.len());
+}
+
+/// Load run, not a check: `modelwatch replay` of one file against a bare
+/// librdkafka producer (the same batching settings, every delivery awaited
+/// at the end) sending the same lines to the same broker, each to a topic
+/// of its own, alternately, best of three. Prints messages/s and the ratio;
+/// fails only if a message is lost. `MODELWATCH_LOAD_EVENTS` sets the size.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn replay_throughput() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let n: usize = std::env::var("MODELWATCH_LOAD_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let dir = std::env::temp_dir().join(unique("mw_replay"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines = telemetry(43, 0, n, 1, 0..0);
+    let file = dir.join("telemetry.ndjson");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (mut best_replay, mut best_bare) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..3 {
+        let topic = unique("replay");
+        create_topic(&topic, 1).await;
+        let started = Instant::now();
+        let out = std::process::Command::new(daemon_binary())
+            .args(["replay", "--topic", &topic])
+            .arg(&file)
+            .env("MODELWATCH_SOURCE__KAFKA__BROKERS", brokers())
+            .env("MODELWATCH_LOG__FILTER", "warn")
+            .output()
+            .unwrap();
+        best_replay = best_replay.min(started.elapsed().as_secs_f64());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "replay: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("{n} delivered, 0 failed")), "{stdout}");
+
+        let topic = unique("bare");
+        create_topic(&topic, 1).await;
+        let bare: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("acks", "all")
+            .set("linger.ms", "20")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .unwrap();
+        let started = Instant::now();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let deliveries: Vec<_> = text
+            .lines()
+            .map(|l| bare.send_result(FutureRecord::to(&topic).payload(l).key("credit")).unwrap())
+            .collect();
+        let mut delivered = 0;
+        for d in deliveries {
+            delivered += usize::from(matches!(d.await, Ok(Ok(_))));
+        }
+        best_bare = best_bare.min(started.elapsed().as_secs_f64());
+        assert_eq!(delivered, n, "the bare producer lost messages");
+    }
+    println!(
+        "{n} messages: replay {:.0}/s ({best_replay:.2} s, whole process), bare producer {:.0}/s ({best_bare:.2} s); replay/bare time {:.2}x",
+        n as f64 / best_replay,
+        n as f64 / best_bare,
+        best_replay / best_bare
+    );
 }
