@@ -300,7 +300,7 @@ fn scorer_window() {
     let (dt, scored) = time(|| scorer.score(&fitted, &window).expect("score"));
     let column = |ev: &[TelemetryEvent], j: usize| -> Vec<f64> {
         ev.iter()
-            .map(|e| e.features[&format!("f{j:02}")].as_number().unwrap())
+            .map(|e| e.features[format!("f{j:02}").as_str()].as_number().unwrap())
             .collect()
     };
     let pairs: Vec<(Vec<f64>, Vec<f64>)> = (0..50)

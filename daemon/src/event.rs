@@ -38,7 +38,7 @@ pub struct Mark {
 
 /// One feature value: numbers are numeric features, strings and booleans
 /// categorical ones. `null` means "missing" and is skipped by detectors.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum FeatureValue {
     Number(f64),
@@ -65,13 +65,229 @@ impl FeatureValue {
     }
 }
 
+/// A feature name, shared by every event that carries it.
+pub type Name = std::sync::Arc<str>;
+
+/// An event's features, sorted by name, in one allocation per event, their
+/// names interned: a window of events is then read column by column without
+/// a map lookup or a cache miss per value (a map of owned strings per event
+/// was most of what building a window's columns cost). In JSON an object;
+/// a name given twice keeps its last value, as a map would.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Features(Vec<(Name, FeatureValue)>);
+
+impl Features {
+    pub fn get(&self, name: &str) -> Option<&FeatureValue> {
+        self.0
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &FeatureValue)> {
+        self.0.iter().map(|(n, v)| (&**n, v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| &**n)
+    }
+
+    /// The (name, value) pairs in name order.
+    pub fn pairs(&self) -> &[(Name, FeatureValue)] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn from_pairs(mut pairs: Vec<(Name, FeatureValue)>) -> Self {
+        // Stable, so that of equal names the last given stays last.
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Name, FeatureValue)> = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            match out.last_mut() {
+                Some(last) if last.0 == pair.0 => *last = pair,
+                _ => out.push(pair),
+            }
+        }
+        Self(out)
+    }
+}
+
+impl<K: AsRef<str>> FromIterator<(K, FeatureValue)> for Features {
+    fn from_iter<I: IntoIterator<Item = (K, FeatureValue)>>(iter: I) -> Self {
+        Self::from_pairs(iter.into_iter().map(|(k, v)| (intern(k.as_ref()), v)).collect())
+    }
+}
+
+impl std::ops::Index<&str> for Features {
+    type Output = FeatureValue;
+
+    fn index(&self, name: &str) -> &FeatureValue {
+        self.get(name)
+            .unwrap_or_else(|| panic!("no feature named {name}"))
+    }
+}
+
+/// Names kept per thread for sharing; past this many distinct names (a
+/// producer inventing names) new ones are allocated per event instead, so
+/// the table cannot grow without bound.
+const INTERNED: usize = 4096;
+
+thread_local! {
+    static NAMES: std::cell::RefCell<std::collections::HashSet<Name>> = Default::default();
+}
+
+/// The shared copy of `name`.
+pub fn intern(name: &str) -> Name {
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if let Some(n) = names.get(name) {
+            return n.clone();
+        }
+        let n: Name = name.into();
+        if names.len() < INTERNED {
+            names.insert(n.clone());
+        }
+        n
+    })
+}
+
+impl Serialize for Features {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Features {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(FeaturesVisitor)
+    }
+}
+
+struct FeaturesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FeaturesVisitor {
+    type Value = Features;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object of feature name -> value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Features, A::Error> {
+        let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1024));
+        while let Some((InternedName(k), v)) = map.next_entry()? {
+            pairs.push((k, v));
+        }
+        Ok(Features::from_pairs(pairs))
+    }
+}
+
+/// A map key read straight into its interned name: no string is allocated
+/// for a name seen before.
+struct InternedName(Name);
+
+impl<'de> Deserialize<'de> for InternedName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = InternedName;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a feature name")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<InternedName, E> {
+                Ok(InternedName(intern(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// Class probabilities either as a list aligned with the model's configured
 /// class names or as an explicit `class -> probability` object.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Probabilities {
     List(Vec<f64>),
     Named(BTreeMap<String, f64>),
+}
+
+// Both enums are read by the JSON's own type, one pass: serde's `untagged`
+// buffers every value and tries each variant in turn, which cost more than
+// the rest of decoding an event.
+impl<'de> Deserialize<'de> for FeatureValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FeatureVisitor)
+    }
+}
+
+struct FeatureVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FeatureVisitor {
+    type Value = FeatureValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a number, string, boolean or null")
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<FeatureValue, E> {
+        Ok(FeatureValue::Number(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<FeatureValue, E> {
+        Ok(FeatureValue::Number(v as f64))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<FeatureValue, E> {
+        Ok(FeatureValue::Number(v as f64))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<FeatureValue, E> {
+        Ok(FeatureValue::Bool(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<FeatureValue, E> {
+        Ok(FeatureValue::Text(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<FeatureValue, E> {
+        Ok(FeatureValue::Text(v))
+    }
+    fn visit_unit<E>(self) -> Result<FeatureValue, E> {
+        Ok(FeatureValue::Missing(()))
+    }
+    fn visit_none<E>(self) -> Result<FeatureValue, E> {
+        Ok(FeatureValue::Missing(()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Probabilities {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ProbabilitiesVisitor)
+    }
+}
+
+struct ProbabilitiesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ProbabilitiesVisitor {
+    type Value = Probabilities;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of probabilities or an object of class -> probability")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Probabilities, A::Error> {
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(p) = seq.next_element()? {
+            v.push(p);
+        }
+        Ok(Probabilities::List(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Probabilities, A::Error> {
+        let mut named = BTreeMap::new();
+        while let Some((k, p)) = map.next_entry()? {
+            named.insert(k, p);
+        }
+        Ok(Probabilities::Named(named))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -97,7 +313,7 @@ pub struct TelemetryEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     #[serde(default)]
-    pub features: BTreeMap<String, FeatureValue>,
+    pub features: Features,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding: Option<Vec<f64>>,
     #[serde(default)]

@@ -1,10 +1,8 @@
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::{DecodeError, Decoder};
-use crate::event::{FeatureValue, Output, Probabilities, TelemetryEvent};
+use crate::event::{FeatureValue, Features, Output, Probabilities, TelemetryEvent};
 
 /// The native modelwatch JSON format: one event object, or an array of them.
 pub struct JsonDecoder;
@@ -32,7 +30,7 @@ struct WireEvent {
     #[serde(default)]
     client_id: Option<String>,
     #[serde(default)]
-    features: BTreeMap<String, FeatureValue>,
+    features: Features,
     #[serde(default)]
     embedding: Option<Vec<f64>>,
     #[serde(default)]
@@ -76,7 +74,7 @@ fn into_event(
     if w.model.trim().is_empty() {
         return Err(DecodeError::InvalidValue("model is empty".into()));
     }
-    for (name, v) in &w.features {
+    for (name, v) in w.features.iter() {
         if let FeatureValue::Number(x) = v {
             if !x.is_finite() {
                 return Err(DecodeError::InvalidValue(format!(

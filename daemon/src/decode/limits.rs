@@ -90,7 +90,7 @@ impl Limits {
                 self.name(what, v)?;
             }
         }
-        for (name, value) in &e.features {
+        for (name, value) in e.features.iter() {
             self.name("feature", name)?;
             if let FeatureValue::Text(t) = value {
                 self.value(name, t)?;

@@ -1,10 +1,11 @@
 //! Columnar views of a set of events, typed by the model's reference.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{FeatureValue, Probabilities, TelemetryEvent};
+use crate::event::{FeatureValue, Name, Probabilities, TelemetryEvent};
 
 /// Which features are numeric and which categorical, decided once from the
 /// reference: a feature is numeric when every present reference value is a
@@ -19,22 +20,26 @@ pub struct Schema {
 
 impl Schema {
     pub fn infer(events: &[TelemetryEvent]) -> Self {
-        let names: BTreeSet<&String> = events.iter().flat_map(|e| e.features.keys()).collect();
-        let mut schema = Schema::default();
-        for name in names {
-            let (mut num, mut cat) = (0usize, 0usize);
-            for e in events {
-                match e.features.get(name) {
-                    Some(FeatureValue::Number(_)) => num += 1,
-                    Some(FeatureValue::Text(_) | FeatureValue::Bool(_)) => cat += 1,
+        // One pass over every event's features, counting by kind.
+        let mut kinds: std::collections::HashMap<&str, (usize, usize)> = Default::default();
+        for e in events {
+            for (name, value) in e.features.iter() {
+                let k = kinds.entry(name).or_default();
+                match value {
+                    FeatureValue::Number(_) => k.0 += 1,
+                    FeatureValue::Text(_) | FeatureValue::Bool(_) => k.1 += 1,
                     _ => {}
                 }
             }
-            match (num > 0, cat > 0) {
-                (true, false) => schema.numeric.push(name.clone()),
-                (false, true) => schema.categorical.push(name.clone()),
-                (true, true) => schema.mixed.push(name.clone()),
-                (false, false) => {}
+        }
+        let names: BTreeSet<&str> = kinds.keys().copied().collect();
+        let mut schema = Schema::default();
+        for name in names {
+            match kinds[name] {
+                (num, 0) if num > 0 => schema.numeric.push(name.to_string()),
+                (0, cat) if cat > 0 => schema.categorical.push(name.to_string()),
+                (0, 0) => {}
+                _ => schema.mixed.push(name.to_string()),
             }
         }
         schema
@@ -121,28 +126,17 @@ impl Frame {
             ..Frame::default()
         };
         let mut versions: std::collections::BTreeMap<&str, usize> = Default::default();
+        let mut slots = Slots::of(schema);
+        let mut row = vec![0.0; schema.numeric.len()];
         for e in events {
             f.rows += 1;
             if let Some(v) = &e.model_version {
                 *versions.entry(v.as_str()).or_default() += 1;
             }
-            // The feature row is gathered in the same pass: one map lookup
-            // per feature and event is most of what building a frame costs.
-            let mut row = Vec::with_capacity(schema.numeric.len());
-            for (i, name) in schema.numeric.iter().enumerate() {
-                if let Some(v) = e.features.get(name).and_then(FeatureValue::as_number) {
-                    f.numeric[i].push(v);
-                    row.push(v);
-                }
-            }
-            if schema.numeric.len() >= 2 && row.len() == schema.numeric.len() {
-                f.feature_rows.push(row);
+            let present = slots.place(e, &mut f, &mut row);
+            if schema.numeric.len() >= 2 && present == schema.numeric.len() {
+                f.feature_rows.push(row.clone());
                 f.feature_row_senders.push(Sender::of(e));
-            }
-            for (i, name) in schema.categorical.iter().enumerate() {
-                if let Some(v) = e.features.get(name).and_then(FeatureValue::as_category) {
-                    f.categorical[i].push(v);
-                }
             }
             let probs = e.output.probabilities.as_ref().map(|p| ordered(p, classes));
             let label = e.output.label.clone().or_else(|| {
@@ -182,6 +176,89 @@ impl Frame {
     }
 }
 
+/// Where each schema feature's values go, sorted by name. An event's
+/// features are sorted by name too, so one merge of the two places every
+/// value; and events of one producer share their interned names, so the
+/// merge is done once per layout and the next event with the same names
+/// (compared by pointer) reuses it. A map lookup per feature and event was
+/// most of what building a frame cost.
+struct Slots<'s> {
+    slots: Vec<(&'s str, Slot)>,
+    /// The last layout seen: each feature name's address and its slot.
+    layout: Vec<(*const u8, Option<Slot>)>,
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Numeric(usize),
+    Categorical(usize),
+}
+
+impl<'s> Slots<'s> {
+    fn of(schema: &'s Schema) -> Self {
+        let numeric = schema.numeric.iter().enumerate();
+        let categorical = schema.categorical.iter().enumerate();
+        let mut slots: Vec<(&str, Slot)> = numeric
+            .map(|(i, n)| (n.as_str(), Slot::Numeric(i)))
+            .chain(categorical.map(|(i, n)| (n.as_str(), Slot::Categorical(i))))
+            .collect();
+        slots.sort_by(|a, b| a.0.cmp(b.0));
+        Self {
+            slots,
+            layout: Vec::new(),
+        }
+    }
+
+    /// Pushes `e`'s values onto their columns and its numeric ones into
+    /// `row` (schema order); returns how many numeric features it had.
+    fn place(&mut self, e: &TelemetryEvent, f: &mut Frame, row: &mut [f64]) -> usize {
+        let pairs = e.features.pairs();
+        let same = self.layout.len() == pairs.len()
+            && self.layout.iter().zip(pairs).all(|((p, _), (n, _))| *p == n.as_ptr());
+        if !same {
+            self.layout = self.layout_of(pairs);
+        }
+        let mut present = 0;
+        for ((_, slot), (_, value)) in self.layout.iter().zip(pairs) {
+            match slot {
+                Some(Slot::Numeric(i)) => {
+                    if let Some(v) = value.as_number() {
+                        f.numeric[*i].push(v);
+                        row[*i] = v;
+                        present += 1;
+                    }
+                }
+                Some(Slot::Categorical(i)) => {
+                    if let Some(v) = value.as_category() {
+                        f.categorical[*i].push(v);
+                    }
+                }
+                None => {}
+            }
+        }
+        present
+    }
+
+    /// Each name's slot, by merging the two sorted lists.
+    fn layout_of(&self, pairs: &[(Name, FeatureValue)]) -> Vec<(*const u8, Option<Slot>)> {
+        let mut at = 0;
+        pairs
+            .iter()
+            .map(|(name, _)| {
+                while at < self.slots.len() && self.slots[at].0 < &**name {
+                    at += 1;
+                }
+                let slot = self
+                    .slots
+                    .get(at)
+                    .filter(|(slot_name, _)| *slot_name == &**name)
+                    .map(|(_, slot)| *slot);
+                (name.as_ptr(), slot)
+            })
+            .collect()
+    }
+}
+
 /// A true label as a class name: strings as they are, numbers and booleans
 /// in their JSON form (`1`, `true`).
 fn actual_label(v: &serde_json::Value) -> Option<String> {
@@ -194,14 +271,16 @@ fn actual_label(v: &serde_json::Value) -> Option<String> {
 }
 
 /// Probabilities as a vector plus the class name of each position.
-fn ordered(p: &Probabilities, classes: &[String]) -> (Vec<f64>, Vec<String>) {
+/// The probabilities in class order and the class names they go with
+/// (borrowed where they are the configured ones: this runs per event).
+fn ordered<'a>(p: &'a Probabilities, classes: &'a [String]) -> (Vec<f64>, Cow<'a, [String]>) {
     match p {
-        Probabilities::List(v) => (v.clone(), classes.to_vec()),
+        Probabilities::List(v) => (v.clone(), Cow::Borrowed(classes)),
         Probabilities::Named(map) => {
             if classes.is_empty() {
                 (
                     map.values().copied().collect(),
-                    map.keys().cloned().collect(),
+                    Cow::Owned(map.keys().cloned().collect()),
                 )
             } else {
                 let mut names = classes.to_vec();
@@ -210,7 +289,7 @@ fn ordered(p: &Probabilities, classes: &[String]) -> (Vec<f64>, Vec<String>) {
                     .iter()
                     .map(|n| map.get(n).copied().unwrap_or(0.0))
                     .collect();
-                (values, names)
+                (values, Cow::Owned(names))
             }
         }
     }
