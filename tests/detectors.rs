@@ -85,18 +85,12 @@ fn parity(engine: &Engine) {
             case["statistic"].as_f64().unwrap(),
             1e-12,
         );
-        // SciPy uses the Pelz-Good series in one corner of the asymptotic
-        // range; there the exact Durbin matrix is compared more loosely.
-        let tol = if case["kolmogn_branch"] == "pelz_good" {
-            1e-5
-        } else {
-            1e-9
-        };
+        // Every branch of SciPy's `_kolmogn`, the Pelz-Good series included.
         close(
             &format!("{name} p-value"),
             r.p_value,
             case["p_value"].as_f64().unwrap(),
-            tol,
+            1e-9,
         );
         let want = if case["method"] == "exact" {
             KsMethod::Exact
@@ -1144,4 +1138,36 @@ fn output_shift_is_read_as_tampering_or_deploy_by_version() {
             .contains("version v2 against reference v1: a deploy change"),
         "{deploy:?}"
     );
+}
+
+/// The default KS policy against SciPy: where `auto` would compute the
+/// exact p-value, the exact value is reported near alpha and the asymptotic
+/// one (SciPy's `method="asymp"`) far from it, each to 1e-9 relative, and
+/// the method says which; `SCIPY_AUTO` always gives the exact value (to
+/// 1e-6 relative: one case's is 1e-88).
+#[test]
+fn ks_policy_computes_the_exact_p_value_only_near_alpha() {
+    let fx = fixtures();
+    let policy = modelwatch::detect::DetectConfig::default().ks_policy();
+    let mut seen = std::collections::BTreeSet::new();
+    for case in fx["ks_policy"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (r, c) = (floats(&case["reference"]), floats(&case["current"]));
+        let diff = modelwatch::detect::engine::host_max_diff(&r, &c);
+        let got = policy.two_sample(r.len(), c.len(), diff);
+        let (want_method, want_p) = match case["policy"].as_str().unwrap() {
+            "exact" => (KsMethod::Exact, case["p_exact"].as_f64().unwrap()),
+            _ => (KsMethod::AsymptoticFar, case["p_asymptotic"].as_f64().unwrap()),
+        };
+        seen.insert(case["policy"].as_str().unwrap().to_string());
+        assert_eq!(got.method, want_method, "{name} method");
+        let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(f64::MIN_POSITIVE);
+        assert!(rel(got.p_value, want_p) <= 1e-9, "{name}: {} vs scipy {want_p}", got.p_value);
+        close(&format!("{name} statistic"), got.statistic, case["statistic"].as_f64().unwrap(), 1e-12);
+        let auto = stats::KsPolicy::SCIPY_AUTO.two_sample(r.len(), c.len(), diff);
+        assert_eq!(auto.method, KsMethod::Exact, "{name} under scipy's auto");
+        let exact = case["p_exact"].as_f64().unwrap();
+        assert!(rel(auto.p_value, exact) <= 1e-6, "{name} exact: {} vs scipy {exact}", auto.p_value);
+    }
+    assert_eq!(seen.len(), 2, "the fixture covers both outcomes: {seen:?}");
 }

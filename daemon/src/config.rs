@@ -148,7 +148,8 @@ impl Config {
                 _ => apply_override(&mut root, &var, as_string)?,
             }
         }
-        let config: Config = root.try_into().map_err(ConfigError::Parse)?;
+        let mut config: Config = root.try_into().map_err(ConfigError::Parse)?;
+        config.detect.alpha = config.judge.alpha;
         config.validate()?;
         Ok(config)
     }
@@ -160,7 +161,7 @@ impl Config {
             .and_then(|()| self.windows.validate())
             .and_then(|()| self.reference.validate())
             .and_then(|()| self.judge.validate())
-            .and_then(|()| self.detect.validate())
+            .and_then(|()| self.detect.validate(self.judge.alpha))
             .and_then(|()| self.notify.validate())
             .and_then(|()| self.validate_models())
             .map_err(ConfigError::Invalid)

@@ -41,6 +41,8 @@ impl Columns {
 #[derive(Debug, Clone, Default)]
 pub struct Fitted {
     pub columns: Columns,
+    /// Max probability, margin and entropy, sorted once for every window's KS.
+    pub sorted: [stats::Sorted; 3],
     /// Isotonic map from max probability to P(correct), when the reference
     /// has at least `min_labels` true labels.
     pub calibration: Option<stats::Isotonic>,
@@ -108,8 +110,10 @@ pub fn fit(frame: &Frame, window_rows: usize, config: &ConfidenceConfig) -> Fitt
             .collect();
         Band::from_windows(&values, window_rows)
     });
+    let sorted = [&columns.max, &columns.margin, &columns.entropy].map(|c| stats::Sorted::new(c));
     Fitted {
         columns,
+        sorted,
         calibration,
         labelled,
         spread,
@@ -117,7 +121,9 @@ pub fn fit(frame: &Frame, window_rows: usize, config: &ConfidenceConfig) -> Fitt
     }
 }
 
-pub struct ConfidenceShift;
+pub struct ConfidenceShift {
+    pub ks: stats::KsPolicy,
+}
 
 impl Detector for ConfidenceShift {
     fn name(&self) -> &'static str {
@@ -126,7 +132,7 @@ impl Detector for ConfidenceShift {
 
     fn score(
         &self,
-        engine: &Engine,
+        _engine: &Engine,
         reference: &Reference,
         window: &Frame,
     ) -> Result<Vec<Score>, DetectError> {
@@ -146,15 +152,18 @@ impl Detector for ConfidenceShift {
         if fitted.columns.classes.max(current.classes) <= 2 {
             aspects.truncate(1);
         }
+        let windows: Vec<Vec<f64>> = aspects.iter().map(|(_, _, c)| stats::sorted(c)).collect();
         let mut scores = ks_scores(
-            engine,
+            &self.ks,
             self.name(),
             Family::Confidence,
             aspects
                 .iter()
-                .map(|(name, r, c)| (name.to_string(), *r, *c))
+                .zip(&fitted.sorted)
+                .zip(&windows)
+                .map(|(((name, _, _), r), c)| (name.to_string(), r, c.as_slice()))
                 .collect(),
-        )?;
+        );
         for (name, r, c) in aspects {
             if let Some(w) = stats::welch_t(r, c) {
                 scores.push(Score {

@@ -3,7 +3,6 @@ use super::{
     chi2_score, ks_scores, stats,
 };
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 
 use self::FeatureSettings as Settings;
 use super::Schema;
@@ -20,12 +19,42 @@ use serde::{Deserialize, Serialize};
 /// model and feature, and is recorded with the score.
 pub struct FeatureDrift {
     pub config: DriftConfig,
+    pub ks: stats::KsPolicy,
 }
 
-/// A feature's column pair, as numbers or as category labels.
+/// A feature's column pair, as numbers (the reference prepared at fit, the
+/// window sorted) or as category labels.
 enum Columns<'a> {
-    Numeric(&'a [f64], &'a [f64]),
-    Labels(&'a [String], &'a [String]),
+    Numeric(&'a stats::Sorted, &'a [f64]),
+    Labels(&'a stats::Counted, &'a stats::Counted),
+}
+
+/// The reference's columns as calibration reads them.
+pub struct Prepared<'a> {
+    pub frame: &'a Frame,
+    pub sorted: &'a [stats::Sorted],
+    pub discrete: &'a [bool],
+    pub counted: &'a [stats::Counted],
+}
+
+/// Per numeric feature tested by chi-squared, its reference values counted
+/// as labels once; `None` for the features KS tests.
+pub fn count_discrete(
+    config: &DriftConfig,
+    model: &str,
+    schema: &Schema,
+    frame: &Frame,
+    discrete: &[bool],
+) -> Vec<Option<stats::Counted>> {
+    schema
+        .numeric
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            use_chi2(&config.resolve(model, name), discrete[i])
+                .then(|| stats::Counted::of(frame.numeric[i].iter().map(|v| v.to_string())))
+        })
+        .collect()
 }
 
 /// What a feature's effect size will be: which statistic, the configured
@@ -70,16 +99,16 @@ fn bin_rule(settings: &Settings) -> Option<stats::Binning> {
 fn effect_value(choice: EffectSize, settings: &Settings, columns: &Columns) -> (&'static str, f64) {
     let binned = || match columns {
         Columns::Numeric(r, c) => {
-            let (cr, cc, _) = stats::bin_numeric_as(r, c, bin_rule(settings));
+            let (cr, cc, _) = stats::bin_numeric_sorted(r, c, bin_rule(settings));
             (cr, cc)
         }
-        Columns::Labels(r, c) => stats::bin_categorical(r, c),
+        Columns::Labels(r, c) => stats::bin_counted(r, c),
     };
     match choice {
         EffectSize::Wasserstein => match columns {
             Columns::Numeric(r, c) => (
                 "wasserstein_normalised",
-                stats::wasserstein_normalised(r, c),
+                stats::wasserstein_normalised_sorted(r, c),
             ),
             // Categories have no distance between them.
             Columns::Labels(..) => {
@@ -112,8 +141,7 @@ pub fn calibrate(
     config: &DriftConfig,
     model: &str,
     schema: &Schema,
-    frame: &Frame,
-    discrete: &[bool],
+    reference: &Prepared,
     window_rows: usize,
 ) -> BTreeMap<String, Band> {
     let mut bands = BTreeMap::new();
@@ -123,34 +151,42 @@ pub fn calibrate(
     let windows = |n: usize| band::windows(n, window_rows, config.min_band_windows);
     for (i, name) in schema.numeric.iter().enumerate() {
         let settings = config.resolve(model, name);
-        let col = &frame.numeric[i];
-        let chi2 = use_chi2(&settings, discrete[i]);
+        let col = &reference.frame.numeric[i];
+        let chi2 = use_chi2(&settings, reference.discrete[i]);
         let gating = plan(config, &settings, col.len(), chi2).filter(|p| p.gating);
         let (Some(p), Some(k)) = (gating, windows(col.len())) else {
             continue;
         };
-        let values = band::leave_one_window_out(col, window_rows, k, |rest, window| {
-            let columns = Columns::Numeric(rest, window);
-            Ok::<_, Infallible>(Some(effect_value(p.choice, &settings, &columns).1))
-        });
-        if let Ok(Some(values)) = values {
-            bands.insert(name.clone(), Band::from_windows(&values, window_rows));
-        }
+        // The rest of the reference is the prepared column less the
+        // window's values: one merge per reference window, no sort of the rest.
+        let full = &reference.sorted[i];
+        let values: Vec<f64> = (0..k)
+            .map(|j| {
+                let window = stats::sorted(&col[j * window_rows..(j + 1) * window_rows]);
+                if p.choice == EffectSize::Wasserstein {
+                    return full.wasserstein_normalised_without(&window);
+                }
+                let rest = full.without(&window);
+                effect_value(p.choice, &settings, &Columns::Numeric(&rest, &window)).1
+            })
+            .collect();
+        bands.insert(name.clone(), Band::from_windows(&values, window_rows));
     }
     for (i, name) in schema.categorical.iter().enumerate() {
         let settings = config.resolve(model, name);
-        let col = &frame.categorical[i];
+        let col = &reference.frame.categorical[i];
         let gating = plan(config, &settings, col.len(), true).filter(|p| p.gating);
         let (Some(p), Some(k)) = (gating, windows(col.len())) else {
             continue;
         };
-        let values = band::leave_one_window_out(col, window_rows, k, |rest, window| {
-            let columns = Columns::Labels(rest, window);
-            Ok::<_, Infallible>(Some(effect_value(p.choice, &settings, &columns).1))
-        });
-        if let Ok(Some(values)) = values {
-            bands.insert(name.clone(), Band::from_windows(&values, window_rows));
-        }
+        let values: Vec<f64> = (0..k)
+            .map(|j| {
+                let window = stats::Counted::of(&col[j * window_rows..(j + 1) * window_rows]);
+                let rest = reference.counted[i].minus(&window);
+                effect_value(p.choice, &settings, &Columns::Labels(&rest, &window)).1
+            })
+            .collect();
+        bands.insert(name.clone(), Band::from_windows(&values, window_rows));
     }
     bands
 }
@@ -200,7 +236,7 @@ impl Columns<'_> {
     fn window_len(&self) -> usize {
         match self {
             Columns::Numeric(_, c) => c.len(),
-            Columns::Labels(_, c) => c.len(),
+            Columns::Labels(_, c) => c.total as usize,
         }
     }
 }
@@ -211,16 +247,9 @@ fn binning_note(columns: &Columns, settings: &Settings) -> &'static str {
         (_, Some(stats::Binning::Sturges)) => "sturges",
         (_, Some(_)) => "values",
         // `stats::bin_numeric`'s rule.
-        (Columns::Numeric(r, _), None) if distinct_over(r, 20) => "sturges",
+        (Columns::Numeric(r, _), None) if r.distinct > 20 => "sturges",
         (Columns::Numeric(..), None) => "values",
     }
-}
-
-fn distinct_over(v: &[f64], limit: usize) -> bool {
-    let mut bits: Vec<u64> = v.iter().map(|x| x.to_bits()).collect();
-    bits.sort_unstable();
-    bits.dedup();
-    bits.len() > limit
 }
 
 impl Detector for FeatureDrift {
@@ -230,7 +259,7 @@ impl Detector for FeatureDrift {
 
     fn score(
         &self,
-        engine: &Engine,
+        _engine: &Engine,
         reference: &Reference,
         window: &Frame,
     ) -> Result<Vec<Score>, DetectError> {
@@ -240,50 +269,38 @@ impl Detector for FeatureDrift {
             .iter()
             .map(|f| self.config.resolve(model, f))
             .collect();
+        let mut scores = Vec::new();
         let use_chi2 = |i: usize| use_chi2(&settings[i], reference.discrete[i]);
-        // Every KS column in one device pass.
-        let pairs = numeric
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !use_chi2(*i))
-            .map(|(i, name)| {
-                (
-                    name.clone(),
-                    &reference.frame.numeric[i],
-                    &window.numeric[i],
-                )
-            })
-            .collect();
-        let mut scores = ks_scores(engine, self.name(), Family::Drift, pairs)?;
-        for s in &mut scores {
-            let i = numeric
-                .iter()
-                .position(|n| *n == s.feature)
-                .unwrap_or_default();
-            let columns = Columns::Numeric(&reference.frame.numeric[i], &window.numeric[i]);
-            let effect = self.effect(
-                reference,
-                &s.feature.clone(),
-                &settings[i],
-                &columns,
-                s.n_reference,
-                false,
-            );
-            annotate(s, effect, &columns, &settings[i]);
+        // Each window column sorted once, for its KS statistic and its effect.
+        let windows: Vec<Vec<f64>> = window.numeric.iter().map(|c| stats::sorted(c)).collect();
+        let ks = (0..numeric.len()).filter(|i| !use_chi2(*i));
+        for i in ks {
+            let pair = (numeric[i].clone(), &reference.sorted[i], windows[i].as_slice());
+            for mut s in ks_scores(&self.ks, self.name(), Family::Drift, vec![pair]) {
+                let columns = Columns::Numeric(&reference.sorted[i], &windows[i]);
+                let effect =
+                    self.effect(reference, &numeric[i], &settings[i], &columns, s.n_reference, false);
+                annotate(&mut s, effect, &columns, &settings[i]);
+                scores.push(s);
+            }
         }
         // Numeric features tested as categories: their values are the labels.
         for (i, name) in numeric.iter().enumerate() {
             if !use_chi2(i) {
                 continue;
             }
-            let as_labels = |col: &[f64]| col.iter().map(|v| v.to_string()).collect::<Vec<_>>();
-            let (r, c) = (
-                as_labels(&reference.frame.numeric[i]),
-                as_labels(&window.numeric[i]),
-            );
-            if let Some(mut s) = chi2_score(engine, self.name(), Family::Drift, name, &r, &c)? {
+            let counted;
+            let r = match &reference.counted_numeric[i] {
+                Some(r) => r,
+                None => {
+                    counted = stats::Counted::of(reference.frame.numeric[i].iter().map(|v| v.to_string()));
+                    &counted
+                }
+            };
+            let c = stats::Counted::of(window.numeric[i].iter().map(|v| v.to_string()));
+            if let Some(mut s) = chi2_score(self.name(), Family::Drift, name, r, &c) {
                 s.method = format!("{} numeric<={DISCRETE_VALUES}values", s.method);
-                let columns = Columns::Numeric(&reference.frame.numeric[i], &window.numeric[i]);
+                let columns = Columns::Numeric(&reference.sorted[i], &windows[i]);
                 let effect =
                     self.effect(reference, name, &settings[i], &columns, s.n_reference, true);
                 annotate(&mut s, effect, &columns, &settings[i]);
@@ -291,10 +308,11 @@ impl Detector for FeatureDrift {
             }
         }
         for (i, name) in reference.schema.categorical.iter().enumerate() {
-            let (r, c) = (&reference.frame.categorical[i], &window.categorical[i]);
-            if let Some(mut s) = chi2_score(engine, self.name(), Family::Drift, name, r, c)? {
+            let r = &reference.counted[i];
+            let c = stats::Counted::of(&window.categorical[i]);
+            if let Some(mut s) = chi2_score(self.name(), Family::Drift, name, r, &c) {
                 let settings = self.config.resolve(model, name);
-                let columns = Columns::Labels(r, c);
+                let columns = Columns::Labels(r, &c);
                 let effect = self.effect(reference, name, &settings, &columns, s.n_reference, true);
                 annotate(&mut s, effect, &columns, &settings);
                 scores.push(s);

@@ -117,21 +117,19 @@ impl Engine {
                 window_rows.clamp(2, 20_000),
             )
         };
-        let column = |len: usize, k: usize| {
-            (0..len)
-                .map(|i| ((i * k) % 997) as f64)
-                .collect::<Vec<f64>>()
-        };
-        let r: Vec<Vec<f64>> = (1..=4).map(|k| column(n, k)).collect();
-        let c: Vec<Vec<f64>> = (2..=5).map(|k| column(m, k)).collect();
-        self.ks_max_diffs(&r, &c)?;
-        let codes = |len: usize| (0..len).map(|i| (i % 3) as i32).collect::<Vec<i32>>();
-        self.category_counts(&[codes(n), codes(m)], 3)?;
-        self.row_max(
-            &(0..m)
-                .map(|i| vec![(i % 10) as f64 / 10.0, 0.5])
-                .collect::<Vec<_>>(),
-        )?;
+        // What runs on the device by default: the out-of-distribution
+        // detector's quadratic form, on reference folds and on windows. KS,
+        // chi-squared and the effect sizes run on the host.
+        let d = 8;
+        let identity: Vec<f64> = (0..d * d)
+            .map(|i| if i % (d + 1) == 0 { 1.0 } else { 0.0 })
+            .collect();
+        for len in [n, m] {
+            let rows: Vec<Vec<f64>> = (0..len)
+                .map(|i| (0..d).map(|k| ((i * (k + 1)) % 997) as f64).collect())
+                .collect();
+            self.mahalanobis(&rows, &vec![0.0; d], &identity)?;
+        }
         let took = start.elapsed();
         tracing::info!(device = %self.info.label(), reference_rows = n, window_rows = m, took_ms = took.as_millis() as u64, "engine warmed up");
         Ok(took)
@@ -569,28 +567,7 @@ impl Engine {
 /// The integer KS statistic by sorting both sides in f64 and merging,
 /// comparing at each distinct value so that ties are counted together.
 pub fn host_max_diff(r: &[f64], c: &[f64]) -> u64 {
-    let mut r = r.to_vec();
-    let mut c = c.to_vec();
-    r.sort_unstable_by(f64::total_cmp);
-    c.sort_unstable_by(f64::total_cmp);
-    let (n, m) = (r.len() as i64, c.len() as i64);
-    let (mut i, mut j, mut best) = (0usize, 0usize, 0u64);
-    loop {
-        let z = match (r.get(i), c.get(j)) {
-            (Some(a), Some(b)) => a.min(*b),
-            (Some(a), None) => *a,
-            (None, Some(b)) => *b,
-            (None, None) => break,
-        };
-        while i < r.len() && r[i] <= z {
-            i += 1;
-        }
-        while j < c.len() && c[j] <= z {
-            j += 1;
-        }
-        best = best.max((i as i64 * m - j as i64 * n).unsigned_abs());
-    }
-    best
+    super::stats::ks_max_diff_sorted(&super::stats::sorted(r), &super::stats::sorted(c))
 }
 
 /// Squared distances between the rows of `a` `[t, d]` and of `b` `[N, d]`,

@@ -1,7 +1,10 @@
-//! Small dense linear algebra in f64 on the host: the shrunk covariance and
-//! its inverse that the out-of-distribution score needs. Fitted once per
-//! reference, so clarity beats speed here; the per-request work runs on the
-//! device.
+//! Dense linear algebra in f64 on the host, through nalgebra (its products
+//! run on matrixmultiply's blocked kernels): the shrunk covariance and its
+//! inverse that the out-of-distribution score needs, and the eigenvectors
+//! of the reconstruction detector. Fitted once per reference; the
+//! per-request work runs on the device.
+
+use nalgebra::{Cholesky, DMatrix, SymmetricEigen};
 
 /// Per-column centring and scaling as scikit-learn's `StandardScaler`:
 /// population standard deviations, and a constant column left unscaled
@@ -58,33 +61,29 @@ pub fn ledoit_wolf(rows: &[Vec<f64>]) -> Shrunk {
     let n = rows.len();
     let d = rows[0].len();
     let nf = n as f64;
-    let mean: Vec<f64> = (0..d)
-        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / nf)
-        .collect();
-    // S = Xc^T Xc and sum_i (sum_j x_ij^2)^2, both in one pass.
-    let mut s = vec![0.0f64; d * d];
-    let mut beta_sum = 0.0f64;
-    let mut xc = vec![0.0f64; d];
+    // Summed row after row, each column in row order as before.
+    let mut mean = vec![0.0f64; d];
     for r in rows {
-        for j in 0..d {
-            xc[j] = r[j] - mean[j];
+        for (m, v) in mean.iter_mut().zip(r) {
+            *m += v;
         }
-        let mut norm2 = 0.0;
-        for a in 0..d {
-            let xa = xc[a];
-            norm2 += xa * xa;
-            let row = &mut s[a * d..(a + 1) * d];
-            for b in a..d {
-                row[b] += xa * xc[b];
-            }
-        }
+    }
+    for m in &mut mean {
+        *m /= nf;
+    }
+    // The centred rows, row after row (the rows' own order: one pass over
+    // memory); read as column-major they are Xc^T.
+    let mut flat = Vec::with_capacity(n * d);
+    let mut beta_sum = 0.0f64;
+    for r in rows {
+        let start = flat.len();
+        flat.extend(r.iter().zip(&mean).map(|(v, m)| v - m));
+        let norm2: f64 = flat[start..].iter().map(|x| x * x).sum();
         beta_sum += norm2 * norm2;
     }
-    for a in 0..d {
-        for b in 0..a {
-            s[a * d + b] = s[b * d + a];
-        }
-    }
+    let xct = DMatrix::from_vec(d, n, flat);
+    // S = Xc^T Xc as one blocked product; sum_i (sum_j x_ij^2)^2 above.
+    let s = symmetric(&xct * xct.transpose());
     let emp: Vec<f64> = s.iter().map(|v| v / nf).collect();
     let trace: f64 = (0..d).map(|j| emp[j * d + j]).sum();
     let mu = trace / d as f64;
@@ -112,111 +111,41 @@ pub fn ledoit_wolf(rows: &[Vec<f64>]) -> Shrunk {
     }
 }
 
-/// The inverse of a symmetric positive-definite `d x d` matrix through its
-/// Cholesky factor; `None` when it is not positive definite.
+/// The inverse of a symmetric positive-definite `d x d` matrix (row-major)
+/// through its Cholesky factor; `None` when it is not positive definite.
 pub fn spd_inverse(a: &[f64], d: usize) -> Option<Vec<f64>> {
-    // Lower-triangular L with A = L L^T.
-    let mut l = vec![0.0f64; d * d];
-    for i in 0..d {
-        for j in 0..=i {
-            let mut sum = a[i * d + j];
-            for k in 0..j {
-                sum -= l[i * d + k] * l[j * d + k];
-            }
-            if i == j {
-                if !(sum > 0.0 && sum.is_finite()) {
-                    return None;
-                }
-                l[i * d + i] = sum.sqrt();
-            } else {
-                l[i * d + j] = sum / l[j * d + j];
-            }
+    if a.len() != d * d || a.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let m = DMatrix::from_row_slice(d, d, a);
+    Some(symmetric(Cholesky::new(m)?.inverse()))
+}
+
+/// A product that is symmetric in exact arithmetic, as a row-major vector
+/// that is symmetric to the bit: the upper triangle mirrored, so that
+/// nothing downstream depends on the blocked kernel's summation order.
+fn symmetric(m: DMatrix<f64>) -> Vec<f64> {
+    let d = m.nrows();
+    let mut out = vec![0.0; d * d];
+    for a in 0..d {
+        for b in a..d {
+            out[a * d + b] = m[(a, b)];
+            out[b * d + a] = m[(a, b)];
         }
     }
-    // L^{-1} by forward substitution, then A^{-1} = L^{-T} L^{-1}.
-    let mut li = vec![0.0f64; d * d];
-    for c in 0..d {
-        li[c * d + c] = 1.0 / l[c * d + c];
-        for i in (c + 1)..d {
-            let mut sum = 0.0;
-            for k in c..i {
-                sum -= l[i * d + k] * li[k * d + c];
-            }
-            li[i * d + c] = sum / l[i * d + i];
-        }
-    }
-    let mut inv = vec![0.0f64; d * d];
-    for i in 0..d {
-        for j in 0..=i {
-            let sum: f64 = (i..d).map(|k| li[k * d + i] * li[k * d + j]).sum();
-            inv[i * d + j] = sum;
-            inv[j * d + i] = sum;
-        }
-    }
-    Some(inv)
+    out
 }
 
 /// Eigenvalues (descending) and unit eigenvectors (as rows, same order) of
-/// a symmetric `d x d` matrix by cyclic Jacobi rotations: slow for large d
-/// (O(d^3) per sweep) but simple and accurate to rounding, which is what a
-/// once-per-reference fit wants.
+/// a symmetric `d x d` matrix (row-major).
 pub fn symmetric_eigen(a: &[f64], d: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
-    let mut m = a.to_vec();
-    let mut v = vec![0.0f64; d * d];
-    for i in 0..d {
-        v[i * d + i] = 1.0;
-    }
-    let scale: f64 = m
-        .iter()
-        .map(|x| x * x)
-        .sum::<f64>()
-        .sqrt()
-        .max(f64::MIN_POSITIVE);
-    for _sweep in 0..100 {
-        let off: f64 = (0..d)
-            .flat_map(|i| (0..d).filter(move |j| *j != i).map(move |j| (i, j)))
-            .map(|(i, j)| m[i * d + j] * m[i * d + j])
-            .sum::<f64>()
-            .sqrt();
-        if off <= 1e-15 * scale {
-            break;
-        }
-        for p in 0..d {
-            for q in (p + 1)..d {
-                let apq = m[p * d + q];
-                if apq.abs() <= 1e-300 {
-                    continue;
-                }
-                let (app, aqq) = (m[p * d + p], m[q * d + q]);
-                let theta = (aqq - app) / (2.0 * apq);
-                let sign = if theta >= 0.0 { 1.0 } else { -1.0 };
-                let t = sign / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..d {
-                    let (mkp, mkq) = (m[k * d + p], m[k * d + q]);
-                    m[k * d + p] = c * mkp - s * mkq;
-                    m[k * d + q] = s * mkp + c * mkq;
-                }
-                for k in 0..d {
-                    let (mpk, mqk) = (m[p * d + k], m[q * d + k]);
-                    m[p * d + k] = c * mpk - s * mqk;
-                    m[q * d + k] = s * mpk + c * mqk;
-                }
-                for k in 0..d {
-                    let (vkp, vkq) = (v[k * d + p], v[k * d + q]);
-                    v[k * d + p] = c * vkp - s * vkq;
-                    v[k * d + q] = s * vkp + c * vkq;
-                }
-            }
-        }
-    }
+    let eigen = SymmetricEigen::new(DMatrix::from_row_slice(d, d, a));
     let mut order: Vec<usize> = (0..d).collect();
-    order.sort_by(|&a, &b| m[b * d + b].total_cmp(&m[a * d + a]));
-    let values = order.iter().map(|&i| m[i * d + i]).collect();
+    order.sort_by(|&x, &y| eigen.eigenvalues[y].total_cmp(&eigen.eigenvalues[x]));
+    let values = order.iter().map(|&i| eigen.eigenvalues[i]).collect();
     let vectors = order
         .iter()
-        .map(|&i| (0..d).map(|k| v[k * d + i]).collect())
+        .map(|&i| eigen.eigenvectors.column(i).iter().copied().collect())
         .collect();
     (values, vectors)
 }

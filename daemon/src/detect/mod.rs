@@ -127,6 +127,18 @@ pub struct Reference {
     pub schema: Schema,
     pub classes: Vec<String>,
     pub frame: Frame,
+    /// Per numeric feature, its reference column prepared once: sorted,
+    /// with its spread, for every window's KS statistic and effect size.
+    pub sorted: Vec<stats::Sorted>,
+    /// The regression outputs, likewise.
+    pub regression: stats::Sorted,
+    /// Per categorical feature, its reference labels counted once.
+    pub counted: Vec<stats::Counted>,
+    /// Per numeric feature tested as categories (few distinct values), its
+    /// values counted as labels; `None` for the others.
+    pub counted_numeric: Vec<Option<stats::Counted>>,
+    /// The predicted classes, counted.
+    pub predicted: stats::Counted,
     /// Per numeric feature: at most `DISCRETE_VALUES` distinct reference
     /// values, so tested as categories (chi-squared) rather than by KS.
     pub discrete: Vec<bool>,
@@ -201,14 +213,17 @@ impl Scorer {
     }
 
     pub fn with_config(engine: Engine, config: &DetectConfig) -> Self {
+        let ks = config.ks_policy();
         let mut detectors: Vec<Box<dyn Detector>> = vec![
             Box::new(drift::FeatureDrift {
                 config: config.drift.clone(),
+                ks,
             }),
-            Box::new(confidence::ConfidenceShift),
+            Box::new(confidence::ConfidenceShift { ks }),
             Box::new(output::OutputDistribution {
                 large_reference: config.drift.large_reference,
                 effect_threshold: config.drift.effect_threshold,
+                ks,
             }),
         ];
         if config.ood.enabled {
@@ -263,24 +278,22 @@ impl Scorer {
             tracing::warn!(model, features = ?schema.mixed, "features of mixed type are not scored");
         }
         let frame = Frame::build(events, &schema, classes);
-        let discrete: Vec<bool> = frame
-            .numeric
+        let sorted: Vec<stats::Sorted> = frame.numeric.iter().map(|c| stats::Sorted::new(c)).collect();
+        let discrete: Vec<bool> = sorted
             .iter()
-            .map(|col| {
-                let mut v: Vec<u64> = col.iter().map(|x| x.to_bits()).collect();
-                v.sort_unstable();
-                v.dedup();
-                v.len() <= DISCRETE_VALUES
-            })
+            .map(|s| s.distinct <= DISCRETE_VALUES)
             .collect();
-        let effect_bands = drift::calibrate(
-            &self.config.drift,
-            model,
-            &schema,
-            &frame,
-            &discrete,
-            window_rows,
-        );
+        let counted: Vec<stats::Counted> =
+            frame.categorical.iter().map(|c| stats::Counted::of(c)).collect();
+        let counted_numeric = drift::count_discrete(&self.config.drift, model, &schema, &frame, &discrete);
+        let columns = drift::Prepared {
+            frame: &frame,
+            sorted: &sorted,
+            discrete: &discrete,
+            counted: &counted,
+        };
+        let effect_bands =
+            drift::calibrate(&self.config.drift, model, &schema, &columns, window_rows);
         let confidence = confidence::fit(&frame, window_rows, &self.config.confidence);
         let mv = &self.config.multivariate;
         let multivariate = if mv.enabled && mv.method == MultivariateMethod::Mmd {
@@ -302,7 +315,12 @@ impl Scorer {
             model: model.to_string(),
             schema,
             classes: classes.to_vec(),
+            regression: stats::Sorted::new(&frame.regression),
+            predicted: stats::Counted::of(&frame.predicted),
+            counted,
+            counted_numeric,
             frame,
+            sorted,
             discrete,
             effect_bands,
             confidence,
@@ -347,29 +365,21 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, DetectError>) -> Result<T, DetectErr
     })
 }
 
-/// KS scores for column pairs, batched in one device pass. Pairs where either
-/// side is empty are skipped.
+/// KS scores for column pairs: a reference column sorted at fit and a
+/// window column sorted once per window (the effect sizes reuse it). Pairs
+/// where either side is empty are skipped.
 fn ks_scores(
-    engine: &Engine,
+    policy: &stats::KsPolicy,
     detector: &str,
     family: Family,
-    pairs: Vec<(String, &Vec<f64>, &Vec<f64>)>,
-) -> Result<Vec<Score>, DetectError> {
-    let pairs: Vec<_> = pairs
+    pairs: Vec<(String, &stats::Sorted, &[f64])>,
+) -> Vec<Score> {
+    pairs
         .into_iter()
-        .filter(|(_, r, c)| !r.is_empty() && !c.is_empty())
-        .collect();
-    if pairs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let refs: Vec<Vec<f64>> = pairs.iter().map(|(_, r, _)| (*r).clone()).collect();
-    let curs: Vec<Vec<f64>> = pairs.iter().map(|(_, _, c)| (*c).clone()).collect();
-    let diffs = engine.ks_max_diffs(&refs, &curs)?;
-    Ok(pairs
-        .into_iter()
-        .zip(diffs)
-        .map(|((feature, r, c), diff)| {
-            let ks = stats::ks_two_sample(r.len(), c.len(), diff);
+        .filter(|(_, r, c)| !r.values.is_empty() && !c.is_empty())
+        .map(|(feature, r, c)| {
+            let diff = stats::ks_max_diff_sorted(&r.values, c);
+            let ks = policy.two_sample(r.values.len(), c.len(), diff);
             Score {
                 detector: detector.to_string(),
                 family,
@@ -377,59 +387,63 @@ fn ks_scores(
                 test: "ks".into(),
                 statistic: ks.statistic,
                 p_value: ks.p_value,
-                n_reference: r.len(),
+                n_reference: r.values.len(),
                 n_window: c.len(),
-                method: match ks.method {
-                    stats::KsMethod::Exact => "exact".into(),
-                    stats::KsMethod::Asymptotic => "asymptotic".into(),
-                },
+                method: ks.method.as_str().into(),
                 effect: None,
                 examples: Vec::new(),
             }
         })
-        .collect())
+        .collect()
 }
 
-/// A chi-squared homogeneity score of two label columns, counted on the device.
+/// A chi-squared homogeneity score of two counted label columns (the
+/// reference's counted at fit); `None` when either side is empty.
 fn chi2_score(
-    engine: &Engine,
     detector: &str,
     family: Family,
     feature: &str,
-    reference: &[String],
-    window: &[String],
-) -> Result<Option<Score>, DetectError> {
-    if reference.is_empty() || window.is_empty() {
-        return Ok(None);
+    reference: &stats::Counted,
+    window: &stats::Counted,
+) -> Option<Score> {
+    if reference.total == 0 || window.total == 0 {
+        return None;
     }
-    let categories: std::collections::BTreeSet<&String> = reference.iter().chain(window).collect();
-    let index: std::collections::HashMap<&String, i32> = categories
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (*c, i as i32))
-        .collect();
-    let codes = |col: &[String]| col.iter().map(|c| index[c]).collect::<Vec<i32>>();
-    let counts = engine.category_counts(&[codes(reference), codes(window)], categories.len())?;
-    let result = stats::chi2_homogeneity(&counts[0], &counts[1]);
-    Ok(Some(Score {
+    let (r, c) = stats::bin_counted(reference, window);
+    let result = stats::chi2_homogeneity(&r, &c);
+    Some(Score {
         detector: detector.to_string(),
         family,
         feature: feature.to_string(),
         test: "chi2".into(),
         statistic: result.statistic,
         p_value: result.p_value,
-        n_reference: reference.len(),
-        n_window: window.len(),
+        n_reference: reference.total as usize,
+        n_window: window.total as usize,
         method: format!("chi2 dof={}", result.dof),
         effect: None,
         examples: Vec::new(),
-    }))
+    })
 }
 
 /// The detectors' settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectConfig {
+    /// KS p-values are computed exactly (SciPy's `auto` rule: both samples
+    /// of at most 10,000 values) only where the asymptotic value lies in
+    /// this range, or where the exact one is cheap; elsewhere the asymptotic
+    /// value is reported and marked `exact skipped`. The exact value costs
+    /// O(n·m) per feature, and at these sample sizes differs from the
+    /// asymptotic one by about 1% near alpha, so it moves no verdict far from
+    /// alpha. Default: from 1e-12 to twice `judge.alpha`. `[0, 1]` computes it
+    /// wherever SciPy would. The upper end must be at least twice `judge.alpha`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ks_exact_between: Option<[f64; 2]>,
+    /// The judge's alpha, copied in when the config is loaded: the default
+    /// exact range follows it.
+    #[serde(skip)]
+    pub alpha: f64,
     /// Joint drift of all features or of the embedding (opt-in).
     pub multivariate: MultivariateConfig,
     /// Out-of-distribution requests.
@@ -440,8 +454,47 @@ pub struct DetectConfig {
     pub drift: DriftConfig,
 }
 
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            ks_exact_between: None,
+            alpha: crate::judge::JudgeConfig::default().alpha,
+            multivariate: MultivariateConfig::default(),
+            ood: OodConfig::default(),
+            confidence: ConfidenceConfig::default(),
+            drift: DriftConfig::default(),
+        }
+    }
+}
+
 impl DetectConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn ks_policy(&self) -> stats::KsPolicy {
+        stats::KsPolicy {
+            exact_between: self
+                .ks_exact_between
+                .unwrap_or([1e-12, (2.0 * self.alpha).min(1.0)]),
+        }
+    }
+
+    /// `alpha` is the judge's: the exact range must reach well past it.
+    pub fn validate(&self, alpha: f64) -> Result<(), String> {
+        let Some([lo, hi]) = self.ks_exact_between else {
+            return self.validate_sections();
+        };
+        if !(0.0 <= lo && lo < hi && hi <= 1.0) {
+            return Err(format!(
+                "detect.ks_exact_between must be [low, high] with 0 <= low < high <= 1, got [{lo}, {hi}]"
+            ));
+        }
+        if hi < (2.0 * alpha).min(1.0) {
+            return Err(format!(
+                "detect.ks_exact_between's upper end {hi} must be at least twice judge.alpha ({alpha}): p-values near alpha need their exact value"
+            ));
+        }
+        self.validate_sections()
+    }
+
+    fn validate_sections(&self) -> Result<(), String> {
         self.drift.validate()?;
         self.multivariate.validate()?;
         self.ood.validate()

@@ -11,6 +11,7 @@ use super::{
 pub struct OutputDistribution {
     pub large_reference: usize,
     pub effect_threshold: f64,
+    pub ks: stats::KsPolicy,
 }
 
 impl Detector for OutputDistribution {
@@ -20,30 +21,27 @@ impl Detector for OutputDistribution {
 
     fn score(
         &self,
-        engine: &Engine,
+        _engine: &Engine,
         reference: &Reference,
         window: &Frame,
     ) -> Result<Vec<Score>, DetectError> {
-        let (r, c) = (&reference.frame.predicted, &window.predicted);
+        let (r, c) = (&reference.predicted, stats::Counted::of(&window.predicted));
         let mut scores: Vec<Score> =
-            chi2_score(engine, self.name(), Family::Output, "predicted_class", r, c)?
+            chi2_score(self.name(), Family::Output, "predicted_class", r, &c)
                 .into_iter()
                 .collect();
+        let current = stats::sorted(&window.regression);
         let mut regression = ks_scores(
-            engine,
+            &self.ks,
             self.name(),
             Family::Output,
-            vec![(
-                "regression_output".into(),
-                &reference.frame.regression,
-                &window.regression,
-            )],
-        )?;
+            vec![("regression_output".into(), &reference.regression, &current)],
+        );
         // The distance is always recorded beside the test (the class mix's
         // Jensen-Shannon distance is what dashboards plot); it gates only on
         // large references.
         for s in &mut scores {
-            let (cr, cc) = stats::bin_categorical(r, c);
+            let (cr, cc) = stats::bin_counted(r, &c);
             s.effect = Some(Effect {
                 name: "jensen_shannon".into(),
                 value: stats::jensen_shannon(&cr, &cc),
@@ -54,10 +52,7 @@ impl Detector for OutputDistribution {
         for s in &mut regression {
             s.effect = Some(Effect {
                 name: "wasserstein_normalised".into(),
-                value: stats::wasserstein_normalised(
-                    &reference.frame.regression,
-                    &window.regression,
-                ),
+                value: stats::wasserstein_normalised_sorted(&reference.regression, &current),
                 threshold: self.effect_threshold,
                 gating: s.n_reference > self.large_reference,
             });

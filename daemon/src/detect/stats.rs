@@ -13,6 +13,19 @@ pub const KS_EXACT_MAX_N: usize = 10_000;
 pub enum KsMethod {
     Exact,
     Asymptotic,
+    /// Asymptotic where SciPy would compute the exact value, because the
+    /// value lies outside `KsPolicy::exact_between`.
+    AsymptoticFar,
+}
+
+impl KsMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KsMethod::Exact => "exact",
+            KsMethod::Asymptotic => "asymptotic",
+            KsMethod::AsymptoticFar => "asymptotic (exact skipped: p far from alpha)",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,7 +49,6 @@ pub fn ks_two_sample(n1: usize, n2: usize, max_diff: u64) -> KsResult {
     assert!(n1 > 0 && n2 > 0, "ks needs two non-empty samples");
     let (a, b) = (n1 as u64, n2 as u64);
     let g = gcd(a, b);
-    let d = max_diff as f64 / (a as f64 * b as f64);
     if n1.max(n2) <= KS_EXACT_MAX_N {
         // h = round(d * lcm) in SciPy; with an integer statistic it is exact.
         let h = max_diff / g;
@@ -61,16 +73,59 @@ pub fn ks_two_sample(n1: usize, n2: usize, max_diff: u64) -> KsResult {
             };
         }
     }
-    let (m, n) = if a >= b {
-        (a as f64, b as f64)
-    } else {
-        (b as f64, a as f64)
-    };
+    ks_asymptotic(n1, n2, max_diff)
+}
+
+/// SciPy's `asymp` method: the one-sample Kolmogorov distribution at the
+/// effective sample size `round(n1 n2 / (n1 + n2))`.
+fn ks_asymptotic(n1: usize, n2: usize, max_diff: u64) -> KsResult {
+    let (m, n) = (n1.max(n2) as f64, n1.min(n2) as f64);
+    let d = max_diff as f64 / (m * n);
     let en = (m * n / (m + n)).round();
     KsResult {
         statistic: d,
         p_value: kolmogorov_n_sf(en as u64, d).clamp(0.0, 1.0),
         method: KsMethod::Asymptotic,
+    }
+}
+
+/// Where the exact KS p-value is worth its cost. SciPy's `auto` mode
+/// computes it while both samples have at most 10,000 values, which costs
+/// O(n·m·D) per feature: seconds per window on large references. The exact
+/// value only matters where it could move a verdict, so it is computed where
+/// it is cheap (`n·m` up to `CHEAP_EXACT`) or where the asymptotic value
+/// lies in `exact_between`; elsewhere the asymptotic value is reported and
+/// the method says so.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KsPolicy {
+    pub exact_between: [f64; 2],
+}
+
+/// Up to this many `n·m` lattice cells the exact p-value costs well under a
+/// millisecond, so it is always computed.
+pub const CHEAP_EXACT: u64 = 1_000_000;
+
+impl KsPolicy {
+    /// SciPy's `auto` mode, whatever it costs.
+    pub const SCIPY_AUTO: KsPolicy = KsPolicy {
+        exact_between: [0.0, 1.0],
+    };
+
+    pub fn two_sample(&self, n1: usize, n2: usize, max_diff: u64) -> KsResult {
+        let cells = n1 as u64 * n2 as u64;
+        if n1.max(n2) > KS_EXACT_MAX_N || cells <= CHEAP_EXACT {
+            return ks_two_sample(n1, n2, max_diff);
+        }
+        let asymptotic = ks_asymptotic(n1, n2, max_diff);
+        let [lo, hi] = self.exact_between;
+        if (lo..=hi).contains(&asymptotic.p_value) {
+            ks_two_sample(n1, n2, max_diff)
+        } else {
+            KsResult {
+                method: KsMethod::AsymptoticFar,
+                ..asymptotic
+            }
+        }
     }
 }
 
@@ -110,6 +165,9 @@ fn outer_prob_inside_method(m: u64, n: u64, g: u64, h: u64) -> f64 {
     for v in a.iter_mut().take(maxj as usize) {
         *v = 0.0;
     }
+    // Each lattice cell divides by i + j; a table of reciprocals turns the
+    // O(m x band) divisions into multiplications (within an ulp a step).
+    let inverse: Vec<f64> = (0..=(m + n)).map(|k| 1.0 / k as f64).collect();
     for i in 1..=m {
         let (lastminj, lastlen) = (minj, curlen);
         minj = (floor_div(ng * i - h, mg) + 1).max(0).min(n);
@@ -122,7 +180,7 @@ fn outer_prob_inside_method(m: u64, n: u64, g: u64, h: u64) -> f64 {
             let j = jj + minj;
             let idx = (jj + minj - lastminj) as usize;
             let prev = a.get(idx).copied().unwrap_or(1.0);
-            val = (prev * i as f64 + val * j as f64) / (i + j) as f64;
+            val = (prev * i as f64 + val * j as f64) * inverse[(i + j) as usize];
             a[jj as usize] = val;
         }
         curlen = maxj - minj;
@@ -179,9 +237,76 @@ pub fn kolmogorov_n_sf(n: u64, x: f64) -> f64 {
     if nxsq >= 2.2 {
         return 2.0 * smirnov(n, x);
     }
-    // SciPy switches to the Pelz-Good series when n x^1.5 > 1.4; the Durbin
-    // matrix here is exact there too, and agrees with that series to ~1e-6.
-    1.0 - durbin_matrix_cdf(n, x)
+    // The Durbin matrix has 2nx + 1 rows and is raised to the n-th power:
+    // SciPy keeps it for small n x^1.5 and uses the Pelz-Good series beyond,
+    // where the matrix would cost seconds per feature.
+    if n <= 100_000 && nf * x.powf(1.5) <= 1.4 {
+        return 1.0 - durbin_matrix_cdf(n, x);
+    }
+    1.0 - pelz_good_cdf(n, x)
+}
+
+/// P(D_n <= x) by the Pelz-Good asymptotic series: Li-Chien and Korolyuk's
+/// expansion K0(z) + K1(z)/sqrt(n) + K2(z)/n + K3(z)/n^1.5 at z = x sqrt(n),
+/// each term rewritten through Jacobi theta functions so that it converges
+/// fast for the small z where the test is near its threshold. Term for term
+/// SciPy's `_kolmogn_PelzGood`.
+fn pelz_good_cdf(n: u64, x: f64) -> f64 {
+    use std::f64::consts::PI;
+    let z = (n as f64).sqrt() * x;
+    let (z2, z3, z4, z6) = (z * z, z.powi(3), z.powi(4), z.powi(6));
+    let (pi2, pi4, pi6) = (PI * PI, PI.powi(4), PI.powi(6));
+    let sqrt_2pi = (2.0 * PI).sqrt();
+    let qlog = -pi2 / 8.0 / z2;
+    if qlog < -708.0 {
+        return 0.0;
+    }
+    let q = qlog.exp();
+    let (k1a, k1b) = (-z2, pi2 / 4.0);
+    let k2a = 6.0 * z6 + 2.0 * z4;
+    let k2b = (2.0 * z4 - 5.0 * z2) * pi2 / 4.0;
+    let k2c = pi4 * (1.0 - 2.0 * z2) / 16.0;
+    let k3d = pi6 * (5.0 - 30.0 * z2) / 64.0;
+    let k3c = pi4 * (-60.0 * z2 + 212.0 * z4) / 16.0;
+    let k3b = pi2 * (135.0 * z4 - 96.0 * z6) / 4.0;
+    let k3a = -30.0 * z6 - 90.0 * z.powi(8);
+    // Sums of c(m) q^(m^2) over odd m, by Horner in q^(8k).
+    let maxk = (16.0 * z / PI).ceil() as i64;
+    let mut k0to3 = [0.0f64; 4];
+    for k in (1..=maxk).rev() {
+        let m = (2 * k - 1) as f64;
+        let (m2, m4, m6) = (m * m, m.powi(4), m.powi(6));
+        let qpower = q.powf(8.0 * k as f64);
+        let coeffs = [
+            1.0,
+            k1a + k1b * m2,
+            k2a + k2b * m2 + k2c * m4,
+            k3a + k3b * m2 + k3c * m4 + k3d * m6,
+        ];
+        for (acc, c) in k0to3.iter_mut().zip(coeffs) {
+            *acc = *acc * qpower + c;
+        }
+    }
+    let scale = [z, 6.0 * z4, 72.0 * z.powi(7), 6480.0 * z.powi(10)];
+    for (acc, s) in k0to3.iter_mut().zip(scale) {
+        *acc = *acc * q * sqrt_2pi / s;
+    }
+    // The terms over all integers k of K2 and K3.
+    let q = (-pi2 / 2.0 / z2).exp();
+    let sqrt3z = 3f64.sqrt() * z;
+    let (mut k2extra, mut k3extra) = (0.0, 0.0);
+    for k in (1..=maxk).rev() {
+        let kf = k as f64;
+        let k2 = kf * kf;
+        let qk = q.powf(k2);
+        k2extra += k2 * qk;
+        let kpi = PI * kf;
+        k3extra += (sqrt3z + kpi) * (sqrt3z - kpi) * k2 * qk;
+    }
+    k0to3[2] += k2extra * pi2 * sqrt_2pi / (-36.0 * z3);
+    k0to3[3] += k3extra * pi2 * sqrt_2pi / (216.0 * z6);
+    let nf = n as f64;
+    (0..4).map(|i| k0to3[i] / nf.powf(i as f64 / 2.0)).sum()
 }
 
 /// One-sided Smirnov survival P(D_n^+ >= x), Birnbaum-Tingey sum in log space.
@@ -260,20 +385,15 @@ fn durbin_matrix_cdf(n: u64, d: f64) -> f64 {
     s * 10f64.powi(e)
 }
 
+/// The product of two row-major `m x m` matrices, through nalgebra's
+/// blocked kernels (row-major A B is column-major B^T A^T, so the slices are
+/// passed as they are, swapped).
 fn matmul(a: &[f64], b: &[f64], m: usize) -> Vec<f64> {
-    let mut c = vec![0.0f64; m * m];
-    for i in 0..m {
-        for k in 0..m {
-            let aik = a[i * m + k];
-            if aik == 0.0 {
-                continue;
-            }
-            for j in 0..m {
-                c[i * m + j] += aik * b[k * m + j];
-            }
-        }
-    }
-    c
+    let (at, bt) = (
+        nalgebra::DMatrix::from_column_slice(m, m, a),
+        nalgebra::DMatrix::from_column_slice(m, m, b),
+    );
+    (bt * at).as_slice().to_vec()
 }
 
 /// A^n with a decimal exponent kept aside: returns (V, e) with A^n = V * 10^e.
@@ -361,6 +481,74 @@ mod tests {
     }
 
     #[test]
+    fn wasserstein_by_stretches_is_the_walk() {
+        let col = |len: u64, step: u64, modulo: u64, offset: f64, scale: f64| -> Vec<f64> {
+            sorted(&(0..len).map(|k| (k * step % modulo) as f64 * scale + offset).collect::<Vec<_>>())
+        };
+        for (r, c) in [
+            (col(5000, 7919, 1000, 0.0, 0.001), col(700, 104_729, 997, 0.05, 0.001)),
+            (col(500, 7, 13, 0.0, 1.0), col(120, 5, 11, 0.5, 1.0)),
+            (col(90, 3, 97, 0.0, 1.0), col(400, 11, 17, 0.0, 1.0)),
+            (col(300, 1, 1000, 0.0, 1.0), col(50, 1, 1000, 2000.0, 1.0)),
+            (col(50, 1, 1000, 2000.0, 1.0), col(300, 1, 1000, 0.0, 1.0)),
+            (col(40, 1, 1, 3.0, 1.0), col(60, 1, 1, 3.0, 1.0)),
+            (col(1, 1, 1, 3.0, 1.0), col(60, 1, 7, 0.0, 1.0)),
+        ] {
+            let want = wasserstein_sorted(&r, &c);
+            let got = Sorted::new(&r).wasserstein(&c);
+            assert!((got - want).abs() <= 1e-9 * want.abs().max(1e-3), "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn ks_by_binary_search_is_the_definition() {
+        // The definition at every pooled value, against the searches, on
+        // samples with heavy ties, either side larger, and disjoint ranges.
+        let definition = |r: &[f64], c: &[f64]| {
+            let (n, m) = (r.len() as i64, c.len() as i64);
+            r.iter()
+                .chain(c)
+                .map(|z| {
+                    let i = r.iter().filter(|x| *x <= z).count() as i64;
+                    let j = c.iter().filter(|x| *x <= z).count() as i64;
+                    (i * m - j * n).unsigned_abs()
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        let col = |len: u64, step: u64, modulo: u64, offset: f64| -> Vec<f64> {
+            sorted(&(0..len).map(|k| (k * step % modulo) as f64 + offset).collect::<Vec<_>>())
+        };
+        for (r, c) in [
+            (col(500, 7, 13, 0.0), col(120, 5, 11, 0.5)),
+            (col(90, 3, 97, 0.0), col(400, 11, 17, 0.0)),
+            (col(300, 1, 1000, 0.0), col(50, 1, 1000, 2000.0)),
+            (col(40, 1, 1, 0.0), col(60, 1, 1, 0.0)),
+        ] {
+            assert_eq!(ks_max_diff_sorted(&r, &c), definition(&r, &c));
+            assert_eq!(ks_max_diff_sorted(&c, &r), definition(&c, &r));
+        }
+    }
+
+    #[test]
+    fn leave_out_wasserstein_is_the_materialised_one() {
+        // Ties, a spread of magnitudes, and windows at both ends and inside.
+        let col: Vec<f64> = (0..3000u64)
+            .map(|i| ((i * 7919 % 1000) as f64 / 10.0).round() + 1e4 * (i % 3) as f64)
+            .collect();
+        let full = Sorted::new(&col);
+        for part in [0..500, 1200..1700, 2500..3000] {
+            let window = sorted(&col[part.clone()]);
+            let rest: Vec<f64> = col[..part.start].iter().chain(&col[part.end..]).copied().collect();
+            let want = wasserstein_normalised(&rest, &window);
+            let got = full.wasserstein_normalised_without(&window);
+            assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{part:?}: {got} vs {want}");
+            let rest_sorted = full.without(&window);
+            assert_eq!(rest_sorted.values, sorted(&rest), "{part:?}");
+        }
+    }
+
+    #[test]
     fn identical_samples_have_p_one() {
         let r = ks_two_sample(10, 10, 0);
         assert_eq!(r.p_value, 1.0);
@@ -404,20 +592,29 @@ pub fn bin_numeric_as(
     c: &[f64],
     rule: Option<Binning>,
 ) -> (Vec<u64>, Vec<u64>, Binning) {
-    let sturges = rule.map(|b| b == Binning::Sturges).unwrap_or_else(|| {
-        let mut distinct: Vec<f64> = r.to_vec();
-        distinct.sort_by(f64::total_cmp);
-        distinct.dedup();
-        distinct.len() > 20
-    });
+    bin_numeric_sorted(&Sorted::new(r), &sorted(c), rule)
+}
+
+/// `bin_numeric_as` of a prepared reference and a sorted window.
+pub fn bin_numeric_sorted(
+    r: &Sorted,
+    c: &[f64],
+    rule: Option<Binning>,
+) -> (Vec<u64>, Vec<u64>, Binning) {
+    let sturges = rule.map_or(r.distinct > 20, |b| b == Binning::Sturges);
+    let r = r.values.as_slice();
     if sturges {
-        let pooled: Vec<f64> = r.iter().chain(c).copied().collect();
-        let edges = sturges_edges(&pooled);
+        // Both sides are sorted: the pooled range is at their ends.
+        let ends = [r.first(), r.last(), c.first(), c.last()];
+        let (lo, hi) = ends.into_iter().flatten().fold(
+            (f64::INFINITY, f64::NEG_INFINITY),
+            |(a, b), &v| (a.min(v), b.max(v)),
+        );
+        let edges = sturges_edges_of(lo, hi, r.len() + c.len());
         (histogram(r, &edges), histogram(c, &edges), Binning::Sturges)
     } else {
-        let mut values: Vec<f64> = r.iter().chain(c).copied().collect();
-        values.sort_by(f64::total_cmp);
-        values.dedup();
+        let mut values: Vec<f64> = merged(r, c);
+        values.dedup_by(|a, b| a.total_cmp(b).is_eq());
         let count = |col: &[f64]| {
             let mut k = vec![0u64; values.len()];
             for x in col {
@@ -431,23 +628,46 @@ pub fn bin_numeric_as(
     }
 }
 
+/// Two sorted samples merged into one, in order.
+fn merged(a: &[f64], b: &[f64]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i].total_cmp(&b[j]).is_le() {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
 /// `numpy.histogram_bin_edges(x, bins="sturges")`, step for step.
 pub fn sturges_edges(x: &[f64]) -> Vec<f64> {
-    let (mut lo, mut hi) = x
+    let (lo, hi) = x
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
             (a.min(v), b.max(v))
         });
-    if x.is_empty() {
+    sturges_edges_of(lo, hi, x.len())
+}
+
+/// `sturges_edges` of `len` values whose least is `lo` and greatest `hi`.
+pub fn sturges_edges_of(mut lo: f64, mut hi: f64, len: usize) -> Vec<f64> {
+    if len == 0 {
         (lo, hi) = (0.0, 1.0);
     }
     let ptp = hi - lo;
-    let width = ptp / ((x.len() as f64).log2() + 1.0);
+    let width = ptp / ((len as f64).log2() + 1.0);
     let bins = if width > 0.0 && width.is_finite() {
         (ptp / width).ceil() as usize
     } else if ptp > 0.0 {
         // A range past f64's (-1e308 to 1e308): as many bins as a finite one.
-        ((x.len() as f64).log2() + 1.0).ceil() as usize
+        ((len as f64).log2() + 1.0).ceil() as usize
     } else {
         1
     };
@@ -573,28 +793,253 @@ pub fn hellinger(reference: &[u64], current: &[u64]) -> f64 {
 
 /// `scipy.stats.wasserstein_distance(r, c) / max(std(r), 0.001)`.
 pub fn wasserstein_normalised(r: &[f64], c: &[f64]) -> f64 {
-    let mut u = r.to_vec();
-    let mut v = c.to_vec();
-    u.sort_by(f64::total_cmp);
-    v.sort_by(f64::total_cmp);
-    let mut all: Vec<f64> = u.iter().chain(&v).copied().collect();
-    all.sort_by(f64::total_cmp);
-    let (nu, nv) = (u.len() as f64, v.len() as f64);
+    wasserstein_normalised_sorted(&Sorted::new(r), &sorted(c))
+}
+
+/// `wasserstein_normalised` of a prepared reference and a sorted window.
+pub fn wasserstein_normalised_sorted(r: &Sorted, c: &[f64]) -> f64 {
+    r.wasserstein(c) / r.std.max(0.001)
+}
+
+/// `scipy.stats.wasserstein_distance` of two sorted samples: the area
+/// between their empirical CDFs, summed over the pooled values in order
+/// (a merge, so no pooled copy is sorted).
+pub fn wasserstein_sorted(u: &[f64], v: &[f64]) -> f64 {
+    let (inv_u, inv_v) = (1.0 / u.len() as f64, 1.0 / v.len() as f64);
     let (mut i, mut j) = (0usize, 0usize);
     let mut distance = 0.0;
-    for k in 0..all.len().saturating_sub(1) {
-        let z = all[k];
+    let mut previous = f64::NAN;
+    // Walks the pooled values; at each, both CDFs count what is <= it.
+    loop {
+        let z = match (u.get(i), v.get(j)) {
+            (Some(a), Some(b)) => a.min(*b),
+            (Some(a), None) => *a,
+            (None, Some(b)) => *b,
+            (None, None) => break,
+        };
+        if i + j > 0 {
+            distance += (i as f64 * inv_u - j as f64 * inv_v).abs() * (z - previous);
+        }
+        let before = (i, j);
         while i < u.len() && u[i] <= z {
             i += 1;
         }
         while j < v.len() && v[j] <= z {
             j += 1;
         }
-        distance += (i as f64 / nu - j as f64 / nv).abs() * (all[k + 1] - all[k]);
+        if (i, j) == before {
+            // Only a NaN compares with nothing; it sorts last, past every number.
+            break;
+        }
+        previous = z;
     }
-    let mean = r.iter().sum::<f64>() / nu;
-    let std = (r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / nu).sqrt();
-    distance / std.max(0.001)
+    distance
+}
+
+/// A copy of `x` in ascending order.
+pub fn sorted(x: &[f64]) -> Vec<f64> {
+    let mut v = x.to_vec();
+    v.sort_unstable_by(f64::total_cmp);
+    v
+}
+
+/// A reference column prepared once when the reference is fitted: sorted,
+/// with its spread and number of distinct values. Every window's KS
+/// statistic, Wasserstein distance and binning rule reuse it, so a window
+/// costs what its own size costs, not a sort of the reference.
+#[derive(Debug, Clone, Default)]
+pub struct Sorted {
+    pub values: Vec<f64>,
+    pub mean: f64,
+    /// Population standard deviation (numpy's default).
+    pub std: f64,
+    pub distinct: usize,
+    /// Sums of deviations from `mean` and of their squares.
+    moments: (f64, f64),
+    /// `steps[t]` = sum over s < t of (s + 1)(v[s+1] - v[s]): the area under
+    /// the column's step CDF, so that a stretch of it costs O(1).
+    steps: Vec<f64>,
+}
+
+/// Sums of `x - centre` and of its square.
+fn moments(x: &[f64], centre: f64) -> (f64, f64) {
+    x.iter()
+        .map(|v| v - centre)
+        .fold((0.0, 0.0), |(a, b), c| (a + c, b + c * c))
+}
+
+impl Sorted {
+    pub fn new(x: &[f64]) -> Self {
+        Self::of_sorted(sorted(x))
+    }
+
+    /// The column without the (sorted) values of `part`, as a
+    /// leave-one-window-out calibration needs it: one merge, no sort.
+    pub fn without(&self, part: &[f64]) -> Self {
+        let mut values = Vec::with_capacity(self.values.len().saturating_sub(part.len()));
+        let mut j = 0;
+        for &v in &self.values {
+            while j < part.len() && part[j].total_cmp(&v).is_lt() {
+                j += 1;
+            }
+            if j < part.len() && v.total_cmp(&part[j]).is_eq() {
+                j += 1;
+            } else {
+                values.push(v);
+            }
+        }
+        Self::of_sorted(values)
+    }
+
+    fn of_sorted(values: Vec<f64>) -> Self {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let distinct = match values.is_empty() {
+            true => 0,
+            false => 1 + values.windows(2).filter(|w| w[0] != w[1]).count(),
+        };
+        let mut steps = Vec::with_capacity(values.len());
+        let mut area = 0.0;
+        for (t, w) in values.windows(2).enumerate() {
+            steps.push(area);
+            area += (t + 1) as f64 * (w[1] - w[0]);
+        }
+        steps.push(area);
+        Self {
+            moments: moments(&values, mean),
+            steps,
+            values,
+            mean,
+            std,
+            distinct,
+        }
+    }
+
+    /// `scipy.stats.wasserstein_distance` of this column and a sorted
+    /// window: between two window values the window's CDF is flat, and the
+    /// area between it and this column's CDF follows from `steps` in O(1)
+    /// once the stretch is found by galloping, so a window costs O(m log n)
+    /// rather than a walk over the (larger) reference.
+    pub fn wasserstein(&self, c: &[f64]) -> f64 {
+        let v = &self.values;
+        let (n, m) = (v.len(), c.len());
+        if n == 0 || m == 0 {
+            return f64::NAN;
+        }
+        let (mut distance, mut cursor) = (0.0, 0);
+        if v[0] < c[0] {
+            distance += self.area(v[0], c[0], 0, m, &mut cursor);
+        }
+        let mut j = 0;
+        while j < m {
+            let z = c[j];
+            j += 1 + gallop(&c[j + 1..], |x| x <= z);
+            let next = match c.get(j) {
+                Some(next) => *next,
+                None if v[n - 1] > z => v[n - 1],
+                None => break,
+            };
+            distance += self.area(z, next, j, m, &mut cursor);
+        }
+        distance
+    }
+
+    /// The area between this column's CDF and the constant j / m over
+    /// [lo, hi), where the other sample has no value. `cursor` is a count
+    /// of values at or below `lo` from an earlier stretch, moved on to `hi`.
+    fn area(&self, lo: f64, hi: f64, j: usize, m: usize, cursor: &mut usize) -> f64 {
+        let v = &self.values;
+        let n = v.len();
+        let q = j as f64 / m as f64;
+        let at = |k: usize| k as f64 / n as f64;
+        // Reference values strictly inside (lo, hi) are v[a..b].
+        let a = *cursor + gallop(&v[*cursor..], |x| x <= lo);
+        let b = a + gallop(&v[a..], |x| x < hi);
+        *cursor = b;
+        if b <= a {
+            return (at(a) - q).abs() * (hi - lo);
+        }
+        let mut total = (at(a) - q).abs() * (v[a] - lo) + (at(b) - q).abs() * (hi - v[b - 1]);
+        // Stretches [v[t], v[t+1]) for t in a..b-1, where the CDF is (t+1)/n:
+        // below q before `split`, at or above it from there.
+        let split = (j * n).div_ceil(m).saturating_sub(1).clamp(a, b - 1);
+        let below = q * (v[split] - v[a]) - (self.steps[split] - self.steps[a]) / n as f64;
+        let above = (self.steps[b - 1] - self.steps[split]) / n as f64 - q * (v[b - 1] - v[split]);
+        total += below + above;
+        total
+    }
+
+    /// `wasserstein_normalised` of this column less the sorted `part` (a
+    /// sub-column of it) against `part`, without building the rest: the
+    /// pooled values of the two are this column's own, so one walk over it
+    /// gives both CDFs, and the rest's spread follows from sums about this
+    /// column's mean. What a leave-one-window-out calibration needs, per
+    /// reference window, in one pass and no allocation.
+    pub fn wasserstein_normalised_without(&self, part: &[f64]) -> f64 {
+        let (n, m) = (self.values.len(), part.len());
+        if m == 0 || m >= n {
+            return f64::NAN;
+        }
+        let (nr, nw) = ((n - m) as f64, m as f64);
+        let (mut i, mut j, mut distance) = (0usize, 0usize, 0.0f64);
+        while i < n {
+            let z = self.values[i];
+            // At least one step, so that a NaN (which equals nothing) ends too.
+            i += 1;
+            while i < n && self.values[i] <= z {
+                i += 1;
+            }
+            while j < m && part[j] <= z {
+                j += 1;
+            }
+            if i < n {
+                let rest = (i - j) as f64 / nr;
+                distance += (rest - j as f64 / nw).abs() * (self.values[i] - z);
+            }
+        }
+        let (w1, w2) = moments(part, self.mean);
+        let (r1, r2) = ((self.moments.0 - w1) / nr, (self.moments.1 - w2) / nr);
+        let std = (r2 - r1 * r1).max(0.0).sqrt();
+        distance / std.max(0.001)
+    }
+}
+
+/// The integer KS statistic of two sorted samples,
+/// `max_z |m * #{r <= z} - n * #{c <= z}|` over the pooled values z. Between
+/// two window values only the reference count moves, and the difference is
+/// linear in it, so its extremes lie at the window values and just below
+/// them: two binary searches of the reference per distinct window value,
+/// O(m log n) rather than a walk over the (larger) reference.
+pub fn ks_max_diff_sorted(r: &[f64], c: &[f64]) -> u64 {
+    let (n, m) = (r.len() as i64, c.len() as i64);
+    let gap = |i: usize, j: usize| (i as i64 * m - j as i64 * n).unsigned_abs();
+    let (mut i, mut j, mut best) = (0usize, 0usize, 0u64);
+    while j < c.len() {
+        let z = c[j];
+        // The last reference value below z, with the window count before z.
+        let below = i + gallop(&r[i..], |x| x < z);
+        best = best.max(gap(below, j));
+        j += 1 + gallop(&c[j + 1..], |x| x <= z);
+        i = below + gallop(&r[below..], |x| x <= z);
+        best = best.max(gap(i, j));
+    }
+    // Past the last window value the difference only shrinks.
+    best
+}
+
+/// How many leading values of `v` satisfy `holds` (true, then false), by
+/// doubling steps and then bisecting: O(log k) for an answer of k, so a walk
+/// through a sorted slice in short hops costs about what its hops cost.
+fn gallop(v: &[f64], holds: impl Fn(f64) -> bool) -> usize {
+    let mut step = 1;
+    let mut low = 0;
+    while low + step <= v.len() && holds(v[low + step - 1]) {
+        low += step;
+        step *= 2;
+    }
+    let high = (low + step).min(v.len());
+    low + v[low..high].partition_point(|x| holds(*x))
 }
 
 /// Benjamini-Hochberg adjusted p-values, as
@@ -615,17 +1060,61 @@ pub fn benjamini_hochberg(p: &[f64]) -> Vec<f64> {
 
 /// Bin counts of a categorical column pair: one bin per category of either side.
 pub fn bin_categorical(r: &[String], c: &[String]) -> (Vec<u64>, Vec<u64>) {
-    let cats: std::collections::BTreeSet<&String> = r.iter().chain(c).collect();
-    let index: std::collections::HashMap<&String, usize> =
-        cats.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-    let count = |col: &[String]| {
-        let mut k = vec![0u64; cats.len()];
-        for x in col {
-            k[index[x]] += 1;
+    bin_counted(&Counted::of(r), &Counted::of(c))
+}
+
+/// A label column counted once: each label's occurrences, in label order.
+/// The reference's are counted when it is fitted, so a window's chi-squared
+/// test and distances cost its own labels and the categories, not the
+/// reference's rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counted {
+    pub counts: std::collections::BTreeMap<String, u64>,
+    pub total: u64,
+}
+
+impl Counted {
+    pub fn of<S: AsRef<str>>(labels: impl IntoIterator<Item = S>) -> Self {
+        let mut seen: std::collections::HashMap<String, u64> = Default::default();
+        let mut total = 0;
+        for label in labels {
+            total += 1;
+            match seen.get_mut(label.as_ref()) {
+                Some(n) => *n += 1,
+                None => {
+                    seen.insert(label.as_ref().to_string(), 1);
+                }
+            }
         }
-        k
-    };
-    (count(r), count(c))
+        Self {
+            counts: seen.into_iter().collect(),
+            total,
+        }
+    }
+
+    /// These counts less `part`'s (a sub-column of these): what a
+    /// leave-one-window-out calibration compares a window with.
+    pub fn minus(&self, part: &Counted) -> Self {
+        let mut counts = self.counts.clone();
+        for (label, n) in &part.counts {
+            if let Some(k) = counts.get_mut(label) {
+                *k = k.saturating_sub(*n);
+            }
+        }
+        counts.retain(|_, n| *n > 0);
+        Self {
+            total: counts.values().sum(),
+            counts,
+        }
+    }
+}
+
+/// Bin counts of two counted columns: one bin per label of either, in
+/// label order (as `bin_categorical` bins the columns themselves).
+pub fn bin_counted(r: &Counted, c: &Counted) -> (Vec<u64>, Vec<u64>) {
+    let labels: std::collections::BTreeSet<&String> = r.counts.keys().chain(c.counts.keys()).collect();
+    let at = |side: &Counted, l: &String| side.counts.get(l).copied().unwrap_or(0);
+    labels.into_iter().map(|l| (at(r, l), at(c, l))).unzip()
 }
 
 /// The mean and the sample variance (n - 1) of `v`; NaN where undefined.
