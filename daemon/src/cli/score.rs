@@ -2,7 +2,7 @@
 //! windower, detectors and judge; `--store` records the windows and scores
 //! as history (backfill) without touching live alerts.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -56,8 +56,15 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
     let config = args.config.load()?;
     telemetry::init_logging(&config.log);
     let decoder = args.input_format.build();
+    let started = Instant::now();
     let reference = read_events(&args.reference, decoder.as_ref(), &config.limits)?;
     let current = read_events(&args.current, decoder.as_ref(), &config.limits)?;
+    tracing::info!(
+        reference = reference.len(),
+        current = current.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "events read"
+    );
     let typical = args.window.unwrap_or(config.windows.count).max(1);
     let scoring =
         ScoringHandle::start(&config.engine, &config.detect, (reference.len(), typical)).await?;
@@ -68,13 +75,16 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
     if args.format == Output::Table {
         print_header();
     }
-    let models: BTreeSet<&str> = current.iter().map(|p| p.event.model.as_str()).collect();
-    for model in models {
+    // Each model's events, moved rather than copied: a capture can be large.
+    let mut references = by_model(reference);
+    for (model, mine) in by_model(current) {
+        let model = model.as_str();
         let settings = window_settings(&config, model, args.window);
-        let reference: Vec<_> = reference
-            .iter()
-            .filter(|p| p.event.model == model)
-            .map(|p| p.event.clone())
+        let reference: Vec<_> = references
+            .remove(model)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.event)
             .collect();
         if reference.len() < 2 {
             bail!(
@@ -83,15 +93,23 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
             );
         }
         let classes = config.model_settings(model).classes;
+        let started = Instant::now();
         let fitted = scoring
             .fit(model, reference, classes, settings.count.max(1))
             .await?;
-        let mine = current.iter().filter(|p| p.event.model == model);
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(model, took_ms, "reference fitted");
         for w in cut_windows(mine, model, settings) {
-            let events = w.events.iter().map(|p| p.event.clone()).collect();
-            let scored = scoring.score(fitted.clone(), events).await?;
+            let started = Instant::now();
+            // The verdict's window facts first, so that the events can move
+            // to the scoring thread instead of being copied there.
             let device = scoring.info().label();
-            let mut verdict = judge::verdict(&config.judge, &w, device, Ok(scored.scores));
+            let mut verdict = judge::verdict(&config.judge, &w, device, Ok(Vec::new()));
+            let events = w.events.into_iter().map(|p| p.event).collect();
+            let scored = scoring.score(fitted.clone(), events).await?;
+            verdict.judged = judge::judge(&config.judge, scored.scores);
+            let took_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(model, window = w.ordinal, took_ms, "window scored");
             // History, not the live stream: marked so, and without alerts.
             verdict.close_reason = "backfill";
             if let Some(store) = &store {
@@ -112,13 +130,18 @@ fn window_settings(config: &Config, model: &str, window: Option<usize>) -> Windo
     }
 }
 
+/// Events grouped by model, in file order within each.
+fn by_model(events: Vec<Positioned>) -> BTreeMap<String, Vec<Positioned>> {
+    let mut out: BTreeMap<String, Vec<Positioned>> = BTreeMap::new();
+    for p in events {
+        out.entry(p.event.model.clone()).or_default().push(p);
+    }
+    out
+}
+
 /// One model's events through the windower, every window closed, in order
 /// of (version, number).
-fn cut_windows<'a>(
-    events: impl Iterator<Item = &'a Positioned>,
-    model: &str,
-    settings: WindowSettings,
-) -> Vec<ClosedWindow> {
+fn cut_windows(events: Vec<Positioned>, model: &str, settings: WindowSettings) -> Vec<ClosedWindow> {
     let mut windower = Windower::default();
     let mut closed = Vec::new();
     for p in events {
@@ -129,7 +152,7 @@ fn cut_windows<'a>(
         if !windower.knows(&key) {
             windower.add_key(key.clone(), settings, Progress::default());
         }
-        closed.extend(windower.push(&key, p.clone(), Instant::now()));
+        closed.extend(windower.push(&key, p, Instant::now()));
     }
     closed.extend(windower.drain());
     closed.sort_by(|a, b| (&a.key, a.ordinal).cmp(&(&b.key, b.ordinal)));

@@ -5,7 +5,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use std::io::BufRead;
 use std::path::Path;
 
 use super::{IngestError, RawMessage};
@@ -72,47 +71,82 @@ pub enum ReadError {
 /// Every event of an NDJSON file, positioned by line as the file source
 /// positions them, for the offline commands; the first line that does not
 /// decode or breaks a limit fails with its file and line. Lines are bytes:
-/// one that is not UTF-8 is the decoder's to refuse.
+/// one that is not UTF-8 is the decoder's to refuse. The lines are decoded
+/// on every core, in contiguous parts joined in file order: decoding is
+/// what reading a large capture costs.
 pub fn read_events(
     path: &Path,
     decoder: &dyn Decoder,
     limits: &Limits,
 ) -> Result<Vec<Positioned>, ReadError> {
     let name = path.display().to_string();
-    let io = |source| ReadError::Io {
+    let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
         path: name.clone(),
         source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
+    })?;
+    let lines: Vec<(usize, &[u8])> = bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.trim_ascii().is_empty())
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let part = lines.len().div_ceil(cores.clamp(1, 16)).max(1);
     let stream = format!("file:{name}");
     let now = chrono::Utc::now();
+    let parts: Vec<Result<Vec<Positioned>, ReadError>> = std::thread::scope(|scope| {
+        let decode = |lines: &[(usize, &[u8])]| {
+            lines
+                .iter()
+                .map(|(i, line)| positioned(*i, line, &stream, decoder, limits, now))
+                .collect::<Result<Vec<Vec<Positioned>>, DecodeLineError>>()
+                .map(|v| v.into_iter().flatten().collect())
+                .map_err(|(line, source)| ReadError::Decode {
+                    path: name.clone(),
+                    line,
+                    source,
+                })
+        };
+        let workers: Vec<_> = lines
+            .chunks(part)
+            .map(|chunk| scope.spawn(move || decode(chunk)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
     let mut events = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.map_err(io)?;
-        if line.trim_ascii().is_empty() {
-            continue;
-        }
-        let decoded =
-            decode_line(&line, decoder, limits, now).map_err(|source| ReadError::Decode {
-                path: name.clone(),
-                line: i + 1,
-                source,
-            })?;
-        events.extend(
-            decoded
-                .into_iter()
-                .enumerate()
-                .map(|(index, event)| Positioned {
-                    event,
-                    pos: SourcePos {
-                        stream: stream.clone(),
-                        offset: i as i64,
-                        index: index as i64,
-                    },
-                }),
-        );
+    for part in parts {
+        events.extend(part?);
     }
     Ok(events)
+}
+
+/// A line that failed: its number (from 1) and why.
+type DecodeLineError = (usize, DecodeError);
+
+/// The events of line `i` (from 0), positioned in `stream`.
+fn positioned(
+    i: usize,
+    line: &[u8],
+    stream: &str,
+    decoder: &dyn Decoder,
+    limits: &Limits,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Positioned>, DecodeLineError> {
+    let decoded = decode_line(line, decoder, limits, now).map_err(|e| (i + 1, e))?;
+    Ok(decoded
+        .into_iter()
+        .enumerate()
+        .map(|(index, event)| Positioned {
+            event,
+            pos: SourcePos {
+                stream: stream.to_string(),
+                offset: i as i64,
+                index: index as i64,
+            },
+        })
+        .collect())
 }
 
 fn decode_line(
