@@ -151,8 +151,10 @@ fn sort_by_name(pairs: Vec<(Name, FeatureValue)>) -> Vec<(Name, FeatureValue)> {
         let mut last = last.borrow_mut();
         // An address may have been freed and reused by another name since:
         // the remembered order counts only if it sorts these names.
+        // Strictly increasing: a name given twice takes the stable sort, so
+        // that its last value stays last.
         let reuse = last.0 == addresses
-            && last.1.windows(2).all(|w| pairs[w[0]].0 <= pairs[w[1]].0);
+            && last.1.windows(2).all(|w| pairs[w[0]].0 < pairs[w[1]].0);
         if !reuse {
             let mut order: Vec<usize> = (0..pairs.len()).collect();
             order.sort_by(|&a, &b| pairs[a].0.cmp(&pairs[b].0));
@@ -163,10 +165,13 @@ fn sort_by_name(pairs: Vec<(Name, FeatureValue)>) -> Vec<(Name, FeatureValue)> {
     })
 }
 
-/// Names kept per thread for sharing; past this many distinct names (a
-/// producer inventing names) new ones are allocated per event instead, so
-/// the table cannot grow without bound.
+/// Names kept per thread for sharing. Names are interned while the JSON is
+/// parsed, before any limit is checked, so what a producer sends decides
+/// what lands here: only names up to `INTERNED_BYTES` are kept, and a full
+/// table starts over (a producer inventing names cannot pin memory, nor
+/// crowd out the real names for good). At most 4,096 x 128 bytes a thread.
 const INTERNED: usize = 4096;
+const INTERNED_BYTES: usize = 128;
 
 thread_local! {
     static NAMES: std::cell::RefCell<std::collections::HashSet<Name, foldhash::fast::RandomState>> =
@@ -181,7 +186,10 @@ pub fn intern(name: &str) -> Name {
             return n.clone();
         }
         let n: Name = name.into();
-        if names.len() < INTERNED {
+        if name.len() <= INTERNED_BYTES {
+            if names.len() >= INTERNED {
+                names.clear();
+            }
             names.insert(n.clone());
         }
         n
@@ -364,4 +372,38 @@ impl TelemetryEvent {
 pub struct Positioned {
     pub event: TelemetryEvent,
     pub pos: SourcePos,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn features(json: &str) -> Features {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_name_given_twice_keeps_its_last_value_every_time() {
+        // The second decode meets the remembered order of the first.
+        for _ in 0..3 {
+            let f = features(r#"{"b": 1, "a": 2, "b": 3, "c": 4}"#);
+            assert_eq!(f.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+            assert_eq!(f["b"], FeatureValue::Number(3.0));
+        }
+        let f = features(r#"{"z": 1, "y": 2}"#);
+        assert_eq!(f.keys().collect::<Vec<_>>(), ["y", "z"]);
+    }
+
+    #[test]
+    fn the_interner_keeps_short_names_and_stays_bounded() {
+        assert!(std::sync::Arc::ptr_eq(&intern("amount"), &intern("amount")));
+        let long = "x".repeat(INTERNED_BYTES + 1);
+        assert!(!std::sync::Arc::ptr_eq(&intern(&long), &intern(&long)));
+        for i in 0..(2 * INTERNED + 10) {
+            intern(&format!("invented-{i}"));
+            assert!(NAMES.with(|n| n.borrow().len()) <= INTERNED);
+        }
+        // Real names are shared again once seen after the table started over.
+        assert!(std::sync::Arc::ptr_eq(&intern("amount"), &intern("amount")));
+    }
 }
