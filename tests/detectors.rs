@@ -1157,17 +1157,33 @@ fn ks_policy_computes_the_exact_p_value_only_near_alpha() {
         let got = policy.two_sample(r.len(), c.len(), diff);
         let (want_method, want_p) = match case["policy"].as_str().unwrap() {
             "exact" => (KsMethod::Exact, case["p_exact"].as_f64().unwrap()),
-            _ => (KsMethod::AsymptoticFar, case["p_asymptotic"].as_f64().unwrap()),
+            _ => (
+                KsMethod::AsymptoticFar,
+                case["p_asymptotic"].as_f64().unwrap(),
+            ),
         };
         seen.insert(case["policy"].as_str().unwrap().to_string());
         assert_eq!(got.method, want_method, "{name} method");
         let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(f64::MIN_POSITIVE);
-        assert!(rel(got.p_value, want_p) <= 1e-9, "{name}: {} vs scipy {want_p}", got.p_value);
-        close(&format!("{name} statistic"), got.statistic, case["statistic"].as_f64().unwrap(), 1e-12);
+        assert!(
+            rel(got.p_value, want_p) <= 1e-9,
+            "{name}: {} vs scipy {want_p}",
+            got.p_value
+        );
+        close(
+            &format!("{name} statistic"),
+            got.statistic,
+            case["statistic"].as_f64().unwrap(),
+            1e-12,
+        );
         let auto = stats::KsPolicy::SCIPY_AUTO.two_sample(r.len(), c.len(), diff);
         assert_eq!(auto.method, KsMethod::Exact, "{name} under scipy's auto");
         let exact = case["p_exact"].as_f64().unwrap();
-        assert!(rel(auto.p_value, exact) <= 1e-6, "{name} exact: {} vs scipy {exact}", auto.p_value);
+        assert!(
+            rel(auto.p_value, exact) <= 1e-6,
+            "{name} exact: {} vs scipy {exact}",
+            auto.p_value
+        );
     }
     assert_eq!(seen.len(), 2, "the fixture covers both outcomes: {seen:?}");
 }

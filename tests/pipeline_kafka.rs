@@ -40,7 +40,10 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
         .arg(&file)
         .env("MODELWATCH_SOURCE__KAFKA__BROKERS", brokers())
         // One record per batch, for tansu (README, Development).
-        .env("MODELWATCH_SOURCE__KAFKA__PROPERTIES__batch.num.messages", "1")
+        .env(
+            "MODELWATCH_SOURCE__KAFKA__PROPERTIES__batch.num.messages",
+            "1",
+        )
         .output()
         .unwrap();
     assert!(
@@ -463,8 +466,15 @@ async fn replay_throughput() {
             .unwrap();
         best_replay = best_replay.min(started.elapsed().as_secs_f64());
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "replay: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains(&format!("{n} delivered, 0 failed")), "{stdout}");
+        assert!(
+            out.status.success(),
+            "replay: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("{n} delivered, 0 failed")),
+            "{stdout}"
+        );
 
         let topic = unique("bare");
         create_topic(&topic, 1).await;
@@ -480,7 +490,10 @@ async fn replay_throughput() {
         let text = std::fs::read_to_string(&file).unwrap();
         let deliveries: Vec<_> = text
             .lines()
-            .map(|l| bare.send_result(FutureRecord::to(&topic).payload(l).key("credit")).unwrap())
+            .map(|l| {
+                bare.send_result(FutureRecord::to(&topic).payload(l).key("credit"))
+                    .unwrap()
+            })
             .collect();
         let mut delivered = 0;
         for d in deliveries {

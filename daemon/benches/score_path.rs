@@ -87,7 +87,11 @@ fn main() {
             let columns: Vec<Vec<f64>> = (0..FEATURES)
                 .map(|j| {
                     w.iter()
-                        .map(|e| e.features[format!("f{j:02}").as_str()].as_number().unwrap_or(0.0))
+                        .map(|e| {
+                            e.features[format!("f{j:02}").as_str()]
+                                .as_number()
+                                .unwrap_or(0.0)
+                        })
                         .collect()
                 })
                 .collect();
@@ -107,7 +111,12 @@ fn main() {
             window.as_secs_f64() / sort.as_secs_f64(),
             scored.scores.len()
         );
-        println!("{:>20} {:<24} {:>8.2} ms", "", "columns from events", frame.as_secs_f64() * 1e3);
+        println!(
+            "{:>20} {:<24} {:>8.2} ms",
+            "",
+            "columns from events",
+            frame.as_secs_f64() * 1e3
+        );
         for (name, t) in &scored.timings {
             println!("{:>20} {:<24} {:>8.2} ms", "", name, t.as_secs_f64() * 1e3);
         }

@@ -121,7 +121,11 @@ impl Features {
 
 impl<K: AsRef<str>> FromIterator<(K, FeatureValue)> for Features {
     fn from_iter<I: IntoIterator<Item = (K, FeatureValue)>>(iter: I) -> Self {
-        Self::from_pairs(iter.into_iter().map(|(k, v)| (intern(k.as_ref()), v)).collect())
+        Self::from_pairs(
+            iter.into_iter()
+                .map(|(k, v)| (intern(k.as_ref()), v))
+                .collect(),
+        )
     }
 }
 
@@ -153,8 +157,7 @@ fn sort_by_name(pairs: Vec<(Name, FeatureValue)>) -> Vec<(Name, FeatureValue)> {
         // the remembered order counts only if it sorts these names.
         // Strictly increasing: a name given twice takes the stable sort, so
         // that its last value stays last.
-        let reuse = last.0 == addresses
-            && last.1.windows(2).all(|w| pairs[w[0]].0 < pairs[w[1]].0);
+        let reuse = last.0 == addresses && last.1.windows(2).all(|w| pairs[w[0]].0 < pairs[w[1]].0);
         if !reuse {
             let mut order: Vec<usize> = (0..pairs.len()).collect();
             order.sort_by(|&a, &b| pairs[a].0.cmp(&pairs[b].0));
@@ -312,14 +315,20 @@ impl<'de> serde::de::Visitor<'de> for ProbabilitiesVisitor {
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a list of probabilities or an object of class -> probability")
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Probabilities, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<Probabilities, A::Error> {
         let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
         while let Some(p) = seq.next_element()? {
             v.push(p);
         }
         Ok(Probabilities::List(v))
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Probabilities, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<Probabilities, A::Error> {
         let mut named = BTreeMap::new();
         while let Some((k, p)) = map.next_entry()? {
             named.insert(k, p);

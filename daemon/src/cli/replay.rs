@@ -76,7 +76,11 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
     let mut cfg = client_config(kafka, ClientRole::Producer)?;
     default_to(&mut cfg, "linger.ms", "20");
     default_to(&mut cfg, "batch.num.messages", "10000");
-    default_to(&mut cfg, "queue.buffering.max.messages", &(2 * IN_FLIGHT).to_string());
+    default_to(
+        &mut cfg,
+        "queue.buffering.max.messages",
+        &(2 * IN_FLIGHT).to_string(),
+    );
     let producer: FutureProducer = cfg.create().context("creating the kafka producer")?;
     let bar = progress(lines.len() as u64);
     let mut tally = Tally::default();
@@ -114,7 +118,11 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
         tally.failed
     );
     if let Some(why) = tally.first_error {
-        bail!("{} of {} messages were not delivered to {topic}; first error: {why}", tally.failed, lines.len());
+        bail!(
+            "{} of {} messages were not delivered to {topic}; first error: {why}",
+            tally.failed,
+            lines.len()
+        );
     }
     Ok(())
 }

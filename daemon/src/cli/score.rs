@@ -141,7 +141,11 @@ fn by_model(events: Vec<Positioned>) -> BTreeMap<String, Vec<Positioned>> {
 
 /// One model's events through the windower, every window closed, in order
 /// of (version, number).
-fn cut_windows(events: Vec<Positioned>, model: &str, settings: WindowSettings) -> Vec<ClosedWindow> {
+fn cut_windows(
+    events: Vec<Positioned>,
+    model: &str,
+    settings: WindowSettings,
+) -> Vec<ClosedWindow> {
     let mut windower = Windower::default();
     let mut closed = Vec::new();
     for p in events {

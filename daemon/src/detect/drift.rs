@@ -275,11 +275,21 @@ impl Detector for FeatureDrift {
         let windows: Vec<Vec<f64>> = window.numeric.iter().map(|c| stats::sorted(c)).collect();
         let ks = (0..numeric.len()).filter(|i| !use_chi2(*i));
         for i in ks {
-            let pair = (numeric[i].clone(), &reference.sorted[i], windows[i].as_slice());
+            let pair = (
+                numeric[i].clone(),
+                &reference.sorted[i],
+                windows[i].as_slice(),
+            );
             for mut s in ks_scores(&self.ks, self.name(), Family::Drift, vec![pair]) {
                 let columns = Columns::Numeric(&reference.sorted[i], &windows[i]);
-                let effect =
-                    self.effect(reference, &numeric[i], &settings[i], &columns, s.n_reference, false);
+                let effect = self.effect(
+                    reference,
+                    &numeric[i],
+                    &settings[i],
+                    &columns,
+                    s.n_reference,
+                    false,
+                );
                 annotate(&mut s, effect, &columns, &settings[i]);
                 scores.push(s);
             }
@@ -293,7 +303,9 @@ impl Detector for FeatureDrift {
             let r = match &reference.counted_numeric[i] {
                 Some(r) => r,
                 None => {
-                    counted = stats::Counted::of(reference.frame.numeric[i].iter().map(|v| v.to_string()));
+                    counted = stats::Counted::of(
+                        reference.frame.numeric[i].iter().map(|v| v.to_string()),
+                    );
                     &counted
                 }
             };

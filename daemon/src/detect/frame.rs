@@ -214,7 +214,11 @@ impl<'s> Slots<'s> {
     fn place(&mut self, e: &TelemetryEvent, f: &mut Frame, row: &mut [f64]) -> usize {
         let pairs = e.features.pairs();
         let same = self.layout.len() == pairs.len()
-            && self.layout.iter().zip(pairs).all(|((p, _), (n, _))| *p == n.as_ptr());
+            && self
+                .layout
+                .iter()
+                .zip(pairs)
+                .all(|((p, _), (n, _))| *p == n.as_ptr());
         if !same {
             self.layout = self.layout_of(pairs);
         }

@@ -278,14 +278,22 @@ impl Scorer {
             tracing::warn!(model, features = ?schema.mixed, "features of mixed type are not scored");
         }
         let frame = Frame::build(events, &schema, classes);
-        let sorted: Vec<stats::Sorted> = frame.numeric.iter().map(|c| stats::Sorted::new(c)).collect();
+        let sorted: Vec<stats::Sorted> = frame
+            .numeric
+            .iter()
+            .map(|c| stats::Sorted::new(c))
+            .collect();
         let discrete: Vec<bool> = sorted
             .iter()
             .map(|s| s.distinct <= DISCRETE_VALUES)
             .collect();
-        let counted: Vec<stats::Counted> =
-            frame.categorical.iter().map(|c| stats::Counted::of(c)).collect();
-        let counted_numeric = drift::count_discrete(&self.config.drift, model, &schema, &frame, &discrete);
+        let counted: Vec<stats::Counted> = frame
+            .categorical
+            .iter()
+            .map(|c| stats::Counted::of(c))
+            .collect();
+        let counted_numeric =
+            drift::count_discrete(&self.config.drift, model, &schema, &frame, &discrete);
         let columns = drift::Prepared {
             frame: &frame,
             sorted: &sorted,

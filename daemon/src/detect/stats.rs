@@ -483,10 +483,17 @@ mod tests {
     #[test]
     fn wasserstein_by_stretches_is_the_walk() {
         let col = |len: u64, step: u64, modulo: u64, offset: f64, scale: f64| -> Vec<f64> {
-            sorted(&(0..len).map(|k| (k * step % modulo) as f64 * scale + offset).collect::<Vec<_>>())
+            sorted(
+                &(0..len)
+                    .map(|k| (k * step % modulo) as f64 * scale + offset)
+                    .collect::<Vec<_>>(),
+            )
         };
         for (r, c) in [
-            (col(5000, 7919, 1000, 0.0, 0.001), col(700, 104_729, 997, 0.05, 0.001)),
+            (
+                col(5000, 7919, 1000, 0.0, 0.001),
+                col(700, 104_729, 997, 0.05, 0.001),
+            ),
             (col(500, 7, 13, 0.0, 1.0), col(120, 5, 11, 0.5, 1.0)),
             (col(90, 3, 97, 0.0, 1.0), col(400, 11, 17, 0.0, 1.0)),
             (col(300, 1, 1000, 0.0, 1.0), col(50, 1, 1000, 2000.0, 1.0)),
@@ -496,7 +503,10 @@ mod tests {
         ] {
             let want = wasserstein_sorted(&r, &c);
             let got = Sorted::new(&r).wasserstein(&c);
-            assert!((got - want).abs() <= 1e-9 * want.abs().max(1e-3), "{got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1e-3),
+                "{got} vs {want}"
+            );
         }
     }
 
@@ -517,7 +527,11 @@ mod tests {
                 .unwrap_or(0)
         };
         let col = |len: u64, step: u64, modulo: u64, offset: f64| -> Vec<f64> {
-            sorted(&(0..len).map(|k| (k * step % modulo) as f64 + offset).collect::<Vec<_>>())
+            sorted(
+                &(0..len)
+                    .map(|k| (k * step % modulo) as f64 + offset)
+                    .collect::<Vec<_>>(),
+            )
         };
         for (r, c) in [
             (col(500, 7, 13, 0.0), col(120, 5, 11, 0.5)),
@@ -539,10 +553,17 @@ mod tests {
         let full = Sorted::new(&col);
         for part in [0..500, 1200..1700, 2500..3000] {
             let window = sorted(&col[part.clone()]);
-            let rest: Vec<f64> = col[..part.start].iter().chain(&col[part.end..]).copied().collect();
+            let rest: Vec<f64> = col[..part.start]
+                .iter()
+                .chain(&col[part.end..])
+                .copied()
+                .collect();
             let want = wasserstein_normalised(&rest, &window);
             let got = full.wasserstein_normalised_without(&window);
-            assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{part:?}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{part:?}: {got} vs {want}"
+            );
             let rest_sorted = full.without(&window);
             assert_eq!(rest_sorted.values, sorted(&rest), "{part:?}");
         }
@@ -606,10 +627,12 @@ pub fn bin_numeric_sorted(
     if sturges {
         // Both sides are sorted: the pooled range is at their ends.
         let ends = [r.first(), r.last(), c.first(), c.last()];
-        let (lo, hi) = ends.into_iter().flatten().fold(
-            (f64::INFINITY, f64::NEG_INFINITY),
-            |(a, b), &v| (a.min(v), b.max(v)),
-        );
+        let (lo, hi) = ends
+            .into_iter()
+            .flatten()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
         let edges = sturges_edges_of(lo, hi, r.len() + c.len());
         (histogram(r, &edges), histogram(c, &edges), Binning::Sturges)
     } else {
@@ -1112,7 +1135,8 @@ impl Counted {
 /// Bin counts of two counted columns: one bin per label of either, in
 /// label order (as `bin_categorical` bins the columns themselves).
 pub fn bin_counted(r: &Counted, c: &Counted) -> (Vec<u64>, Vec<u64>) {
-    let labels: std::collections::BTreeSet<&String> = r.counts.keys().chain(c.counts.keys()).collect();
+    let labels: std::collections::BTreeSet<&String> =
+        r.counts.keys().chain(c.counts.keys()).collect();
     let at = |side: &Counted, l: &String| side.counts.get(l).copied().unwrap_or(0);
     labels.into_iter().map(|l| (at(r, l), at(c, l))).unzip()
 }
