@@ -479,3 +479,55 @@ fn canary_drift_fires_for_the_drifted_version_only() {
         .collect();
     assert!(v1.is_empty(), "the clean version has alerts: {v1:?}");
 }
+
+/// Every gating score is stored with the band its effect threshold came
+/// from and the bound itself (`effect_threshold`): 1,500 reference rows cut
+/// into 15 windows of the live 100, the bound at 1 - alpha over them.
+#[tokio::test]
+async fn scores_store_their_effect_band_and_bound() {
+    use sqlx::Row;
+    let dir = std::env::temp_dir().join(unique("mw_bands"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let all = telemetry(21, 1500, 100, 2, 1..2);
+    let (reference, current) = (dir.join("ref.ndjson"), dir.join("cur.ndjson"));
+    std::fs::write(&reference, all[..1500].join("\n")).unwrap();
+    std::fs::write(&current, all[1500..].join("\n")).unwrap();
+    let url = common::fresh_database(&unique("mw_bands")).await;
+    let out = Command::new(daemon_binary())
+        .args(["score", "--store", "--window", "100", "--reference"])
+        .arg(&reference)
+        .arg("--current")
+        .arg(&current)
+        .env("MODELWATCH_STORE__URL", &url)
+        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+        .env("MODELWATCH_JUDGE__ALPHA", "0.01")
+        .output()
+        .unwrap();
+    succeeded(&out);
+    let pool = sqlx::postgres::PgPool::connect(&url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT window_seq, p_value, threshold, effect_value, effect_threshold, effect_band_mean,
+                effect_band_sd, effect_band_windows
+         FROM scores WHERE detector = 'feature_drift' AND feature = 'x1' ORDER BY window_seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    let factor = modelwatch::detect::band::tail_factor(15, 0.01);
+    for row in &rows {
+        let windows: Option<i32> = row.get("effect_band_windows");
+        assert_eq!(windows, Some(15));
+        let (mean, sd): (f64, f64) = (row.get("effect_band_mean"), row.get("effect_band_sd"));
+        let threshold: f64 = row.get("effect_threshold");
+        assert!(
+            (threshold - (mean + sd * factor)).abs() < 1e-9,
+            "{mean} {sd} {threshold}"
+        );
+        assert!(sd > 0.0 && threshold > mean);
+    }
+    // The clean window stays under its bound; the shifted one (1.5 sd) is far past it.
+    let value = |i: usize| rows[i].get::<f64, _>("effect_value");
+    let bound = |i: usize| rows[i].get::<f64, _>("effect_threshold");
+    assert!(value(0) < bound(0) && value(1) > 3.0 * bound(1));
+}

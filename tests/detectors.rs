@@ -639,11 +639,14 @@ fn scorer_flags_only_shifted_features(engine: Engine) {
     assert!(p("predicted_class") > 0.05);
 }
 
+/// On large samples KS flags shifts smaller than the reference's own
+/// period-to-period wobble, which independent rows cannot explain but a
+/// real stream has. The effect gate, calibrated on contiguous reference
+/// windows, keeps such a shift quiet and lets a real one through: a
+/// reference of 20 periods of 2,000 rows whose means wander by up to 0.15
+/// sigma, a window 0.12 sigma off (significant by KS) and one 0.5 off.
 #[test]
 fn large_references_need_an_effect_size_past_threshold() {
-    // 10,000 reference rows and window rows: a 0.09-sigma shift is
-    // significant by KS but its normalised Wasserstein stays below 0.1, so
-    // it must not alert; 0.5 sigma must.
     let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 26).unwrap());
     let quantile = |i: usize, n: usize| -> f64 {
         // Evenly spread normal-ish values without a random generator.
@@ -654,46 +657,50 @@ fn large_references_need_an_effect_size_past_threshold() {
                 / (1.0 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t);
         if u < 0.5 { -z } else { z }
     };
-    let events = |n: usize, shift: f64| -> Vec<TelemetryEvent> {
-        (0..n)
+    let period = |shift: f64| -> Vec<TelemetryEvent> {
+        (0..2000)
             .map(|i| {
-                let a = ((quantile(i, n) + shift) * 1e3).round() / 1e3;
+                let a = ((quantile(i, 2000) + shift) * 1e3).round() / 1e3;
                 let c = ["x", "y"][i % 2];
-                serde_json::from_value(serde_json::json!({"model": "m", "ts": "2026-01-01T00:00:00Z", "features": {"a": a, "c": c}})).unwrap()
+                serde_json::from_value(serde_json::json!({
+                    "model": "m", "ts": "2026-01-01T00:00:00Z",
+                    "features": {"a": a, "c": c},
+                }))
+                .unwrap()
             })
             .collect()
     };
-    let fitted = scorer.fit("m", &events(10_000, 0.0), &[], 0).unwrap();
+    let reference: Vec<TelemetryEvent> = (0..20)
+        .flat_map(|k| period(0.15 * (1.7 * k as f64).sin()))
+        .collect();
+    let fitted = scorer.fit("m", &reference, &[], 2000).unwrap();
     let cfg = modelwatch::judge::JudgeConfig::default();
     let judged = |shift: f64| {
-        let scores = scorer
-            .score(&fitted, &events(10_000, shift))
-            .unwrap()
-            .scores;
+        let scores = scorer.score(&fitted, &period(shift)).unwrap().scores;
         modelwatch::judge::judge(&cfg, scores)
             .into_iter()
             .find(|j| j.score.feature == "a")
             .unwrap()
     };
-    let tiny = judged(0.09);
-    let effect = tiny
+    let wobble = judged(0.12);
+    let effect = wobble
         .score
         .effect
         .clone()
         .expect("large reference: effect size recorded");
     assert_eq!(effect.name, "wasserstein_normalised");
+    assert_eq!(effect.band.as_ref().map(|b| b.windows), Some(20));
     assert!(
-        tiny.score.p_value < tiny.threshold,
-        "the KS p-value alone would alert: {tiny:?}"
+        wobble.score.p_value < wobble.threshold,
+        "the KS p-value alone would alert: {wobble:?}"
     );
-    assert!(effect.value < 0.1, "{effect:?}");
+    assert!(effect.value < effect.threshold, "{effect:?}");
     assert_eq!(
-        tiny.crossed, None,
-        "a tiny effect on a large sample does not alert"
+        wobble.crossed, None,
+        "a shift within the reference's own wobble does not alert"
     );
     let big = judged(0.5);
     assert!(big.crossed.is_some(), "{big:?}");
-    assert!(big.score.effect.unwrap().value >= 0.1);
 }
 
 #[test]
@@ -870,7 +877,10 @@ fn expected_accuracy_drop_is_judged_against_the_reference_band() {
         .band
         .clone()
         .expect("15 reference windows");
-    assert_eq!((band.windows, band.method), (15, "reference-windows"));
+    assert_eq!(
+        (band.windows, band.method.as_str()),
+        (15, "reference-windows")
+    );
     assert!(fitted.confidence.calibration.is_some());
     let accuracy = |sure: f64| {
         let window: Vec<TelemetryEvent> = (9000..9200).map(|i| event(i, sure)).collect();
@@ -1044,12 +1054,16 @@ fn pca_reconstruction_sees_what_the_marginals_miss() {
     assert!(other.method.contains("analytic"), "{other:?}");
 }
 
-/// On small windows an effect size is noisy even on clean data; the gate's
-/// threshold rises to mean + 3 sd of its values on leave-one-out reference
-/// windows of the live size, and stays at the configured 0.1 where windows
-/// are large enough for the effect to be steady.
+/// An effect size's threshold comes from its own spread on leave-one-out
+/// reference windows of the live size: the judge sets it to the band's
+/// upper prediction bound at the window's p-value threshold, so it rises
+/// above the old fixed 0.1 for noisy small windows and falls below it for
+/// steady large ones. A configured threshold is a minimum under the bound;
+/// a window of another size gets the band rescaled to it, which agrees
+/// with a band cut at that size.
 #[test]
 fn effect_thresholds_are_calibrated_on_reference_windows() {
+    use modelwatch::detect::band;
     use rand::{Rng, SeedableRng};
     let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 26).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
@@ -1066,36 +1080,95 @@ fn effect_thresholds_are_calibrated_on_reference_windows() {
             })
             .collect()
     };
+    let judge_config = modelwatch::judge::JudgeConfig::default();
+    let judged =
+        |scorer: &Scorer, fitted: &modelwatch::detect::Reference, window: &[TelemetryEvent]| {
+            let scores = scorer.score(fitted, window).unwrap().scores;
+            let mut judged = modelwatch::judge::judge(&judge_config, scores);
+            let at = judged.iter().position(|j| j.score.feature == "a").unwrap();
+            judged.swap_remove(at)
+        };
     let reference = events(12_000);
     let window = events(100);
     let small = scorer.fit("m", &reference, &[], 100).unwrap();
-    let band = small.effect_bands.get("a").expect("windows of 100");
-    // 120 fit; the first 30 are scored.
-    assert_eq!((band.windows, band.window_rows), (30, 100));
-    let floor = band.mean + 3.0 * band.sd;
-    assert!(floor > 0.1, "wasserstein of 100 rows is noisy: {band:?}");
-    let score = scorer.score(&small, &window).unwrap().scores;
-    let a = score.iter().find(|s| s.feature == "a").unwrap();
-    let effect = a.effect.clone().expect("gating effect on 12,000 rows");
-    close("calibrated threshold", effect.threshold, floor, 1e-12);
+    let b = small.effect_bands.get("a").expect("windows of 100").clone();
+    // 120 fit; the first 100 are scored.
+    assert_eq!((b.windows, b.window_rows), (100, 100));
+    let a = judged(&scorer, &small, &window);
+    let effect = a
+        .score
+        .effect
+        .clone()
+        .expect("gating effect on 12,000 rows");
+    let bound = b.mean + b.sd * band::tail_factor(100, a.threshold);
+    close("calibrated threshold", effect.threshold, bound, 1e-12);
+    assert!(bound > 0.1, "wasserstein of 100 rows is noisy: {b:?}");
+    assert_eq!(effect.band.as_ref(), Some(&b), "the band is recorded");
     assert!(
-        a.method.contains("mean+3sd of 30 reference windows"),
+        a.score
+            .method
+            .contains("threshold=bound of 100 reference windows"),
         "{a:?}"
     );
     // The calibration is stored with the reference.
-    assert_eq!(small.calibration()["effect_sizes"]["a"]["windows"], 30);
-    // Windows of 2,000 rows: the noise floor sits below 0.1, which stands.
+    assert_eq!(small.calibration()["effect_sizes"]["a"]["windows"], 100);
+    // Windows of 2,000 rows: the bound of 6 windows sits below 0.1, and
+    // nothing holds it up.
     let large = scorer.fit("m", &reference, &[], 2000).unwrap();
-    let band = large.effect_bands.get("a").expect("6 windows of 2,000");
-    assert!(band.mean + 3.0 * band.sd < 0.1, "{band:?}");
-    let score = scorer.score(&large, &events(2000)).unwrap().scores;
-    let a = score.iter().find(|s| s.feature == "a").unwrap();
-    assert_eq!(a.effect.as_ref().unwrap().threshold, 0.1);
-    assert!(!a.method.contains("reference windows"), "{a:?}");
-    // A window of another size than the calibration keeps the configured one.
-    let score = scorer.score(&small, &events(150)).unwrap().scores;
-    let a = score.iter().find(|s| s.feature == "a").unwrap();
-    assert_eq!(a.effect.as_ref().unwrap().threshold, 0.1);
+    let b = large
+        .effect_bands
+        .get("a")
+        .expect("6 windows of 2,000")
+        .clone();
+    let a = judged(&scorer, &large, &events(2000));
+    let threshold = a.score.effect.as_ref().unwrap().threshold;
+    close(
+        "steady threshold",
+        threshold,
+        b.mean + b.sd * band::tail_factor(6, a.threshold),
+        1e-12,
+    );
+    assert!(threshold < 0.1, "{b:?} -> {threshold}");
+    // A configured threshold is a minimum under the bound.
+    let config = modelwatch::config::Config::from_sources(
+        "[detect.drift]\neffect_threshold = 0.2\n",
+        std::iter::empty(),
+    )
+    .expect("config");
+    let floored = Scorer::with_config(
+        Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap(),
+        &config.detect,
+    );
+    let fitted = floored.fit("m", &reference, &[], 2000).unwrap();
+    let a = judged(&floored, &fitted, &events(2000));
+    assert_eq!(a.score.effect.as_ref().unwrap().threshold, 0.2);
+    // A window of another size than the calibration: the band of 100 rows
+    // rescaled. The mean chance Wasserstein distance of standard normal
+    // samples of m and n rows is 1.29 sqrt(1/m + 1/n) (SciPy, 300 draws
+    // each at 100/11,900, 600/11,400 and 2,000/10,000: 1.28-1.31), and the
+    // six windows cut at 2,000 rows agree within their own noise.
+    let small_band = small.effect_bands.get("a").unwrap();
+    let a = judged(&scorer, &small, &events(2000));
+    let rescaled = a.score.effect.unwrap().band.expect("rescaled band");
+    assert_eq!(rescaled.window_rows, 2000);
+    assert!(
+        rescaled.method.contains("scaled from 100 rows"),
+        "{rescaled:?}"
+    );
+    assert_eq!(Some(&rescaled), small_band.rescaled(2000, 12_000).as_ref());
+    let theory = 1.29 * (1.0 / 2000.0 + 1.0 / 12_000.0f64).sqrt();
+    assert!(
+        (rescaled.mean / theory - 1.0).abs() < 0.1,
+        "rescaled {rescaled:?} against {theory}"
+    );
+    assert!(
+        (rescaled.mean - b.mean).abs() < 3.5 * b.sd / 6f64.sqrt(),
+        "rescaled {rescaled:?} against cut {b:?}"
+    );
+    // Windows too large for five of them: cut into 20 and rescaled.
+    let whole = scorer.fit("m", &reference, &[], 6000).unwrap();
+    let cut = whole.effect_bands.get("a").unwrap();
+    assert_eq!((cut.windows, cut.window_rows), (20, 600));
 }
 
 /// A changed class mix reads differently with and without a new model
@@ -1186,4 +1259,123 @@ fn ks_policy_computes_the_exact_p_value_only_near_alpha() {
         );
     }
     assert_eq!(seen.len(), 2, "the fixture covers both outcomes: {seen:?}");
+}
+
+/// The bound an effect-size gate is held to, against SciPy's t and normal
+/// quantiles (tests/fixtures/bands.json, from make_band_fixtures.py).
+#[test]
+fn band_bounds_match_scipy_quantiles() {
+    use modelwatch::detect::band;
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/bands.json"
+    ))
+    .expect("fixture file");
+    let fx: Value = serde_json::from_str(&text).expect("fixture json");
+    for case in fx["tail_factor"].as_array().unwrap() {
+        let k = case["windows"].as_u64().unwrap() as usize;
+        let level = case["level"].as_f64().unwrap();
+        let want = case["factor"].as_f64().unwrap();
+        let got = band::tail_factor(k, level);
+        close(
+            &format!("tail_factor({k}, {level})"),
+            got,
+            want,
+            1e-7 * want,
+        );
+        // And it inverts the tail the judge reads p-values from.
+        let b = band::Band {
+            mean: 0.02,
+            sd: 0.005,
+            windows: k,
+            window_rows: 100,
+            method: "reference-windows".into(),
+        };
+        close(
+            "tail at bound",
+            b.upper_tail(b.upper_bound(level)),
+            level,
+            1e-7 * level,
+        );
+    }
+}
+
+/// A label the reference never saw, once in a small window, is no drift:
+/// unpooled, its chi-squared cell (expected 0.01) alone gave p ~ 1e-20.
+/// Sparse levels are pooled, and the pooling is recorded; a real move of
+/// mass still shows.
+#[test]
+fn sparse_levels_are_pooled_so_one_unseen_label_does_not_page() {
+    let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
+    let levels = ["a", "a", "a", "b", "b", "c", "d", "e"];
+    let events = |labels: Vec<&str>| -> Vec<TelemetryEvent> {
+        labels
+            .into_iter()
+            .map(|l| {
+                serde_json::from_value(serde_json::json!({
+                    "model": "m", "ts": "2026-01-01T00:00:00Z", "features": {"level": l},
+                }))
+                .unwrap()
+            })
+            .collect()
+    };
+    let reference = events((0..10_000).map(|i| levels[i % 8]).collect());
+    let fitted = scorer.fit("m", &reference, &[], 0).unwrap();
+    let score = |window: Vec<&str>| {
+        let scores = scorer.score(&fitted, &events(window)).unwrap().scores;
+        scores.into_iter().find(|s| s.feature == "level").unwrap()
+    };
+    let mut window: Vec<&str> = (0..99).map(|i| levels[i % 8]).collect();
+    window.push("never-seen");
+    let s = score(window);
+    assert!(s.p_value > 0.05, "{s:?}");
+    assert!(s.method.contains("pooled"), "{s:?}");
+    // Half the window on the rarest levels is drift, pooled or not.
+    let window: Vec<&str> = (0..100).map(|i| ["d", "e", "a", "b"][i % 4]).collect();
+    let s = score(window);
+    assert!(s.p_value < 1e-6, "{s:?}");
+}
+
+/// Regression models: the output's distance gate is calibrated as a
+/// feature's is, and where true values arrive the window's mean absolute
+/// error is judged against the reference's error band.
+#[test]
+fn regression_outputs_get_calibrated_gates_and_error_bands() {
+    use rand::{Rng, SeedableRng};
+    let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut events = |n: usize, noise: f64| -> Vec<TelemetryEvent> {
+        (0..n)
+            .map(|_| {
+                let y: f64 = rng.random::<f64>() * 100.0;
+                let e: f64 = (rng.random::<f64>() - 0.5) * noise;
+                serde_json::from_value(serde_json::json!({
+                    "model": "m", "ts": "2026-01-01T00:00:00Z",
+                    "output": {"score": y + e}, "actual": y,
+                }))
+                .unwrap()
+            })
+            .collect()
+    };
+    let fitted = scorer.fit("m", &events(5000, 4.0), &[], 250).unwrap();
+    let get = |scores: &[modelwatch::detect::Score], detector: &str| {
+        scores
+            .iter()
+            .find(|s| s.detector == detector)
+            .cloned()
+            .unwrap()
+    };
+    let clean = scorer.score(&fitted, &events(250, 4.0)).unwrap().scores;
+    let error = get(&clean, "regression_error");
+    assert!(error.p_value > 0.01, "{error:?}");
+    assert!(error.method.starts_with("reference-windows"), "{error:?}");
+    // Mean absolute error 1 on the reference.
+    assert!((error.statistic - 1.0).abs() < 0.2, "{error:?}");
+    let output = get(&clean, "output_distribution");
+    let effect = output.effect.expect("regression output effect");
+    assert_eq!(effect.band.map(|b| b.windows), Some(20));
+    // Twice the error: the outputs keep their distribution, the error does not.
+    let worse = scorer.score(&fitted, &events(250, 8.0)).unwrap().scores;
+    let error = get(&worse, "regression_error");
+    assert!(error.p_value < 1e-6, "{error:?}");
 }

@@ -165,7 +165,7 @@ fn cut_windows(
 
 fn print_header() {
     println!(
-        "{:<20} {:<8} {:>6}  {:<20} {:<18} {:<5} {:>10} {:>11} {:>11}  alert",
+        "{:<20} {:<8} {:>6}  {:<20} {:<18} {:<5} {:>10} {:>11} {:>11} {:>15}  alert",
         "model",
         "version",
         "window",
@@ -174,7 +174,8 @@ fn print_header() {
         "test",
         "statistic",
         "p-value",
-        "threshold"
+        "threshold",
+        "effect/thresh"
     );
 }
 
@@ -194,7 +195,7 @@ fn print_verdict(v: &WindowVerdict, format: Output) {
                 })
             ),
             Output::Table => println!(
-                "{:<20} {:<8} {:>6}  {:<20} {:<18} {:<5} {:>10.4} {:>11.3e} {:>11.3e}  {}",
+                "{:<20} {:<8} {:>6}  {:<20} {:<18} {:<5} {:>10.4} {:>11.3e} {:>11.3e} {:>15}  {}",
                 v.model,
                 if v.model_version.is_empty() {
                     "-"
@@ -208,6 +209,11 @@ fn print_verdict(v: &WindowVerdict, format: Output) {
                 s.statistic,
                 s.p_value,
                 j.threshold,
+                match &s.effect {
+                    Some(e) if e.gating => format!("{:.4}/{:.4}", e.value, e.threshold),
+                    Some(e) => format!("{:.4}/-", e.value),
+                    None => "-".into(),
+                },
                 alert
             ),
         }

@@ -1,20 +1,52 @@
 //! Bands: the spread a per-window statistic shows on clean data, calibrated
 //! on the reference itself, from which a live window's p-value follows.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::stats;
 
-/// At most this many reference windows are scored for a band: each costs
-/// a refit or a pass over the rest of the reference, and 30 values pin a
-/// mean and spread down well enough.
+/// At most this many reference windows are scored for a band that needs a
+/// refit per window (a calibration, a projection): 30 values pin a mean
+/// and spread down well enough for a p-value.
 pub const MAX_WINDOWS: usize = 30;
+
+/// Effect-size bands cost one pass over a prepared column per window, so
+/// they take more: the bound a gate sets from k windows carries Student's
+/// t with k - 1 degrees of freedom, whose far quantiles shrink quickly
+/// with k (the factor on the sd at 1 - 1e-4: 14.3 for k = 5, 4.3 for
+/// k = 30, 3.9 for k = 100).
+pub const MAX_EFFECT_WINDOWS: usize = 100;
 
 /// How many non-overlapping windows of `window_rows` a reference of `n`
 /// rows gives a band, `None` below `min`.
 pub fn windows(n: usize, window_rows: usize, min: usize) -> Option<usize> {
-    let k = n.checked_div(window_rows)?.min(MAX_WINDOWS);
+    windows_up_to(n, window_rows, min, MAX_WINDOWS)
+}
+
+/// `windows` with its own cap.
+pub fn windows_up_to(n: usize, window_rows: usize, min: usize, max: usize) -> Option<usize> {
+    let k = n.checked_div(window_rows)?.min(max);
     (k >= min.max(2)).then_some(k)
+}
+
+/// Where live windows are too large for the reference to hold `min` of
+/// them, or close by time and have no one size, an effect band is cut at
+/// the size that gives this many windows and rescaled to each live window.
+pub const FALLBACK_WINDOWS: usize = 20;
+
+/// Smaller cuts than this are too noisy to scale from.
+pub const MIN_CUT_ROWS: usize = 50;
+
+/// The (rows, count) of the windows an effect band of a reference of `n`
+/// rows is cut into: the live size where it gives at least `min` windows,
+/// else `FALLBACK_WINDOWS` (or `min`, if more) windows of equal size.
+pub fn effect_cut(n: usize, window_rows: usize, min: usize) -> Option<(usize, usize)> {
+    if let Some(k) = windows_up_to(n, window_rows, min, MAX_EFFECT_WINDOWS) {
+        return Some((window_rows, k));
+    }
+    let k = FALLBACK_WINDOWS.max(min);
+    let rows = n / k;
+    (rows >= MIN_CUT_ROWS).then_some((rows, k))
 }
 
 /// `rows` without `part`: what a leave-out fit trains on.
@@ -88,7 +120,7 @@ impl Spread {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Band {
     pub mean: f64,
     pub sd: f64,
@@ -98,7 +130,7 @@ pub struct Band {
     pub window_rows: usize,
     /// `reference-windows` (leave-one-out scores of non-overlapping
     /// reference windows) or `analytic` (per-request spread / sqrt(m)).
-    pub method: &'static str,
+    pub method: String,
 }
 
 impl Band {
@@ -110,7 +142,7 @@ impl Band {
             sd: var.sqrt(),
             windows: values.len(),
             window_rows,
-            method: "reference-windows",
+            method: "reference-windows".into(),
         }
     }
 
@@ -127,7 +159,32 @@ impl Band {
             sd: (spread.var * (1.0 / m as f64 + 1.0 / spread.n as f64)).sqrt(),
             windows: 0,
             window_rows: m,
-            method: "analytic",
+            method: "analytic".into(),
+        })
+    }
+
+    /// This band, cut at windows of `window_rows` against the rest of the
+    /// reference, for a window of `m` rows against all `n` reference rows.
+    /// A distance between two samples that differ by chance alone shrinks
+    /// as sqrt(1/m + 1/n) (Wasserstein, and Jensen-Shannon, whose square
+    /// is a chi-squared over the effective sample size), so its mean and
+    /// spread are scaled by that ratio. `None` for an empty window.
+    pub fn rescaled(&self, m: usize, n: usize) -> Option<Band> {
+        if m == self.window_rows {
+            return Some(self.clone());
+        }
+        let rest = n.checked_sub(self.window_rows).filter(|r| *r > 0)?;
+        if m == 0 || self.window_rows == 0 || n == 0 {
+            return None;
+        }
+        let noise = |m: usize, n: usize| (1.0 / m as f64 + 1.0 / n as f64).sqrt();
+        let s = noise(m, n) / noise(self.window_rows, rest);
+        Some(Band {
+            mean: self.mean * s,
+            sd: self.sd * s,
+            windows: self.windows,
+            window_rows: m,
+            method: format!("{} scaled from {} rows", self.method, self.window_rows),
         })
     }
 
@@ -153,13 +210,7 @@ impl Band {
         if self.sd <= 0.0 {
             return if value < self.mean { 0.0 } else { 1.0 };
         }
-        let z = (value - self.mean) / self.sd;
-        if self.windows >= 2 {
-            let k = self.windows as f64;
-            stats::student_t_cdf(z / (1.0 + 1.0 / k).sqrt(), k - 1.0)
-        } else {
-            stats::normal_cdf(z)
-        }
+        standard_cdf((value - self.mean) / self.sd, self.windows)
     }
 
     /// P(a clean window's value >= `value`).
@@ -167,13 +218,18 @@ impl Band {
         if self.sd <= 0.0 {
             return if value > self.mean { 0.0 } else { 1.0 };
         }
-        let z = (value - self.mean) / self.sd;
-        let mirrored = Band {
-            mean: 0.0,
-            sd: 1.0,
-            ..self.clone()
-        };
-        mirrored.lower_tail(-z)
+        standard_cdf((self.mean - value) / self.sd, self.windows)
+    }
+
+    /// The value a clean window exceeds with probability `level`: the
+    /// upper prediction bound `upper_tail` inverts.
+    pub fn upper_bound(&self, level: f64) -> f64 {
+        self.bound_with(tail_factor(self.windows, level))
+    }
+
+    /// The bound at a `tail_factor` already found for this band's size.
+    pub fn bound_with(&self, factor: f64) -> f64 {
+        self.mean + self.sd * factor
     }
 
     pub fn describe(&self) -> String {
@@ -182,4 +238,46 @@ impl Band {
             self.method, self.mean, self.sd, self.windows
         )
     }
+}
+
+/// P(Z <= z) for a clean window's standardised value: Student's t with
+/// k - 1 degrees of freedom scaled by sqrt(1 + 1/k) for a band of k >= 2
+/// windows, the normal for an analytic one (see `Band::lower_tail`).
+fn standard_cdf(z: f64, windows: usize) -> f64 {
+    if windows >= 2 {
+        let k = windows as f64;
+        stats::student_t_cdf(z / (1.0 + 1.0 / k).sqrt(), k - 1.0)
+    } else {
+        stats::normal_cdf(z)
+    }
+}
+
+/// The standardised value a new clean window exceeds with probability
+/// `level`, for a band from `windows` reference windows (the normal for an
+/// analytic band): `upper_tail`'s inverse, found by bisection on its CDF,
+/// which keeps its precision far into the tail.
+/// A level that is not a number bounds at infinity (nothing passes), and
+/// the search stops at 1e12 sds, where a gate is shut in any case.
+pub fn tail_factor(windows: usize, level: f64) -> f64 {
+    if level.is_nan() {
+        return f64::INFINITY;
+    }
+    let level = level.clamp(1e-300, 0.5);
+    let above = |z: f64| standard_cdf(-z, windows);
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while above(hi) > level && hi < 1e12 {
+        (lo, hi) = (hi, hi * 2.0);
+    }
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if above(mid) > level {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        if hi - lo <= 1e-12 * hi {
+            break;
+        }
+    }
+    hi
 }

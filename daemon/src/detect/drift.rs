@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 /// with few distinct values; on references above `large_reference` rows
 /// each score also carries its effect size (normalised Wasserstein for KS,
 /// Jensen-Shannon distance for chi-squared), which must pass its threshold
-/// too before the score alerts. Every choice can be set per feature or per
-/// model and feature, and is recorded with the score.
+/// too before the score alerts. The threshold comes from the effect's own
+/// spread on reference windows of the live size (see `calibrate`). Every
+/// choice can be set per feature or per model and feature, and is recorded
+/// with the score.
 pub struct FeatureDrift {
     pub config: DriftConfig,
     pub ks: stats::KsPolicy,
@@ -57,16 +59,33 @@ pub fn count_discrete(
         .collect()
 }
 
+/// The threshold of a gating effect size without a band (calibration off,
+/// or a reference under 1,000 rows gated with `gate = "always"`): a
+/// distance of a tenth of a spread, or of a tenth of the way to disjoint
+/// distributions.
+pub const UNCALIBRATED_EFFECT_THRESHOLD: f64 = 0.1;
+
 /// What a feature's effect size will be: which statistic, the configured
-/// threshold, and whether it gates.
+/// minimum, and whether it gates.
 struct Plan {
     choice: EffectSize,
-    threshold: f64,
+    minimum: Option<f64>,
     gating: bool,
 }
 
+impl Plan {
+    /// What the effect must reach before the judge adds the band's bound.
+    fn threshold(&self, banded: bool) -> f64 {
+        match (self.minimum, banded) {
+            (Some(m), _) => m,
+            (None, true) => 0.0,
+            (None, false) => UNCALIBRATED_EFFECT_THRESHOLD,
+        }
+    }
+}
+
 fn plan(config: &DriftConfig, settings: &Settings, n_reference: usize, chi2: bool) -> Option<Plan> {
-    let threshold = settings.effect_threshold.unwrap_or(config.effect_threshold);
+    let minimum = settings.effect_threshold.or(config.effect_threshold);
     let gating = match settings.gate.unwrap_or(Gate::Auto) {
         Gate::Auto => n_reference > config.large_reference,
         Gate::Always => true,
@@ -83,7 +102,7 @@ fn plan(config: &DriftConfig, settings: &Settings, n_reference: usize, chi2: boo
     };
     Some(Plan {
         choice,
-        threshold,
+        minimum,
         gating,
     })
 }
@@ -133,10 +152,16 @@ fn effect_value(choice: EffectSize, settings: &Settings, columns: &Columns) -> (
 
 /// How far a gating effect size moves between clean windows of the live
 /// size: per feature, its value on each non-overlapping reference window
-/// against the rest of the reference. A feature whose effect size is that
-/// noisy at this window size needs more than the configured threshold
-/// before it counts as real, so its threshold is raised to mean + 3 sd of
-/// these values (NannyML's band) where that is higher.
+/// (up to `band::MAX_EFFECT_WINDOWS`) against the rest of the reference;
+/// where the reference holds fewer than `min_band_windows` of them, or
+/// windows close by time, at a size that gives 20 and rescaled to each
+/// live window (`Band::rescaled`).
+/// The judge sets the feature's threshold from this band alone, as its
+/// upper 1 - alpha prediction bound: what is
+/// meaningful depends on the feature and the window size, and a fixed
+/// number either hides real small shifts of steady features or passes the
+/// noise of small windows. Contiguous windows carry whatever the reference
+/// does between its own periods, which is the spread the gate is for.
 pub fn calibrate(
     config: &DriftConfig,
     model: &str,
@@ -145,16 +170,16 @@ pub fn calibrate(
     window_rows: usize,
 ) -> BTreeMap<String, Band> {
     let mut bands = BTreeMap::new();
-    if !config.calibrate || window_rows == 0 {
+    if !config.calibrate {
         return bands;
     }
-    let windows = |n: usize| band::windows(n, window_rows, config.min_band_windows);
+    let cut = |n: usize| band::effect_cut(n, window_rows, config.min_band_windows);
     for (i, name) in schema.numeric.iter().enumerate() {
         let settings = config.resolve(model, name);
         let col = &reference.frame.numeric[i];
         let chi2 = use_chi2(&settings, reference.discrete[i]);
         let gating = plan(config, &settings, col.len(), chi2).filter(|p| p.gating);
-        let (Some(p), Some(k)) = (gating, windows(col.len())) else {
+        let (Some(p), Some((rows, k))) = (gating, cut(col.len())) else {
             continue;
         };
         // The rest of the reference is the prepared column less the
@@ -162,7 +187,7 @@ pub fn calibrate(
         let full = &reference.sorted[i];
         let values: Vec<f64> = (0..k)
             .map(|j| {
-                let window = stats::sorted(&col[j * window_rows..(j + 1) * window_rows]);
+                let window = stats::sorted(&col[j * rows..(j + 1) * rows]);
                 if p.choice == EffectSize::Wasserstein {
                     return full.wasserstein_normalised_without(&window);
                 }
@@ -170,23 +195,23 @@ pub fn calibrate(
                 effect_value(p.choice, &settings, &Columns::Numeric(&rest, &window)).1
             })
             .collect();
-        bands.insert(name.clone(), Band::from_windows(&values, window_rows));
+        bands.insert(name.clone(), Band::from_windows(&values, rows));
     }
     for (i, name) in schema.categorical.iter().enumerate() {
         let settings = config.resolve(model, name);
         let col = &reference.frame.categorical[i];
         let gating = plan(config, &settings, col.len(), true).filter(|p| p.gating);
-        let (Some(p), Some(k)) = (gating, windows(col.len())) else {
+        let (Some(p), Some((rows, k))) = (gating, cut(col.len())) else {
             continue;
         };
         let values: Vec<f64> = (0..k)
             .map(|j| {
-                let window = stats::Counted::of(&col[j * window_rows..(j + 1) * window_rows]);
+                let window = stats::Counted::of(&col[j * rows..(j + 1) * rows]);
                 let rest = reference.counted[i].minus(&window);
                 effect_value(p.choice, &settings, &Columns::Labels(&rest, &window)).1
             })
             .collect();
-        bands.insert(name.clone(), Band::from_windows(&values, window_rows));
+        bands.insert(name.clone(), Band::from_windows(&values, rows));
     }
     bands
 }
@@ -208,27 +233,20 @@ impl FeatureDrift {
         columns: &Columns,
         n_reference: usize,
         chi2: bool,
-    ) -> Option<(Effect, Option<Band>)> {
+    ) -> Option<Effect> {
         let p = plan(&self.config, settings, n_reference, chi2)?;
         let (name, value) = effect_value(p.choice, settings, columns);
-        // The calibrated floor holds for windows of the size it was cut at.
         let band = reference
             .effect_bands
             .get(feature)
-            .filter(|b| b.window_rows == columns.window_len())
-            .cloned();
-        let floor = band
-            .as_ref()
-            .map_or(f64::NEG_INFINITY, |b| b.mean + 3.0 * b.sd);
-        Some((
-            Effect {
-                name: name.into(),
-                value,
-                threshold: p.threshold.max(floor),
-                gating: p.gating,
-            },
-            band.filter(|_| floor > p.threshold),
-        ))
+            .and_then(|b| b.rescaled(columns.window_len(), n_reference));
+        Some(Effect {
+            name: name.into(),
+            value,
+            threshold: p.threshold(band.is_some()),
+            gating: p.gating,
+            band,
+        })
     }
 }
 
@@ -310,7 +328,12 @@ impl Detector for FeatureDrift {
                 }
             };
             let c = stats::Counted::of(window.numeric[i].iter().map(|v| v.to_string()));
-            if let Some(mut s) = chi2_score(self.name(), Family::Drift, name, r, &c) {
+            if let Some(mut s) = chi2_score(
+                (self.name(), Family::Drift, name),
+                r,
+                &c,
+                self.config.pool_sparse_levels,
+            ) {
                 s.method = format!("{} numeric<={DISCRETE_VALUES}values", s.method);
                 let columns = Columns::Numeric(&reference.sorted[i], &windows[i]);
                 let effect =
@@ -322,7 +345,12 @@ impl Detector for FeatureDrift {
         for (i, name) in reference.schema.categorical.iter().enumerate() {
             let r = &reference.counted[i];
             let c = stats::Counted::of(&window.categorical[i]);
-            if let Some(mut s) = chi2_score(self.name(), Family::Drift, name, r, &c) {
+            if let Some(mut s) = chi2_score(
+                (self.name(), Family::Drift, name),
+                r,
+                &c,
+                self.config.pool_sparse_levels,
+            ) {
                 let settings = self.config.resolve(model, name);
                 let columns = Columns::Labels(r, &c);
                 let effect = self.effect(reference, name, &settings, &columns, s.n_reference, true);
@@ -336,13 +364,8 @@ impl Detector for FeatureDrift {
 
 /// Attaches the effect and names, in the score's method, the binning it was
 /// computed on and whether it gates.
-fn annotate(
-    s: &mut Score,
-    effect: Option<(Effect, Option<Band>)>,
-    columns: &Columns,
-    settings: &Settings,
-) {
-    let Some((e, band)) = effect else {
+fn annotate(s: &mut Score, effect: Option<Effect>, columns: &Columns, settings: &Settings) {
+    let Some(e) = effect else {
         return;
     };
     let binned = e.name != "wasserstein_normalised";
@@ -360,9 +383,13 @@ fn annotate(
             ("psi", None) => " epsilon=1e-4-rule".to_string(),
             _ => String::new(),
         },
-        match band {
-            Some(b) => format!(" threshold=mean+3sd of {} reference windows", b.windows),
-            None => String::new(),
+        match (&e.band, e.threshold) {
+            (Some(b), t) if t > 0.0 => format!(
+                " threshold=max({t}, bound of {} reference windows)",
+                b.windows
+            ),
+            (Some(b), _) => format!(" threshold=bound of {} reference windows", b.windows),
+            (None, _) => String::new(),
         },
         if e.gating {
             ""
@@ -380,13 +407,25 @@ pub struct DriftConfig {
     /// Above this many reference rows the effect size must pass its
     /// threshold as well as the p-value (`gate = "auto"`).
     pub large_reference: usize,
-    /// The effect-size threshold of every feature without its own.
-    pub effect_threshold: f64,
-    /// Raise a gating effect size's threshold to mean + 3 sd of its values
-    /// on leave-one-out reference windows of the live size, where higher:
-    /// an effect that noisy on clean windows is no evidence of drift.
+    /// A minimum every gating effect size must reach, for features without
+    /// their own. Unset: the calibrated bound alone (0.1 where there is no
+    /// band: calibration off, or a reference too short to cut one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect_threshold: Option<f64>,
+    /// Set each gating effect size's threshold from its values on
+    /// leave-one-out reference windows of the live size: their upper
+    /// 1 - `judge.alpha` prediction bound (Student's t over the windows),
+    /// so it rises for noisy features and small windows and falls for
+    /// steady ones.
     pub calibrate: bool,
-    /// Reference windows needed for that calibration.
+    /// Pool the levels a chi-squared test expects fewer than 5 times in the
+    /// smaller sample (features and the class mix): on small windows they
+    /// add noise and degrees of freedom, and one unseen label reads as a
+    /// huge deviation. The pooling is recorded in the score's method.
+    pub pool_sparse_levels: bool,
+    /// Reference windows of the live size needed to cut the band at that
+    /// size; with fewer (or windows closed by time) it is cut into 20
+    /// windows and rescaled to each live window. At least 5.
     pub min_band_windows: usize,
     /// Overrides by feature name (every model) or by `model/feature`, which wins.
     pub features: BTreeMap<String, FeatureSettings>,
@@ -396,8 +435,9 @@ impl Default for DriftConfig {
     fn default() -> Self {
         Self {
             large_reference: 1000,
-            effect_threshold: 0.1,
+            effect_threshold: None,
             calibrate: true,
+            pool_sparse_levels: true,
             min_band_windows: 5,
             features: BTreeMap::new(),
         }
@@ -422,6 +462,28 @@ impl DriftConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if self.min_band_windows < 5 {
+            return Err(format!(
+                "detect.drift.min_band_windows must be at least 5, got {}: the bound of fewer windows is so wide that no shift passes it",
+                self.min_band_windows
+            ));
+        }
+        let minimums = self
+            .features
+            .iter()
+            .map(|(k, f)| (k.as_str(), f.effect_threshold));
+        for (key, t) in std::iter::once(("", self.effect_threshold)).chain(minimums) {
+            if let Some(t) = t.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+                let at = if key.is_empty() {
+                    String::new()
+                } else {
+                    format!("features.{key}.")
+                };
+                return Err(format!(
+                    "detect.drift.{at}effect_threshold must be a finite number >= 0, got {t}"
+                ));
+            }
+        }
         for (key, f) in &self.features {
             if let Some(e) = f.epsilon.filter(|e| !(*e > 0.0 && *e < 1.0)) {
                 return Err(format!(
@@ -443,7 +505,8 @@ pub struct FeatureSettings {
     /// The effect size recorded with the score.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub effect: Option<EffectSize>,
-    /// The effect size's threshold.
+    /// A minimum the effect size must reach (the threshold itself where
+    /// there is no band).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub effect_threshold: Option<f64>,
     /// When the effect size must pass its threshold.

@@ -63,6 +63,8 @@ pub struct Frame {
     pub correct: Vec<Option<bool>>,
     /// Regression outputs (`output.score`).
     pub regression: Vec<f64>,
+    /// |output.score - actual| where the event carries a numeric true value.
+    pub regression_error: Vec<f64>,
     /// Embeddings, for multivariate and out-of-distribution detectors.
     pub embeddings: Vec<Vec<f64>>,
     /// Each event's numeric features in schema order, where all are present
@@ -162,6 +164,10 @@ impl Frame {
             }
             if let Some(v) = e.output.score.filter(|v| v.is_finite()) {
                 f.regression.push(v);
+                let actual = e.actual.as_ref().and_then(|a| a.as_f64());
+                if let Some(error) = actual.map(|a| (v - a).abs()).filter(|d| d.is_finite()) {
+                    f.regression_error.push(error);
+                }
             }
             if let Some(v) = &e.embedding {
                 f.embeddings.push(v.clone());

@@ -12,7 +12,7 @@ pub mod frame;
 pub mod linalg;
 mod multivariate;
 pub mod ood;
-mod output;
+pub mod output;
 pub mod reconstruction;
 pub mod stats;
 mod worker;
@@ -27,7 +27,9 @@ pub use worker::ScoringHandle;
 
 use crate::event::TelemetryEvent;
 pub use confidence::ConfidenceConfig;
-pub use drift::{Bins, DriftConfig, DriftTest, EffectSize, FeatureSettings, Gate};
+pub use drift::{
+    Bins, DriftConfig, DriftTest, EffectSize, FeatureSettings, Gate, UNCALIBRATED_EFFECT_THRESHOLD,
+};
 pub use engine::{DeviceChoice, EngineConfig};
 pub use multivariate::{MultivariateConfig, MultivariateMethod};
 pub use ood::OodConfig;
@@ -97,11 +99,17 @@ pub struct Effect {
     /// `wasserstein_normalised`, `jensen_shannon`, `psi` or `hellinger`.
     pub name: String,
     pub value: f64,
+    /// What the value must reach. A detector sets the configured minimum
+    /// (0 for none; without a band, the uncalibrated default); the judge
+    /// raises it to the band's upper 1 - alpha prediction bound.
     pub threshold: f64,
     /// Whether the score needs the effect past threshold to alert; an
     /// effect recorded with `gate = "never"` only informs.
     #[serde(default = "gating_default")]
     pub gating: bool,
+    /// The effect's spread on clean reference windows of the live size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub band: Option<band::Band>,
 }
 
 fn gating_default() -> bool {
@@ -144,6 +152,8 @@ pub struct Reference {
     pub discrete: Vec<bool>,
     /// Per feature, the band of its gating effect size on reference windows.
     pub effect_bands: std::collections::BTreeMap<String, band::Band>,
+    /// The bands of the output distances and of regression errors.
+    pub output: output::Fitted,
     /// Per-request confidence of the reference, its calibration and band.
     pub confidence: confidence::Fitted,
     /// What the multivariate detector compares against, when it is enabled.
@@ -165,6 +175,11 @@ impl Reference {
                 "isotonic": self.confidence.calibration.is_some(),
             },
             "effect_sizes": self.effect_bands,
+            "output_effect_sizes": self.output.bands,
+            "regression_error": {
+                "band": self.output.error_band,
+                "spread": self.output.error_spread,
+            },
             "out_of_distribution": self.ood.iter().map(|f| serde_json::json!({
                 "space": f.space,
                 "dimensions": f.mean.len(),
@@ -221,8 +236,7 @@ impl Scorer {
             }),
             Box::new(confidence::ConfidenceShift { ks }),
             Box::new(output::OutputDistribution {
-                large_reference: config.drift.large_reference,
-                effect_threshold: config.drift.effect_threshold,
+                drift: config.drift.clone(),
                 ks,
             }),
         ];
@@ -303,6 +317,15 @@ impl Scorer {
         let effect_bands =
             drift::calibrate(&self.config.drift, model, &schema, &columns, window_rows);
         let confidence = confidence::fit(&frame, window_rows, &self.config.confidence);
+        let regression = stats::Sorted::new(&frame.regression);
+        let predicted = stats::Counted::of(&frame.predicted);
+        let output = output::fit(
+            &self.config.drift,
+            &frame,
+            &predicted,
+            &regression,
+            window_rows,
+        );
         let mv = &self.config.multivariate;
         let multivariate = if mv.enabled && mv.method == MultivariateMethod::Mmd {
             multivariate::fit(&self.engine, &frame, mv)?
@@ -323,8 +346,9 @@ impl Scorer {
             model: model.to_string(),
             schema,
             classes: classes.to_vec(),
-            regression: stats::Sorted::new(&frame.regression),
-            predicted: stats::Counted::of(&frame.predicted),
+            regression,
+            predicted,
+            output,
             counted,
             counted_numeric,
             frame,
@@ -406,18 +430,22 @@ fn ks_scores(
 }
 
 /// A chi-squared homogeneity score of two counted label columns (the
-/// reference's counted at fit); `None` when either side is empty.
+/// reference's counted at fit), sparse levels pooled when `pool` is set
+/// (`stats::pool_sparse`); `None` when either side is empty.
 fn chi2_score(
-    detector: &str,
-    family: Family,
-    feature: &str,
+    (detector, family, feature): (&str, Family, &str),
     reference: &stats::Counted,
     window: &stats::Counted,
+    pool: bool,
 ) -> Option<Score> {
     if reference.total == 0 || window.total == 0 {
         return None;
     }
     let (r, c) = stats::bin_counted(reference, window);
+    let (r, c, pooled) = match pool {
+        true => stats::pool_sparse(&r, &c),
+        false => (r, c, 0),
+    };
     let result = stats::chi2_homogeneity(&r, &c);
     Some(Score {
         detector: detector.to_string(),
@@ -428,7 +456,10 @@ fn chi2_score(
         p_value: result.p_value,
         n_reference: reference.total as usize,
         n_window: window.total as usize,
-        method: format!("chi2 dof={}", result.dof),
+        method: match pooled {
+            0 => format!("chi2 dof={}", result.dof),
+            k => format!("chi2 dof={} pooled {k} sparse levels", result.dof),
+        },
         effect: None,
         examples: Vec::new(),
     })

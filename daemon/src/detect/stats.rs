@@ -424,6 +424,64 @@ pub struct Chi2Result {
     pub dof: usize,
 }
 
+/// Expected count a chi-squared cell needs for the test's distribution to
+/// hold (Cochran's rule).
+pub const MIN_EXPECTED: f64 = 5.0;
+
+/// The 2 x k table with its sparse levels pooled into one: levels whose
+/// expected count in the smaller row is below `MIN_EXPECTED`, plus, while
+/// the pooled level is still short of it, the smallest remaining levels.
+/// The commonest level is never pooled. Returns the pooled table and how
+/// many levels went into the pooled one (0 when none did). On small windows a feature of many levels has many
+/// such cells; each adds a degree of freedom and a noisy term, so a real
+/// shift in the common levels drowns, and a level the reference never saw
+/// seen once in the window reads as a huge deviation. Pooled, both keep to
+/// the test's distribution, and a mass of unseen levels still shows in the
+/// pooled one.
+pub fn pool_sparse(reference: &[u64], current: &[u64]) -> (Vec<u64>, Vec<u64>, usize) {
+    let (nr, nc) = (reference.iter().sum::<u64>(), current.iter().sum::<u64>());
+    let total = (nr + nc) as f64;
+    let scale = nr.min(nc) as f64 / total;
+    let expected = |r: u64, c: u64| (r + c) as f64 * scale;
+    let mut cells: Vec<(u64, u64)> = reference
+        .iter()
+        .copied()
+        .zip(current.iter().copied())
+        .collect();
+    // Smallest first, ties in label order (the sort is stable).
+    cells.sort_by_key(|(r, c)| r + c);
+    let sparse = cells
+        .iter()
+        .take_while(|(r, c)| expected(*r, *c) < MIN_EXPECTED)
+        .count();
+    if sparse == 0 || total == 0.0 {
+        return (reference.to_vec(), current.to_vec(), 0);
+    }
+    // The commonest level always stands apart, so that a table of sparse
+    // levels only still tests it against the rest rather than nothing.
+    let most = cells.len().saturating_sub(1);
+    let mut take = sparse.min(most);
+    let mut pooled = cells[..take]
+        .iter()
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    while expected(pooled.0, pooled.1) < MIN_EXPECTED && take < most {
+        pooled = (pooled.0 + cells[take].0, pooled.1 + cells[take].1);
+        take += 1;
+    }
+    if take <= 1 {
+        // Pooling one level alone changes nothing.
+        return (reference.to_vec(), current.to_vec(), 0);
+    }
+    let rest = &cells[take..];
+    let r = std::iter::once(pooled.0)
+        .chain(rest.iter().map(|x| x.0))
+        .collect();
+    let c = std::iter::once(pooled.1)
+        .chain(rest.iter().map(|x| x.1))
+        .collect();
+    (r, c, take)
+}
+
 /// Chi-squared test of homogeneity on the 2 x k table of counts, as
 /// `scipy.stats.chi2_contingency` (Yates' correction only when dof == 1).
 /// Categories with zero count on both sides must be dropped by the caller.
@@ -467,6 +525,24 @@ pub fn chi2_homogeneity(reference: &[u64], current: &[u64]) -> Chi2Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_levels_pool_until_the_pooled_one_is_expected_five_times() {
+        // Window row 153 of 1658: the three small levels expect 0.2-0.4
+        // each, 0.74 together, so the 550 level joins them.
+        let (r, c) = ([1000, 500, 3, 2, 0], [100, 50, 1, 0, 2]);
+        let (pr, pc, pooled) = pool_sparse(&r, &c);
+        assert_eq!((pr, pc, pooled), (vec![505, 1000], vec![53, 100], 4));
+        // Nothing sparse: unchanged.
+        let (pr, pc, pooled) = pool_sparse(&[100, 200], &[50, 60]);
+        assert_eq!((pr, pc, pooled), (vec![100, 200], vec![50, 60], 0));
+        // Two sparse levels that together are enough stand as one.
+        let (pr, pc, pooled) = pool_sparse(&[300, 40, 40], &[30, 2, 2]);
+        assert_eq!((pr, pc, pooled), (vec![80, 300], vec![4, 30], 2));
+        // Every level sparse: the commonest still stands against the rest.
+        let (pr, pc, pooled) = pool_sparse(&[3, 2, 1], &[1, 1, 0]);
+        assert_eq!((pr, pc, pooled), (vec![3, 3], vec![1, 1], 2));
+    }
 
     #[test]
     fn binning_survives_ranges_past_f64() {

@@ -19,6 +19,7 @@ macro_rules! migrations {
             migrations!(@ $dir, 6, "0006_event_positions.sql", "event_positions"),
             migrations!(@ $dir, 7, "0007_outbox_claims.sql", "outbox_claims"),
             migrations!(@ $dir, 8, "0008_window_counters.sql", "window_counters"),
+            migrations!(@ $dir, 9, "0009_effect_bands.sql", "effect_bands"),
         ]
     };
     (@ $dir:literal, $version:literal, $file:literal, $name:literal) => {

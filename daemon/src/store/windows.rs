@@ -103,13 +103,16 @@ impl Tx {
     ) -> Result<()> {
         let s = &j.score;
         let effect = s.effect.as_ref();
+        let band = effect.and_then(|e| e.band.as_ref());
         with_tx!(self, conn => {
             sqlx::query(
                 "INSERT INTO scores (model, model_version, window_seq, detector, feature, family, test,
                                      method, value, p_value, threshold, n_reference, n_window,
                                      window_start, window_end, created_at, effect_name, effect_value,
-                                     effect_threshold, effect_gating)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                                     effect_threshold, effect_gating, effect_band_mean,
+                                     effect_band_sd, effect_band_windows)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                         $21, $22, $23)
                  ON CONFLICT (model, model_version, window_seq, detector, feature) DO NOTHING",
             )
             .bind(&v.model)
@@ -132,6 +135,9 @@ impl Tx {
             .bind(effect.map(|e| e.value))
             .bind(effect.map(|e| e.threshold))
             .bind(effect.map(|e| e.gating))
+            .bind(band.map(|b| b.mean))
+            .bind(band.map(|b| b.sd))
+            .bind(band.map(|b| b.windows as i32))
             .execute(conn)
             .await?;
         });
