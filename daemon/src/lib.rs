@@ -4,13 +4,14 @@
 //! `ingest` (sources) -> `decode` -> `window` -> `detect` (burn) -> `judge`
 //! -> `store` -> `notify`; `pipeline` drives them, `daemon` builds them from one config,
 //! `telemetry` watches the monitor itself, `config` and `cli` sit at the
-//! edges.
+//! edges; `evaluate` measures the detectors on synthetic planted shifts.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod decode;
 pub mod detect;
+pub mod evaluate;
 pub mod event;
 pub mod ingest;
 pub mod judge;

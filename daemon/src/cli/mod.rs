@@ -5,6 +5,7 @@ mod alerts;
 mod baseline;
 mod check_config;
 mod demo;
+mod evaluate;
 mod migrate;
 mod replay;
 mod run;
@@ -63,6 +64,9 @@ enum Command {
     Score(score::ScoreArgs),
     /// Produce an NDJSON file into a Kafka topic, one message per line.
     Replay(replay::ReplayArgs),
+    /// Detection and false-alarm rates of the configured detectors on
+    /// synthetic traffic with planted shifts of known size.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 pub async fn main() -> Result<()> {
@@ -75,6 +79,7 @@ pub async fn main() -> Result<()> {
         Command::Alerts { action } => alerts::run(action).await,
         Command::Score(args) => score::run(args).await,
         Command::Replay(args) => replay::run(args).await,
+        Command::Evaluate(args) => evaluate::run(args),
     }
 }
 
