@@ -531,3 +531,52 @@ async fn scores_store_their_effect_band_and_bound() {
     let bound = |i: usize| rows[i].get::<f64, _>("effect_threshold");
     assert!(value(0) < bound(0) && value(1) > 3.0 * bound(1));
 }
+
+/// `modelwatch evaluate` prints one Markdown row per reference size, window
+/// size and scenario, and refuses sizes it cannot hold.
+#[test]
+fn evaluate_prints_the_sensitivity_table() {
+    let out = Command::new(daemon_binary())
+        .args([
+            "evaluate",
+            "--reference-rows",
+            "3000",
+            "--window-rows",
+            "300,5000",
+        ])
+        .args(["--windows", "10", "--clean-windows", "20"])
+        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+        .env_remove("MODELWATCH_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = succeeded(&out);
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 3000 "))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    // Windows of 5,000 do not fit in 3,000 rows: only the 300-row cell.
+    assert_eq!(
+        rows.len(),
+        modelwatch::evaluate::scenarios().len(),
+        "{stdout}"
+    );
+    let row = |scenario: &str| rows.iter().find(|r| r[2] == scenario).unwrap();
+    // Half a sigma on 300-row windows: KS catches nearly every window.
+    let half: f64 = row("x0 mean +0.5 sd")[5].parse().unwrap();
+    assert!(half >= 0.8, "{stdout}");
+    assert!(row("clean")[7].contains("drift"), "{stdout}");
+    // Without the opt-in multivariate detector, correlation is not scored.
+    assert_eq!(row("x2-x3 correlation 0.8 -> 0.2")[5], "not scored");
+    let refused = Command::new(daemon_binary())
+        .args(["evaluate", "--reference-rows", "999999999999"])
+        .env_remove("MODELWATCH_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("must lie in 1..=5000000"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

@@ -11,6 +11,10 @@ use crate::detect::{Engine, Scorer};
 use crate::evaluate::{self, Outcome, Plan};
 use crate::telemetry;
 
+/// Events are drawn into memory (about 1 KiB each with their features), so
+/// a size is capped well below what would exhaust it.
+const MAX_ROWS: usize = 5_000_000;
+
 #[derive(Args)]
 pub struct EvaluateArgs {
     #[command(flatten)]
@@ -39,8 +43,9 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     if args.windows == 0 || args.clean_windows == 0 {
         bail!("--windows and --clean-windows must be at least 1");
     }
-    if args.reference_rows.contains(&0) || args.window_rows.contains(&0) {
-        bail!("reference and window sizes must be at least 1");
+    let sizes = args.reference_rows.iter().chain(&args.window_rows);
+    if let Some(bad) = sizes.copied().find(|n| !(1..=MAX_ROWS).contains(n)) {
+        bail!("reference and window sizes must lie in 1..={MAX_ROWS}, got {bad}");
     }
     let largest = args.reference_rows.iter().max().copied().unwrap_or(0);
     if !args.window_rows.iter().any(|m| *m <= largest) {
