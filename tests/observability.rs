@@ -206,6 +206,17 @@ async fn spans_metrics_and_health_tell_what_happened() {
         sample(&scrape, "modelwatch_reference_events_total", None),
         reference as f64
     );
+    // The device in use, and what the config asked for (the tests run on
+    // the CPU backend by request, which no fallback rule fires on).
+    assert_eq!(
+        sample(
+            &scrape,
+            "modelwatch_device_info",
+            Some(("requested", "cpu"))
+        ),
+        1.0
+    );
+    assert_eq!(sample(&scrape, "modelwatch_build_info", None), 1.0);
     assert_eq!(
         sample(
             &scrape,
@@ -304,6 +315,55 @@ async fn spans_metrics_and_health_tell_what_happened() {
         assert_eq!(
             r.get::<Option<String>, _>("trace_id").as_deref(),
             Some(TRACE_ID)
+        );
+    }
+}
+
+/// The alerting rules for the monitor itself (`deploy/prometheus/`) parse,
+/// pass their own unit tests under `promtool test rules`, and name only
+/// metrics the daemon exports, so a renamed metric cannot silently leave a
+/// rule watching nothing.
+#[test]
+fn prometheus_rules_check_test_and_match_the_exported_metrics() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus");
+    for args in [
+        ["check", "rules", "modelwatch.rules.yml"],
+        ["test", "rules", "modelwatch.rules.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("promtool not found: tests/run.sh installs it (Debian package prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(format!("{dir}/modelwatch.rules.yml")).unwrap();
+    // Families show only once they hold a series: give each one.
+    let metrics = modelwatch::telemetry::metrics::Metrics::new();
+    metrics.set_device("flex", "cpu", "flex", "auto");
+    metrics.set_lag("inference", 0, 1);
+    metrics.notification("pagerduty", "failed");
+    metrics.set_backlog("pagerduty", 1);
+    metrics.reject("invalid_json");
+    metrics.window_scored("m");
+    let exposition = metrics.encode();
+    let mut named: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("modelwatch_"))
+        .collect();
+    named.sort();
+    named.dedup();
+    assert!(named.len() >= 7, "{named:?}");
+    for name in named {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            exposition.contains(&format!("# TYPE {family} ")),
+            "rule names {name}, which the daemon does not export:\n{exposition}"
         );
     }
 }

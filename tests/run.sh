@@ -2,7 +2,8 @@
 # Installs what the test suite needs when it is missing, starts it, and runs
 # every test: PostgreSQL (Debian packages, or the one already running), a
 # Kafka-protocol broker (tansu, built once and cached), Mesa's lavapipe for
-# the wgpu tests. Safe to run again: it reuses what it finds.
+# the wgpu tests, promtool for the alerting rules. Safe to run again: it
+# reuses what it finds.
 #
 #   tests/run.sh                 # the whole suite
 #   tests/run.sh --test cli      # extra arguments go to `cargo test`
@@ -54,6 +55,12 @@ if [ "${MODELWATCH_SKIP_WGPU:-0}" != 1 ] && ! ls /usr/share/vulkan/icd.d/lvp_icd
   else
     apt_install mesa-vulkan-drivers libvulkan1
   fi
+fi
+
+# --- promtool, for the monitor's own alerting rules ------------------------------
+if ! command -v promtool >/dev/null; then
+  log "installing promtool (Debian package prometheus)"
+  apt_install --no-install-recommends prometheus
 fi
 
 # --- PostgreSQL ----------------------------------------------------------------

@@ -73,6 +73,14 @@ pub async fn run(
         .await
         .map_err(DaemonError::Engine)?;
     Health::set(&health.device_ready, true);
+    let device = scoring.info();
+    let requested = serde_json::to_value(config.engine.device).unwrap_or_default();
+    metrics.set_device(
+        device.backend,
+        &device.adapter,
+        &device.kind,
+        requested.as_str().unwrap_or("auto"),
+    );
     let receivers = config
         .notify
         .receivers

@@ -58,6 +58,7 @@ pub struct Metrics {
     max_model_labels: std::sync::atomic::AtomicUsize,
     alerts_total: Counter,
     windows_total: Counter,
+    device: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -82,6 +83,15 @@ impl Metrics {
     // best whole (and in the order `/metrics` prints them).
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("modelwatch");
+        let build = Family::<Labels, Gauge>::default();
+        build
+            .get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
+            .set(1);
+        r.register(
+            "build_info",
+            "1, labelled with the version of this binary",
+            build,
+        );
         Self {
             messages: reg(
                 &mut r,
@@ -212,6 +222,12 @@ impl Metrics {
                 "times the consumer paused its partitions because the pipeline was saturated",
                 Counter::default(),
             ),
+            device: reg(
+                &mut r,
+                "device_info",
+                "1 for the device scoring runs on (backend flex is burn's CPU backend), with the device the config asked for",
+                Family::default(),
+            ),
             registry: r,
             rejected_summary: Mutex::new(BTreeMap::new()),
             model_labels: Mutex::new(Default::default()),
@@ -219,6 +235,19 @@ impl Metrics {
             alerts_total: Counter::default(),
             windows_total: Counter::default(),
         }
+    }
+
+    /// Records the device scoring opened, so that a fallback to the CPU
+    /// under `device = "auto"` shows on a dashboard and in an alert rule,
+    /// not only in the start-up log.
+    pub fn set_device(&self, backend: &str, adapter: &str, kind: &str, requested: &str) {
+        let l = [
+            ("backend", backend),
+            ("adapter", adapter),
+            ("kind", kind),
+            ("requested", requested),
+        ];
+        self.device.get_or_create(&labels(&l)).set(1);
     }
 
     pub fn reject(&self, reason: &str) {
@@ -401,6 +430,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"modelwatch_detector_duration_seconds_count{detector="feature_drift",device="flex:cpu"} 1"#), "{text}");
+        let build = format!(
+            r#"modelwatch_build_info{{version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        m.set_device("flex", "cpu", "flex", "auto");
+        assert!(
+            m.encode().contains(r#"modelwatch_device_info{backend="flex",adapter="cpu",kind="flex",requested="auto"} 1"#),
+            "{}",
+            m.encode()
+        );
     }
 
     #[test]
