@@ -580,3 +580,39 @@ fn evaluate_prints_the_sensitivity_table() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// `modelwatch migrate` leaves a read-only role for dashboards: it reads
+/// every table, writes none, and takes its password from
+/// MODELWATCH_READER_PASSWORD (quoted by PostgreSQL: a quote in it is data).
+#[tokio::test]
+async fn migrate_creates_a_read_only_reader_role() {
+    let url = common::fresh_database(&unique("mw_reader")).await;
+    let password = "reader's-secret";
+    let out = Command::new(daemon_binary())
+        .arg("migrate")
+        .env("MODELWATCH_STORE__URL", &url)
+        .env("MODELWATCH_READER_PASSWORD", password)
+        .env_remove("MODELWATCH_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = succeeded(&out);
+    assert!(
+        stdout.contains("password of modelwatch_reader set"),
+        "{stdout}"
+    );
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let reader_url = format!("{scheme}://modelwatch_reader:{password}@{host}");
+    let reader = sqlx::postgres::PgPool::connect(&reader_url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM windows")
+        .fetch_one(&reader)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let denied = sqlx::query("DELETE FROM alerts").execute(&reader).await;
+    let code = denied.err().and_then(|e| {
+        e.as_database_error()
+            .and_then(|d| d.code().map(|c| c.to_string()))
+    });
+    assert_eq!(code.as_deref(), Some("42501"), "writes are refused");
+}

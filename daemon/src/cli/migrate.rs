@@ -7,6 +7,9 @@ use super::ConfigArg;
 use crate::store::Store;
 use crate::telemetry;
 
+/// Where `migrate` reads the dashboard role's password from.
+const READER_PASSWORD: &str = "MODELWATCH_READER_PASSWORD";
+
 #[derive(Args)]
 pub struct MigrateArgs {
     #[command(flatten)]
@@ -19,5 +22,14 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
     let store = Store::connect_config(&config.store, 1).await?;
     store.migrate().await.context("applying migrations")?;
     println!("migrations applied to the {} store", store.kind());
+    if let Ok(password) = std::env::var(READER_PASSWORD) {
+        store
+            .set_reader_password(&password)
+            .await
+            .with_context(|| {
+                format!("setting modelwatch_reader's password from {READER_PASSWORD}")
+            })?;
+        println!("password of modelwatch_reader set from {READER_PASSWORD}");
+    }
     Ok(())
 }

@@ -20,6 +20,7 @@ macro_rules! migrations {
             migrations!(@ $dir, 7, "0007_outbox_claims.sql", "outbox_claims"),
             migrations!(@ $dir, 8, "0008_window_counters.sql", "window_counters"),
             migrations!(@ $dir, 9, "0009_effect_bands.sql", "effect_bands"),
+            migrations!(@ $dir, 10, "0010_reader_role.sql", "reader_role"),
         ]
     };
     (@ $dir:literal, $version:literal, $file:literal, $name:literal) => {

@@ -40,6 +40,8 @@ pub enum StoreError {
         "window of {model} {version} overlaps windows stored by another member: restart to read again from the last commit"
     )]
     Overlap { model: String, version: String },
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -188,6 +190,27 @@ impl Store {
             Store::Postgres(pool) => migrations::postgres().run(pool).await?,
             Store::Sqlite(pool) => migrations::sqlite().run(pool).await?,
         }
+        Ok(())
+    }
+
+    /// Sets the password of the read-only dashboard role (migration 10);
+    /// an error where the role does not exist or this user may not alter
+    /// it. PostgreSQL quotes the password itself (`format('%L')`), so no
+    /// text of it reaches the statement unquoted.
+    pub async fn set_reader_password(&self, password: &str) -> Result<()> {
+        let Store::Postgres(pool) = self else {
+            return Err(StoreError::Unsupported(
+                "a reader role exists only on PostgreSQL",
+            ));
+        };
+        let statement: String =
+            sqlx::query_scalar("SELECT format('ALTER ROLE modelwatch_reader PASSWORD %L', $1)")
+                .bind(password)
+                .fetch_one(pool)
+                .await?;
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(pool)
+            .await?;
         Ok(())
     }
 
