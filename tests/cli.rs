@@ -616,3 +616,54 @@ async fn migrate_creates_a_read_only_reader_role() {
     });
     assert_eq!(code.as_deref(), Some("42501"), "writes are refused");
 }
+
+/// The shipped systemd unit is sandboxed (`systemd-analyze security`
+/// exposure at most 3.0, offline: no systemd needs to run here), and a
+/// config error exits 78, which the unit's RestartPreventExitStatus stops
+/// restarting on; any other failure keeps the restart.
+#[test]
+fn the_systemd_unit_is_sandboxed_and_stops_on_config_errors() {
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/modelwatch.service");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", unit])
+        .output()
+        .expect("systemd-analyze not found: tests/run.sh installs it (Debian package systemd)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for modelwatch.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {report}"));
+    assert!(exposure <= 3.0, "exposure {exposure}:\n{report}");
+    let text = std::fs::read_to_string(unit).unwrap();
+    let code = modelwatch::cli::EXIT_CONFIG;
+    assert!(
+        text.contains(&format!("RestartPreventExitStatus={code}")),
+        "{text}"
+    );
+    let dir = std::env::temp_dir().join(unique("mw_exit"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[windows]\ncount = \"many\"\n").unwrap();
+    let status = |args: &[&str]| {
+        Command::new(daemon_binary())
+            .args(args)
+            .env_remove("MODELWATCH_CONFIG")
+            .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    let bad = bad.to_str().unwrap();
+    assert_eq!(status(&["run", "--config", bad]), Some(i32::from(code)));
+    let missing = dir.join("absent.toml");
+    let missing = missing.to_str().unwrap();
+    assert_eq!(status(&["run", "--config", missing]), Some(i32::from(code)));
+    // Not a config error: a file source that does not exist.
+    assert_eq!(status(&["run", "--file", missing]), Some(1));
+}

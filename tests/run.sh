@@ -2,8 +2,8 @@
 # Installs what the test suite needs when it is missing, starts it, and runs
 # every test: PostgreSQL (Debian packages, or the one already running), a
 # Kafka-protocol broker (tansu, built once and cached), Mesa's lavapipe for
-# the wgpu tests, promtool for the alerting rules. Safe to run again: it
-# reuses what it finds.
+# the wgpu tests, promtool and systemd-analyze for the deployment files.
+# Safe to run again: it reuses what it finds.
 #
 #   tests/run.sh                 # the whole suite
 #   tests/run.sh --test cli      # extra arguments go to `cargo test`
@@ -57,10 +57,14 @@ if [ "${MODELWATCH_SKIP_WGPU:-0}" != 1 ] && ! ls /usr/share/vulkan/icd.d/lvp_icd
   fi
 fi
 
-# --- promtool, for the monitor's own alerting rules ------------------------------
+# --- promtool and systemd-analyze, for the deployment files ----------------------
 if ! command -v promtool >/dev/null; then
   log "installing promtool (Debian package prometheus)"
   apt_install --no-install-recommends prometheus
+fi
+if ! command -v systemd-analyze >/dev/null; then
+  log "installing systemd-analyze (Debian package systemd)"
+  apt_install --no-install-recommends systemd
 fi
 
 # --- PostgreSQL ----------------------------------------------------------------

@@ -1,4 +1,13 @@
+use std::process::ExitCode;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    modelwatch::cli::main().await
+async fn main() -> ExitCode {
+    match modelwatch::cli::main().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // anyhow's own report: the error and its causes.
+            eprintln!("Error: {e:?}");
+            ExitCode::from(modelwatch::cli::exit_code(&e))
+        }
+    }
 }

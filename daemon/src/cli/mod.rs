@@ -69,6 +69,20 @@ enum Command {
     Evaluate(evaluate::EvaluateArgs),
 }
 
+/// The exit status of a config that cannot be read or is invalid (sysexits'
+/// EX_CONFIG): a service manager can tell it from a crash and stop
+/// restarting (`RestartPreventExitStatus=78` in `deploy/modelwatch.service`),
+/// since no restart fixes a config.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// 78 for a config error anywhere in the chain, else 1.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.chain().any(|c| c.is::<crate::config::ConfigError>()) {
+        true => EXIT_CONFIG,
+        false => 1,
+    }
+}
+
 pub async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run::run(args).await,
