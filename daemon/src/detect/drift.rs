@@ -91,10 +91,9 @@ fn plan(config: &DriftConfig, settings: &Settings, n_reference: usize, chi2: boo
         Gate::Always => true,
         Gate::Never => false,
     };
+    // Outside its gate the effect is still recorded (small references are
+    // judged on the p-value alone): dashboards plot it per feature.
     let choice = match settings.effect.unwrap_or(EffectSize::Auto) {
-        // Outside its gate the default effect is not computed: small
-        // references are judged on the p-value alone.
-        EffectSize::Auto if !gating => return None,
         EffectSize::Auto if chi2 => EffectSize::JensenShannon,
         EffectSize::Auto => EffectSize::Wasserstein,
         EffectSize::None => return None,

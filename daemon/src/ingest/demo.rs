@@ -25,7 +25,7 @@ pub struct Episode {
     pub to: i64,
 }
 
-pub const REFERENCE_SIZE: usize = 1000;
+pub const REFERENCE_SIZE: usize = 2000;
 pub const WINDOW_SIZE: usize = 250;
 
 pub struct SimModel {

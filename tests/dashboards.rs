@@ -1,0 +1,170 @@
+//! The Grafana dashboards against the store they read: every panel's,
+//! variable's and annotation's SQL runs, as the read-only dashboard role,
+//! on a PostgreSQL database the demo filled, and returns rows; and the JSON
+//! keeps the shape Grafana needs (a data source variable every query uses,
+//! unique panel ids, a layout).
+
+mod common;
+
+use std::process::Command;
+
+use common::{daemon_binary, succeeded, unique};
+use serde_json::Value;
+
+/// Grafana's macros as the PostgreSQL data source expands them, over all time.
+fn expand(sql: &str, models: &str) -> String {
+    let (from, to) = ("'1970-01-01T00:00:00Z'", "'2100-01-01T00:00:00Z'");
+    let mut out = sql
+        .replace("$__timeFrom()", from)
+        .replace("$__timeTo()", to)
+        .replace("$model", models);
+    while let Some(at) = out.find("$__timeFilter(") {
+        let rest = &out[at + "$__timeFilter(".len()..];
+        let close = rest.find(')').expect("closing parenthesis");
+        let column = rest[..close].to_string();
+        out = format!(
+            "{}{column} BETWEEN {from} AND {to}{}",
+            &out[..at],
+            &rest[close + 1..]
+        );
+    }
+    assert!(!out.contains('$'), "unexpanded macro in {out}");
+    out
+}
+
+/// Every SQL text of a dashboard: panel targets, query variables, annotations.
+fn queries(d: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            out.push((
+                p["title"].as_str().unwrap().to_string(),
+                t["rawSql"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if v["type"] == "query" {
+            out.push((
+                format!("variable {}", v["name"]),
+                v["query"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    for a in d["annotations"]["list"].as_array().unwrap() {
+        out.push((
+            format!("annotation {}", a["name"]),
+            a["target"]["rawSql"].as_str().unwrap().to_string(),
+        ));
+    }
+    out
+}
+
+/// The shape Grafana needs: a data source variable that every panel,
+/// target, variable and annotation uses (no fixed uid to break in another
+/// Grafana), unique panel ids, each panel laid out on the 24-column grid.
+fn check_shape(name: &str, d: &Value) {
+    assert!(d["schemaVersion"].as_u64().unwrap() >= 39, "{name}");
+    let vars = d["templating"]["list"].as_array().unwrap();
+    let ds = vars
+        .iter()
+        .find(|v| v["type"] == "datasource")
+        .unwrap_or_else(|| panic!("{name}: no data source variable"));
+    assert_eq!(ds["query"], "grafana-postgresql-datasource", "{name}");
+    let var = format!("${{{}}}", ds["name"].as_str().unwrap());
+    let uses_var = |v: &Value, what: &str| {
+        assert_eq!(
+            v["uid"].as_str(),
+            Some(var.as_str()),
+            "{name}: {what} has a fixed data source"
+        );
+    };
+    let mut ids = std::collections::BTreeSet::new();
+    for p in d["panels"].as_array().unwrap() {
+        let title = p["title"].as_str().unwrap();
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "{name}: id of {title} repeats"
+        );
+        uses_var(&p["datasource"], title);
+        for t in p["targets"].as_array().unwrap() {
+            uses_var(&t["datasource"], title);
+        }
+        let g = &p["gridPos"];
+        let (x, w) = (g["x"].as_u64().unwrap(), g["w"].as_u64().unwrap());
+        assert!(
+            x + w <= 24 && g["h"].as_u64().unwrap() > 0,
+            "{name}: {title} off the grid"
+        );
+        assert!(
+            !p["description"].as_str().unwrap_or("").is_empty(),
+            "{name}: {title} says nothing"
+        );
+    }
+    for v in vars.iter().filter(|v| v["type"] == "query") {
+        uses_var(&v["datasource"], "a variable");
+    }
+    for a in d["annotations"]["list"].as_array().unwrap() {
+        uses_var(&a["datasource"], "an annotation");
+    }
+}
+
+#[tokio::test]
+async fn every_panel_query_returns_rows_on_demo_data_as_the_reader_role() {
+    let url = common::fresh_database(&unique("mw_dash")).await;
+    let out = Command::new(daemon_binary())
+        .args(["demo", "--device", "cpu", "--store", &url])
+        .env_remove("MODELWATCH_CONFIG")
+        .output()
+        .unwrap();
+    succeeded(&out);
+    let password = "dashboards";
+    let out = Command::new(daemon_binary())
+        .arg("migrate")
+        .env("MODELWATCH_STORE__URL", &url)
+        .env("MODELWATCH_READER_PASSWORD", password)
+        .env_remove("MODELWATCH_CONFIG")
+        .output()
+        .unwrap();
+    succeeded(&out);
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let reader =
+        sqlx::postgres::PgPool::connect(&format!("{scheme}://modelwatch_reader:{password}@{host}"))
+            .await
+            .unwrap();
+    let models: Vec<String> = sqlx::query_scalar("SELECT DISTINCT model FROM windows")
+        .fetch_all(&reader)
+        .await
+        .unwrap();
+    assert!(!models.is_empty());
+    let models = models
+        .iter()
+        .map(|m| format!("'{m}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let name = path.display().to_string();
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        check_shape(&name, &d);
+        for (what, sql) in queries(&d) {
+            let sql = expand(&sql, &models);
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_all(&reader)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {what}: {e}\n{sql}"));
+            assert!(
+                !rows.is_empty(),
+                "{name}: {what} returned no rows on demo data\n{sql}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} queries");
+}
