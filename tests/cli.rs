@@ -649,21 +649,48 @@ fn the_systemd_unit_is_sandboxed_and_stops_on_config_errors() {
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[windows]\ncount = \"many\"\n").unwrap();
-    let status = |args: &[&str]| {
+    let status_with = |args: &[&str], env: &[(&str, &str)]| {
         Command::new(daemon_binary())
             .args(args)
             .env_remove("MODELWATCH_CONFIG")
             .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+            .env("MODELWATCH_TELEMETRY__LISTEN", "")
+            .envs(env.iter().copied())
             .output()
             .unwrap()
             .status
             .code()
     };
+    let status = |args: &[&str]| status_with(args, &[]);
     let bad = bad.to_str().unwrap();
     assert_eq!(status(&["run", "--config", bad]), Some(i32::from(code)));
     let missing = dir.join("absent.toml");
     let missing = missing.to_str().unwrap();
     assert_eq!(status(&["run", "--config", missing]), Some(i32::from(code)));
+    // A store of an unknown kind, and a store password its config names
+    // but the environment lacks: no restart fixes either.
+    let events = dir.join("events.ndjson");
+    std::fs::write(&events, "").unwrap();
+    let events = events.to_str().unwrap();
+    let unknown = [("MODELWATCH_STORE__URL", "mysql://db/modelwatch")];
+    assert_eq!(
+        status_with(&["run", "--file", events], &unknown),
+        Some(i32::from(code))
+    );
+    let secret = [
+        (
+            "MODELWATCH_STORE__URL",
+            "postgres://modelwatch@127.0.0.1:1/modelwatch",
+        ),
+        (
+            "MODELWATCH_STORE__PASSWORD_ENV",
+            "MODELWATCH_TEST_UNSET_PASSWORD",
+        ),
+    ];
+    assert_eq!(
+        status_with(&["run", "--file", events], &secret),
+        Some(i32::from(code))
+    );
     // Not a config error: a file source that does not exist.
     assert_eq!(status(&["run", "--file", missing]), Some(1));
 }

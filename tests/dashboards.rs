@@ -10,6 +10,7 @@ use std::process::Command;
 
 use common::{daemon_binary, succeeded, unique};
 use serde_json::Value;
+use sqlx::{Column, Row, TypeInfo};
 
 /// Grafana's macros as the PostgreSQL data source expands them, over all time.
 fn expand(sql: &str, models: &str) -> String {
@@ -163,6 +164,14 @@ async fn every_panel_query_returns_rows_on_demo_data_as_the_reader_role() {
                 !rows.is_empty(),
                 "{name}: {what} returned no rows on demo data\n{sql}"
             );
+            // Grafana draws and splits series by numeric values only.
+            if let Some(c) = rows[0].columns().iter().find(|c| c.name() == "value") {
+                let kind = c.type_info().name();
+                assert!(
+                    !["TEXT", "VARCHAR"].contains(&kind),
+                    "{name}: {what}: value is {kind}"
+                );
+            }
             checked += 1;
         }
     }

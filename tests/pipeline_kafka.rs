@@ -142,25 +142,7 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
         "evidence names sample requests"
     );
 
-    // Every dashboard query runs against the schema, with Grafana's macros
-    // expanded the way its PostgreSQL data source does.
-    let dashboards = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards");
-    for entry in std::fs::read_dir(dashboards).unwrap() {
-        let path = entry.unwrap().path();
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        for panel in json["panels"].as_array().unwrap() {
-            for target in panel["targets"].as_array().unwrap() {
-                let raw = target["rawSql"].as_str().unwrap();
-                let sql = expand_time_filter(raw).replace("$model", "'credit'");
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap_or_else(|e| panic!("{}: {sql}: {e}", path.display()));
-                assert!(!rows.is_empty(), "{}: no rows for {sql}", path.display());
-            }
-        }
-    }
+    // The dashboards' queries run against demo data in tests/dashboards.rs.
 
     // The malformed message is in the dead-letter topic with its reason.
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
@@ -278,24 +260,6 @@ async fn killed_daemon_restarts_without_loss_or_duplicates() {
         second.log_text().contains("using stored reference"),
         "restart reuses the stored reference"
     );
-}
-
-/// `$__timeFilter(col)` as Grafana expands it (a range wide enough for the test data's event times).
-fn expand_time_filter(sql: &str) -> String {
-    let mut out = String::new();
-    let mut rest = sql;
-    while let Some(i) = rest.find("$__timeFilter(") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + "$__timeFilter(".len()..];
-        let close = after.find(')').expect("closing parenthesis");
-        let col = &after[..close];
-        out.push_str(&format!(
-            "{col} BETWEEN now() - interval '10 years' AND now() + interval '1 day'"
-        ));
-        rest = &after[close + 1..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// A dead-letter topic that does not exist would hold the stream at the

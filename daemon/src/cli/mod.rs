@@ -75,9 +75,29 @@ enum Command {
 /// since no restart fixes a config.
 pub const EXIT_CONFIG: u8 = 78;
 
-/// 78 for a config error anywhere in the chain, else 1.
+/// 78 for a config error anywhere in the chain (an unreadable or invalid
+/// config, a store URL of an unknown kind, a secret its config names that
+/// cannot be read), else 1.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    match e.chain().any(|c| c.is::<crate::config::ConfigError>()) {
+    use crate::ingest::IngestError;
+    use crate::notify::NotifyError;
+    use crate::store::StoreError;
+    let config = |c: &(dyn std::error::Error + 'static)| {
+        c.is::<crate::config::ConfigError>()
+            || matches!(
+                c.downcast_ref::<StoreError>(),
+                Some(StoreError::Url(_) | StoreError::Secret(_))
+            )
+            || matches!(
+                c.downcast_ref::<IngestError>(),
+                Some(IngestError::Secret(_))
+            )
+            || matches!(
+                c.downcast_ref::<NotifyError>(),
+                Some(NotifyError::Secret { .. })
+            )
+    };
+    match e.chain().any(config) {
         true => EXIT_CONFIG,
         false => 1,
     }
