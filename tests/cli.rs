@@ -587,23 +587,11 @@ fn evaluate_prints_the_sensitivity_table() {
 #[tokio::test]
 async fn migrate_creates_a_read_only_reader_role() {
     let url = common::fresh_database(&unique("mw_reader")).await;
-    let password = "reader's-secret";
-    let out = Command::new(daemon_binary())
-        .arg("migrate")
-        .env("MODELWATCH_STORE__URL", &url)
-        .env("MODELWATCH_READER_PASSWORD", password)
-        .env_remove("MODELWATCH_CONFIG")
-        .output()
-        .unwrap();
-    let stdout = succeeded(&out);
+    let (stdout, reader) = common::reader(&url, "reader's-secret").await;
     assert!(
         stdout.contains("password of modelwatch_reader set"),
         "{stdout}"
     );
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let reader_url = format!("{scheme}://modelwatch_reader:{password}@{host}");
-    let reader = sqlx::postgres::PgPool::connect(&reader_url).await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM windows")
         .fetch_one(&reader)
         .await

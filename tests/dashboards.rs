@@ -119,21 +119,7 @@ async fn every_panel_query_returns_rows_on_demo_data_as_the_reader_role() {
         .output()
         .unwrap();
     succeeded(&out);
-    let password = "dashboards";
-    let out = Command::new(daemon_binary())
-        .arg("migrate")
-        .env("MODELWATCH_STORE__URL", &url)
-        .env("MODELWATCH_READER_PASSWORD", password)
-        .env_remove("MODELWATCH_CONFIG")
-        .output()
-        .unwrap();
-    succeeded(&out);
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let reader =
-        sqlx::postgres::PgPool::connect(&format!("{scheme}://modelwatch_reader:{password}@{host}"))
-            .await
-            .unwrap();
+    let (_, reader) = common::reader(&url, "dashboards").await;
     let models: Vec<String> = sqlx::query_scalar("SELECT DISTINCT model FROM windows")
         .fetch_all(&reader)
         .await

@@ -426,3 +426,21 @@ pub fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
         _ => -1,
     }
 }
+
+/// Runs `modelwatch migrate` on `url` with MODELWATCH_READER_PASSWORD set,
+/// and connects as the read-only role it leaves; also returns migrate's
+/// output.
+pub async fn reader(url: &str, password: &str) -> (String, PgPool) {
+    let out = std::process::Command::new(daemon_binary())
+        .arg("migrate")
+        .env("MODELWATCH_STORE__URL", url)
+        .env("MODELWATCH_READER_PASSWORD", password)
+        .env_remove("MODELWATCH_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = succeeded(&out);
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let url = format!("{scheme}://modelwatch_reader:{password}@{host}");
+    (stdout, PgPool::connect(&url).await.unwrap())
+}
