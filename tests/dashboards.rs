@@ -163,3 +163,42 @@ async fn every_panel_query_returns_rows_on_demo_data_as_the_reader_role() {
     }
     assert!(checked >= 10, "{checked} queries");
 }
+
+/// A banded score's stored lines agree with its verdict: expected accuracy
+/// crosses exactly when its value is under `band_lower`, on demo data that
+/// has both (the churn model's confidence collapse).
+#[tokio::test]
+async fn band_lines_agree_with_the_verdicts() {
+    let url = common::fresh_database(&unique("mw_bands")).await;
+    let out = Command::new(daemon_binary())
+        .args(["demo", "--device", "cpu", "--store", &url])
+        .env_remove("MODELWATCH_CONFIG")
+        .output()
+        .unwrap();
+    succeeded(&out);
+    let pool = sqlx::postgres::PgPool::connect(&url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT value, p_value, threshold, band_lower, band_upper FROM scores
+         WHERE detector = 'expected_accuracy'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut crossed = 0;
+    for r in &rows {
+        let (value, p, t): (f64, f64, f64) = (r.get("value"), r.get("p_value"), r.get("threshold"));
+        let (lower, upper): (f64, f64) = (r.get("band_lower"), r.get("band_upper"));
+        assert!(lower < upper);
+        assert_eq!(
+            p < t,
+            value < lower,
+            "value {value} band {lower}..{upper} p {p} t {t}"
+        );
+        crossed += usize::from(p < t);
+    }
+    assert!(
+        crossed > 0 && crossed < rows.len(),
+        "{crossed} of {}",
+        rows.len()
+    );
+}

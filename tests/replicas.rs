@@ -38,6 +38,7 @@ fn crossing_window(n: usize) -> WindowVerdict {
                 method: "exact".into(),
                 effect: None,
                 examples: Vec::new(),
+                band: None,
             },
             threshold: 1e-3,
             crossed: Some(Severity::Critical),

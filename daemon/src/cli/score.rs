@@ -191,7 +191,7 @@ fn print_verdict(v: &WindowVerdict, format: Output) {
                     "detector": s.detector, "feature": s.feature, "test": s.test, "method": s.method,
                     "statistic": s.statistic, "p_value": s.p_value, "threshold": j.threshold,
                     "n_reference": s.n_reference, "n_window": s.n_window, "alert": alert,
-                    "effect": s.effect, "examples": s.examples,
+                    "effect": s.effect, "band": s.band, "examples": s.examples,
                 })
             ),
             Output::Table => println!(

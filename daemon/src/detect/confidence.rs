@@ -178,6 +178,7 @@ impl Detector for ConfidenceShift {
                     method: format!("t={:.4} df={:.1}", w.statistic, w.df),
                     effect: None,
                     examples: Vec::new(),
+                    band: None,
                 });
             }
         }
@@ -203,6 +204,7 @@ impl Detector for ConfidenceShift {
                 method: format!("{} labelled={}", band.describe(), fitted.labelled),
                 effect: None,
                 examples: Vec::new(),
+                band: Some(band),
             });
         }
         Ok(scores)

@@ -91,6 +91,11 @@ pub struct Score {
     /// analyst looks at first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub examples: Vec<String>,
+    /// For a score judged against a band (`test = "band"`), the band: the
+    /// store turns it into the lines a dashboard draws at the window's
+    /// threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub band: Option<band::Band>,
 }
 
 /// An effect size and the threshold it must reach for its score to alert.
@@ -424,6 +429,7 @@ fn ks_scores(
                 method: ks.method.as_str().into(),
                 effect: None,
                 examples: Vec::new(),
+                band: None,
             }
         })
         .collect()
@@ -462,6 +468,7 @@ fn chi2_score(
         },
         effect: None,
         examples: Vec::new(),
+        band: None,
     })
 }
 

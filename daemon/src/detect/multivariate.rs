@@ -115,6 +115,7 @@ impl Detector for MultivariateDrift {
             method: format!("permutations={} sigma={:.6}", r.permutations, r.sigma),
             effect: None,
             examples: Vec::new(),
+            band: None,
         }])
     }
 }

@@ -175,6 +175,7 @@ impl Detector for OutOfDistribution {
                 ),
                 effect: None,
                 examples,
+                band: None,
             });
         }
         Ok(scores)
@@ -222,6 +223,7 @@ fn unplaced(
         ),
         effect: None,
         examples: Vec::new(),
+        band: None,
     })
 }
 

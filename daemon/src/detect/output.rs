@@ -143,6 +143,7 @@ impl OutputDistribution {
             method: band.describe(),
             effect: None,
             examples: Vec::new(),
+            band: Some(band),
         })
     }
 }

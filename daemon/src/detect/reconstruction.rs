@@ -185,6 +185,7 @@ impl Detector for ReconstructionDrift {
             ),
             effect: None,
             examples: Vec::new(),
+            band: Some(band),
         }])
     }
 }

@@ -422,6 +422,7 @@ mod tests {
             method: "exact".into(),
             effect: None,
             examples: Vec::new(),
+            band: None,
         };
         let judged = Judged {
             crossed: (p < 0.01).then_some(if p < 1e-8 {

@@ -286,6 +286,7 @@ mod tests {
             method: "exact".into(),
             effect: None,
             examples: Vec::new(),
+            band: None,
         }
     }
 

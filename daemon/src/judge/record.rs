@@ -176,6 +176,7 @@ mod tests {
             method: "exact".into(),
             effect: None,
             examples: Vec::new(),
+            band: None,
         };
         WindowVerdict {
             model: "m".into(),

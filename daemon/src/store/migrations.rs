@@ -21,6 +21,7 @@ macro_rules! migrations {
             migrations!(@ $dir, 8, "0008_window_counters.sql", "window_counters"),
             migrations!(@ $dir, 9, "0009_effect_bands.sql", "effect_bands"),
             migrations!(@ $dir, 10, "0010_reader_role.sql", "reader_role"),
+            migrations!(@ $dir, 11, "0011_score_bands.sql", "score_bands"),
         ]
     };
     (@ $dir:literal, $version:literal, $file:literal, $name:literal) => {

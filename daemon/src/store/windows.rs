@@ -104,15 +104,20 @@ impl Tx {
         let s = &j.score;
         let effect = s.effect.as_ref();
         let band = effect.and_then(|e| e.band.as_ref());
+        // A banded score crosses outside these, at the window's threshold.
+        let lines = s.band.as_ref().map(|b| {
+            let half = b.sd * crate::detect::band::tail_factor(b.windows, j.threshold);
+            (b.mean - half, b.mean + half)
+        });
         with_tx!(self, conn => {
             sqlx::query(
                 "INSERT INTO scores (model, model_version, window_seq, detector, feature, family, test,
                                      method, value, p_value, threshold, n_reference, n_window,
                                      window_start, window_end, created_at, effect_name, effect_value,
                                      effect_threshold, effect_gating, effect_band_mean,
-                                     effect_band_sd, effect_band_windows)
+                                     effect_band_sd, effect_band_windows, band_lower, band_upper)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-                         $21, $22, $23)
+                         $21, $22, $23, $24, $25)
                  ON CONFLICT (model, model_version, window_seq, detector, feature) DO NOTHING",
             )
             .bind(&v.model)
@@ -138,6 +143,8 @@ impl Tx {
             .bind(band.map(|b| b.mean))
             .bind(band.map(|b| b.sd))
             .bind(band.map(|b| b.windows as i32))
+            .bind(lines.map(|l| l.0))
+            .bind(lines.map(|l| l.1))
             .execute(conn)
             .await?;
         });
