@@ -110,15 +110,21 @@ fn check_shape(name: &str, d: &Value) {
     }
 }
 
-#[tokio::test]
-async fn every_panel_query_returns_rows_on_demo_data_as_the_reader_role() {
-    let url = common::fresh_database(&unique("mw_dash")).await;
+/// A fresh database the demo filled; its URL.
+async fn demo_database(prefix: &str) -> String {
+    let url = common::fresh_database(&unique(prefix)).await;
     let out = Command::new(daemon_binary())
         .args(["demo", "--device", "cpu", "--store", &url])
         .env_remove("MODELWATCH_CONFIG")
         .output()
         .unwrap();
     succeeded(&out);
+    url
+}
+
+#[tokio::test]
+async fn every_panel_query_returns_rows_on_demo_data_as_the_reader_role() {
+    let url = demo_database("mw_dash").await;
     let (_, reader) = common::reader(&url, "dashboards").await;
     let models: Vec<String> = sqlx::query_scalar("SELECT DISTINCT model FROM windows")
         .fetch_all(&reader)
@@ -169,13 +175,7 @@ async fn every_panel_query_returns_rows_on_demo_data_as_the_reader_role() {
 /// has both (the churn model's confidence collapse).
 #[tokio::test]
 async fn band_lines_agree_with_the_verdicts() {
-    let url = common::fresh_database(&unique("mw_bands")).await;
-    let out = Command::new(daemon_binary())
-        .args(["demo", "--device", "cpu", "--store", &url])
-        .env_remove("MODELWATCH_CONFIG")
-        .output()
-        .unwrap();
-    succeeded(&out);
+    let url = demo_database("mw_bands").await;
     let pool = sqlx::postgres::PgPool::connect(&url).await.unwrap();
     let rows = sqlx::query(
         "SELECT value, p_value, threshold, band_lower, band_upper FROM scores

@@ -341,23 +341,29 @@ impl Detector for FeatureDrift {
                 scores.push(s);
             }
         }
+        scores.extend(self.categorical(reference, window));
+        Ok(scores)
+    }
+}
+
+impl FeatureDrift {
+    /// Chi-squared scores of the categorical features, with their effects.
+    fn categorical(&self, reference: &Reference, window: &Frame) -> Vec<Score> {
+        let mut scores = Vec::new();
         for (i, name) in reference.schema.categorical.iter().enumerate() {
             let r = &reference.counted[i];
             let c = stats::Counted::of(&window.categorical[i]);
-            if let Some(mut s) = chi2_score(
-                (self.name(), Family::Drift, name),
-                r,
-                &c,
-                self.config.pool_sparse_levels,
-            ) {
-                let settings = self.config.resolve(model, name);
-                let columns = Columns::Labels(r, &c);
-                let effect = self.effect(reference, name, &settings, &columns, s.n_reference, true);
-                annotate(&mut s, effect, &columns, &settings);
-                scores.push(s);
-            }
+            let pool = self.config.pool_sparse_levels;
+            let Some(mut s) = chi2_score((self.name(), Family::Drift, name), r, &c, pool) else {
+                continue;
+            };
+            let settings = self.config.resolve(&reference.model, name);
+            let columns = Columns::Labels(r, &c);
+            let effect = self.effect(reference, name, &settings, &columns, s.n_reference, true);
+            annotate(&mut s, effect, &columns, &settings);
+            scores.push(s);
         }
-        Ok(scores)
+        scores
     }
 }
 

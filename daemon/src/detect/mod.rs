@@ -297,20 +297,7 @@ impl Scorer {
             tracing::warn!(model, features = ?schema.mixed, "features of mixed type are not scored");
         }
         let frame = Frame::build(events, &schema, classes);
-        let sorted: Vec<stats::Sorted> = frame
-            .numeric
-            .iter()
-            .map(|c| stats::Sorted::new(c))
-            .collect();
-        let discrete: Vec<bool> = sorted
-            .iter()
-            .map(|s| s.distinct <= DISCRETE_VALUES)
-            .collect();
-        let counted: Vec<stats::Counted> = frame
-            .categorical
-            .iter()
-            .map(|c| stats::Counted::of(c))
-            .collect();
+        let (sorted, discrete, counted) = prepare_columns(&frame);
         let counted_numeric =
             drift::count_discrete(&self.config.drift, model, &schema, &frame, &discrete);
         let columns = drift::Prepared {
@@ -386,6 +373,27 @@ impl Scorer {
             Ok(scored)
         })
     }
+}
+
+/// Each numeric column sorted with its spread, whether it has few enough
+/// distinct values to be tested as categories, and each categorical column
+/// counted: what every window's statistics reuse.
+fn prepare_columns(frame: &Frame) -> (Vec<stats::Sorted>, Vec<bool>, Vec<stats::Counted>) {
+    let sorted: Vec<stats::Sorted> = frame
+        .numeric
+        .iter()
+        .map(|c| stats::Sorted::new(c))
+        .collect();
+    let discrete = sorted
+        .iter()
+        .map(|s| s.distinct <= DISCRETE_VALUES)
+        .collect();
+    let counted = frame
+        .categorical
+        .iter()
+        .map(|c| stats::Counted::of(c))
+        .collect();
+    (sorted, discrete, counted)
 }
 
 /// Runs `f`, turning a panic (in the tensor library, or a statistic meeting
