@@ -51,6 +51,7 @@ fn verdict(seq: i64, judged: Vec<judge::Judged>) -> WindowVerdict {
         high_water: Default::default(),
         low_water: Default::default(),
         trace_id: None,
+        class_mix: Vec::new(),
     }
 }
 

@@ -59,6 +59,7 @@ fn crossing_window(n: usize) -> WindowVerdict {
         high_water: HashMap::new(),
         low_water: HashMap::new(),
         trace_id: None,
+        class_mix: vec![("a".into(), 60), ("b".into(), 40)],
     }
 }
 

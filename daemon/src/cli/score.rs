@@ -108,6 +108,7 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
             let events = w.events.into_iter().map(|p| p.event).collect();
             let scored = scoring.score(fitted.clone(), events).await?;
             verdict.judged = judge::judge(&config.judge, scored.scores);
+            verdict.class_mix = scored.class_mix;
             let took_ms = started.elapsed().as_millis() as u64;
             tracing::info!(model, window = w.ordinal, took_ms, "window scored");
             // History, not the live stream: marked so, and without alerts.

@@ -17,6 +17,7 @@ pub mod reconstruction;
 pub mod stats;
 mod worker;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -131,6 +132,52 @@ pub const DISCRETE_VALUES: usize = 5;
 pub struct Scored {
     pub scores: Vec<Score>,
     pub timings: Vec<(&'static str, std::time::Duration)>,
+    /// The window's predicted-class mix (`class_mix`), stored with it.
+    pub class_mix: Vec<(String, u64)>,
+}
+
+/// Classes a window's stored mix names at most; the rarer ones are summed
+/// under `OTHER_CLASSES`, so a producer inventing labels adds at most this
+/// many rows per window. A label that is itself `OTHER_CLASSES` is counted
+/// with them.
+pub const MAX_MIX_CLASSES: usize = 100;
+pub const OTHER_CLASSES: &str = "(other)";
+/// Longest class name stored, in bytes: labels may be longer (up to
+/// `limits.max_value_bytes`), and a PostgreSQL index row holds about 2.7 KB.
+pub const MAX_CLASS_BYTES: usize = 256;
+
+/// How many events were predicted as each class, commonest first (ties by
+/// name) and `OTHER_CLASSES` last, names cut to `MAX_CLASS_BYTES`.
+pub fn class_mix(predicted: &[String]) -> Vec<(String, u64)> {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for p in predicted {
+        *counts.entry(cut(p, MAX_CLASS_BYTES)).or_default() += 1;
+    }
+    let mut other = counts.remove(OTHER_CLASSES).unwrap_or(0);
+    let mut mix: Vec<(String, u64)> = counts
+        .into_iter()
+        .map(|(c, n)| (c.to_string(), n))
+        .collect();
+    mix.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if mix.len() + usize::from(other > 0) > MAX_MIX_CLASSES {
+        other += mix
+            .drain(MAX_MIX_CLASSES - 1..)
+            .map(|(_, n)| n)
+            .sum::<u64>();
+    }
+    if other > 0 {
+        mix.push((OTHER_CLASSES.to_string(), other));
+    }
+    mix
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A model's reference, typed and columnar, ready to score windows against.
@@ -362,7 +409,10 @@ impl Scorer {
     ) -> Result<Scored, DetectError> {
         let window = Frame::build(events, &reference.schema, &reference.classes);
         guarded(|| {
-            let mut scored = Scored::default();
+            let mut scored = Scored {
+                class_mix: class_mix(&window.predicted),
+                ..Scored::default()
+            };
             for d in &self.detectors {
                 let started = std::time::Instant::now();
                 scored
@@ -552,5 +602,44 @@ impl DetectConfig {
         self.drift.validate()?;
         self.multivariate.validate()?;
         self.ood.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_mix_counts_commonest_first_and_bounds_invented_labels() {
+        let labels = |s: &[&str]| s.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            class_mix(&labels(&["b", "a", "b", "c", "a", "b"])),
+            [
+                ("b".to_string(), 3),
+                ("a".to_string(), 2),
+                ("c".to_string(), 1)
+            ]
+        );
+        // 500 invented labels, one of them spelt like the bucket, plus a
+        // common real class: the mix keeps MAX_MIX_CLASSES rows, no name
+        // twice, and every event.
+        let mut many: Vec<String> = (0..499).map(|i| format!("x{i:03}")).collect();
+        many.push(OTHER_CLASSES.to_string());
+        many.extend(std::iter::repeat_n("cat".to_string(), 50));
+        let mix = class_mix(&many);
+        assert_eq!(mix.len(), MAX_MIX_CLASSES);
+        assert_eq!(mix[0], ("cat".to_string(), 50));
+        assert_eq!(mix[MAX_MIX_CLASSES - 1], (OTHER_CLASSES.to_string(), 402));
+        let names: std::collections::BTreeSet<&str> = mix.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(names.len(), mix.len());
+        assert_eq!(mix.iter().map(|(_, n)| n).sum::<u64>(), many.len() as u64);
+
+        // Labels longer than a class name may be are cut (at a character
+        // boundary), and labels equal once cut are one class.
+        let long = |tail: &str| format!("{}{tail}", "é".repeat(MAX_CLASS_BYTES));
+        let mix = class_mix(&[long("a"), long("b")]);
+        assert_eq!(mix.len(), 1);
+        assert_eq!(mix[0].0.len(), MAX_CLASS_BYTES);
+        assert_eq!(mix[0].1, 2);
     }
 }

@@ -448,6 +448,7 @@ mod tests {
             high_water: Default::default(),
             low_water: Default::default(),
             trace_id: None,
+            class_mix: Vec::new(),
         }
     }
 

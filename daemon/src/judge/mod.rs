@@ -180,6 +180,8 @@ pub struct WindowVerdict {
     pub low_water: HashMap<String, Mark>,
     /// The trace the window was scored in, stored with its alerts.
     pub trace_id: Option<String>,
+    /// Events per predicted class, stored with the window for dashboards.
+    pub class_mix: Vec<(String, u64)>,
 }
 
 /// Judges a window's scores.
@@ -215,6 +217,7 @@ pub fn verdict(
         high_water: window.high_water(),
         low_water: window.low_water(),
         trace_id: None,
+        class_mix: Vec::new(),
     }
 }
 

@@ -197,6 +197,7 @@ mod tests {
             high_water: HashMap::from([("t/0".to_string(), mark(40 + seq))]),
             low_water: HashMap::from([("t/0".to_string(), mark(40 + seq))]),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            class_mix: vec![("fraud".into(), 1), ("legit".into(), 2)],
         }
     }
 
@@ -227,6 +228,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resolved[0].1, Transition::Resolved);
+        // Each window's class mix once, replay or not.
+        let Store::Sqlite(pool) = &store else {
+            unreachable!()
+        };
+        let mix: Vec<(i64, String, i64)> =
+            sqlx::query_as("SELECT window_seq, class, events FROM window_classes ORDER BY 1, 2")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let one = |seq| [(seq, "fraud".to_string(), 1), (seq, "legit".to_string(), 2)];
+        assert_eq!(mix, [one(0), one(1)].concat());
         let alerts = store.list_alerts(None).await.unwrap();
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].status, Status::Resolved);

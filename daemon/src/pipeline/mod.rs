@@ -684,8 +684,13 @@ impl Pipeline {
         };
         let started = Instant::now();
         let device = self.scoring.info().label();
-        let scores = self.score(&w, reference, &device).await;
-        let mut verdict = judge::verdict(&self.config.judge, &w, device, scores);
+        let scored = self.score(&w, reference, &device).await;
+        let class_mix = scored
+            .as_ref()
+            .map(|s| s.class_mix.clone())
+            .unwrap_or_default();
+        let mut verdict = judge::verdict(&self.config.judge, &w, device, scored.map(|s| s.scores));
+        verdict.class_mix = class_mix;
         verdict.trace_id = telemetry::trace_id(&span);
         let write_started = Instant::now();
         let (seq, transitions) = match self.store_verdict(&verdict, cancel).await {
@@ -695,6 +700,7 @@ impl Pipeline {
                 self.metrics.windows_quarantined.inc();
                 tracing::error!(model = %w.key.model, version = %w.key.version, error = %e, "window scores cannot be stored; window stored with the error");
                 verdict.judged.clear();
+                verdict.class_mix.clear();
                 verdict.error = Some(format!("its scores could not be stored: {e}"));
                 self.store_verdict(&verdict, cancel).await?
             }
@@ -746,7 +752,7 @@ impl Pipeline {
         w: &ClosedWindow,
         reference: Arc<Reference>,
         device: &str,
-    ) -> Result<Vec<crate::detect::Score>, String> {
+    ) -> Result<crate::detect::Scored, String> {
         let events: Vec<TelemetryEvent> = w.events.iter().map(|p| p.event.clone()).collect();
         let score_span = tracing::info_span!(
             "score",
@@ -775,7 +781,7 @@ impl Pipeline {
                     .map(|(d, t)| format!("{d}={:.3}ms", t.as_secs_f64() * 1e3))
                     .collect();
                 score_span.record("detectors", per.join(",").as_str());
-                Ok(s.scores)
+                Ok(s)
             }
             Err(e) => {
                 self.metrics.windows_failed.inc();

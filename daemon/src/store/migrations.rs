@@ -22,6 +22,7 @@ macro_rules! migrations {
             migrations!(@ $dir, 9, "0009_effect_bands.sql", "effect_bands"),
             migrations!(@ $dir, 10, "0010_reader_role.sql", "reader_role"),
             migrations!(@ $dir, 11, "0011_score_bands.sql", "score_bands"),
+            migrations!(@ $dir, 12, "0012_window_classes.sql", "window_classes"),
         ]
     };
     (@ $dir:literal, $version:literal, $file:literal, $name:literal) => {

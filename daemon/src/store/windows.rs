@@ -92,7 +92,30 @@ impl Tx {
             .await?
             .rows_affected()
         });
+        if n == 1 {
+            self.insert_class_mix(v).await?;
+        }
         Ok(n == 1)
+    }
+
+    /// The window's predicted-class mix, one row per class.
+    async fn insert_class_mix(&mut self, v: &WindowVerdict) -> Result<()> {
+        for (class, events) in &v.class_mix {
+            with_tx!(self, conn => {
+                sqlx::query(
+                    "INSERT INTO window_classes (model, model_version, window_seq, class, events)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&v.model)
+                .bind(&v.model_version)
+                .bind(v.seq)
+                .bind(class)
+                .bind(*events as i64)
+                .execute(conn)
+                .await?;
+            });
+        }
+        Ok(())
     }
 
     pub async fn insert_score(
