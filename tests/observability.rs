@@ -178,6 +178,8 @@ async fn spans_metrics_and_health_tell_what_happened() {
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
         .expect("prometheus text");
     let good = (reference + window * windows) as f64;
+    // Ready, as /readyz said above.
+    assert_eq!(sample(&scrape, "modelwatch_ready", None), 1.0);
     assert_eq!(
         sample(&scrape, "modelwatch_messages_total", None),
         good + bad as f64

@@ -74,6 +74,19 @@ async fn ready(port: u16) -> Option<bool> {
     Some(resp.status().is_success())
 }
 
+/// The `modelwatch_ready` gauge a scrape reads now.
+async fn ready_gauge(port: u16) -> Option<f64> {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("modelwatch_ready "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Waits until stored windows hold `total` events, failing with the log.
 async fn wait_until_stored(pool: &PgPool, daemon: &mut Daemon, total: i64) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -159,10 +172,11 @@ async fn a_database_outage_loses_and_doubles_nothing() {
     proxy.cut();
     produce(&producer, &topic, &events[REFERENCE + 2 * WINDOW..]).await;
     let cut_at = Instant::now();
-    let mut saw_not_ready = false;
+    let (mut saw_not_ready, mut saw_gauge_zero) = (false, false);
     while cut_at.elapsed() < Duration::from_secs(60) {
         daemon.assert_alive();
         saw_not_ready |= ready(listen).await == Some(false);
+        saw_gauge_zero |= ready_gauge(listen).await == Some(0.0);
         // Nothing past the stored windows is committed.
         let stored = REFERENCE as i64 + windows(&pool).await.1;
         let offset = committed(&brokers(), &group, &topic);
@@ -173,6 +187,10 @@ async fn a_database_outage_loses_and_doubles_nothing() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     assert!(saw_not_ready, "never reported not ready during the outage");
+    assert!(
+        saw_gauge_zero,
+        "modelwatch_ready never read 0 during the outage"
+    );
     proxy.restore();
 
     let total = (events.len() - REFERENCE) as i64;
@@ -183,7 +201,7 @@ async fn a_database_outage_loses_and_doubles_nothing() {
         "every window once, numbered 0-9"
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ready(listen).await != Some(true) {
+    while ready(listen).await != Some(true) || ready_gauge(listen).await != Some(1.0) {
         assert!(Instant::now() < deadline, "not ready after the outage");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -60,6 +60,8 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    // Read now, so the series agrees with what /readyz would answer.
+    s.metrics.set_ready(s.health.not_ready().is_empty());
     (
         [(
             header::CONTENT_TYPE,

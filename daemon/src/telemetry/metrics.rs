@@ -51,6 +51,7 @@ pub struct Metrics {
     pub revocations: Counter,
     pub events_returned: Counter,
     pub source_pauses: Counter,
+    ready: Gauge,
     rejected_summary: Mutex<BTreeMap<String, u64>>,
     /// Models with a series of their own, at most `max_model_labels`; the
     /// rest share `model="_other"`, so sprayed names cannot grow the series.
@@ -222,6 +223,12 @@ impl Metrics {
                 "times the consumer paused its partitions because the pipeline was saturated",
                 Counter::default(),
             ),
+            ready: reg(
+                &mut r,
+                "ready",
+                "1 when /readyz answers ready (device initialised, store reachable, partitions assigned, no step retrying), else 0; read at each scrape",
+                Gauge::default(),
+            ),
             device: reg(
                 &mut r,
                 "device_info",
@@ -341,6 +348,11 @@ impl Metrics {
         self.outbox_backlog
             .get_or_create(&labels(&[("receiver", receiver)]))
             .set(pending);
+    }
+
+    /// Whether the monitor is ready, as `/readyz` would answer now.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// The Prometheus text exposition of every metric.
