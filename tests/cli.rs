@@ -603,6 +603,28 @@ async fn migrate_creates_a_read_only_reader_role() {
             .and_then(|d| d.code().map(|c| c.to_string()))
     });
     assert_eq!(code.as_deref(), Some("42501"), "writes are refused");
+
+    // Grants lost since (the role re-created by an operator, a dump
+    // restored without them) come back at the next migrate.
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("REVOKE SELECT ON ALL TABLES IN SCHEMA public FROM modelwatch_reader")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let lost = sqlx::query("SELECT count(*) FROM windows")
+        .fetch_one(&reader)
+        .await;
+    assert!(lost.is_err(), "the revoke took");
+    let (stdout, reader) = common::reader(&url, "reader's-secret").await;
+    assert!(
+        stdout.contains("modelwatch_reader may read every table"),
+        "{stdout}"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM window_classes")
+        .fetch_one(&reader)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
 }
 
 /// The shipped systemd unit is sandboxed (`systemd-analyze security`

@@ -22,6 +22,13 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
     let store = Store::connect_config(&config.store, 1).await?;
     store.migrate().await.context("applying migrations")?;
     println!("migrations applied to the {} store", store.kind());
+    if store
+        .grant_reader()
+        .await
+        .context("granting modelwatch_reader SELECT on every table")?
+    {
+        println!("modelwatch_reader may read every table");
+    }
     if let Ok(password) = std::env::var(READER_PASSWORD) {
         store
             .set_reader_password(&password)

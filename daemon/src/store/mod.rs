@@ -214,6 +214,49 @@ impl Store {
         Ok(())
     }
 
+    /// Grants the dashboard role SELECT on every table, again: migration
+    /// 10 granted only to a role that existed then, so an operator who
+    /// creates it later (or restores a dump without grants) gets them at the
+    /// next `modelwatch migrate`. False where there is no such role (and on
+    /// SQLite).
+    pub async fn grant_reader(&self) -> Result<bool> {
+        let Store::Postgres(pool) = self else {
+            return Ok(false);
+        };
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'modelwatch_reader')",
+        )
+        .fetch_one(pool)
+        .await?;
+        if exists {
+            let grant = sqlx::query_scalar::<_, String>(
+                "SELECT format('GRANT CONNECT ON DATABASE %I TO modelwatch_reader', current_database())",
+            )
+            .fetch_one(pool)
+            .await?;
+            for statement in [
+                grant.as_str(),
+                "GRANT USAGE ON SCHEMA public TO modelwatch_reader",
+                "GRANT SELECT ON ALL TABLES IN SCHEMA public TO modelwatch_reader",
+            ] {
+                if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(statement))
+                    .execute(pool)
+                    .await
+                {
+                    // A user that does not own the database or schema may
+                    // not grant on it; the operator does, and migrate must
+                    // still succeed.
+                    if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42501") {
+                        tracing::warn!(error = %e, "modelwatch_reader not granted");
+                        return Ok(false);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(exists)
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Store::Postgres(_) => "postgres",
