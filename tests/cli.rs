@@ -704,3 +704,33 @@ fn the_systemd_unit_is_sandboxed_and_stops_on_config_errors() {
     // Not a config error: a file source that does not exist.
     assert_eq!(status(&["run", "--file", missing]), Some(1));
 }
+
+/// `demo --events` prints the simulated fleet as NDJSON, the same for the
+/// same seed, for `replay -` into a topic (the compose stack's README
+/// command): every model's reference and windows, each line an event.
+#[test]
+fn demo_events_are_the_simulated_stream_as_ndjson() {
+    let run = |seed: &str| {
+        let out = Command::new(daemon_binary())
+            .args(["demo", "--events", "--windows", "2", "--seed", seed])
+            .env_remove("MODELWATCH_CONFIG")
+            .output()
+            .unwrap();
+        succeeded(&out)
+    };
+    let text = run("7");
+    let lines: Vec<&str> = text.lines().collect();
+    let models = modelwatch::ingest::demo::FLEET.len();
+    let per_model =
+        modelwatch::ingest::demo::REFERENCE_SIZE + 2 * modelwatch::ingest::demo::WINDOW_SIZE;
+    assert_eq!(lines.len(), models * per_model);
+    for line in &lines {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            e["model"].is_string() && e["output"]["probabilities"].is_array(),
+            "{line}"
+        );
+    }
+    assert_eq!(run("7"), text, "the same seed, the same stream");
+    assert_ne!(run("8"), text);
+}

@@ -32,28 +32,37 @@ async fn known_shift_alerts_exactly_and_bad_messages_are_dead_lettered() {
         REFERENCE + 2 * WINDOW + 17,
         r#"{"model": "credit", "features": {"x1": "#.to_string(),
     );
-    // Sent with the daemon's own `replay` command.
-    let file = tmp.join("telemetry.ndjson");
-    std::fs::write(&file, payloads.join("\n")).unwrap();
-    let out = std::process::Command::new(daemon_binary())
-        .args(["replay", "--topic", &topic])
-        .arg(&file)
-        .env("MODELWATCH_SOURCE__KAFKA__BROKERS", brokers())
-        // One record per batch, for tansu (README, Development).
-        .env(
-            "MODELWATCH_SOURCE__KAFKA__PROPERTIES__batch.num.messages",
-            "1",
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "replay: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("sent {} messages", payloads.len()))
-    );
+    // Sent with the daemon's own `replay` command: the first half from a
+    // file, the rest from standard input.
+    let half = payloads.len() / 2;
+    for (part, from_stdin) in [(&payloads[..half], false), (&payloads[half..], true)] {
+        let file = tmp.join(format!("telemetry-{from_stdin}.ndjson"));
+        std::fs::write(&file, part.join("\n")).unwrap();
+        let mut replay = std::process::Command::new(daemon_binary());
+        replay.args(["replay", "--topic", &topic]);
+        if from_stdin {
+            replay.arg("-").stdin(std::fs::File::open(&file).unwrap());
+        } else {
+            replay.arg(&file);
+        }
+        let out = replay
+            .env("MODELWATCH_SOURCE__KAFKA__BROKERS", brokers())
+            // One record per batch, for tansu (README, Development).
+            .env(
+                "MODELWATCH_SOURCE__KAFKA__PROPERTIES__batch.num.messages",
+                "1",
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "replay: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("sent {} messages", part.len()))
+        );
+    }
 
     let config = kafka_config(&tmp, &topic, &dlq, &unique("g"), &db, REFERENCE, WINDOW);
     let mut daemon = Daemon::start(&config, tmp.join("daemon.log"));

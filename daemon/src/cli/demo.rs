@@ -19,12 +19,19 @@ pub struct DemoArgs {
     /// Scoring device.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
+    /// Print the simulated events as NDJSON on standard output instead of
+    /// monitoring them (for `replay -` into a topic).
+    #[arg(long)]
+    events: bool,
     /// Random seed of the simulated fleet.
     #[arg(long, default_value_t = 7)]
     seed: u64,
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
+    if args.events {
+        return print_events(&args);
+    }
     let mut config = Config::default();
     config.source.kind = SourceKind::Demo;
     config.source.demo.windows_per_model = args.windows;
@@ -53,5 +60,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if url != "sqlite::memory:" {
         println!("results kept in {url}");
     }
+    Ok(())
+}
+
+fn print_events(args: &DemoArgs) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (_, _, _, event) in demo::stream(args.seed, args.windows) {
+        serde_json::to_writer(&mut out, &event)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
     Ok(())
 }

@@ -25,7 +25,7 @@ const IN_FLIGHT: usize = 50_000;
 pub struct ReplayArgs {
     #[command(flatten)]
     config: ConfigArg,
-    /// NDJSON file to send.
+    /// NDJSON file to send, or `-` for standard input.
     file: PathBuf,
     /// Target topic; default: the first configured topic.
     #[arg(long)]
@@ -61,6 +61,14 @@ impl Tally {
     }
 }
 
+fn read_input(file: &std::path::Path) -> std::io::Result<String> {
+    if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    }
+}
+
 pub async fn run(args: ReplayArgs) -> Result<()> {
     let config = args.config.load()?;
     telemetry::init_logging(&config.log);
@@ -70,8 +78,7 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
         .or_else(|| kafka.topics.first().cloned())
         .context("no topic given and none configured")?;
     let file = &args.file;
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = read_input(file).with_context(|| format!("reading {}", file.display()))?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut cfg = client_config(kafka, ClientRole::Producer)?;
     default_to(&mut cfg, "linger.ms", "20");

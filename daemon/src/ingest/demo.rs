@@ -203,60 +203,64 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
     })
 }
 
+/// The simulated fleet's events in order, each model in turn, one round
+/// every 500 ms of event time: (the model's event index, model, payload).
+pub fn stream(
+    seed: u64,
+    windows: usize,
+) -> impl Iterator<Item = (usize, &'static SimModel, DateTime<Utc>, serde_json::Value)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let t0: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().expect("valid constant");
+    let fleet: &'static [SimModel] = &FLEET;
+    (0..REFERENCE_SIZE + windows * WINDOW_SIZE)
+        .flat_map(move |i| fleet.iter().map(move |m| (i, m)))
+        .map(move |(i, m)| {
+            let ts = t0 + Duration::milliseconds(500 * i as i64);
+            (i, m, ts, event(&mut rng, m, i, ts))
+        })
+}
+
 pub fn start(config: &Config, tx: mpsc::Sender<RawMessage>, cancel: CancellationToken) {
     let windows = config.source.demo.windows_per_model;
     let seed = config.source.demo.seed;
     tokio::spawn(async move {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let per_model = REFERENCE_SIZE + windows * WINDOW_SIZE;
-        let t0: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().expect("valid constant");
-        let mut offset = 0i64;
-        for i in 0..per_model {
-            for model in &FLEET {
-                if cancel.is_cancelled() {
-                    return;
-                }
-                let ts = t0 + Duration::milliseconds(500 * i as i64);
-                let payload =
-                    serde_json::to_vec(&event(&mut rng, model, i, ts)).unwrap_or_default();
-                let msg = RawMessage {
-                    payload,
-                    key: Some(model.name.as_bytes().to_vec()),
-                    timestamp: Some(ts),
-                    topic: "demo".into(),
-                    pos: SourcePos {
-                        stream: "demo".into(),
-                        offset,
-                        index: 0,
-                    },
-                    trace_context: Vec::new(),
-                };
-                offset += 1;
-                if tx.send(msg).await.is_err() {
-                    return;
-                }
+        let last = FLEET[FLEET.len() - 1].name;
+        let mut offset = 0;
+        for (i, model, ts, event) in stream(seed, windows) {
+            if cancel.is_cancelled() {
+                return;
             }
+            let payload = serde_json::to_vec(&event).unwrap_or_default();
+            let key = Some(model.name.as_bytes().to_vec());
+            let mut batch = vec![message(payload, key, ts, offset)];
             // One malformed message mid-stream shows the dead-letter path.
-            if i == REFERENCE_SIZE + WINDOW_SIZE / 2 {
-                let msg = RawMessage {
-                    payload: br#"{"model": "fraud-scorer", "features": {"amount": "#.to_vec(),
-                    key: None,
-                    timestamp: Some(t0),
-                    topic: "demo".into(),
-                    pos: SourcePos {
-                        stream: "demo".into(),
-                        offset,
-                        index: 0,
-                    },
-                    trace_context: Vec::new(),
-                };
-                offset += 1;
+            if i == REFERENCE_SIZE + WINDOW_SIZE / 2 && model.name == last {
+                let payload = br#"{"model": "fraud-scorer", "features": {"amount": "#.to_vec();
+                batch.push(message(payload, None, ts, offset + 1));
+            }
+            offset += batch.len();
+            for msg in batch {
                 if tx.send(msg).await.is_err() {
                     return;
                 }
             }
         }
     });
+}
+
+fn message(payload: Vec<u8>, key: Option<Vec<u8>>, ts: DateTime<Utc>, offset: usize) -> RawMessage {
+    RawMessage {
+        payload,
+        key,
+        timestamp: Some(ts),
+        topic: "demo".into(),
+        pos: SourcePos {
+            stream: "demo".into(),
+            offset: offset as i64,
+            index: 0,
+        },
+        trace_context: Vec::new(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
