@@ -61,6 +61,34 @@ fn queries(d: &Value) -> Vec<(String, String)> {
     out
 }
 
+const POSTGRES: &str = "grafana-postgresql-datasource";
+const PROMETHEUS: &str = "prometheus";
+
+/// Every dashboard shipped, parsed, with the data source plugin its
+/// `datasource` variable picks from.
+fn dashboards() -> Vec<(String, Value, String)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let plugin = d["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["type"] == "datasource")
+            .and_then(|v| v["query"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        out.push((path.display().to_string(), d, plugin));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// The shape Grafana needs: a data source variable that every panel,
 /// target, variable and annotation uses (no fixed uid to break in another
 /// Grafana), unique panel ids, each panel laid out on the 24-column grid.
@@ -71,7 +99,10 @@ fn check_shape(name: &str, d: &Value) {
         .iter()
         .find(|v| v["type"] == "datasource")
         .unwrap_or_else(|| panic!("{name}: no data source variable"));
-    assert_eq!(ds["query"], "grafana-postgresql-datasource", "{name}");
+    assert!(
+        [POSTGRES, PROMETHEUS].contains(&ds["query"].as_str().unwrap_or("")),
+        "{name}"
+    );
     let var = format!("${{{}}}", ds["name"].as_str().unwrap());
     let uses_var = |v: &Value, what: &str| {
         assert_eq!(
@@ -136,16 +167,12 @@ async fn every_panel_query_returns_rows_on_demo_data_as_the_reader_role() {
         .map(|m| format!("'{m}'"))
         .collect::<Vec<_>>()
         .join(",");
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards");
     let mut checked = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+    for (name, d, plugin) in dashboards() {
+        check_shape(&name, &d);
+        if plugin != POSTGRES {
             continue;
         }
-        let name = path.display().to_string();
-        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        check_shape(&name, &d);
         for (what, sql) in queries(&d) {
             let sql = expand(&sql, &models);
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
@@ -167,7 +194,7 @@ async fn every_panel_query_returns_rows_on_demo_data_as_the_reader_role() {
             checked += 1;
         }
     }
-    assert!(checked >= 10, "{checked} queries");
+    assert!(checked >= 18, "{checked} queries");
 }
 
 /// A banded score's stored lines agree with its verdict: expected accuracy
@@ -201,4 +228,141 @@ async fn band_lines_agree_with_the_verdicts() {
         "{crossed} of {}",
         rows.len()
     );
+}
+
+/// Every dashboard is valid under Grafana's published dashboard schema (the
+/// types `@grafana/schema` generates from Grafana's schema, unknown fields
+/// refused), and a copy with a misspelt panel field is not.
+#[test]
+fn dashboards_match_the_published_grafana_schema() {
+    let files: Vec<std::path::PathBuf> = dashboards().iter().map(|(n, _, _)| n.into()).collect();
+    assert!(files.len() >= 3, "{files:?}");
+    succeeded(&common::schema_check("grafana", &files));
+
+    let dir = std::env::temp_dir().join(unique("dashboard"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("\"gridPos\": {"));
+    let broken = dir.join("broken.json");
+    std::fs::write(
+        &broken,
+        text.replacen("\"gridPos\": {", "\"gridpos\": {}, \"gridPos\": {", 1),
+    )
+    .unwrap();
+    let out = common::schema_check("grafana", &[broken]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gridpos"),
+        "{out:?}"
+    );
+}
+
+/// A metrics registry with a series in every family, as a running monitor
+/// has: families without one are not exported.
+fn exposition() -> String {
+    let m = modelwatch::telemetry::metrics::Metrics::new();
+    m.set_device("flex", "cpu", "flex", "auto");
+    m.set_lag("inference", 0, 1);
+    m.notification("pagerduty", "failed");
+    m.set_backlog("pagerduty", 1);
+    m.reject("invalid_json");
+    m.window_scored("m");
+    m.detector_took(
+        "feature_drift",
+        "flex:cpu",
+        std::time::Duration::from_millis(3),
+    );
+    m.store_write_took(std::time::Duration::from_millis(3));
+    m.step_retry("store");
+    m.encode()
+}
+
+/// Names in `text` that follow `open` up to `close`, split at commas.
+fn labels_in<'a>(text: &'a str, open: &str, close: char) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(open) {
+        let tail = &rest[at + open.len()..];
+        let end = tail.find(close).unwrap_or(tail.len());
+        out.extend(
+            tail[..end]
+                .split(',')
+                .map(str::trim)
+                .filter(|l| !l.is_empty()),
+        );
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// The monitor-health dashboard's PromQL parses (promtool checks each
+/// expression as a recording rule), names only metrics the daemon exports,
+/// and groups and labels series only by labels those metrics carry, so a
+/// renamed metric or label cannot leave a panel silently empty.
+#[test]
+fn prometheus_panels_parse_and_use_exported_metrics_and_labels() {
+    let exposition = exposition();
+    let dir = std::env::temp_dir().join(unique("promql"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut checked = 0;
+    for (name, d, plugin) in dashboards() {
+        if plugin != PROMETHEUS {
+            continue;
+        }
+        check_shape(&name, &d);
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                let concrete = expr
+                    .replace("$instance", ".*")
+                    .replace("$__rate_interval", "5m");
+                rules.push_str(&format!(
+                    "      - record: dashboard:q{checked}\n        expr: {}\n",
+                    serde_json::to_string(&concrete).unwrap()
+                ));
+                checked += 1;
+                let metrics: Vec<&str> = expr
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("modelwatch_"))
+                    .collect();
+                let legend = t["legendFormat"].as_str().unwrap_or("");
+                let grouped = expr.replace("by(", "by (");
+                let labels = labels_in(&grouped, "by (", ')')
+                    .into_iter()
+                    .chain(labels_in(legend, "{{", '}'));
+                for label in labels.filter(|l| !["le", "instance", "job"].contains(l)) {
+                    let carried = metrics.iter().any(|m| {
+                        let family = m.strip_suffix("_bucket").unwrap_or(m);
+                        exposition
+                            .lines()
+                            .any(|l| l.starts_with(family) && l.contains(&format!("{label}=\"")))
+                    });
+                    assert!(
+                        carried,
+                        "{name}: {}: no metric of {expr} carries {label}",
+                        p["title"]
+                    );
+                }
+                for m in &metrics {
+                    let family = ["_bucket", "_total"]
+                        .iter()
+                        .fold(*m, |m, s| m.strip_suffix(s).unwrap_or(m));
+                    assert!(
+                        exposition.contains(&format!("# TYPE {family} ")),
+                        "{name}: {m} is not exported"
+                    );
+                }
+            }
+        }
+    }
+    assert!(checked >= 12, "{checked} expressions");
+    let file = dir.join("dashboard.rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool not found: tests/run.sh installs it (Debian package prometheus)");
+    succeeded(&out);
 }

@@ -2,7 +2,8 @@
 # Installs what the test suite needs when it is missing, starts it, and runs
 # every test: PostgreSQL (Debian packages, or the one already running), a
 # Kafka-protocol broker (tansu, built once and cached), Mesa's lavapipe for
-# the wgpu tests, promtool and systemd-analyze for the deployment files.
+# the wgpu tests, promtool, systemd-analyze, Node.js packages and
+# check-jsonschema for the deployment files and dashboards.
 # Safe to run again: it reuses what it finds.
 #
 #   tests/run.sh                 # the whole suite
@@ -66,6 +67,33 @@ if ! command -v systemd-analyze >/dev/null; then
   log "installing systemd-analyze (Debian package systemd)"
   apt_install --no-install-recommends systemd
 fi
+
+# --- published schemas for the deployment files and dashboards -------------------
+# tests/deploy.rs and tests/dashboards.rs check the Kubernetes manifests, the
+# Dockerfile and the dashboards with the npm packages pinned in
+# tests/schemas/package-lock.json, and the compose stack with check-jsonschema.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  log "installing Node.js (Debian packages nodejs, npm)"
+  apt_install --no-install-recommends nodejs npm
+fi
+node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
+[ "$node_major" -ge 18 ] || { echo "Node.js 18 or later is needed for the schema checks (found $(node --version))" >&2; exit 1; }
+SCHEMAS=$CACHE/schemas
+if ! cmp -s tests/schemas/package-lock.json "$SCHEMAS/package-lock.json" || [ ! -d "$SCHEMAS/node_modules" ]; then
+  log "installing the schema packages into $SCHEMAS"
+  mkdir -p "$SCHEMAS"
+  cp tests/schemas/package.json tests/schemas/package-lock.json "$SCHEMAS/"
+  (cd "$SCHEMAS" && npm ci --no-audit --no-fund --loglevel=error) >&2
+fi
+export MODELWATCH_SCHEMAS=$SCHEMAS
+TOOLS_VENV=$CACHE/tools-venv
+CHECK_JSONSCHEMA_VERSION=0.39.0
+if ! "$TOOLS_VENV/bin/check-jsonschema" --version 2>/dev/null | grep -q "$CHECK_JSONSCHEMA_VERSION"; then
+  log "installing check-jsonschema $CHECK_JSONSCHEMA_VERSION into $TOOLS_VENV"
+  python3 -m venv "$TOOLS_VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$TOOLS_VENV"; }
+  "$TOOLS_VENV/bin/pip" install -q "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+fi
+export MODELWATCH_TOOLS_VENV=$TOOLS_VENV
 
 # --- PostgreSQL ----------------------------------------------------------------
 PG_URL=${MODELWATCH_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}

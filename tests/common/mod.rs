@@ -444,3 +444,34 @@ pub async fn reader(url: &str, password: &str) -> (String, PgPool) {
     let url = format!("{scheme}://modelwatch_reader:{password}@{host}");
     (stdout, PgPool::connect(&url).await.unwrap())
 }
+
+/// Runs `tests/schemas/check.mjs MODE FILES...` where `tests/run.sh`
+/// installed the published schemas it checks against
+/// (`MODELWATCH_SCHEMAS`). The script is copied there first, under a name
+/// of its own (tests run in parallel), so that its imports resolve against
+/// those packages.
+pub fn schema_check(mode: &str, files: &[PathBuf]) -> std::process::Output {
+    let dir = std::env::var("MODELWATCH_SCHEMAS").expect(
+        "MODELWATCH_SCHEMAS is not set: run the suite through tests/run.sh, which installs the schemas",
+    );
+    let script = PathBuf::from(&dir).join(format!("{}.mjs", unique("check")));
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemas/check.mjs"),
+        &script,
+    )
+    .unwrap();
+    let out = Command::new("node")
+        .arg(&script)
+        .arg(mode)
+        .args(files)
+        .current_dir(&dir)
+        .output()
+        .expect("node not found: tests/run.sh installs it");
+    let _ = std::fs::remove_file(&script);
+    out
+}
+
+/// The repository path of a committed file.
+pub fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
