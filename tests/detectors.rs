@@ -5,6 +5,7 @@
 use modelwatch::detect::DeviceChoice;
 use modelwatch::detect::engine::{Engine, KsAlgorithm};
 use modelwatch::detect::stats::{self, KsMethod};
+use modelwatch::detect::threat::Threat;
 use modelwatch::detect::{Frame, Scorer, confidence, linalg, ood, reconstruction};
 use modelwatch::event::TelemetryEvent;
 use serde_json::Value;
@@ -820,6 +821,7 @@ fn out_of_distribution_requests_are_counted_where_marginals_see_nothing() {
         .expect("an ood score");
     assert_eq!(ood.score.feature, "features");
     assert_eq!(ood.score.family.as_str(), "security");
+    assert_eq!(ood.score.threat, Some(Threat::Evasion));
     assert!(
         ood.score.statistic >= 0.04,
         "most of the 5% are caught: {ood:?}"
@@ -1172,7 +1174,7 @@ fn effect_thresholds_are_calibrated_on_reference_windows() {
 }
 
 /// A changed class mix reads differently with and without a new model
-/// version: the score says which.
+/// version: the score says which, and tags the attack it is evidence for.
 #[test]
 fn output_shift_is_read_as_tampering_or_deploy_by_version() {
     let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
@@ -1202,6 +1204,7 @@ fn output_shift_is_read_as_tampering_or_deploy_by_version() {
     let same = judged(events(200, "v1", 2));
     assert!(same.crossed.is_some(), "{same:?}");
     assert!(same.score.method.contains("tampering signal"), "{same:?}");
+    assert_eq!(same.score.threat, Some(Threat::Tampering));
     let deploy = judged(events(200, "v2", 2));
     assert!(deploy.crossed.is_some(), "{deploy:?}");
     assert!(
@@ -1211,6 +1214,7 @@ fn output_shift_is_read_as_tampering_or_deploy_by_version() {
             .contains("version v2 against reference v1: a deploy change"),
         "{deploy:?}"
     );
+    assert_eq!(deploy.score.threat, Some(Threat::Poisoning));
 }
 
 /// The default KS policy against SciPy: where `auto` would compute the

@@ -39,6 +39,7 @@ fn crossing_window(n: usize) -> WindowVerdict {
                 effect: None,
                 examples: Vec::new(),
                 band: None,
+                threat: None,
             },
             threshold: 1e-3,
             crossed: Some(Severity::Critical),
@@ -90,6 +91,7 @@ async fn two_dispatchers_send_each_notification_once() {
             url,
             secret_env: None,
             secret_file: None,
+            format: Default::default(),
         }),
     };
     let dispatcher = || {

@@ -179,6 +179,7 @@ impl Detector for ConfidenceShift {
                     effect: None,
                     examples: Vec::new(),
                     band: None,
+                    threat: None,
                 });
             }
         }
@@ -205,6 +206,7 @@ impl Detector for ConfidenceShift {
                 effect: None,
                 examples: Vec::new(),
                 band: Some(band),
+                threat: None,
             });
         }
         Ok(scores)

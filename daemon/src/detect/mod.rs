@@ -15,6 +15,7 @@ pub mod ood;
 pub mod output;
 pub mod reconstruction;
 pub mod stats;
+pub mod threat;
 mod worker;
 
 use std::collections::HashMap;
@@ -97,6 +98,10 @@ pub struct Score {
     /// threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub band: Option<band::Band>,
+    /// The attack the score is evidence for when it crosses, where it is a
+    /// security signal; its ATLAS and OWASP ids go out with the alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threat: Option<threat::Threat>,
 }
 
 /// An effect size and the threshold it must reach for its score to alert.
@@ -488,6 +493,7 @@ fn ks_scores(
                 effect: None,
                 examples: Vec::new(),
                 band: None,
+                threat: None,
             }
         })
         .collect()
@@ -527,6 +533,7 @@ fn chi2_score(
         effect: None,
         examples: Vec::new(),
         band: None,
+        threat: None,
     })
 }
 

@@ -116,6 +116,7 @@ impl Detector for MultivariateDrift {
             effect: None,
             examples: Vec::new(),
             band: None,
+            threat: None,
         }])
     }
 }

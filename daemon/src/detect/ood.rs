@@ -11,6 +11,7 @@
 
 use super::band;
 use super::frame::Sender;
+use super::threat::Threat;
 use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, linalg, stats};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -176,6 +177,7 @@ impl Detector for OutOfDistribution {
                 effect: None,
                 examples,
                 band: None,
+                threat: Some(Threat::Evasion),
             });
         }
         Ok(scores)
@@ -224,6 +226,7 @@ fn unplaced(
         effect: None,
         examples: Vec::new(),
         band: None,
+        threat: Some(Threat::Evasion),
     })
 }
 

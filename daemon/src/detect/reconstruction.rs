@@ -186,6 +186,7 @@ impl Detector for ReconstructionDrift {
             effect: None,
             examples: Vec::new(),
             band: Some(band),
+            threat: None,
         }])
     }
 }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Judged, Severity, WindowVerdict, dedup_key};
+use crate::detect::threat::Threat;
 use schemars::JsonSchema;
 use std::collections::BTreeMap;
 
@@ -82,6 +83,10 @@ pub struct Evidence {
     /// them (the farthest out-of-distribution requests and their clients).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub examples: Vec<String>,
+    /// The attack the latest crossing is evidence for, for security
+    /// signals (ATLAS and OWASP ids in every receiver's payload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threat: Option<Threat>,
     pub test: String,
     pub method: String,
     pub n_reference: usize,
@@ -259,6 +264,7 @@ fn new_incident(
             top_features: obs.top_features(),
             sample_request_ids: v.sample_request_ids.clone(),
             examples: s.examples.clone(),
+            threat: s.threat,
             test: s.test.clone(),
             method: s.method.clone(),
             n_reference: s.n_reference,
@@ -289,6 +295,7 @@ fn still_crossed(
     a.evidence.top_features = obs.top_features();
     a.evidence.sample_request_ids = v.sample_request_ids.clone();
     a.evidence.examples = s.examples.clone();
+    a.evidence.threat = s.threat.or(a.evidence.threat);
     if a.status == Status::Pending {
         fire_if_due(a, config, now)
     } else {
@@ -423,6 +430,7 @@ mod tests {
             effect: None,
             examples: Vec::new(),
             band: None,
+            threat: None,
         };
         let judged = Judged {
             crossed: (p < 0.01).then_some(if p < 1e-8 {

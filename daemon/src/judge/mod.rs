@@ -290,6 +290,7 @@ mod tests {
             effect: None,
             examples: Vec::new(),
             band: None,
+            threat: None,
         }
     }
 

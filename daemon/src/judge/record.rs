@@ -177,6 +177,7 @@ mod tests {
             effect: None,
             examples: Vec::new(),
             band: None,
+            threat: None,
         };
         WindowVerdict {
             model: "m".into(),
