@@ -70,9 +70,11 @@ async fn record(State(r): State<Recorder>, headers: HeaderMap, body: Bytes) -> S
     StatusCode::ACCEPTED
 }
 
-/// Serves `recorder` on a loopback port for any path; returns the base URL.
+/// Serves `recorder` on a loopback port for any path, the root included
+/// (Falcosidekick's input); returns the base URL.
 async fn serve(recorder: Recorder) -> String {
     let app = Router::new()
+        .route("/", post(record))
         .route("/{*path}", post(record))
         .with_state(recorder);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -159,15 +161,19 @@ fn dir(prefix: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shift_pages_once_resolves_once_and_noise_pages_nothing() {
-    let (am, pd, hook) = (
+    let (am, pd, hook, ocsf, falco) = (
+        Recorder::default(),
+        Recorder::default(),
         Recorder::default(),
         Recorder::default(),
         Recorder::default(),
     );
-    let (am_url, pd_url, hook_url) = (
+    let (am_url, pd_url, hook_url, ocsf_url, falco_url) = (
         serve(am.clone()).await,
         serve(pd.clone()).await,
         serve(hook.clone()).await,
+        serve(ocsf.clone()).await,
+        serve(falco.clone()).await,
     );
     let topic = unique("alerts");
     create_topic(&topic, 1).await;
@@ -196,6 +202,16 @@ secret_env = "MODELWATCH_WEBHOOK_SECRET"
 name = "bus"
 kind = "kafka"
 topic = "{topic}"
+[[notify.receivers]]
+name = "security-lake"
+kind = "webhook"
+url = "{ocsf_url}/ingest"
+format = "ocsf"
+[[notify.receivers]]
+name = "falcosidekick"
+kind = "webhook"
+url = "{falco_url}/"
+format = "falco"
 "#
     );
     let store = format!("sqlite:{}", d.join("store.db").display());
@@ -298,6 +314,62 @@ topic = "{topic}"
         .map(|h| h["transition"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(hooks, vec!["fired", "resolved"]);
+
+    // OCSF: the incident's finding created, then closed, valid under the
+    // published schema's models.
+    let findings = ocsf.accepted();
+    let types: Vec<u64> = findings
+        .iter()
+        .map(|f| f["type_uid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(types, vec![200401, 200403]);
+    assert_eq!(findings[0]["finding_info"]["uid"], format!("{X1}#1"));
+    assert_eq!(findings[1]["finding_info"]["uid"], format!("{X1}#1"));
+    let lines: String = findings.iter().map(|f| format!("{f}\n")).collect();
+    let python = std::path::PathBuf::from(
+        std::env::var("MODELWATCH_TOOLS_VENV")
+            .expect("MODELWATCH_TOOLS_VENV is not set: run the suite through tests/run.sh"),
+    )
+    .join("bin/python");
+    let validate = |lines: &str| {
+        let mut check = Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/schemas/ocsf.py"
+            ))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        check.wait_with_output().unwrap()
+    };
+    let checked = succeeded(&validate(&lines));
+    assert!(checked.contains("2 findings valid"), "{checked}");
+    // The validator refuses a field the schema lacks.
+    let broken = lines.replacen("\"title\"", "\"titel\":\"x\",\"title\"", 1);
+    assert!(!validate(&broken).status.success());
+
+    // Falco: a Warning event, then an Informational one when it resolves.
+    let events = falco.accepted();
+    let priorities: Vec<&str> = events
+        .iter()
+        .map(|e| e["priority"].as_str().unwrap())
+        .collect();
+    assert_eq!(priorities.len(), 2, "{events:#?}");
+    assert_ne!(priorities[0], "Informational");
+    assert_eq!(priorities[1], "Informational");
+    for e in &events {
+        assert_eq!(e["source"], "modelwatch");
+        assert_eq!(e["output_fields"]["modelwatch.dedup_key"], X1);
+    }
 
     // Kafka: the same two transitions, keyed by dedup key.
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()

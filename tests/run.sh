@@ -87,11 +87,14 @@ if ! cmp -s tests/schemas/package-lock.json "$SCHEMAS/package-lock.json" || [ ! 
 fi
 export MODELWATCH_SCHEMAS=$SCHEMAS
 TOOLS_VENV=$CACHE/tools-venv
-CHECK_JSONSCHEMA_VERSION=0.39.0
-if ! "$TOOLS_VENV/bin/check-jsonschema" --version 2>/dev/null | grep -q "$CHECK_JSONSCHEMA_VERSION"; then
-  log "installing check-jsonschema $CHECK_JSONSCHEMA_VERSION into $TOOLS_VENV"
+# check-jsonschema for the compose file, py-ocsf-models for OCSF findings.
+TOOLS_PINS="check-jsonschema==0.39.0 py-ocsf-models==0.10.0"
+if [ "$(cat "$TOOLS_VENV/pins" 2>/dev/null)" != "$TOOLS_PINS" ]; then
+  log "installing $TOOLS_PINS into $TOOLS_VENV"
   python3 -m venv "$TOOLS_VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$TOOLS_VENV"; }
-  "$TOOLS_VENV/bin/pip" install -q "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+  # shellcheck disable=SC2086
+  "$TOOLS_VENV/bin/pip" install -q $TOOLS_PINS
+  echo "$TOOLS_PINS" >"$TOOLS_VENV/pins"
 fi
 export MODELWATCH_TOOLS_VENV=$TOOLS_VENV
 

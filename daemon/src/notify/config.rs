@@ -63,7 +63,8 @@ pub struct ReceiverConfig {
     #[serde(default)]
     pub min_severity: Severity,
     /// Deliver only alerts whose labels (`model`, `model_version`,
-    /// `detector`, `feature`, `severity`) equal these.
+    /// `detector`, `feature`, `severity`, and `threat` for security
+    /// signals: `evasion`, `tampering`, `poisoning`) equal these.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Request timeout in seconds.
@@ -136,6 +137,24 @@ pub struct WebhookReceiver {
     /// ... or from this file; without either, bodies are not signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<String>,
+    /// The body's format.
+    #[serde(default)]
+    pub format: PayloadFormat,
+}
+
+/// What a webhook posts or a Kafka receiver writes for each transition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PayloadFormat {
+    /// modelwatch's own JSON: `{version, transition, summary, alert}`.
+    #[default]
+    Native,
+    /// An OCSF Detection Finding (class 2004), for security data lakes and
+    /// SIEMs; security signals carry their MITRE ATLAS techniques.
+    Ocsf,
+    /// A Falco event (`time`, `rule`, `priority`, `output`, `source`,
+    /// `tags`, `output_fields`), as Falcosidekick accepts on its input.
+    Falco,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -151,6 +170,9 @@ pub struct KafkaReceiver {
     /// librdkafka properties for a receiver on another cluster.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+    /// The messages' format.
+    #[serde(default)]
+    pub format: PayloadFormat,
 }
 
 #[cfg(test)]

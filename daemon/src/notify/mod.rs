@@ -1,15 +1,17 @@
 //! Stage 7: telling people. Alert transitions are queued in the store's
 //! outbox by `judge::record_window`; the `Dispatcher` delivers them to the
-//! configured receivers (Alertmanager, PagerDuty, signed webhooks, Kafka).
+//! configured receivers (Alertmanager, PagerDuty, signed webhooks, Kafka),
+//! in modelwatch's own JSON, as OCSF findings or as Falco events.
 
 mod config;
 mod dispatch;
+pub mod formats;
 pub mod receivers;
 
 use crate::judge::{AlertState, Severity, Transition};
 pub use config::{
-    AlertmanagerReceiver, KafkaReceiver, NotifyConfig, PagerdutyReceiver, ReceiverConfig,
-    ReceiverKind, WebhookReceiver,
+    AlertmanagerReceiver, KafkaReceiver, NotifyConfig, PagerdutyReceiver, PayloadFormat,
+    ReceiverConfig, ReceiverKind, WebhookReceiver,
 };
 pub use dispatch::Dispatcher;
 pub use receivers::{NotifyError, Receiver};
@@ -62,6 +64,8 @@ pub fn label<'a>(a: &'a AlertState, key: &str) -> Option<&'a str> {
         "detector" => Some(&a.detector),
         "feature" => Some(&a.feature),
         "severity" => Some(a.severity.as_str()),
+        // Security signals only: a SOC receiver can take just those.
+        "threat" => a.evidence.threat.map(|t| t.as_str()),
         _ => None,
     }
 }
@@ -143,6 +147,7 @@ mod tests {
                 url: "http://x".into(),
                 secret_env: None,
                 secret_file: None,
+                format: PayloadFormat::Native,
             }),
         }
     }
@@ -165,5 +170,11 @@ mod tests {
         assert_eq!(router.route(&critical), vec!["all", "pager", "fraud-team"]);
         let info = receivers::tests::alert("x", Severity::Info);
         assert_eq!(router.route(&info), vec!["all"]);
+
+        let soc = Router::new(&[receiver("soc", Severity::Info, &[("threat", "evasion")])]);
+        assert!(soc.route(&warning).is_empty(), "not a security signal");
+        let mut evasion = warning.clone();
+        evasion.evidence.threat = Some(crate::detect::threat::Threat::Evasion);
+        assert_eq!(soc.route(&evasion), vec!["soc"]);
     }
 }

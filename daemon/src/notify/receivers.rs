@@ -9,8 +9,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::summary;
-use super::{ReceiverConfig, ReceiverKind};
+use super::{PayloadFormat, ReceiverConfig, ReceiverKind, formats, summary};
 use crate::ingest::kafka::{ClientRole, KafkaConfig, client_config};
 use crate::judge::{AlertState, Status, Transition};
 
@@ -49,10 +48,12 @@ enum Target {
     Webhook {
         url: String,
         secret: Option<String>,
+        format: PayloadFormat,
     },
     Kafka {
         producer: FutureProducer,
         topic: String,
+        format: PayloadFormat,
     },
 }
 
@@ -120,6 +121,7 @@ impl Receiver {
             ReceiverKind::Webhook(w) => Target::Webhook {
                 url: w.url.trim_end_matches('/').to_string(),
                 secret: read_secret(&c.name, w.secret_env.as_deref(), w.secret_file.as_deref())?,
+                format: w.format,
             },
             ReceiverKind::Kafka(k) => {
                 // The source's settings (credentials included) go only to
@@ -142,6 +144,7 @@ impl Receiver {
                 Target::Kafka {
                     producer: settings.create().map_err(|e| client_err(Box::new(e)))?,
                     topic: k.topic.clone(),
+                    format: k.format,
                 }
             }
         };
@@ -173,13 +176,21 @@ impl Receiver {
                 self.post(url, &pagerduty_body(t, a, routing_key), None)
                     .await
             }
-            Target::Webhook { url, secret } => {
-                let body = webhook_body(t, a);
+            Target::Webhook {
+                url,
+                secret,
+                format,
+            } => {
+                let body = formats::body(*format, t, a);
                 let signature = secret.as_deref().map(|s| sign(s, &body));
                 self.post(url, &body, signature).await
             }
-            Target::Kafka { producer, topic } => {
-                let body = serde_json::to_vec(&webhook_body(t, a)).unwrap_or_default();
+            Target::Kafka {
+                producer,
+                topic,
+                format,
+            } => {
+                let body = serde_json::to_vec(&formats::body(*format, t, a)).unwrap_or_default();
                 producer
                     .send(
                         FutureRecord::to(topic).key(&a.dedup_key).payload(&body),
@@ -256,7 +267,7 @@ pub fn alertmanager_body(alerts: &[&AlertState], repeat: Duration, now: DateTime
                     Status::Resolved => a.resolved_at.unwrap_or(now),
                     _ => now + ahead,
                 };
-                json!({
+                let mut body = json!({
                     "labels": {
                         "alertname": format!("modelwatch_{}", a.detector),
                         "model": a.model,
@@ -276,7 +287,15 @@ pub fn alertmanager_body(alerts: &[&AlertState], repeat: Duration, now: DateTime
                     "startsAt": a.fired_at.unwrap_or(a.first_seen_at).to_rfc3339(),
                     "endsAt": ends.to_rfc3339(),
                     "generatorURL": a.evidence.link,
-                })
+                });
+                // Security signals: routable by threat, ids for the SOC.
+                if let Some(threat) = a.evidence.threat {
+                    body["labels"]["threat"] = json!(threat.as_str());
+                    body["annotations"]["atlas"] = json!(threat.atlas().join(", "));
+                    body["annotations"]["owasp"] = json!(threat.owasp().join(", "));
+                    body["annotations"]["description"] = json!(threat.description());
+                }
+                body
             })
             .collect(),
     )
@@ -329,6 +348,7 @@ pub fn pagerduty_body(t: Transition, a: &AlertState, routing_key: &str) -> Value
                 "threshold": a.threshold,
                 "statistic": a.score,
                 "trace_id": a.trace_id,
+                "threat": formats::threat_fields(a),
                 "evidence": a.evidence,
             },
         },
@@ -337,11 +357,6 @@ pub fn pagerduty_body(t: Transition, a: &AlertState, routing_key: &str) -> Value
         body["links"] = json!([{"href": a.evidence.link, "text": "modelwatch dashboard"}]);
     }
     body
-}
-
-/// The generic webhook and Kafka message: the transition and the alert.
-pub fn webhook_body(t: Transition, a: &AlertState) -> Value {
-    json!({"version": 1, "transition": t.as_str(), "summary": summary(a), "alert": a})
 }
 
 /// Hex HMAC-SHA256 of the exact body bytes that are sent.
