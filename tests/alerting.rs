@@ -198,6 +198,7 @@ name = "hook"
 kind = "webhook"
 url = "{hook_url}/hooks/modelwatch"
 secret_env = "MODELWATCH_WEBHOOK_SECRET"
+labels = {{ team = "credit-risk" }}
 [[notify.receivers]]
 name = "bus"
 kind = "kafka"
@@ -212,6 +213,10 @@ name = "falcosidekick"
 kind = "webhook"
 url = "{falco_url}/"
 format = "falco"
+[models.credit.owner]
+team = "credit-risk"
+runbook_url = "https://runbooks.example/credit"
+labels = {{ tier = "1" }}
 "#
     );
     let store = format!("sqlite:{}", d.join("store.db").display());
@@ -307,6 +312,23 @@ format = "falco"
             <= 1024
     );
 
+    // The model's owner on every payload: the webhook routed on its team.
+    assert_eq!(am_posts[0][0]["labels"]["team"], "credit-risk");
+    assert_eq!(am_posts[0][0]["labels"]["tier"], "1");
+    assert_eq!(
+        am_posts[0][0]["annotations"]["runbook_url"],
+        "https://runbooks.example/credit"
+    );
+    assert!(
+        pd_events[0]["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["href"] == "https://runbooks.example/credit"),
+        "{:#?}",
+        pd_events[0]
+    );
+
     // Webhook: both transitions, each signed (the recorder refuses bad signatures).
     let hooks: Vec<String> = hook
         .accepted()
@@ -369,7 +391,12 @@ format = "falco"
     for e in &events {
         assert_eq!(e["source"], "modelwatch");
         assert_eq!(e["output_fields"]["modelwatch.dedup_key"], X1);
+        assert_eq!(e["output_fields"]["modelwatch.team"], "credit-risk");
     }
+    assert_eq!(
+        findings[0]["remediation"]["references"][0],
+        "https://runbooks.example/credit"
+    );
 
     // Kafka: the same two transitions, keyed by dedup key.
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()

@@ -90,6 +90,9 @@ pub struct ModelConfig {
     /// Class names, in the order of `output.probabilities` lists.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<String>,
+    /// Who owns the model: team, runbook and labels on its notifications.
+    #[serde(skip_serializing_if = "crate::notify::Owner::is_empty")]
+    pub owner: crate::notify::Owner,
 }
 
 /// Window and reference settings of one model, defaults applied.
@@ -174,6 +177,7 @@ impl Config {
                     "models.{name}: window_count and window_secs cannot both be 0"
                 ));
             }
+            m.owner.validate(name)?;
         }
         Ok(())
     }

@@ -88,7 +88,12 @@ pub async fn run(
         .map(|r| Receiver::new(r, &config.source.kafka))
         .collect::<Result<Vec<_>, _>>()
         .map_err(DaemonError::Receivers)?;
-    let router = Router::new(&config.notify.receivers);
+    let router = Router::new(&config.notify.receivers).with_owners(
+        config
+            .models
+            .iter()
+            .map(|(model, c)| (model.clone(), c.owner.clone())),
+    );
     let dispatcher = Dispatcher::spawn(
         store.clone(),
         receivers,

@@ -91,6 +91,7 @@ pub fn model_configs() -> Vec<(String, ModelConfig)> {
                     window_secs: Some(0),
                     reference_size: Some(REFERENCE_SIZE),
                     classes: m.classes.iter().map(|c| c.to_string()).collect(),
+                    owner: Default::default(),
                 },
             )
         })

@@ -157,6 +157,57 @@ pub enum PayloadFormat {
     Falco,
 }
 
+/// Who owns a model, put on every notification about it: receivers route
+/// on `team` and `labels` (`labels = { team = "fraud" }`), and every
+/// payload carries them and links the runbook.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Owner {
+    /// The team that answers for the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// The runbook to follow when it pages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runbook_url: Option<String>,
+    /// More labels (`tier = "1"`, `service = "checkout"`); names as
+    /// Prometheus labels, not one of the alert's own.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The labels every alert has; a model's own labels may not shadow them.
+pub const ALERT_LABELS: [&str; 7] = [
+    "model",
+    "model_version",
+    "detector",
+    "feature",
+    "severity",
+    "threat",
+    "team",
+];
+
+impl Owner {
+    pub fn is_empty(&self) -> bool {
+        self.team.is_none() && self.runbook_url.is_none() && self.labels.is_empty()
+    }
+
+    pub fn validate(&self, model: &str) -> Result<(), String> {
+        for name in self.labels.keys() {
+            let mut chars = name.chars();
+            let valid = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid || ALERT_LABELS.contains(&name.as_str()) || name.starts_with("__") {
+                return Err(format!(
+                    "models.{model}.owner.labels: {name:?} must be a label name ([a-zA-Z_][a-zA-Z0-9_]*) other than {}",
+                    ALERT_LABELS.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaReceiver {

@@ -110,7 +110,7 @@ async fn run(
     let mut last_repeat = Instant::now();
     loop {
         for r in &receivers {
-            deliver_due(&store, r, base, max, &metrics).await;
+            deliver_due(&store, r, &router, (base, max), &metrics).await;
         }
         if let Ok(backlog) = store.backlog().await {
             for r in &receivers {
@@ -143,8 +143,8 @@ async fn run(
 async fn deliver_due(
     store: &Store,
     r: &Receiver,
-    base: Duration,
-    max: Duration,
+    router: &Router,
+    (base, max): (Duration, Duration),
     metrics: &Metrics,
 ) {
     loop {
@@ -173,7 +173,11 @@ async fn deliver_due(
         let span = tracing::info_span!("deliver", receiver = %r.name, transition = item.transition.as_str(), dedup_key = %item.alert.dedup_key);
         let sent = {
             let _e = span.enter();
-            r.send(item.transition, &item.alert)
+            r.send(
+                item.transition,
+                &item.alert,
+                router.owner(&item.alert.model),
+            )
         }
         .await;
         match sent {
@@ -213,6 +217,7 @@ async fn repeat_firing(store: &Store, receivers: &[Receiver], router: &Router) {
         let mine: Vec<_> = firing
             .iter()
             .filter(|a| !a.silenced && router.route(a).contains(&r.name))
+            .map(|a| (a, router.owner(&a.model)))
             .collect();
         if let Err(e) = r.repeat_firing(&mine).await {
             tracing::warn!(receiver = %r.name, error = %e, "re-sending firing alerts failed");

@@ -6,7 +6,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
-use super::{PayloadFormat, summary};
+use super::{Owner, PayloadFormat, summary};
 use crate::judge::{AlertState, Severity, Transition};
 
 /// The OCSF schema version the findings follow.
@@ -15,17 +15,23 @@ const DETECTION_FINDING: u32 = 2004;
 /// The OCSF analytic type "Statistical": every finding is a test's verdict.
 const STATISTICAL: u32 = 3;
 
-pub fn body(format: PayloadFormat, t: Transition, a: &AlertState) -> Value {
+pub fn body(format: PayloadFormat, t: Transition, a: &AlertState, owner: Option<&Owner>) -> Value {
     match format {
-        PayloadFormat::Native => native(t, a),
-        PayloadFormat::Ocsf => ocsf_finding(t, a),
-        PayloadFormat::Falco => falco_event(t, a),
+        PayloadFormat::Native => native(t, a, owner),
+        PayloadFormat::Ocsf => ocsf_finding(t, a, owner),
+        PayloadFormat::Falco => falco_event(t, a, owner),
     }
 }
 
-/// modelwatch's own message: the transition and the whole alert.
-pub fn native(t: Transition, a: &AlertState) -> Value {
-    json!({"version": 1, "transition": t.as_str(), "summary": summary(a), "alert": a})
+/// modelwatch's own message: the transition, the whole alert, and the
+/// model's owner where one is configured.
+pub fn native(t: Transition, a: &AlertState, owner: Option<&Owner>) -> Value {
+    let mut body =
+        json!({"version": 1, "transition": t.as_str(), "summary": summary(a), "alert": a});
+    if let Some(o) = owner {
+        body["owner"] = json!(o);
+    }
+    body
 }
 
 /// When the transition happened: firing, or resolving.
@@ -50,7 +56,7 @@ pub fn threat_fields(a: &AlertState) -> Option<Value> {
 
 /// An OCSF Detection Finding (class 2004): created when the alert fires,
 /// closed when it resolves, under one `finding_info.uid` per incident.
-pub fn ocsf_finding(t: Transition, a: &AlertState) -> Value {
+pub fn ocsf_finding(t: Transition, a: &AlertState, owner: Option<&Owner>) -> Value {
     let (activity_id, activity, status_id, status) = match t {
         Transition::Fired => (1, "Create", 1, "New"),
         Transition::Resolved => (3, "Close", 4, "Resolved"),
@@ -98,7 +104,11 @@ pub fn ocsf_finding(t: Transition, a: &AlertState) -> Value {
     if !a.model_version.is_empty() {
         labels.push(format!("version:{}", a.model_version));
     }
-    json!({
+    if let Some(o) = owner {
+        labels.extend(o.team.iter().map(|t| format!("team:{t}")));
+        labels.extend(o.labels.iter().map(|(k, v)| format!("{k}:{v}")));
+    }
+    let mut event = json!({
         "activity_id": activity_id,
         "activity_name": activity,
         "category_uid": 2,
@@ -129,12 +139,16 @@ pub fn ocsf_finding(t: Transition, a: &AlertState) -> Value {
             "sample_request_ids": a.evidence.sample_request_ids,
         }}],
         "unmapped": {"owasp": a.evidence.threat.map(|th| th.owasp()), "dedup_key": a.dedup_key},
-    })
+    });
+    if let Some(url) = owner.and_then(|o| o.runbook_url.as_ref()) {
+        event["remediation"] = json!({"desc": "follow the model's runbook", "references": [url]});
+    }
+    event
 }
 
 /// A Falco event, as Falcosidekick takes it on its input: the rule is the
 /// detector, the output the alert's summary; fields are `modelwatch.*`.
-pub fn falco_event(t: Transition, a: &AlertState) -> Value {
+pub fn falco_event(t: Transition, a: &AlertState, owner: Option<&Owner>) -> Value {
     let priority = match (t, a.severity) {
         (Transition::Resolved, _) => "Informational",
         (_, Severity::Critical) => "Critical",
@@ -163,6 +177,14 @@ pub fn falco_event(t: Transition, a: &AlertState) -> Value {
     field("trace_id", json!(a.trace_id));
     field("link", json!(a.evidence.link));
     field("examples", json!(a.evidence.examples.join("; ")));
+    if let Some(o) = owner {
+        field("team", json!(o.team));
+        field("runbook_url", json!(o.runbook_url));
+        for (k, v) in &o.labels {
+            field(&format!("label.{k}"), json!(v));
+        }
+        tags.extend(o.team.iter().map(|t| format!("team:{t}")));
+    }
     if let Some(threat) = a.evidence.threat {
         field("threat", json!(threat.as_str()));
         field("atlas", json!(threat.atlas().join(",")));
@@ -200,8 +222,8 @@ mod tests {
     #[test]
     fn ocsf_findings_open_and_close_one_incident_with_its_techniques() {
         let a = evasion();
-        let open = ocsf_finding(Transition::Fired, &a);
-        let close = ocsf_finding(Transition::Resolved, &a);
+        let open = ocsf_finding(Transition::Fired, &a, None);
+        let close = ocsf_finding(Transition::Resolved, &a, None);
         assert_eq!(
             (open["class_uid"].as_u64(), open["type_uid"].as_u64()),
             (Some(2004), Some(200401))
@@ -230,7 +252,7 @@ mod tests {
             "req-9 client=c-3 distance=9.1"
         );
         // A drift alert is a finding too, without attacks.
-        let drift = ocsf_finding(Transition::Fired, &alert("x1", Severity::Warning));
+        let drift = ocsf_finding(Transition::Fired, &alert("x1", Severity::Warning), None);
         assert!(drift["finding_info"].get("attacks").is_none());
         assert_eq!(drift["severity_id"].as_u64(), Some(3));
     }
@@ -238,7 +260,7 @@ mod tests {
     #[test]
     fn falco_events_carry_priority_tags_and_fields() {
         let a = evasion();
-        let fired = falco_event(Transition::Fired, &a);
+        let fired = falco_event(Transition::Fired, &a, None);
         assert_eq!(fired["priority"], "Critical");
         assert_eq!(fired["source"], "modelwatch");
         assert_eq!(fired["rule"], "modelwatch out of distribution");
@@ -268,8 +290,37 @@ mod tests {
             "{time}"
         );
         assert_eq!(
-            falco_event(Transition::Resolved, &a)["priority"],
+            falco_event(Transition::Resolved, &a, None)["priority"],
             "Informational"
+        );
+    }
+
+    #[test]
+    fn every_format_carries_the_models_owner() {
+        let a = evasion();
+        let owner = Owner {
+            team: Some("fraud".into()),
+            runbook_url: Some("https://runbooks/fraud".into()),
+            labels: [("tier".to_string(), "1".to_string())].into(),
+        };
+        let o = Some(&owner);
+        assert_eq!(native(Transition::Fired, &a, o)["owner"]["team"], "fraud");
+        assert!(native(Transition::Fired, &a, None).get("owner").is_none());
+        let ocsf = ocsf_finding(Transition::Fired, &a, o);
+        assert_eq!(
+            ocsf["remediation"]["references"][0],
+            "https://runbooks/fraud"
+        );
+        let labels = ocsf["resources"][0]["labels"].as_array().unwrap();
+        assert!(labels.contains(&json!("team:fraud")) && labels.contains(&json!("tier:1")));
+        let falco = falco_event(Transition::Fired, &a, o);
+        assert_eq!(falco["output_fields"]["modelwatch.team"], "fraud");
+        assert_eq!(falco["output_fields"]["modelwatch.label.tier"], "1");
+        assert!(
+            falco["tags"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("team:fraud"))
         );
     }
 }

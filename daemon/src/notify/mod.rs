@@ -10,8 +10,8 @@ pub mod receivers;
 
 use crate::judge::{AlertState, Severity, Transition};
 pub use config::{
-    AlertmanagerReceiver, KafkaReceiver, NotifyConfig, PagerdutyReceiver, PayloadFormat,
-    ReceiverConfig, ReceiverKind, WebhookReceiver,
+    ALERT_LABELS, AlertmanagerReceiver, KafkaReceiver, NotifyConfig, Owner, PagerdutyReceiver,
+    PayloadFormat, ReceiverConfig, ReceiverKind, WebhookReceiver,
 };
 pub use dispatch::Dispatcher;
 pub use receivers::{NotifyError, Receiver};
@@ -21,6 +21,8 @@ pub use receivers::{NotifyError, Receiver};
 #[derive(Clone, Default)]
 pub struct Router {
     routes: Vec<(String, Severity, Vec<(String, String)>)>,
+    /// Each model's owner, by model name.
+    owners: std::sync::Arc<std::collections::BTreeMap<String, Owner>>,
 }
 
 impl Router {
@@ -39,25 +41,39 @@ impl Router {
                     )
                 })
                 .collect(),
+            owners: Default::default(),
         }
     }
 
+    /// The models' owners, whose team and labels receivers may match.
+    pub fn with_owners(mut self, owners: impl IntoIterator<Item = (String, Owner)>) -> Self {
+        let owners = owners.into_iter().filter(|(_, o)| !o.is_empty()).collect();
+        self.owners = std::sync::Arc::new(owners);
+        self
+    }
+
+    pub fn owner(&self, model: &str) -> Option<&Owner> {
+        self.owners.get(model)
+    }
+
     pub fn route(&self, a: &AlertState) -> Vec<String> {
+        let owner = self.owner(&a.model);
         self.routes
             .iter()
             .filter(|(_, min, labels)| {
                 a.severity >= *min
                     && labels
                         .iter()
-                        .all(|(k, v)| label(a, k).is_some_and(|have| have == v))
+                        .all(|(k, v)| label(a, owner, k).is_some_and(|have| have == v))
             })
             .map(|(name, _, _)| name.clone())
             .collect()
     }
 }
 
-/// The labels an alert can be routed and matched on.
-pub fn label<'a>(a: &'a AlertState, key: &str) -> Option<&'a str> {
+/// The labels an alert can be routed and matched on: its own, then its
+/// model owner's.
+pub fn label<'a>(a: &'a AlertState, owner: Option<&'a Owner>, key: &str) -> Option<&'a str> {
     match key {
         "model" => Some(&a.model),
         "model_version" => Some(&a.model_version),
@@ -66,7 +82,8 @@ pub fn label<'a>(a: &'a AlertState, key: &str) -> Option<&'a str> {
         "severity" => Some(a.severity.as_str()),
         // Security signals only: a SOC receiver can take just those.
         "threat" => a.evidence.threat.map(|t| t.as_str()),
-        _ => None,
+        "team" => owner.and_then(|o| o.team.as_deref()),
+        _ => owner.and_then(|o| o.labels.get(key)).map(String::as_str),
     }
 }
 
@@ -176,5 +193,31 @@ mod tests {
         let mut evasion = warning.clone();
         evasion.evidence.threat = Some(crate::detect::threat::Threat::Evasion);
         assert_eq!(soc.route(&evasion), vec!["soc"]);
+
+        // A model's owner: its team and labels route like the alert's own.
+        let owned = Router::new(&[
+            receiver("fraud-team", Severity::Info, &[("team", "fraud")]),
+            receiver("tier-1", Severity::Info, &[("tier", "1")]),
+        ]);
+        assert!(owned.route(&warning).is_empty(), "no owner configured");
+        let owner = Owner {
+            team: Some("fraud".into()),
+            runbook_url: None,
+            labels: [("tier".to_string(), "1".to_string())].into(),
+        };
+        let owned = owned.with_owners([(warning.model.clone(), owner)]);
+        assert_eq!(owned.route(&warning), vec!["fraud-team", "tier-1"]);
+    }
+
+    #[test]
+    fn owner_labels_must_not_shadow_the_alerts_own() {
+        let with = |name: &str| Owner {
+            labels: [(name.to_string(), "x".to_string())].into(),
+            ..Owner::default()
+        };
+        with("tier").validate("m").unwrap();
+        for bad in ["severity", "team", "1tier", "ti-er", "__name", ""] {
+            assert!(with(bad).validate("m").is_err(), "{bad:?}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{PayloadFormat, ReceiverConfig, ReceiverKind, formats, summary};
+use super::{Owner, PayloadFormat, ReceiverConfig, ReceiverKind, formats, summary};
 use crate::ingest::kafka::{ClientRole, KafkaConfig, client_config};
 use crate::judge::{AlertState, Status, Transition};
 
@@ -164,16 +164,22 @@ impl Receiver {
         }
     }
 
-    /// Delivers one transition; Ok only once the receiver accepted it.
-    pub async fn send(&self, t: Transition, a: &AlertState) -> Result<(), NotifyError> {
+    /// Delivers one transition, with the owner of the alert's model where
+    /// one is configured; Ok only once the receiver accepted it.
+    pub async fn send(
+        &self,
+        t: Transition,
+        a: &AlertState,
+        owner: Option<&Owner>,
+    ) -> Result<(), NotifyError> {
         match &self.target {
             Target::Alertmanager { url, repeat } => {
-                let body = alertmanager_body(&[a], *repeat, Utc::now());
+                let body = alertmanager_body(&[(a, owner)], *repeat, Utc::now());
                 self.post(&format!("{url}/api/v2/alerts"), &body, None)
                     .await
             }
             Target::Pagerduty { url, routing_key } => {
-                self.post(url, &pagerduty_body(t, a, routing_key), None)
+                self.post(url, &pagerduty_body(t, a, owner, routing_key), None)
                     .await
             }
             Target::Webhook {
@@ -181,7 +187,7 @@ impl Receiver {
                 secret,
                 format,
             } => {
-                let body = formats::body(*format, t, a);
+                let body = formats::body(*format, t, a, owner);
                 let signature = secret.as_deref().map(|s| sign(s, &body));
                 self.post(url, &body, signature).await
             }
@@ -190,7 +196,8 @@ impl Receiver {
                 topic,
                 format,
             } => {
-                let body = serde_json::to_vec(&formats::body(*format, t, a)).unwrap_or_default();
+                let body =
+                    serde_json::to_vec(&formats::body(*format, t, a, owner)).unwrap_or_default();
                 producer
                     .send(
                         FutureRecord::to(topic).key(&a.dedup_key).payload(&body),
@@ -205,7 +212,10 @@ impl Receiver {
 
     /// Alertmanager forgets alerts that are not re-sent: this posts every
     /// firing alert again, with a fresh `endsAt`.
-    pub async fn repeat_firing(&self, alerts: &[&AlertState]) -> Result<(), NotifyError> {
+    pub async fn repeat_firing(
+        &self,
+        alerts: &[(&AlertState, Option<&Owner>)],
+    ) -> Result<(), NotifyError> {
         let Target::Alertmanager { url, repeat } = &self.target else {
             return Ok(());
         };
@@ -257,12 +267,16 @@ impl Receiver {
 
 /// Prometheus Alertmanager API v2: a list of alerts; a firing alert's
 /// `endsAt` lies a few repeat intervals ahead, a resolved one's in the past.
-pub fn alertmanager_body(alerts: &[&AlertState], repeat: Duration, now: DateTime<Utc>) -> Value {
+pub fn alertmanager_body(
+    alerts: &[(&AlertState, Option<&Owner>)],
+    repeat: Duration,
+    now: DateTime<Utc>,
+) -> Value {
     let ahead = chrono::Duration::from_std(repeat * 4).unwrap_or(chrono::Duration::minutes(4));
     Value::Array(
         alerts
             .iter()
-            .map(|a| {
+            .map(|&(a, owner)| {
                 let ends = match a.status {
                     Status::Resolved => a.resolved_at.unwrap_or(now),
                     _ => now + ahead,
@@ -295,6 +309,17 @@ pub fn alertmanager_body(alerts: &[&AlertState], repeat: Duration, now: DateTime
                     body["annotations"]["owasp"] = json!(threat.owasp().join(", "));
                     body["annotations"]["description"] = json!(threat.description());
                 }
+                if let Some(o) = owner {
+                    if let Some(team) = &o.team {
+                        body["labels"]["team"] = json!(team);
+                    }
+                    for (k, v) in &o.labels {
+                        body["labels"][k] = json!(v);
+                    }
+                    if let Some(url) = &o.runbook_url {
+                        body["annotations"]["runbook_url"] = json!(url);
+                    }
+                }
                 body
             })
             .collect(),
@@ -324,7 +349,12 @@ fn truncate(s: &str, max_chars: usize) -> String {
 }
 
 /// PagerDuty Events API v2: trigger and resolve share the dedup key.
-pub fn pagerduty_body(t: Transition, a: &AlertState, routing_key: &str) -> Value {
+pub fn pagerduty_body(
+    t: Transition,
+    a: &AlertState,
+    owner: Option<&Owner>,
+    routing_key: &str,
+) -> Value {
     let action = match t {
         Transition::Fired => "trigger",
         Transition::Resolved => "resolve",
@@ -349,12 +379,20 @@ pub fn pagerduty_body(t: Transition, a: &AlertState, routing_key: &str) -> Value
                 "statistic": a.score,
                 "trace_id": a.trace_id,
                 "threat": formats::threat_fields(a),
+                "owner": owner,
                 "evidence": a.evidence,
             },
         },
     });
+    let mut links = Vec::new();
     if !a.evidence.link.is_empty() {
-        body["links"] = json!([{"href": a.evidence.link, "text": "modelwatch dashboard"}]);
+        links.push(json!({"href": a.evidence.link, "text": "modelwatch dashboard"}));
+    }
+    if let Some(url) = owner.and_then(|o| o.runbook_url.as_ref()) {
+        links.push(json!({"href": url, "text": "runbook"}));
+    }
+    if !links.is_empty() {
+        body["links"] = Value::Array(links);
     }
     body
 }
@@ -418,21 +456,26 @@ pub(crate) mod tests {
     fn pagerduty_limits_are_kept() {
         let long = "f".repeat(3000);
         let a = alert(&long, Severity::Warning);
-        let body = pagerduty_body(Transition::Fired, &a, "key");
+        let body = pagerduty_body(Transition::Fired, &a, None, "key");
         assert_eq!(
             body["payload"]["summary"].as_str().unwrap().chars().count(),
             PD_SUMMARY_MAX
         );
         let dedup = body["dedup_key"].as_str().unwrap();
         assert!(dedup.len() <= PD_DEDUP_MAX && dedup.starts_with("modelwatch-"));
-        let resolve = pagerduty_body(Transition::Resolved, &a, "key");
+        let resolve = pagerduty_body(Transition::Resolved, &a, None, "key");
         assert_eq!(
             resolve["dedup_key"], body["dedup_key"],
             "resolve matches trigger"
         );
         assert_eq!(resolve["event_action"], "resolve");
         assert_eq!(body["links"][0]["href"], "https://grafana/d/x");
-        let short = pagerduty_body(Transition::Fired, &alert("x", Severity::Critical), "key");
+        let short = pagerduty_body(
+            Transition::Fired,
+            &alert("x", Severity::Critical),
+            None,
+            "key",
+        );
         assert_eq!(short["dedup_key"], "m/feature_drift/x#2");
         assert_eq!(short["payload"]["severity"], "critical");
     }
@@ -455,7 +498,7 @@ pub(crate) mod tests {
     fn alertmanager_ends_ahead_when_firing_and_in_the_past_when_resolved() {
         let now = Utc::now();
         let firing = alert("x", Severity::Warning);
-        let body = alertmanager_body(&[&firing], Duration::from_secs(60), now);
+        let body = alertmanager_body(&[(&firing, None)], Duration::from_secs(60), now);
         assert_eq!(
             body[0]["endsAt"],
             (now + chrono::Duration::minutes(4)).to_rfc3339()
@@ -463,7 +506,7 @@ pub(crate) mod tests {
         let mut resolved = firing.clone();
         resolved.status = Status::Resolved;
         resolved.resolved_at = Some(now - chrono::Duration::seconds(5));
-        let body = alertmanager_body(&[&resolved], Duration::from_secs(60), now);
+        let body = alertmanager_body(&[(&resolved, None)], Duration::from_secs(60), now);
         assert_eq!(
             body[0]["endsAt"],
             resolved.resolved_at.unwrap().to_rfc3339()
