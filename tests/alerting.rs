@@ -292,6 +292,9 @@ labels = {{ tier = "1" }}
         ends(&am_posts[1]) <= chrono::Utc::now(),
         "resolved: endsAt in the past"
     );
+    // Alertmanager knows an alert by its labels: the resolve must carry
+    // the trigger's.
+    assert_eq!(am_posts[0][0]["labels"], am_posts[1][0]["labels"]);
 
     // PagerDuty: trigger then resolve, same dedup key.
     let pd_events = pd.accepted();

@@ -183,34 +183,36 @@ impl Detector for ConfidenceShift {
                 });
             }
         }
-        let m = current.max.len();
-        if let Some(band) = Band::for_window(fitted.band.as_ref(), fitted.spread.as_ref(), m) {
-            let value = expected_accuracy(&current.max, fitted.calibration.as_ref());
-            // Only a drop matters: a model that got more sure is a
-            // confidence shift, which the tests above report.
-            let p = band.lower_tail(value);
-            scores.push(Score {
-                detector: "expected_accuracy".into(),
-                family: Family::Confidence,
-                feature: if fitted.calibration.is_some() {
-                    "calibrated_max_probability".into()
-                } else {
-                    "max_probability".into()
-                },
-                test: "band".into(),
-                statistic: value,
-                p_value: p,
-                n_reference: fitted.columns.max.len(),
-                n_window: m,
-                method: format!("{} labelled={}", band.describe(), fitted.labelled),
-                effect: None,
-                examples: Vec::new(),
-                band: Some(band),
-                threat: None,
-            });
-        }
+        scores.extend(expected_accuracy_score(fitted, &current));
         Ok(scores)
     }
+}
+
+/// Expected accuracy against its band. Only a drop matters: a model that
+/// got more sure is a confidence shift, which the tests before report.
+fn expected_accuracy_score(fitted: &Fitted, current: &Columns) -> Option<Score> {
+    let m = current.max.len();
+    let band = Band::for_window(fitted.band.as_ref(), fitted.spread.as_ref(), m)?;
+    let value = expected_accuracy(&current.max, fitted.calibration.as_ref());
+    Some(Score {
+        detector: "expected_accuracy".into(),
+        family: Family::Confidence,
+        feature: if fitted.calibration.is_some() {
+            "calibrated_max_probability".into()
+        } else {
+            "max_probability".into()
+        },
+        test: "band".into(),
+        statistic: value,
+        p_value: band.lower_tail(value),
+        n_reference: fitted.columns.max.len(),
+        n_window: m,
+        method: format!("{} labelled={}", band.describe(), fitted.labelled),
+        effect: None,
+        examples: Vec::new(),
+        band: Some(band),
+        threat: None,
+    })
 }
 
 /// Confidence shift and expected accuracy.

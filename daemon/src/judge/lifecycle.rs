@@ -83,8 +83,10 @@ pub struct Evidence {
     /// them (the farthest out-of-distribution requests and their clients).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub examples: Vec<String>,
-    /// The attack the latest crossing is evidence for, for security
-    /// signals (ATLAS and OWASP ids in every receiver's payload).
+    /// The attack the crossing that opened the incident is evidence for,
+    /// for security signals (ATLAS and OWASP ids in every receiver's
+    /// payload). Fixed for the incident, so that a receiver's labels stay
+    /// the same from trigger to resolve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threat: Option<Threat>,
     pub test: String,
@@ -295,7 +297,6 @@ fn still_crossed(
     a.evidence.top_features = obs.top_features();
     a.evidence.sample_request_ids = v.sample_request_ids.clone();
     a.evidence.examples = s.examples.clone();
-    a.evidence.threat = s.threat.or(a.evidence.threat);
     if a.status == Status::Pending {
         fire_if_due(a, config, now)
     } else {

@@ -144,7 +144,15 @@ async fn advance_alert(
         return Ok(None);
     };
     if !state.silenced {
-        for receiver in route(&state) {
+        // A resolve goes where the incident's trigger went, whatever the
+        // alert's labels are now (its severity rose, its model's owner or
+        // the routing changed): every receiver that was paged is told it
+        // is over, and no other.
+        let receivers = match t {
+            Transition::Fired => route(&state),
+            Transition::Resolved => tx.fired_receivers(id).await?,
+        };
+        for receiver in receivers {
             tx.enqueue(&receiver, id, t, &state, now).await?;
         }
     }
@@ -339,6 +347,37 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(seq, Some(1));
+    }
+
+    /// A resolve goes to the receivers that got the trigger, even when the
+    /// routing would name others now (an owner, a label or the severity
+    /// changed in between): no page is left open, none resolved unopened.
+    #[tokio::test]
+    async fn a_resolve_follows_its_trigger_whatever_the_routing_says_now() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let cfg = AlertsConfig {
+            pending_windows: 1,
+            resolve_windows: 1,
+            ..AlertsConfig::default()
+        };
+        let before = |_: &AlertState| vec!["pager".to_string(), "soc".to_string()];
+        record_window(&store, &verdict(0, 1e-5), &cfg, &before)
+            .await
+            .unwrap();
+        let after = |_: &AlertState| vec!["other".to_string()];
+        let (_, resolved) = record_window(&store, &verdict(1, 0.5), &cfg, &after)
+            .await
+            .unwrap();
+        assert_eq!(resolved[0].1, Transition::Resolved);
+        for receiver in ["pager", "soc"] {
+            let mut got = Vec::new();
+            while let Some(n) = store.next_notification(receiver).await.unwrap() {
+                got.push(n.transition);
+                store.mark_sent(n.id).await.unwrap();
+            }
+            assert_eq!(got, [Transition::Fired, Transition::Resolved], "{receiver}");
+        }
+        assert!(store.next_notification("other").await.unwrap().is_none());
     }
 
     #[tokio::test]

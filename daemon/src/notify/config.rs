@@ -175,7 +175,9 @@ pub struct Owner {
 }
 
 /// The labels every alert has; a model's own labels may not shadow them.
-pub const ALERT_LABELS: [&str; 7] = [
+pub const ALERT_LABELS: [&str; 9] = [
+    "alertname",
+    "dedup_key",
     "model",
     "model_version",
     "detector",

@@ -66,6 +66,65 @@ pub fn ocsf_finding(t: Transition, a: &AlertState, owner: Option<&Owner>) -> Val
         Severity::Warning => (3, "Medium"),
         Severity::Critical => (5, "Critical"),
     };
+    let finding = finding_info(a);
+    let mut labels = vec![format!("feature:{}", a.feature)];
+    if !a.model_version.is_empty() {
+        labels.push(format!("version:{}", a.model_version));
+    }
+    if let Some(o) = owner {
+        labels.extend(o.team.iter().map(|t| format!("team:{t}")));
+        labels.extend(o.labels.iter().map(|(k, v)| format!("{k}:{v}")));
+    }
+    let mut event = json!({
+        "activity_id": activity_id,
+        "activity_name": activity,
+        "category_uid": 2,
+        "category_name": "Findings",
+        "class_uid": DETECTION_FINDING,
+        "class_name": "Detection Finding",
+        "type_uid": DETECTION_FINDING * 100 + activity_id,
+        "type_name": format!("Detection Finding: {activity}"),
+        "time": at(t, a).timestamp_millis(),
+        "severity_id": severity_id,
+        "severity": severity,
+        "status_id": status_id,
+        "status": status,
+        "message": summary(a),
+        "metadata": {
+            "version": OCSF_VERSION,
+            "product": {"name": "modelwatch", "vendor_name": "modelwatch", "version": env!("CARGO_PKG_VERSION")},
+            // One per event: delivery is at least once, so a consumer can
+            // drop a repeat.
+            "uid": format!("{}#{}/{}", a.dedup_key, a.incident, t.as_str()),
+        },
+        "finding_info": finding,
+        "resources": [{"uid": a.model, "name": a.model, "type": "AI Model", "version": a.model_version, "labels": labels}],
+        "evidences": [{"name": a.evidence.test, "data": {
+            "statistic": a.score,
+            "p_value": a.p_value,
+            "threshold": a.threshold,
+            "windows": [a.first_window_seq, a.last_window_seq],
+            "examples": a.evidence.examples,
+            "sample_request_ids": a.evidence.sample_request_ids,
+        }}],
+        "unmapped": {"dedup_key": a.dedup_key},
+    });
+    // Absent rather than null: strict consumers refuse nulls.
+    if let Some(trace) = &a.trace_id {
+        event["metadata"]["correlation_uid"] = json!(trace);
+    }
+    if let Some(threat) = a.evidence.threat {
+        event["unmapped"]["owasp"] = json!(threat.owasp());
+    }
+    if let Some(url) = owner.and_then(|o| o.runbook_url.as_ref()) {
+        event["remediation"] = json!({"desc": "follow the model's runbook", "references": [url]});
+    }
+    event
+}
+
+/// What was found: one uid per incident, the analytic that found it, and
+/// for security signals the ATLAS techniques it is evidence for.
+fn finding_info(a: &AlertState) -> Value {
     let mut finding = json!({
         "uid": format!("{}#{}", a.dedup_key, a.incident),
         "title": summary(a),
@@ -100,50 +159,7 @@ pub fn ocsf_finding(t: Transition, a: &AlertState, owner: Option<&Owner>) -> Val
             })
             .collect();
     }
-    let mut labels = vec![format!("feature:{}", a.feature)];
-    if !a.model_version.is_empty() {
-        labels.push(format!("version:{}", a.model_version));
-    }
-    if let Some(o) = owner {
-        labels.extend(o.team.iter().map(|t| format!("team:{t}")));
-        labels.extend(o.labels.iter().map(|(k, v)| format!("{k}:{v}")));
-    }
-    let mut event = json!({
-        "activity_id": activity_id,
-        "activity_name": activity,
-        "category_uid": 2,
-        "category_name": "Findings",
-        "class_uid": DETECTION_FINDING,
-        "class_name": "Detection Finding",
-        "type_uid": DETECTION_FINDING * 100 + activity_id,
-        "type_name": format!("Detection Finding: {activity}"),
-        "time": at(t, a).timestamp_millis(),
-        "severity_id": severity_id,
-        "severity": severity,
-        "status_id": status_id,
-        "status": status,
-        "message": summary(a),
-        "metadata": {
-            "version": OCSF_VERSION,
-            "product": {"name": "modelwatch", "vendor_name": "modelwatch", "version": env!("CARGO_PKG_VERSION")},
-            "correlation_uid": a.trace_id,
-        },
-        "finding_info": finding,
-        "resources": [{"uid": a.model, "name": a.model, "type": "AI Model", "version": a.model_version, "labels": labels}],
-        "evidences": [{"name": a.evidence.test, "data": {
-            "statistic": a.score,
-            "p_value": a.p_value,
-            "threshold": a.threshold,
-            "windows": [a.first_window_seq, a.last_window_seq],
-            "examples": a.evidence.examples,
-            "sample_request_ids": a.evidence.sample_request_ids,
-        }}],
-        "unmapped": {"owasp": a.evidence.threat.map(|th| th.owasp()), "dedup_key": a.dedup_key},
-    });
-    if let Some(url) = owner.and_then(|o| o.runbook_url.as_ref()) {
-        event["remediation"] = json!({"desc": "follow the model's runbook", "references": [url]});
-    }
-    event
+    finding
 }
 
 /// A Falco event, as Falcosidekick takes it on its input: the rule is the
@@ -196,7 +212,12 @@ pub fn falco_event(t: Transition, a: &AlertState, owner: Option<&Owner>) -> Valu
     let time = at(t, a);
     json!({
         "time": time.to_rfc3339_opts(SecondsFormat::Nanos, true),
-        "rule": format!("modelwatch {}", a.detector.replace('_', " ")),
+        // Falco has no resolve: the end of an incident is an event of its
+        // own rule, so Falcosidekick's outputs can tell it from a page.
+        "rule": match t {
+            Transition::Fired => format!("modelwatch {}", a.detector.replace('_', " ")),
+            Transition::Resolved => format!("modelwatch {} resolved", a.detector.replace('_', " ")),
+        },
         "priority": priority,
         "output": format!("{} {}: {} ({})", time.to_rfc3339_opts(SecondsFormat::Millis, true), priority, summary(a), t.as_str()),
         "source": "modelwatch",
@@ -235,6 +256,12 @@ mod tests {
             (Some(1), Some(4))
         );
         assert_eq!(open["severity_id"].as_u64(), Some(5));
+        assert_ne!(open["metadata"]["uid"], close["metadata"]["uid"]);
+        assert!(
+            open["metadata"].get("correlation_uid").is_none(),
+            "no trace: absent, not null"
+        );
+        assert_eq!(open["unmapped"]["owasp"][0], "ML01");
         let attacks = open["finding_info"]["attacks"].as_array().unwrap();
         let ids: Vec<&str> = attacks
             .iter()
@@ -289,10 +316,9 @@ mod tests {
             DateTime::parse_from_rfc3339(time).is_ok() && time.len() == 30,
             "{time}"
         );
-        assert_eq!(
-            falco_event(Transition::Resolved, &a, None)["priority"],
-            "Informational"
-        );
+        let resolved = falco_event(Transition::Resolved, &a, None);
+        assert_eq!(resolved["priority"], "Informational");
+        assert_eq!(resolved["rule"], "modelwatch out of distribution resolved");
     }
 
     #[test]

@@ -216,7 +216,16 @@ mod tests {
             ..Owner::default()
         };
         with("tier").validate("m").unwrap();
-        for bad in ["severity", "team", "1tier", "ti-er", "__name", ""] {
+        for bad in [
+            "severity",
+            "team",
+            "alertname",
+            "dedup_key",
+            "1tier",
+            "ti-er",
+            "__name",
+            "",
+        ] {
             assert!(with(bad).validate("m").is_err(), "{bad:?}");
         }
     }

@@ -132,6 +132,20 @@ impl Store {
 
 impl Tx {
     /// Queues one notification of an alert transition for `receiver`.
+    /// The receivers the alert's trigger was queued for, in name order.
+    pub async fn fired_receivers(&mut self, alert_id: i64) -> Result<Vec<String>> {
+        let names = with_tx!(self, conn => {
+            sqlx::query_scalar(
+                "SELECT DISTINCT receiver FROM outbox
+                 WHERE alert_id = $1 AND transition = 'fired' ORDER BY receiver",
+            )
+            .bind(alert_id)
+            .fetch_all(conn)
+            .await?
+        });
+        Ok(names)
+    }
+
     pub async fn enqueue(
         &mut self,
         receiver: &str,
