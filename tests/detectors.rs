@@ -847,6 +847,93 @@ fn out_of_distribution_requests_are_counted_where_marginals_see_nothing() {
     );
 }
 
+/// One client probing with crafted inputs among 200 ordinary ones: 5 of its
+/// 15 requests break the correlation every clean request follows, 0.25% of
+/// a 2,000-request window. The worst client's share, tested against the
+/// reference's rate and corrected for the clients tested, names it; on
+/// clean windows that per-client score stays within the judge's alpha.
+#[test]
+fn one_probing_client_is_found_among_many_and_clean_clients_stay_quiet() {
+    use rand::{Rng, SeedableRng};
+    let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let mut normal = move || {
+        let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    };
+    let mut event = |i: usize, client: &str, flipped: bool| -> TelemetryEvent {
+        let a = normal();
+        let b = if flipped { -a } else { a } + 0.3 * normal();
+        serde_json::from_value(serde_json::json!({
+            "model": "m", "ts": "2026-01-01T00:00:00Z", "request_id": format!("r{i}"),
+            "client_id": client, "features": {"a": a, "b": b},
+        }))
+        .unwrap()
+    };
+    let reference: Vec<TelemetryEvent> = (0..4000)
+        .map(|i| event(i, &format!("c{}", i % 200), false))
+        .collect();
+    let fitted = scorer.fit("m", &reference, &[], 0).unwrap();
+    let cfg = modelwatch::judge::JudgeConfig::default();
+    let mut window = |w: usize, attacked: bool| -> Vec<TelemetryEvent> {
+        let base = 10_000 * (w + 1);
+        let mut events: Vec<TelemetryEvent> = (0..1985)
+            .map(|i| event(base + i, &format!("c{}", i % 200), false))
+            .collect();
+        events.extend((0..15).map(|i| event(base + 5000 + i, "mallory", attacked && i % 3 == 0)));
+        events
+    };
+    let per_client = |events: &[TelemetryEvent]| {
+        let judged = modelwatch::judge::judge(&cfg, scorer.score(&fitted, events).unwrap().scores);
+        judged
+            .into_iter()
+            .find(|j| j.score.feature == "features_per_client")
+            .expect("a per-client score")
+    };
+
+    let attacked = window(0, true);
+    let whole = modelwatch::judge::judge(&cfg, scorer.score(&fitted, &attacked).unwrap().scores)
+        .into_iter()
+        .find(|j| j.score.feature == "features")
+        .unwrap();
+    eprintln!(
+        "window-level score: p={:.3e} crossed={:?}",
+        whole.score.p_value, whole.crossed
+    );
+    let found = per_client(&attacked);
+    assert!(found.crossed.is_some(), "{found:#?}");
+    assert_eq!(found.score.threat, Some(Threat::Evasion));
+    assert!(
+        found.score.method.contains("client=mallory ") && found.score.method.contains("/15 beyond"),
+        "{}",
+        found.score.method
+    );
+    // Its requests past the line (a flipped pair near the origin stays
+    // inside it), and only its.
+    assert!((2..=5).contains(&found.score.examples.len()));
+    assert!(
+        found
+            .score
+            .examples
+            .iter()
+            .all(|e| e.contains("client=mallory")),
+        "{:?}",
+        found.score.examples
+    );
+
+    // 100 clean windows (mallory's requests ordinary too): at alpha = 0.01,
+    // over the window's tests, about 1 false alarm or fewer is expected;
+    // more than 5 would happen with probability under 0.001.
+    let alarms = (1..=100)
+        .filter(|&w| per_client(&window(w, false)).crossed.is_some())
+        .count();
+    eprintln!(
+        "per-client score: attacked window p={:.3e}; {alarms} of 100 clean windows alarmed",
+        found.score.p_value
+    );
+    assert!(alarms <= 5, "{alarms} of 100 clean windows alarmed");
+}
+
 /// A model that grows less sure of itself: expected accuracy drops below
 /// the band calibrated on the reference's own windows.
 #[test]
