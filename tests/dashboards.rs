@@ -257,26 +257,6 @@ fn dashboards_match_the_published_grafana_schema() {
     );
 }
 
-/// A metrics registry with a series in every family, as a running monitor
-/// has: families without one are not exported.
-fn exposition() -> String {
-    let m = modelwatch::telemetry::metrics::Metrics::new();
-    m.set_device("flex", "cpu", "flex", "auto");
-    m.set_lag("inference", 0, 1);
-    m.notification("pagerduty", "failed");
-    m.set_backlog("pagerduty", 1);
-    m.reject("invalid_json");
-    m.window_scored("m");
-    m.detector_took(
-        "feature_drift",
-        "flex:cpu",
-        std::time::Duration::from_millis(3),
-    );
-    m.store_write_took(std::time::Duration::from_millis(3));
-    m.step_retry("store");
-    m.encode()
-}
-
 /// Names in `text` that follow `open` up to `close`, split at commas.
 fn labels_in<'a>(text: &'a str, open: &str, close: char) -> Vec<&'a str> {
     let mut out = Vec::new();
@@ -301,7 +281,7 @@ fn labels_in<'a>(text: &'a str, open: &str, close: char) -> Vec<&'a str> {
 /// renamed metric or label cannot leave a panel silently empty.
 #[test]
 fn prometheus_panels_parse_and_use_exported_metrics_and_labels() {
-    let exposition = exposition();
+    let exposition = common::full_exposition();
     let dir = std::env::temp_dir().join(unique("promql"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");

@@ -345,15 +345,7 @@ fn prometheus_rules_check_test_and_match_the_exported_metrics() {
         );
     }
     let rules = std::fs::read_to_string(format!("{dir}/modelwatch.rules.yml")).unwrap();
-    // Families show only once they hold a series: give each one.
-    let metrics = modelwatch::telemetry::metrics::Metrics::new();
-    metrics.set_device("flex", "cpu", "flex", "auto");
-    metrics.set_lag("inference", 0, 1);
-    metrics.notification("pagerduty", "failed");
-    metrics.set_backlog("pagerduty", 1);
-    metrics.reject("invalid_json");
-    metrics.window_scored("m");
-    let exposition = metrics.encode();
+    let exposition = common::full_exposition();
     let mut named: Vec<&str> = rules
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| w.starts_with("modelwatch_"))

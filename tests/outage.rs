@@ -74,19 +74,6 @@ async fn ready(port: u16) -> Option<bool> {
     Some(resp.status().is_success())
 }
 
-/// The `modelwatch_ready` gauge a scrape reads now.
-async fn ready_gauge(port: u16) -> Option<f64> {
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix("modelwatch_ready "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Waits until stored windows hold `total` events, failing with the log.
 async fn wait_until_stored(pool: &PgPool, daemon: &mut Daemon, total: i64) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -176,7 +163,7 @@ async fn a_database_outage_loses_and_doubles_nothing() {
     while cut_at.elapsed() < Duration::from_secs(60) {
         daemon.assert_alive();
         saw_not_ready |= ready(listen).await == Some(false);
-        saw_gauge_zero |= ready_gauge(listen).await == Some(0.0);
+        saw_gauge_zero |= common::metric(listen, "modelwatch_ready ").await == Some(0.0);
         // Nothing past the stored windows is committed.
         let stored = REFERENCE as i64 + windows(&pool).await.1;
         let offset = committed(&brokers(), &group, &topic);
@@ -201,7 +188,9 @@ async fn a_database_outage_loses_and_doubles_nothing() {
         "every window once, numbered 0-9"
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ready(listen).await != Some(true) || ready_gauge(listen).await != Some(1.0) {
+    while ready(listen).await != Some(true)
+        || common::metric(listen, "modelwatch_ready ").await != Some(1.0)
+    {
         assert!(Instant::now() < deadline, "not ready after the outage");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{daemon_binary, telemetry, unique};
+use common::{daemon_binary, metric, telemetry, unique};
 use sqlx::sqlite::SqlitePool;
 
 fn sqlite_url(dir: &Path) -> String {
@@ -446,19 +446,6 @@ fn the_shipped_psi_binning_survives_values_at_the_ends_of_f64() {
         .expect("amount scored with its effect");
     assert_eq!(psi.name, "psi");
     assert!(psi.value.is_finite(), "{psi:?}");
-}
-
-async fn metric(port: u16, name: &str) -> Option<f64> {
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// A model name sent a few times and never again holds its unfinished

@@ -475,3 +475,33 @@ pub fn schema_check(mode: &str, files: &[PathBuf]) -> std::process::Output {
 pub fn repo_file(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
+
+/// A metrics registry with a series in every family, as a running monitor
+/// has (families without a series are not exported), as Prometheus text.
+pub fn full_exposition() -> String {
+    let m = modelwatch::telemetry::metrics::Metrics::new();
+    m.set_device("flex", "cpu", "flex", "auto");
+    m.set_lag("inference", 0, 1);
+    m.notification("pagerduty", "failed");
+    m.set_backlog("pagerduty", 1);
+    m.reject("invalid_json");
+    m.window_scored("m");
+    m.detector_took("feature_drift", "flex:cpu", Duration::from_millis(3));
+    m.store_write_took(Duration::from_millis(3));
+    m.step_retry("store");
+    m.encode()
+}
+
+/// The first sample of `name` a scrape of the daemon's listener reads now.
+pub async fn metric(port: u16, name: &str) -> Option<f64> {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
