@@ -167,7 +167,33 @@ impl Config {
             .and_then(|()| self.detect.validate(self.judge.alpha))
             .and_then(|()| self.notify.validate())
             .and_then(|()| self.validate_models())
+            .and_then(|()| self.validate_receiver_labels())
             .map_err(ConfigError::Invalid)
+    }
+
+    /// A receiver's `labels` must name labels alerts can carry: the
+    /// alert's own or a model owner's. A misspelt one would match nothing
+    /// and the receiver would never be paged, silently.
+    fn validate_receiver_labels(&self) -> Result<(), String> {
+        let owners: std::collections::BTreeSet<&str> = self
+            .models
+            .values()
+            .flat_map(|m| m.owner.labels.keys().map(String::as_str))
+            .collect();
+        for r in &self.notify.receivers {
+            for key in r.labels.keys() {
+                if !crate::notify::ALERT_LABELS.contains(&key.as_str())
+                    && !owners.contains(key.as_str())
+                {
+                    return Err(format!(
+                        "notify.receivers {}: labels names {key:?}, which no alert carries (alerts have {}, and the labels under models.*.owner.labels)",
+                        r.name,
+                        crate::notify::ALERT_LABELS.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_models(&self) -> Result<(), String> {
@@ -353,6 +379,23 @@ mod tests {
         let c = Config::from_sources("[judge]\nalpha = 0.001\n", []).unwrap();
         let again = Config::from_sources(&c.to_toml(), []).unwrap();
         assert_eq!(again.judge.alpha, 0.001);
+    }
+
+    #[test]
+    fn receiver_labels_must_be_labels_alerts_carry() {
+        let receiver = |labels: &str| {
+            format!(
+                "[[notify.receivers]]\nname = \"w\"\nkind = \"webhook\"\nurl = \"http://x\"\nlabels = {{ {labels} }}\n"
+            )
+        };
+        Config::from_sources(&receiver("team = \"fraud\", severity = \"critical\""), []).unwrap();
+        let err = Config::from_sources(&receiver("modle = \"fraud-scorer\""), []).unwrap_err();
+        assert!(err.to_string().contains("modle"), "{err}");
+        // An owner's own label is one alerts carry.
+        let tier = receiver("tier = \"1\"");
+        assert!(Config::from_sources(&tier, []).is_err());
+        let owned = format!("{tier}[models.m.owner]\nlabels = {{ tier = \"1\" }}\n");
+        Config::from_sources(&owned, []).unwrap();
     }
 
     #[test]
