@@ -140,19 +140,7 @@ impl Detector for OutOfDistribution {
             }
             let distances = engine.mahalanobis(&rows, &fitted.mean, &fitted.precision)?;
             let k = distances.iter().filter(|v| **v > fitted.threshold).count();
-            // The farthest requests past the line, for the analyst.
-            let mut beyond: Vec<(f64, &Sender)> = distances
-                .iter()
-                .zip(senders.iter().copied())
-                .filter(|(v, _)| **v > fitted.threshold)
-                .map(|(v, s)| (*v, s))
-                .collect();
-            beyond.sort_by(|a, b| b.0.total_cmp(&a.0));
-            let examples = beyond
-                .iter()
-                .take(EXAMPLES)
-                .map(|(v, s)| format!("{} distance={v:.3}", s.label()))
-                .collect();
+            let examples = farthest(fitted, &distances, &senders, |_| true);
             let m = rows.len();
             scores.push(Score {
                 detector: self.name().to_string(),
@@ -185,6 +173,28 @@ impl Detector for OutOfDistribution {
         }
         Ok(scores)
     }
+}
+
+/// The farthest requests past the line among those `keep` picks, for the
+/// analyst: `req-17 client=shop-3 distance=9.41`.
+fn farthest(
+    fitted: &Fitted,
+    distances: &[f64],
+    senders: &[&Sender],
+    keep: impl Fn(&Sender) -> bool,
+) -> Vec<String> {
+    let mut beyond: Vec<(f64, &Sender)> = distances
+        .iter()
+        .zip(senders.iter().copied())
+        .filter(|(d, s)| **d > fitted.threshold && keep(s))
+        .map(|(d, s)| (*d, s))
+        .collect();
+    beyond.sort_by(|a, b| b.0.total_cmp(&a.0));
+    beyond
+        .iter()
+        .take(EXAMPLES)
+        .map(|(d, s)| format!("{} distance={d:.3}", s.label()))
+        .collect()
 }
 
 /// The window's most out-of-distribution client against the reference's
@@ -228,13 +238,6 @@ fn worst_client(
     let &(client, n, k, p) = tested
         .iter()
         .min_by(|a, b| a.3.total_cmp(&b.3).then_with(|| a.0.cmp(b.0)))?;
-    let mut beyond: Vec<(f64, &Sender)> = distances
-        .iter()
-        .zip(senders)
-        .filter(|(d, s)| **d > fitted.threshold && s.client_id.as_deref() == Some(client))
-        .map(|(d, s)| (*d, *s))
-        .collect();
-    beyond.sort_by(|a, b| b.0.total_cmp(&a.0));
     let m = tested.len();
     Some(Score {
         detector: detector.to_string(),
@@ -250,11 +253,9 @@ fn worst_client(
             fitted.quantile, reference.0, reference.1
         ),
         effect: None,
-        examples: beyond
-            .iter()
-            .take(EXAMPLES)
-            .map(|(d, s)| format!("{} distance={d:.3}", s.label()))
-            .collect(),
+        examples: farthest(fitted, distances, senders, |s| {
+            s.client_id.as_deref() == Some(client)
+        }),
         band: None,
         threat: Some(Threat::Evasion),
     })
