@@ -8,6 +8,7 @@
 //! far past its threshold it is sets the severity. `lifecycle` then turns the
 //! crossings of consecutive windows into pending, firing and resolved alerts.
 
+pub mod episode;
 pub mod lifecycle;
 mod record;
 
@@ -70,6 +71,38 @@ pub struct Judged {
 }
 
 pub fn judge(config: &JudgeConfig, scores: Vec<Score>) -> Vec<Judged> {
+    let mut judged = judge_each(config, scores);
+    explain_by_inputs(&mut judged);
+    judged
+}
+
+/// An output change in a window whose inputs drifted too is what the new
+/// inputs do to the model, not evidence that the model was tampered with or
+/// poisoned: the drift pages as itself, and the output scores lose their
+/// threat reading (the method says why). Only an output change the inputs
+/// do not explain reads as an attack on the model.
+fn explain_by_inputs(judged: &mut [Judged]) {
+    use crate::detect::Family;
+    use crate::detect::threat::Threat;
+    let inputs_moved = judged
+        .iter()
+        .any(|j| j.crossed.is_some() && j.score.family == Family::Drift);
+    if !inputs_moved {
+        return;
+    }
+    for j in judged
+        .iter_mut()
+        .filter(|j| matches!(j.score.threat, Some(Threat::Tampering | Threat::Poisoning)))
+    {
+        j.score.threat = None;
+        j.score.method = format!(
+            "{}; the inputs drifted in this window too, which explains an output change",
+            j.score.method
+        );
+    }
+}
+
+fn judge_each(config: &JudgeConfig, scores: Vec<Score>) -> Vec<Judged> {
     let tests = scores.len().max(1) as f64;
     let threshold = match config.correction {
         Correction::Bonferroni => config.alpha / tests,
@@ -292,6 +325,27 @@ mod tests {
             band: None,
             threat: None,
         }
+    }
+
+    /// An output move reads as tampering only when the inputs did not
+    /// move with it: a drift of the inputs explains it.
+    #[test]
+    fn an_output_change_the_inputs_explain_is_not_read_as_tampering() {
+        use crate::detect::threat::Threat;
+        let config = JudgeConfig::default();
+        let output = Score {
+            detector: "output_distribution".into(),
+            family: Family::Output,
+            feature: "predicted_class".into(),
+            threat: Some(Threat::Tampering),
+            ..score(1e-9)
+        };
+        let alone = judge(&config, vec![output.clone(), score(0.5)]);
+        assert_eq!(alone[0].score.threat, Some(Threat::Tampering));
+        let with_drift = judge(&config, vec![output, score(1e-9)]);
+        assert!(with_drift[0].crossed.is_some() && with_drift[1].crossed.is_some());
+        assert_eq!(with_drift[0].score.threat, None);
+        assert!(with_drift[0].score.method.contains("inputs drifted"));
     }
 
     #[test]
