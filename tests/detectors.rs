@@ -934,6 +934,92 @@ fn one_probing_client_is_found_among_many_and_clean_clients_stay_quiet() {
     assert!(alarms <= 5, "{alarms} of 100 clean windows alarmed");
 }
 
+/// A decision-based evasion search: one client's queries sit on the
+/// decision boundary (top two classes nearly tied), 1% of a 2,000-request
+/// window from 201 clients. The window's confidence detectors stay quiet;
+/// the per-client boundary score names the client, and clean windows of
+/// many clients stay within the judge's alpha.
+#[test]
+fn a_boundary_search_by_one_client_is_found_while_the_window_looks_clean() {
+    use rand::{Rng, SeedableRng};
+    let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let mut event = |i: usize, client: &str, probing: bool| -> TelemetryEvent {
+        let x: f64 = rng.random_range(-4.0..4.0);
+        // A search converges on the boundary: within a hair of 0.5.
+        let p = if probing {
+            0.5 + rng.random_range(-0.004..0.004)
+        } else {
+            1.0 / (1.0 + (-1.5 * x).exp())
+        };
+        serde_json::from_value(serde_json::json!({
+            "model": "m", "ts": "2026-01-01T00:00:00Z", "request_id": format!("r{i}"),
+            "client_id": client, "features": {"x": x},
+            "output": {"probabilities": {"no": 1.0 - p, "yes": p}},
+        }))
+        .unwrap()
+    };
+    let classes = ["no".to_string(), "yes".to_string()];
+    let reference: Vec<TelemetryEvent> = (0..4000)
+        .map(|i| event(i, &format!("c{}", i % 200), false))
+        .collect();
+    let fitted = scorer.fit("m", &reference, &classes, 2000).unwrap();
+    let cfg = modelwatch::judge::JudgeConfig::default();
+    let mut window = |w: usize, attacked: bool| -> Vec<TelemetryEvent> {
+        let base = 10_000 * (w + 1);
+        let mut events: Vec<TelemetryEvent> = (0..1980)
+            .map(|i| event(base + i, &format!("c{}", i % 200), false))
+            .collect();
+        events.extend((0..20).map(|i| event(base + 5000 + i, "mallory", attacked)));
+        events
+    };
+    let judged = |events: &[TelemetryEvent]| {
+        modelwatch::judge::judge(&cfg, scorer.score(&fitted, events).unwrap().scores)
+    };
+    let probing = |j: &[modelwatch::judge::Judged]| {
+        j.iter()
+            .find(|j| j.score.detector == "boundary_probing")
+            .expect("a boundary probing score")
+            .clone()
+    };
+
+    let attacked = judged(&window(0, true));
+    let window_level: Vec<String> = attacked
+        .iter()
+        .filter(|j| j.crossed.is_some() && j.score.detector != "boundary_probing")
+        .map(|j| format!("{}/{}", j.score.detector, j.score.feature))
+        .collect();
+    assert!(
+        window_level.is_empty(),
+        "window-level crossings: {window_level:?}"
+    );
+    let found = probing(&attacked);
+    assert!(found.crossed.is_some(), "{found:#?}");
+    assert_eq!(found.score.threat, Some(Threat::Evasion));
+    assert!(
+        found.score.method.contains("client=mallory 20/20 "),
+        "{}",
+        found.score.method
+    );
+    assert_eq!(found.score.examples.len(), 5);
+    assert!(
+        found
+            .score
+            .examples
+            .iter()
+            .all(|e| e.contains("client=mallory"))
+    );
+
+    let alarms = (1..=100)
+        .filter(|&w| probing(&judged(&window(w, false))).crossed.is_some())
+        .count();
+    eprintln!(
+        "boundary probing: attacked window p={:.3e}; {alarms} of 100 clean windows alarmed",
+        found.score.p_value
+    );
+    assert!(alarms <= 5, "{alarms} of 100 clean windows alarmed");
+}
+
 /// A model that grows less sure of itself: expected accuracy drops below
 /// the band calibrated on the reference's own windows.
 #[test]

@@ -73,9 +73,10 @@ pub struct Frame {
     /// The model version every event carried, or the most common one
     /// (`None` when no event named one).
     pub version: Option<String>,
-    /// Who sent each of `embeddings` and of `feature_rows`.
+    /// Who sent each of `embeddings`, `feature_rows` and `probabilities`.
     pub embedding_senders: Vec<Sender>,
     pub feature_row_senders: Vec<Sender>,
+    pub probability_senders: Vec<Sender>,
 }
 
 /// The request and client ids of one event, for evidence.
@@ -153,6 +154,7 @@ impl Frame {
             });
             if let Some((values, _)) = probs {
                 f.probabilities.push(values);
+                f.probability_senders.push(Sender::of(e));
                 f.correct
                     .push(match (&label, e.actual.as_ref().and_then(actual_label)) {
                         (Some(predicted), Some(actual)) => Some(*predicted == actual),

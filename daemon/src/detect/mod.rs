@@ -5,6 +5,7 @@
 //! the host (`stats`). Scoring blocks; `Scorer` runs on its own thread.
 
 pub mod band;
+mod clients;
 pub mod confidence;
 mod drift;
 pub mod engine;
@@ -13,6 +14,7 @@ pub mod linalg;
 mod multivariate;
 pub mod ood;
 pub mod output;
+pub mod probing;
 pub mod reconstruction;
 pub mod stats;
 pub mod threat;
@@ -35,6 +37,7 @@ pub use drift::{
 pub use engine::{DeviceChoice, EngineConfig};
 pub use multivariate::{MultivariateConfig, MultivariateMethod};
 pub use ood::OodConfig;
+pub use probing::ProbingConfig;
 use schemars::JsonSchema;
 
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +222,8 @@ pub struct Reference {
     pub reconstruction: Option<reconstruction::Fitted>,
     /// Out-of-distribution fits, one per vector space the reference has.
     pub ood: Vec<ood::Fitted>,
+    /// Where the reference's decision boundary begins, for boundary probing.
+    pub probing: Option<probing::Fitted>,
 }
 
 impl Reference {
@@ -246,6 +251,12 @@ impl Reference {
                 "reference_exceed": f.reference_exceed,
                 "reference_rows": f.reference_rows,
             })).collect::<Vec<_>>(),
+            "boundary_probing": self.probing.as_ref().map(|p| serde_json::json!({
+                "quantile": p.quantile,
+                "threshold": p.threshold,
+                "reference_low": p.reference_low,
+                "reference_rows": p.reference_rows,
+            })),
             "multivariate": self.multivariate.as_ref().map(|m| serde_json::json!({
                 "method": "mmd",
                 "sigma": m.sigma(),
@@ -299,6 +310,9 @@ impl Scorer {
         ];
         if config.ood.enabled {
             detectors.push(Box::new(ood::OutOfDistribution));
+        }
+        if config.probing.enabled {
+            detectors.push(Box::new(probing::BoundaryProbing));
         }
         if config.multivariate.enabled {
             match config.multivariate.method {
@@ -386,6 +400,12 @@ impl Scorer {
         } else {
             Vec::new()
         };
+        let probing = self
+            .config
+            .probing
+            .enabled
+            .then(|| probing::fit(&frame, &self.config.probing))
+            .flatten();
         Ok(Arc::new(Reference {
             model: model.to_string(),
             schema,
@@ -403,6 +423,7 @@ impl Scorer {
             multivariate,
             reconstruction,
             ood,
+            probing,
         }))
     }
 
@@ -559,6 +580,8 @@ pub struct DetectConfig {
     pub multivariate: MultivariateConfig,
     /// Out-of-distribution requests.
     pub ood: OodConfig,
+    /// Clients whose requests crowd the decision boundary.
+    pub probing: ProbingConfig,
     /// Confidence shift and expected accuracy.
     pub confidence: ConfidenceConfig,
     /// Per-feature drift.
@@ -572,6 +595,7 @@ impl Default for DetectConfig {
             alpha: crate::judge::JudgeConfig::default().alpha,
             multivariate: MultivariateConfig::default(),
             ood: OodConfig::default(),
+            probing: ProbingConfig::default(),
             confidence: ConfidenceConfig::default(),
             drift: DriftConfig::default(),
         }
@@ -608,7 +632,8 @@ impl DetectConfig {
     fn validate_sections(&self) -> Result<(), String> {
         self.drift.validate()?;
         self.multivariate.validate()?;
-        self.ood.validate()
+        self.ood.validate()?;
+        self.probing.validate()
     }
 }
 

@@ -10,6 +10,7 @@
 //! quantile itself is accounted for.
 
 use super::band;
+use super::clients::{self, MIN_CLIENT_REQUESTS};
 use super::frame::Sender;
 use super::threat::Threat;
 use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, linalg, stats};
@@ -18,8 +19,6 @@ use serde::{Deserialize, Serialize};
 
 /// How many of the farthest requests a score names.
 const EXAMPLES: usize = 5;
-/// Requests a client must send in a window to be tested on its own.
-pub const MIN_CLIENT_REQUESTS: u64 = 5;
 
 /// One vector space (features or embedding) fitted on the reference.
 #[derive(Debug, Clone)]
@@ -198,63 +197,42 @@ fn farthest(
 }
 
 /// The window's most out-of-distribution client against the reference's
-/// rate: one client probing with crafted inputs hides in a large window's
-/// total. Fisher's exact test for each client with at least
-/// `MIN_CLIENT_REQUESTS` placed requests; the smallest p-value times the
-/// number of clients tested (Bonferroni), so that across clients the
-/// false-alarm rate stays within the judge's alpha. One score however many
-/// clients, so invented client ids cannot multiply alerts; none with fewer
-/// than two clients tested (then the window's own score says it all).
+/// rate (`clients::worst`): one client probing with crafted inputs hides
+/// in a large window's total.
 fn worst_client(
     detector: &str,
     fitted: &Fitted,
     distances: &[f64],
     senders: &[&Sender],
 ) -> Option<Score> {
-    let mut clients: std::collections::HashMap<&str, (u64, u64)> = Default::default();
-    for (d, s) in distances.iter().zip(senders) {
-        if let Some(client) = s.client_id.as_deref() {
-            let (n, k) = clients.entry(client).or_default();
-            *n += 1;
-            *k += u64::from(*d > fitted.threshold);
-        }
-    }
     let reference = (fitted.reference_exceed as u64, fitted.reference_rows as u64);
-    let tested: Vec<(&str, u64, u64, f64)> = clients
-        .into_iter()
-        .filter(|(_, (n, _))| *n >= MIN_CLIENT_REQUESTS)
-        .map(|(c, (n, k))| {
-            (
-                c,
-                n,
-                k,
-                stats::fisher_greater(k, n, reference.0, reference.1),
-            )
-        })
-        .collect();
-    if tested.len() < 2 {
-        return None;
-    }
-    let &(client, n, k, p) = tested
+    let requests = distances
         .iter()
-        .min_by(|a, b| a.3.total_cmp(&b.3).then_with(|| a.0.cmp(b.0)))?;
-    let m = tested.len();
+        .zip(senders)
+        .map(|(d, s)| (s.client_id.as_deref(), *d > fitted.threshold));
+    let w = clients::worst(requests, reference)?;
     Some(Score {
         detector: detector.to_string(),
         family: Family::Security,
         feature: format!("{}_per_client", fitted.space),
         test: "ood_client_fisher".into(),
-        statistic: k as f64 / n as f64,
-        p_value: (p * m as f64).min(1.0),
+        statistic: w.marked as f64 / w.requests as f64,
+        p_value: w.p_value,
         n_reference: fitted.reference_rows,
-        n_window: n as usize,
+        n_window: w.requests as usize,
         method: format!(
-            "worst of {m} clients with >= {MIN_CLIENT_REQUESTS} requests: client={client} {k}/{n} beyond q{}; reference_rate={}/{} fisher x{m} (bonferroni)",
-            fitted.quantile, reference.0, reference.1
+            "worst of {m} clients with >= {MIN_CLIENT_REQUESTS} requests: client={client} {k}/{n} beyond q{q}; reference_rate={}/{} fisher x{m} (bonferroni)",
+            reference.0,
+            reference.1,
+            m = w.tested,
+            client = w.client,
+            k = w.marked,
+            n = w.requests,
+            q = fitted.quantile,
         ),
         effect: None,
         examples: farthest(fitted, distances, senders, |s| {
-            s.client_id.as_deref() == Some(client)
+            s.client_id.as_deref() == Some(w.client)
         }),
         band: None,
         threat: Some(Threat::Evasion),

@@ -1,0 +1,186 @@
+//! Boundary probing. A decision-based evasion search (a boundary attack,
+//! HopSkipJump) walks its queries to the model's decision boundary, where
+//! the top two classes are nearly tied; so does a model-extraction attack
+//! that maps the boundary. Real traffic seldom sits there. Per client, the
+//! share of its requests whose top-1/top-2 probability margin is under the
+//! reference's low quantile, against the reference's own share
+//! (`clients::worst`). One attacker among hundreds of clients is found
+//! while the window's confidence as a whole stays within its band.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::clients::{self, MIN_CLIENT_REQUESTS};
+use super::frame::Sender;
+use super::threat::Threat;
+use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, stats};
+
+/// How many of the client's closest calls a score names.
+const EXAMPLES: usize = 5;
+
+/// The reference's margins: where "near the boundary" begins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fitted {
+    pub quantile: f64,
+    /// Margins under this are near the boundary.
+    pub threshold: f64,
+    /// Reference margins under `threshold`, of `reference_rows`.
+    pub reference_low: usize,
+    pub reference_rows: usize,
+}
+
+/// Top-1 minus top-2 probability; none for fewer than two classes or a
+/// vector that is not all numbers.
+pub fn margin(p: &[f64]) -> Option<f64> {
+    if p.len() < 2 || p.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let (mut first, mut second) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+    for &v in p {
+        if v > first {
+            (first, second) = (v, first);
+        } else if v > second {
+            second = v;
+        }
+    }
+    Some(first - second)
+}
+
+/// Needs a reference of at least 20 margins per expected low one, so that
+/// its rate is estimated from a handful of requests or more.
+pub fn fit(frame: &Frame, config: &ProbingConfig) -> Option<Fitted> {
+    let mut margins: Vec<f64> = frame
+        .probabilities
+        .iter()
+        .filter_map(|p| margin(p))
+        .collect();
+    let n = margins.len();
+    if (n as f64) * config.margin_quantile < 5.0 {
+        return None;
+    }
+    margins.sort_by(f64::total_cmp);
+    let threshold = stats::quantile_sorted(&margins, config.margin_quantile);
+    let reference_low = margins.iter().filter(|m| **m < threshold).count();
+    Some(Fitted {
+        quantile: config.margin_quantile,
+        threshold,
+        reference_low,
+        reference_rows: n,
+    })
+}
+
+pub struct BoundaryProbing;
+
+impl Detector for BoundaryProbing {
+    fn name(&self) -> &'static str {
+        "boundary_probing"
+    }
+
+    fn score(
+        &self,
+        _engine: &Engine,
+        reference: &Reference,
+        window: &Frame,
+    ) -> Result<Vec<Score>, DetectError> {
+        let Some(fitted) = &reference.probing else {
+            return Ok(Vec::new());
+        };
+        let calls: Vec<(f64, &Sender)> = window
+            .probabilities
+            .iter()
+            .zip(&window.probability_senders)
+            .filter_map(|(p, s)| Some((margin(p)?, s)))
+            .collect();
+        let requests = calls
+            .iter()
+            .map(|(m, s)| (s.client_id.as_deref(), *m < fitted.threshold));
+        let reference_rate = (fitted.reference_low as u64, fitted.reference_rows as u64);
+        let Some(w) = clients::worst(requests, reference_rate) else {
+            return Ok(Vec::new());
+        };
+        Ok(vec![Score {
+            detector: self.name().to_string(),
+            family: Family::Security,
+            feature: "margin_per_client".into(),
+            test: "low_margin_client_fisher".into(),
+            statistic: w.marked as f64 / w.requests as f64,
+            p_value: w.p_value,
+            n_reference: fitted.reference_rows,
+            n_window: w.requests as usize,
+            method: format!(
+                "worst of {m} clients with >= {MIN_CLIENT_REQUESTS} requests: client={client} {k}/{n} with top-2 margin < {t:.4} (reference q{q}); reference_rate={}/{} fisher x{m} (bonferroni)",
+                reference_rate.0,
+                reference_rate.1,
+                m = w.tested,
+                client = w.client,
+                k = w.marked,
+                n = w.requests,
+                t = fitted.threshold,
+                q = fitted.quantile,
+            ),
+            effect: None,
+            examples: closest(&calls, w.client, fitted.threshold),
+            band: None,
+            threat: Some(Threat::Evasion),
+        }])
+    }
+}
+
+/// The client's requests nearest the boundary: `req-17 client=m margin=0.0031`.
+fn closest(calls: &[(f64, &Sender)], client: &str, threshold: f64) -> Vec<String> {
+    let mut near: Vec<&(f64, &Sender)> = calls
+        .iter()
+        .filter(|(m, s)| *m < threshold && s.client_id.as_deref() == Some(client))
+        .collect();
+    near.sort_by(|a, b| a.0.total_cmp(&b.0));
+    near.iter()
+        .take(EXAMPLES)
+        .map(|(m, s)| format!("{} margin={m:.4}", s.label()))
+        .collect()
+}
+
+/// Clients whose requests crowd the decision boundary.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbingConfig {
+    /// Score each client's share of near-boundary requests.
+    pub enabled: bool,
+    /// A request is near the boundary when its top-1/top-2 probability
+    /// margin is under this quantile of the reference's margins.
+    pub margin_quantile: f64,
+}
+
+impl Default for ProbingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            margin_quantile: 0.01,
+        }
+    }
+}
+
+impl ProbingConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let q = self.margin_quantile;
+        if !(q > 0.0 && q < 0.5) {
+            return Err(format!(
+                "detect.probing.margin_quantile must lie in (0, 0.5), got {q}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margins_are_top_one_minus_top_two_and_refuse_what_is_not_a_vector() {
+        assert_eq!(margin(&[0.2, 0.5, 0.3]), Some(0.5 - 0.3));
+        assert_eq!(margin(&[0.5, 0.5]), Some(0.0));
+        assert_eq!(margin(&[0.9, 0.05, 0.05]), Some(0.9 - 0.05));
+        assert_eq!(margin(&[1.0]), None);
+        assert_eq!(margin(&[0.5, f64::NAN]), None);
+    }
+}
