@@ -26,6 +26,8 @@ const REFERENCE: usize = 300;
 const WINDOW: usize = 100;
 const SECRET: &str = "webhook-secret-for-tests";
 const X1: &str = "credit/v1/feature_drift/x1";
+/// The episode x1's drift pages as (findings are grouped by model).
+const EPISODE: &str = "credit/v1/episode/all";
 
 /// A receiver that records what it accepted; while `down`, it answers 503.
 #[derive(Clone, Default)]
@@ -252,6 +254,7 @@ labels = {{ tier = "1" }}
         .find(|a| a["dedup_key"] == X1)
         .expect("x1 alert");
     assert_eq!(x1["status"], "resolved");
+    assert_eq!(x1["evidence"]["episode"], format!("{EPISODE}#1"));
     assert_eq!(
         (
             x1["first_window_seq"].as_i64(),
@@ -279,8 +282,18 @@ labels = {{ tier = "1" }}
     assert_eq!(am_posts.len(), 2, "{am_posts:#?}");
     for p in &am_posts {
         assert_eq!(p.as_array().unwrap().len(), 1);
-        assert_eq!(p[0]["labels"]["dedup_key"], X1);
-        assert_eq!(p[0]["labels"]["alertname"], "modelwatch_feature_drift");
+        assert_eq!(p[0]["labels"]["dedup_key"], EPISODE);
+        assert_eq!(p[0]["labels"]["alertname"], "modelwatch_episode");
+        // Every finding of the episode is in its evidence: here x1 alone.
+        let evidence: Value =
+            serde_json::from_str(p[0]["annotations"]["evidence"].as_str().unwrap()).unwrap();
+        let findings: Vec<&str> = evidence["members"]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["dedup_key"].as_str().unwrap())
+            .collect();
+        assert_eq!(findings, [X1]);
     }
     let ends =
         |p: &Value| chrono::DateTime::parse_from_rfc3339(p[0]["endsAt"].as_str().unwrap()).unwrap();
@@ -304,7 +317,7 @@ labels = {{ tier = "1" }}
         .collect();
     assert_eq!(actions, vec!["trigger", "resolve"]);
     assert_eq!(pd_events[0]["dedup_key"], pd_events[1]["dedup_key"]);
-    assert_eq!(pd_events[0]["dedup_key"], format!("{X1}#1"));
+    assert_eq!(pd_events[0]["dedup_key"], format!("{EPISODE}#1"));
     assert_eq!(pd_events[0]["routing_key"], "pd-routing-key");
     assert!(
         pd_events[0]["payload"]["summary"]
@@ -348,8 +361,9 @@ labels = {{ tier = "1" }}
         .map(|f| f["type_uid"].as_u64().unwrap())
         .collect();
     assert_eq!(types, vec![200401, 200403]);
-    assert_eq!(findings[0]["finding_info"]["uid"], format!("{X1}#1"));
-    assert_eq!(findings[1]["finding_info"]["uid"], format!("{X1}#1"));
+    assert_eq!(findings[0]["finding_info"]["uid"], format!("{EPISODE}#1"));
+    assert_eq!(findings[1]["finding_info"]["uid"], format!("{EPISODE}#1"));
+    assert_eq!(findings[0]["evidences"][1]["data"]["dedup_key"], X1);
     let lines: String = findings.iter().map(|f| format!("{f}\n")).collect();
     let python = std::path::PathBuf::from(
         std::env::var("MODELWATCH_TOOLS_VENV")
@@ -393,7 +407,13 @@ labels = {{ tier = "1" }}
     assert_eq!(priorities[1], "Informational");
     for e in &events {
         assert_eq!(e["source"], "modelwatch");
-        assert_eq!(e["output_fields"]["modelwatch.dedup_key"], X1);
+        assert_eq!(e["output_fields"]["modelwatch.dedup_key"], EPISODE);
+        assert!(
+            e["output_fields"]["modelwatch.findings"]
+                .as_str()
+                .unwrap()
+                .starts_with("feature_drift/x1 p=")
+        );
         assert_eq!(e["output_fields"]["modelwatch.team"], "credit-risk");
     }
     assert_eq!(
@@ -415,7 +435,7 @@ labels = {{ tier = "1" }}
             .await
             .expect("alert message")
             .unwrap();
-        assert_eq!(m.key().unwrap(), X1.as_bytes());
+        assert_eq!(m.key().unwrap(), EPISODE.as_bytes());
         let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
         seen.push(v["transition"].as_str().unwrap().to_string());
     }
@@ -582,4 +602,126 @@ async fn silenced_alerts_do_not_page() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains("acked,silenced"));
+}
+
+/// The demo's fleet and scheduled episodes through the daemon, from a file,
+/// with two receivers in different formats: each episode pages each
+/// receiver once (a trigger inside the episode's windows, at most one
+/// resolve), and nothing else pages, however many detectors and features
+/// each episode crosses.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_demo_episode_pages_each_receiver_once() {
+    use modelwatch::ingest::demo;
+    let (team, sidekick) = (Recorder::default(), Recorder::default());
+    let (team_url, sidekick_url) = (serve(team.clone()).await, serve(sidekick.clone()).await);
+    let d = dir("mw_demo_pages");
+    let events = Command::new(daemon_binary())
+        .args(["demo", "--events"])
+        .output()
+        .unwrap();
+    let input = d.join("demo.ndjson");
+    std::fs::write(&input, succeeded(&events)).unwrap();
+    let mut models = String::new();
+    for m in &demo::FLEET {
+        models += &format!(
+            "[models.{}]\nwindow_count = {}\nwindow_secs = 0\nreference_size = {}\nclasses = {:?}\n",
+            m.name,
+            demo::WINDOW_SIZE,
+            demo::REFERENCE_SIZE,
+            m.classes
+        );
+    }
+    let cfg = d.join("modelwatch.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[source]
+kind = "file"
+[store]
+url = "sqlite:{store}"
+[engine]
+device = "cpu"
+[telemetry]
+listen = ""
+[notify]
+retry_base_ms = 100
+retry_max_secs = 1
+drain_secs = 20
+[[notify.receivers]]
+name = "team"
+kind = "webhook"
+url = "{team_url}/hook"
+[[notify.receivers]]
+name = "sidekick"
+kind = "webhook"
+url = "{sidekick_url}/"
+format = "falco"
+{models}"#,
+            store = d.join("store.db").display()
+        ),
+    )
+    .unwrap();
+    let out = run_daemon(&cfg, &input);
+    let stdout = succeeded(&out);
+
+    // (transition, model, key#incident, first window) of each page.
+    let native: Vec<(String, String, String, i64)> = team
+        .accepted()
+        .iter()
+        .map(|h| {
+            let a = &h["alert"];
+            (
+                h["transition"].as_str().unwrap().to_string(),
+                a["model"].as_str().unwrap().to_string(),
+                format!("{}#{}", a["dedup_key"].as_str().unwrap(), a["incident"]),
+                a["first_window_seq"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let falco: Vec<(String, String, String, i64)> = sidekick
+        .accepted()
+        .iter()
+        .map(|e| {
+            let f = &e["output_fields"];
+            let windows = f["modelwatch.windows"].as_str().unwrap();
+            (
+                f["modelwatch.transition"].as_str().unwrap().to_string(),
+                f["modelwatch.model"].as_str().unwrap().to_string(),
+                format!(
+                    "{}#{}",
+                    f["modelwatch.dedup_key"].as_str().unwrap(),
+                    f["modelwatch.incident"]
+                ),
+                windows.split('-').next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    for (receiver, pages) in [("team", &native), ("sidekick", &falco)] {
+        let fired: Vec<&(String, String, String, i64)> =
+            pages.iter().filter(|p| p.0 == "fired").collect();
+        for e in &demo::EPISODES {
+            let triggers = fired
+                .iter()
+                .filter(|p| p.1 == e.model && (e.from..=e.to).contains(&p.3))
+                .count();
+            assert_eq!(
+                triggers, 1,
+                "{receiver}: {} {}: {pages:#?}\n{stdout}",
+                e.model, e.what
+            );
+        }
+        assert_eq!(
+            fired.len(),
+            demo::EPISODES.len(),
+            "{receiver}: a page outside the episodes: {pages:#?}"
+        );
+        for p in pages.iter().filter(|p| p.0 == "resolved") {
+            assert_eq!(
+                pages.iter().filter(|q| q.2 == p.2).count(),
+                2,
+                "{receiver}: one trigger and one resolve per incident: {pages:#?}"
+            );
+        }
+    }
 }

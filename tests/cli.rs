@@ -19,36 +19,39 @@ fn demo_prints_alerts_for_its_scheduled_episodes_and_exits_0() {
         "demo failed: {}\n{stdout}\n{stderr}",
         out.status
     );
-    let alerts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ALERT")).collect();
-    let window_of = |l: &str| -> i64 {
+    let lines: Vec<&str> = stdout.lines().collect();
+    let alerts: Vec<(usize, &str)> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("ALERT"))
+        .map(|(i, l)| (i, *l))
+        .collect();
+    let field = |l: &str, name: &str| -> Option<String> {
         l.split_whitespace()
-            .find_map(|w| w.strip_prefix("window="))
-            .unwrap()
-            .parse()
-            .unwrap()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
     };
-    let transitions = |model: &str, detector: &str, feature: &str, what: &str| -> Vec<i64> {
-        alerts
-            .iter()
-            .filter(|l| {
-                l.split_whitespace().nth(1) == Some(what)
-                    && l.contains(&format!("model={model} "))
-                    && l.contains(&format!("detector={detector} "))
-                    && l.contains(&format!("feature={feature} "))
-            })
-            .map(|l| window_of(l))
-            .collect()
-    };
-    // Each scheduled episode is caught by the family it belongs to: it
-    // fires once at its second window (two windows past threshold) and
-    // resolves once after three clean windows, if the stream lasts that long
-    // (12 windows, 0-11).
+    let window_of = |l: &str| -> i64 { field(l, "window").unwrap().parse().unwrap() };
+    // Each scheduled episode pages once, as its model's episode, at its
+    // second window (two windows past threshold), listing the finding of
+    // the family it belongs to and the attack it is evidence for; it
+    // resolves once after three clean windows, if the stream lasts that
+    // long (12 windows, 0-11).
     let episodes = [
-        ("fraud-scorer", "feature_drift", "amount", 4, 6),
+        ("fraud-scorer", "feature_drift", "amount", None, 4, 6),
+        (
+            "churn-predictor",
+            "boundary_probing",
+            "margin_per_client",
+            Some("evasion"),
+            2,
+            4,
+        ),
         (
             "churn-predictor",
             "confidence_shift",
             "max_probability",
+            None,
             7,
             9,
         ),
@@ -56,6 +59,7 @@ fn demo_prints_alerts_for_its_scheduled_episodes_and_exits_0() {
             "image-classifier",
             "output_distribution",
             "predicted_class",
+            Some("tampering"),
             3,
             5,
         ),
@@ -63,34 +67,52 @@ fn demo_prints_alerts_for_its_scheduled_episodes_and_exits_0() {
             "image-classifier",
             "out_of_distribution",
             "embedding",
+            Some("evasion"),
             8,
             10,
         ),
     ];
-    for (model, detector, feature, from, to) in episodes {
-        assert_eq!(
-            transitions(model, detector, feature, "fired"),
-            vec![from + 1],
-            "{model} {detector}: {stdout}"
-        );
-        let resolved: Vec<i64> = if to + 3 <= 11 { vec![to + 3] } else { vec![] };
-        assert_eq!(
-            transitions(model, detector, feature, "resolved"),
-            resolved,
-            "{model} {detector}: {stdout}"
-        );
-    }
-    // Nothing fires outside the episodes.
-    for l in alerts
-        .iter()
-        .filter(|l| l.split_whitespace().nth(1) == Some("fired"))
-    {
-        let w = window_of(l);
-        let inside = episodes
+    assert_eq!(episodes.len(), modelwatch::ingest::demo::EPISODES.len());
+    let transitions = |model: &str, what: &str, from: i64, to: i64| -> Vec<(usize, &str)> {
+        alerts
             .iter()
-            .any(|(m, _, _, a, b)| l.contains(&format!("model={m} ")) && (*a..=*b).contains(&w));
-        assert!(inside, "alert fired outside any episode: {l}");
+            .filter(|(_, l)| {
+                l.split_whitespace().nth(1) == Some(what)
+                    && field(l, "model").as_deref() == Some(model)
+                    && field(l, "detector").as_deref() == Some("episode")
+                    && (from..=to).contains(&window_of(l))
+            })
+            .copied()
+            .collect()
+    };
+    for (model, detector, feature, threat, from, to) in episodes {
+        let fired = transitions(model, "fired", from, to);
+        assert_eq!(fired.len(), 1, "{model} {detector}: {stdout}");
+        let (at, line) = fired[0];
+        assert_eq!(window_of(line), from + 1, "{line}");
+        assert_eq!(field(line, "threat").as_deref(), threat, "{line}");
+        let listed = lines[at + 1..]
+            .iter()
+            .take_while(|l| l.starts_with("      "))
+            .any(|l| l.contains(&format!("detector={detector} feature={feature} ")));
+        assert!(
+            listed,
+            "{model}: {detector}/{feature} not in the episode: {stdout}"
+        );
+        let resolved: Vec<i64> = transitions(model, "resolved", to + 1, 11)
+            .iter()
+            .map(|(_, l)| window_of(l))
+            .collect();
+        let expected: Vec<i64> = if to + 3 <= 11 { vec![to + 3] } else { vec![] };
+        assert_eq!(resolved, expected, "{model} {detector}: {stdout}");
     }
+    // Nothing pages outside the episodes, and only episodes page.
+    let fired: Vec<&str> = alerts
+        .iter()
+        .map(|(_, l)| *l)
+        .filter(|l| l.split_whitespace().nth(1) == Some("fired"))
+        .collect();
+    assert_eq!(fired.len(), episodes.len(), "{stdout}");
     assert!(stdout.contains("summary:"), "{stdout}");
     assert!(
         stdout.contains("invalid_json=1"),
@@ -244,19 +266,32 @@ fn imported_baseline_is_the_reference() {
 }
 
 /// `transition:window:feature` of every ALERT line the daemon printed, sorted.
+/// `what:window:features` per page printed; an episode's trigger names the
+/// features of the findings it lists, joined by `+`.
 fn transitions_printed(stdout: &str) -> Vec<String> {
-    let mut cells: Vec<String> = stdout
-        .lines()
-        .filter(|l| l.starts_with("ALERT"))
-        .map(|l| {
-            let get = |k: &str| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k))
-                    .unwrap()
-                    .to_string()
-            };
+    let lines: Vec<&str> = stdout.lines().collect();
+    let field = |l: &str, k: &str| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap()
+            .to_string()
+    };
+    let mut cells: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("ALERT"))
+        .map(|(i, l)| {
             let what = l.split_whitespace().nth(1).unwrap();
-            format!("{what}:{}:{}", get("window="), get("feature="))
+            let findings: Vec<String> = lines[i + 1..]
+                .iter()
+                .take_while(|f| f.starts_with("      finding "))
+                .map(|f| field(f, "feature="))
+                .collect();
+            let features = match findings.is_empty() {
+                true => field(l, "feature="),
+                false => findings.join("+"),
+            };
+            format!("{what}:{}:{features}", field(l, "window="))
         })
         .collect();
     cells.sort();

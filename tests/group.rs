@@ -196,10 +196,7 @@ async fn members_join_and_leave_without_a_lost_or_doubled_event() {
         })
         .collect::<BTreeMap<(String, String), usize>>()
     };
-    let x1 = (
-        "credit/v1/feature_drift/x1".to_string(),
-        "fired".to_string(),
-    );
+    let x1 = ("credit/v1/episode/all".to_string(), "fired".to_string());
     let deadline = Instant::now() + Duration::from_secs(30);
     while (hook.counts() != queued().await || !hook.counts().contains_key(&x1))
         && Instant::now() < deadline

@@ -307,12 +307,13 @@ async fn spans_metrics_and_health_tell_what_happened() {
             .is_some_and(|v| v.contains("feature_drift=") && v.contains("output_distribution="))
     );
 
-    // Alerts carry the trace id of the window that fired them.
+    // Alerts carry the trace id of the window that fired them: the finding
+    // and the episode it paged as.
     let rows = sqlx::query("SELECT trace_id FROM alerts")
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1);
+    assert_eq!(rows.len(), 2);
     for r in rows {
         assert_eq!(
             r.get::<Option<String>, _>("trace_id").as_deref(),

@@ -195,7 +195,8 @@ async fn a_database_outage_loses_and_doubles_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    let x1 = "credit/v1/feature_drift/x1".to_string();
+    // x1's drift, paged as its model's episode.
+    let x1 = "credit/v1/episode/all".to_string();
     loop {
         let got = hook.counts();
         let fired = got.get(&(x1.clone(), "fired".into())).copied().unwrap_or(0);

@@ -250,6 +250,16 @@ async fn killed_daemon_restarts_without_loss_or_duplicates() {
             8
         )]
     );
+    // ... paged as one episode, opened and resolved once.
+    assert_eq!(
+        episodes(&pool).await,
+        vec![(
+            "credit/v1/episode/all".to_string(),
+            "resolved".to_string(),
+            3,
+            8
+        )]
+    );
     let refs: i64 = sqlx::query("SELECT COUNT(*) AS n FROM model_references")
         .fetch_one(&pool)
         .await

@@ -71,8 +71,10 @@ async fn two_dispatchers_send_each_notification_once() {
     let hook = common::HookCounts::default();
     let url = hook.serve(Duration::from_millis(20)).await;
 
+    // Every finding pages on its own: forty notifications to share out.
     let alerts = AlertsConfig {
         pending_windows: 1,
+        group_by: judge::episode::GroupBy::Finding,
         ..AlertsConfig::default()
     };
     let route = |_: &AlertState| vec!["hook".to_string()];

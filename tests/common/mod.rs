@@ -380,9 +380,21 @@ pub async fn crossings(pool: &PgPool, detector: &str) -> Vec<(i64, String)> {
     v
 }
 
-/// (dedup key, status, first window, last window) of every alert incident.
+/// (dedup key, status, first window, last window) of every finding's
+/// incident (episodes apart).
 pub async fn incidents(pool: &PgPool) -> Vec<(String, String, i64, i64)> {
-    sqlx::query("SELECT dedup_key, status, first_window_seq, last_window_seq FROM alerts ORDER BY dedup_key, incident")
+    alert_rows(pool, false).await
+}
+
+/// The episodes the findings were paged as: key, status, first and last
+/// window, in key and incident order.
+pub async fn episodes(pool: &PgPool) -> Vec<(String, String, i64, i64)> {
+    alert_rows(pool, true).await
+}
+
+async fn alert_rows(pool: &PgPool, episodes: bool) -> Vec<(String, String, i64, i64)> {
+    sqlx::query("SELECT dedup_key, status, first_window_seq, last_window_seq FROM alerts WHERE (detector = 'episode') = $1 ORDER BY dedup_key, incident")
+        .bind(episodes)
         .fetch_all(pool)
         .await
         .expect("alerts")

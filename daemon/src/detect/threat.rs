@@ -20,6 +20,8 @@ pub enum Threat {
 }
 
 impl Threat {
+    pub const ALL: [Threat; 3] = [Threat::Evasion, Threat::Tampering, Threat::Poisoning];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Threat::Evasion => "evasion",

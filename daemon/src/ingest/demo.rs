@@ -52,12 +52,18 @@ pub const FLEET: [SimModel; 3] = [
     },
 ];
 
-pub const EPISODES: [Episode; 4] = [
+pub const EPISODES: [Episode; 5] = [
     Episode {
         model: "fraud-scorer",
         what: "input drift: transaction amounts 2.5x larger",
         from: 4,
         to: 6,
+    },
+    Episode {
+        model: "churn-predictor",
+        what: "boundary search: client-mallory's queries sit on the decision boundary",
+        from: 2,
+        to: 4,
     },
     Episode {
         model: "churn-predictor",
@@ -137,10 +143,13 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
     } else {
         ((i - REFERENCE_SIZE) / WINDOW_SIZE) as i64
     };
-    let shifted = in_episode(model.name, window, "");
+    // A decision-based evasion search: one client among the twenty sends
+    // about one request in sixteen, each converged on the boundary.
+    let probing = in_episode(model.name, window, "boundary") && rng.random::<f64>() < 0.06;
     let mut embedding = None;
     let (features, probs) = match model.name {
         "fraud-scorer" => {
+            let shifted = in_episode(model.name, window, "input drift");
             let amount = (3.5 + 0.8 * normal(rng)).exp() * if shifted { 2.5 } else { 1.0 };
             let age = (38.0 + 12.0 * normal(rng)).clamp(18.0, 90.0).round();
             let country = ["US", "US", "DE", "FR", "BR", "US", "DE", "US"][rng.random_range(0..8)];
@@ -155,8 +164,11 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
             let spend = (60.0 + 25.0 * normal(rng)).max(5.0).round();
             let plan = ["basic", "pro", "enterprise"][rng.random_range(0..3)];
             let mut logit = 1.5 - 0.05 * tenure + 0.01 * spend + 1.2 * normal(rng);
-            if shifted {
+            if in_episode(model.name, window, "confidence") {
                 logit *= 0.1;
+            }
+            if probing {
+                logit = 0.02 * normal(rng);
             }
             (
                 json!({"tenure_months": tenure, "monthly_spend": spend, "plan": plan}),
@@ -197,7 +209,11 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
         "model_version": model.version,
         "ts": ts.to_rfc3339(),
         "request_id": format!("{}-{i}", model.name),
-        "client_id": format!("client-{}", rng.random_range(0..20)),
+        "client_id": if probing {
+            "client-mallory".to_string()
+        } else {
+            format!("client-{}", rng.random_range(0..20))
+        },
         "features": features,
         "embedding": embedding,
         "output": {"probabilities": probs},

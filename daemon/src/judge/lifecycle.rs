@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::episode::{GroupBy, Members};
 use super::{Judged, Severity, WindowVerdict, dedup_key};
 use crate::detect::threat::Threat;
 use schemars::JsonSchema;
@@ -89,6 +90,13 @@ pub struct Evidence {
     /// the same from trigger to resolve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threat: Option<Threat>,
+    /// For a finding that joined an episode: the episode, as
+    /// `key#incident`. Its transitions page through the episode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub episode: Option<String>,
+    /// For an episode: the findings that joined it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Members>,
     pub test: String,
     pub method: String,
     pub n_reference: usize,
@@ -127,6 +135,21 @@ pub struct AlertState {
     pub silenced: bool,
     pub trace_id: Option<String>,
     pub evidence: Evidence,
+}
+
+impl AlertState {
+    /// The attacks the alert is evidence for: its own threat, then those of
+    /// the findings that joined it (an episode).
+    pub fn threats(&self) -> Vec<Threat> {
+        let joined = self.evidence.members.iter().flat_map(|m| &m.threats);
+        let mut all: Vec<Threat> = self.evidence.threat.into_iter().collect();
+        for t in joined {
+            if !all.contains(t) {
+                all.push(*t);
+            }
+        }
+        all
+    }
 }
 
 /// One judged score of one window, with the window's context.
@@ -267,6 +290,8 @@ fn new_incident(
             sample_request_ids: v.sample_request_ids.clone(),
             examples: s.examples.clone(),
             threat: s.threat,
+            episode: None,
+            members: None,
             test: s.test.clone(),
             method: s.method.clone(),
             n_reference: s.n_reference,
@@ -358,6 +383,11 @@ pub struct AlertsConfig {
     pub link_template: String,
     /// How many of the latest windows an alert's evidence keeps.
     pub evidence_windows: usize,
+    /// What one page stands for: `model` (the findings of a model that
+    /// fire together page once, as one episode), `family` (one episode per
+    /// model and detector family) or `finding` (every detector and feature
+    /// pages on its own). Findings keep their own rows either way.
+    pub group_by: GroupBy,
 }
 
 impl Default for AlertsConfig {
@@ -369,6 +399,7 @@ impl Default for AlertsConfig {
             per_detector: BTreeMap::new(),
             link_template: String::new(),
             evidence_windows: 5,
+            group_by: GroupBy::default(),
         }
     }
 }

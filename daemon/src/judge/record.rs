@@ -7,8 +7,10 @@
 use chrono::{DateTime, Utc};
 
 use super::AlertsConfig;
+use super::episode::{self, GroupBy};
 use super::lifecycle::{self, Observation};
-use super::{AlertState, Transition, WindowVerdict};
+use super::{AlertState, Status, Transition, WindowVerdict};
+use crate::detect::Family;
 use crate::store::{self, Coverage, Store, StoreError, Tx};
 
 /// Which receivers an alert transition is queued for.
@@ -53,17 +55,18 @@ pub async fn record_window(
         }
     }
     insert_numbered(&mut tx, &mut v, now).await?;
-    let mut transitions = Vec::new();
+    let mut stepped = Vec::new();
     for judged in &v.judged {
         tx.insert_score(&v, judged, now).await?;
         let obs = Observation {
             verdict: &v,
             judged,
         };
-        if let Some(t) = advance_alert(&mut tx, &obs, alerts, route, now).await? {
-            transitions.push(t);
+        if let Some((state, t)) = advance_alert(&mut tx, &obs, alerts, now).await? {
+            stepped.push((state, t, judged.score.family));
         }
     }
+    let transitions = page(&mut tx, stepped, alerts.group_by, route, now).await?;
     tx.advance_progress(&v.model, &scope, &v.high_water).await?;
     tx.commit().await?;
     Ok((Some(v.seq), transitions))
@@ -114,12 +117,11 @@ async fn insert_numbered(
 }
 
 /// One score's step of its alert: the open incident (or a new one when the
-/// score crossed), silenced or not, saved, and its transition queued.
+/// score crossed), silenced or not, saved. Returns the transition it made.
 async fn advance_alert(
     tx: &mut Tx,
     obs: &Observation<'_>,
     alerts: &AlertsConfig,
-    route: Route<'_>,
     now: DateTime<Utc>,
 ) -> Result<Option<(AlertState, Transition)>, StoreError> {
     let key = obs.dedup_key();
@@ -138,25 +140,174 @@ async fn advance_alert(
     if transition == Some(Transition::Fired) {
         state.silenced = tx.silenced(&state, now).await?;
     }
-    let id = tx.save_alert(&state, now).await?;
-    state.id = Some(id);
-    let Some(t) = transition else {
-        return Ok(None);
-    };
-    if !state.silenced {
-        // A resolve goes where the incident's trigger went, whatever the
-        // alert's labels are now (its severity rose, its model's owner or
-        // the routing changed): every receiver that was paged is told it
-        // is over, and no other.
-        let receivers = match t {
-            Transition::Fired => route(&state),
-            Transition::Resolved => tx.fired_receivers(id).await?,
-        };
-        for receiver in receivers {
-            tx.enqueue(&receiver, id, t, &state, now).await?;
+    state.id = Some(tx.save_alert(&state, now).await?);
+    Ok(transition.map(|t| (state, t)))
+}
+
+/// Queues the window's transitions for the receivers: each finding's own
+/// or, when findings are grouped, its episode's. Returns the transitions
+/// receivers were told of.
+async fn page(
+    tx: &mut Tx,
+    mut stepped: Vec<(AlertState, Transition, Family)>,
+    group_by: GroupBy,
+    route: Route<'_>,
+    now: DateTime<Utc>,
+) -> Result<Vec<(AlertState, Transition)>, StoreError> {
+    // Triggers first, so that an episode a finding leaves in the window in
+    // which another joins stays open; and among them findings with a
+    // threat, so that an episode opened by a security finding carries its
+    // threat as a label.
+    stepped.sort_by_key(|(a, t, _)| (*t == Transition::Resolved, a.evidence.threat.is_none()));
+    let mut told = Vec::new();
+    let mut episodes = Episodes::default();
+    for (mut state, t, family) in stepped.into_iter().filter(|(a, _, _)| !a.silenced) {
+        match t {
+            Transition::Fired if group_by == GroupBy::Finding => {
+                notify(tx, &route(&state), t, &state, now).await?;
+                told.push((state, t));
+            }
+            Transition::Fired => {
+                episodes.fire(tx, &mut state, group_by, family, now).await?;
+                tx.save_alert(&state, now).await?;
+            }
+            Transition::Resolved => {
+                // An incident that paged on its own (fired before findings
+                // were grouped) resolves on its own, to the receivers it
+                // paged; a grouped one through its episode, whatever the
+                // grouping is now.
+                let own = tx.fired_receivers(state.id.unwrap_or_default()).await?;
+                if own.is_empty() && state.evidence.episode.is_some() {
+                    episodes.resolve(tx, &state, now).await?;
+                } else {
+                    notify(tx, &own, t, &state, now).await?;
+                    told.push((state, t));
+                }
+            }
         }
     }
-    Ok(Some((state, t)))
+    told.extend(episodes.page(tx, route, now).await?);
+    Ok(told)
+}
+
+async fn notify(
+    tx: &mut Tx,
+    receivers: &[String],
+    t: Transition,
+    a: &AlertState,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let id = a.id.unwrap_or_default();
+    for receiver in receivers {
+        tx.enqueue(receiver, id, t, a, now).await?;
+    }
+    Ok(())
+}
+
+/// The episodes one window touches, changed in memory and paged once at
+/// the end, so that a trigger lists every finding that fired with it.
+#[derive(Default)]
+struct Episodes {
+    /// By key: the episode and whether this window opened it.
+    touched: Vec<(AlertState, bool)>,
+}
+
+impl Episodes {
+    /// The open episode of `key`, from this window or the store.
+    async fn open(&mut self, tx: &mut Tx, key: &str) -> Result<Option<usize>, StoreError> {
+        let found = self
+            .touched
+            .iter()
+            .position(|(e, _)| e.dedup_key == key && e.status != Status::Resolved);
+        if found.is_some() {
+            return Ok(found);
+        }
+        let Some(e) = tx.open_alert(key).await? else {
+            return Ok(None);
+        };
+        self.touched.push((e, false));
+        Ok(Some(self.touched.len() - 1))
+    }
+
+    /// A finding fired: it joins its model's open episode, or opens one.
+    async fn fire(
+        &mut self,
+        tx: &mut Tx,
+        finding: &mut AlertState,
+        group_by: GroupBy,
+        family: Family,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let key = episode::key(group_by, finding, family);
+        if let Some(i) = self.open(tx, &key).await? {
+            let e = &mut self.touched[i].0;
+            episode::join(e, finding, now);
+            finding.evidence.episode = Some(episode::reference(e));
+            return Ok(());
+        }
+        let incident = tx.next_incident(&key).await?;
+        let mut e = episode::open(finding, key, incident, now);
+        e.silenced = tx.silenced(&e, now).await?;
+        finding.evidence.episode = Some(episode::reference(&e));
+        self.touched.push((e, true));
+        Ok(())
+    }
+
+    /// A grouped finding resolved: it leaves its episode.
+    async fn resolve(
+        &mut self,
+        tx: &mut Tx,
+        finding: &AlertState,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let reference = finding.evidence.episode.as_deref();
+        let Some((key, incident)) = reference.and_then(episode::parse_reference) else {
+            return Ok(());
+        };
+        if let Some(i) = self.open(tx, key).await? {
+            let e = &mut self.touched[i].0;
+            if e.incident == incident {
+                episode::leave(e, finding, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the touched episodes and queues their pages: a trigger to
+    /// every receiver an episode reaches and has not paged (all of them
+    /// when it opened; those its risen severity now reaches when it grew),
+    /// a resolve to every receiver it paged when its last finding left.
+    async fn page(
+        self,
+        tx: &mut Tx,
+        route: Route<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(AlertState, Transition)>, StoreError> {
+        let mut told = Vec::new();
+        for (mut e, opened) in self.touched {
+            let id = tx.save_alert(&e, now).await?;
+            e.id = Some(id);
+            if e.silenced {
+                continue;
+            }
+            let paged = tx.fired_receivers(id).await?;
+            let t = if e.status == Status::Resolved {
+                notify(tx, &paged, Transition::Resolved, &e, now).await?;
+                Transition::Resolved
+            } else {
+                let due: Vec<String> = route(&e)
+                    .into_iter()
+                    .filter(|r| !paged.contains(r))
+                    .collect();
+                notify(tx, &due, Transition::Fired, &e, now).await?;
+                Transition::Fired
+            };
+            if opened || t == Transition::Resolved {
+                told.push((e, t));
+            }
+        }
+        Ok(told)
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +367,7 @@ mod tests {
         let cfg = AlertsConfig {
             pending_windows: 1,
             resolve_windows: 1,
+            group_by: GroupBy::Finding,
             ..AlertsConfig::default()
         };
         let route = |_: &AlertState| vec!["pager".to_string()];
@@ -358,6 +510,7 @@ mod tests {
         let cfg = AlertsConfig {
             pending_windows: 1,
             resolve_windows: 1,
+            group_by: GroupBy::Finding,
             ..AlertsConfig::default()
         };
         let before = |_: &AlertState| vec!["pager".to_string(), "soc".to_string()];
@@ -385,6 +538,7 @@ mod tests {
         let store = Store::open("sqlite::memory:", 1).await.unwrap();
         let cfg = AlertsConfig {
             pending_windows: 1,
+            group_by: GroupBy::Finding,
             ..AlertsConfig::default()
         };
         let route = |_: &AlertState| vec!["pager".to_string()];
@@ -418,5 +572,269 @@ mod tests {
         assert!(store.acknowledge(a.id.unwrap()).await.unwrap());
         assert!(store.list_alerts(None).await.unwrap()[0].acknowledged);
         assert!(!store.acknowledge(999).await.unwrap());
+    }
+
+    use crate::detect::threat::Threat;
+    use crate::judge::Severity;
+
+    /// A window of the model in which each `(detector, feature, p, threat)`
+    /// was scored; p < 0.01 crosses (critical under 1e-8).
+    fn findings(seq: i64, scores: &[(&str, &str, f64, Option<Threat>)]) -> WindowVerdict {
+        let base = verdict(seq, 0.5);
+        let judged = scores
+            .iter()
+            .map(|&(detector, feature, p, threat)| {
+                let mut j = base.judged[0].clone();
+                j.score.detector = detector.into();
+                j.score.feature = feature.into();
+                j.score.p_value = p;
+                j.score.threat = threat;
+                if threat.is_some() {
+                    j.score.family = crate::detect::Family::Security;
+                }
+                j.crossed = (p < 0.01).then_some(if p < 1e-8 {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                });
+                j
+            })
+            .collect();
+        WindowVerdict { judged, ..base }
+    }
+
+    async fn drain(store: &Store, receiver: &str) -> Vec<(Transition, AlertState)> {
+        let mut got = Vec::new();
+        while let Some(n) = store.next_notification(receiver).await.unwrap() {
+            got.push((n.transition, n.alert.clone()));
+            store.mark_sent(n.id).await.unwrap();
+        }
+        got
+    }
+
+    /// Findings of one model that fire together page once, as an episode
+    /// that lists them all, takes the highest severity, and resolves with
+    /// its last finding; the findings keep their own rows. A receiver the
+    /// episode reaches only once its severity rose gets its one trigger
+    /// then, and the resolve.
+    #[tokio::test]
+    async fn findings_that_fire_together_page_once_as_an_episode() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let cfg = AlertsConfig {
+            pending_windows: 1,
+            resolve_windows: 1,
+            ..AlertsConfig::default()
+        };
+        let route = |a: &AlertState| {
+            let mut r = vec!["team".to_string()];
+            if a.severity == Severity::Critical {
+                r.push("pager".to_string());
+            }
+            r
+        };
+        let w0 = findings(
+            0,
+            &[
+                ("feature_drift", "x", 1e-4, None),
+                ("feature_drift", "y", 1e-5, None),
+                ("multivariate_drift", "pca", 1e-3, None),
+            ],
+        );
+        let (_, told) = record_window(&store, &w0, &cfg, &route).await.unwrap();
+        assert_eq!(told.len(), 1, "one page for three findings: {told:?}");
+        let (episode, t) = &told[0];
+        assert_eq!(*t, Transition::Fired);
+        assert_eq!(episode.dedup_key, "m/v/episode/all");
+        assert_eq!(episode.severity, Severity::Warning);
+        assert_eq!(episode.evidence.members.as_ref().unwrap().joined, 3);
+
+        // A critical finding joins: no second page to the team, the first
+        // to the pager. x resolves; the others hold the episode open.
+        let w1 = findings(
+            1,
+            &[
+                ("feature_drift", "x", 0.5, None),
+                ("feature_drift", "y", 1e-5, None),
+                ("multivariate_drift", "pca", 1e-3, None),
+                ("feature_drift", "z", 1e-12, None),
+            ],
+        );
+        let (_, told) = record_window(&store, &w1, &cfg, &route).await.unwrap();
+        assert!(told.is_empty(), "{told:?}");
+        // Everything clean: the episode resolves once.
+        let w2 = findings(2, &[("feature_drift", "y", 0.5, None)]);
+        let (_, told) = record_window(&store, &w2, &cfg, &route).await.unwrap();
+        assert!(told.is_empty(), "pca and z still fire: {told:?}");
+        let w3 = findings(
+            3,
+            &[
+                ("multivariate_drift", "pca", 0.5, None),
+                ("feature_drift", "z", 0.5, None),
+            ],
+        );
+        let (_, told) = record_window(&store, &w3, &cfg, &route).await.unwrap();
+        assert_eq!(told.len(), 1);
+        assert_eq!(told[0].1, Transition::Resolved);
+
+        let team = drain(&store, "team").await;
+        let transitions: Vec<Transition> = team.iter().map(|(t, _)| *t).collect();
+        assert_eq!(transitions, [Transition::Fired, Transition::Resolved]);
+        let pager = drain(&store, "pager").await;
+        let transitions: Vec<Transition> = pager.iter().map(|(t, _)| *t).collect();
+        assert_eq!(transitions, [Transition::Fired, Transition::Resolved]);
+        let resolved = &pager[1].1;
+        assert_eq!(
+            resolved.severity,
+            Severity::Critical,
+            "the highest finding's"
+        );
+        let members = resolved.evidence.members.as_ref().unwrap();
+        let listed: Vec<&str> = members
+            .findings
+            .iter()
+            .map(|f| f.feature.as_str())
+            .collect();
+        assert_eq!(listed, ["x", "y", "pca", "z"]);
+        assert_eq!((members.joined, members.firing), (4, 0));
+
+        // Per-finding rows stay, each naming its episode.
+        let rows = store.list_alerts(None).await.unwrap();
+        let rows: Vec<&AlertState> = rows.iter().filter(|a| a.detector != "episode").collect();
+        assert_eq!(rows.len(), 4);
+        assert!(rows.iter().all(|a| a.status == Status::Resolved
+            && a.evidence.episode.as_deref() == Some("m/v/episode/all#1")));
+    }
+
+    /// A security finding opening an episode gives it its threat label;
+    /// plain findings of the window join it. A finding of another threat
+    /// joins too, and the episode pages a receiver routed on that threat
+    /// then, once; the threat label stays the one the episode opened with.
+    #[tokio::test]
+    async fn threats_join_an_episode_and_page_the_receivers_routed_on_them() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let cfg = AlertsConfig {
+            pending_windows: 1,
+            resolve_windows: 1,
+            ..AlertsConfig::default()
+        };
+        let route = |a: &AlertState| {
+            let mut r = vec!["team".to_string()];
+            if a.threats().contains(&Threat::Tampering) {
+                r.push("soc".to_string());
+            }
+            r
+        };
+        let w0 = findings(
+            0,
+            &[
+                ("feature_drift", "x", 1e-4, None),
+                (
+                    "out_of_distribution",
+                    "features",
+                    1e-5,
+                    Some(Threat::Evasion),
+                ),
+            ],
+        );
+        let (_, told) = record_window(&store, &w0, &cfg, &route).await.unwrap();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(told[0].0.dedup_key, "m/v/episode/all");
+        assert_eq!(told[0].0.evidence.threat, Some(Threat::Evasion));
+        assert_eq!(told[0].0.evidence.members.as_ref().unwrap().joined, 2);
+        let w1 = findings(
+            1,
+            &[
+                ("feature_drift", "x", 1e-4, None),
+                (
+                    "out_of_distribution",
+                    "features",
+                    1e-5,
+                    Some(Threat::Evasion),
+                ),
+                (
+                    "output_distribution",
+                    "predicted_class",
+                    1e-4,
+                    Some(Threat::Tampering),
+                ),
+            ],
+        );
+        let (_, told) = record_window(&store, &w1, &cfg, &route).await.unwrap();
+        assert!(told.is_empty(), "a join is no new episode: {told:?}");
+        let team = drain(&store, "team").await;
+        assert_eq!(team.len(), 1, "the team was paged once");
+        let soc = drain(&store, "soc").await;
+        assert_eq!(soc.len(), 1, "the SOC was paged when tampering joined");
+        assert_eq!(soc[0].1.evidence.threat, Some(Threat::Evasion));
+        assert_eq!(soc[0].1.threats(), [Threat::Evasion, Threat::Tampering]);
+
+        // By family, drift and security page apart.
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let by_family = AlertsConfig {
+            group_by: GroupBy::Family,
+            ..cfg
+        };
+        let (_, told) = record_window(&store, &w0, &by_family, &route)
+            .await
+            .unwrap();
+        let mut keys: Vec<&str> = told.iter().map(|(a, _)| a.dedup_key.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys, ["m/v/episode/drift", "m/v/episode/security"]);
+    }
+
+    /// Grouping changed while incidents are open: each resolves the way it
+    /// paged, so no receiver is left with an open page.
+    #[tokio::test]
+    async fn open_incidents_resolve_the_way_they_paged_when_the_grouping_changes() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let by_finding = AlertsConfig {
+            pending_windows: 1,
+            resolve_windows: 1,
+            group_by: GroupBy::Finding,
+            ..AlertsConfig::default()
+        };
+        let by_model = AlertsConfig {
+            group_by: GroupBy::Model,
+            ..by_finding.clone()
+        };
+        let route = |_: &AlertState| vec!["pager".to_string()];
+        let x = ("feature_drift", "x", 1e-4, None);
+        let y = ("feature_drift", "y", 1e-4, None);
+        record_window(&store, &findings(0, &[x]), &by_finding, &route)
+            .await
+            .unwrap();
+        record_window(&store, &findings(1, &[x, y]), &by_model, &route)
+            .await
+            .unwrap();
+        let clean = |seq| {
+            findings(
+                seq,
+                &[
+                    ("feature_drift", "x", 0.5, None),
+                    ("feature_drift", "y", 0.5, None),
+                ],
+            )
+        };
+        let (_, told) = record_window(&store, &clean(2), &by_finding, &route)
+            .await
+            .unwrap();
+        let mut keys: Vec<(String, Transition)> = told
+            .iter()
+            .map(|(a, t)| (a.dedup_key.clone(), *t))
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            keys,
+            [
+                ("m/v/episode/all".to_string(), Transition::Resolved),
+                ("m/v/feature_drift/x".to_string(), Transition::Resolved),
+            ]
+        );
+        let got: Vec<(Transition, String)> = drain(&store, "pager")
+            .await
+            .into_iter()
+            .map(|(t, a)| (t, a.dedup_key))
+            .collect();
+        assert_eq!(got.len(), 4, "two triggers, two resolves: {got:?}");
     }
 }

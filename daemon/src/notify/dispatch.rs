@@ -216,7 +216,10 @@ async fn repeat_firing(store: &Store, receivers: &[Receiver], router: &Router) {
     for r in receivers.iter().filter(|r| r.repeat_every().is_some()) {
         let mine: Vec<_> = firing
             .iter()
-            .filter(|a| !a.silenced && router.route(a).contains(&r.name))
+            // A finding in an episode is re-sent as its episode.
+            .filter(|a| {
+                !a.silenced && a.evidence.episode.is_none() && router.route(a).contains(&r.name)
+            })
             .map(|a| (a, router.owner(&a.model)))
             .collect();
         if let Err(e) = r.repeat_firing(&mine).await {

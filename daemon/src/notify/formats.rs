@@ -99,14 +99,7 @@ pub fn ocsf_finding(t: Transition, a: &AlertState, owner: Option<&Owner>) -> Val
         },
         "finding_info": finding,
         "resources": [{"uid": a.model, "name": a.model, "type": "AI Model", "version": a.model_version, "labels": labels}],
-        "evidences": [{"name": a.evidence.test, "data": {
-            "statistic": a.score,
-            "p_value": a.p_value,
-            "threshold": a.threshold,
-            "windows": [a.first_window_seq, a.last_window_seq],
-            "examples": a.evidence.examples,
-            "sample_request_ids": a.evidence.sample_request_ids,
-        }}],
+        "evidences": evidences(a),
         "unmapped": {"dedup_key": a.dedup_key},
     });
     // Absent rather than null: strict consumers refuse nulls.
@@ -120,6 +113,35 @@ pub fn ocsf_finding(t: Transition, a: &AlertState, owner: Option<&Owner>) -> Val
         event["remediation"] = json!({"desc": "follow the model's runbook", "references": [url]});
     }
     event
+}
+
+/// The statistic behind the finding and, for an episode, one entry per
+/// finding it lists.
+fn evidences(a: &AlertState) -> Value {
+    let headline = json!({"name": a.evidence.test, "data": {
+        "statistic": a.score,
+        "p_value": a.p_value,
+        "threshold": a.threshold,
+        "windows": [a.first_window_seq, a.last_window_seq],
+        "examples": a.evidence.examples,
+        "sample_request_ids": a.evidence.sample_request_ids,
+    }});
+    let findings = a
+        .evidence
+        .members
+        .iter()
+        .flat_map(|m| &m.findings)
+        .map(|f| {
+            json!({"name": format!("{}/{}", f.detector, f.feature), "data": {
+                "dedup_key": f.dedup_key,
+                "severity": f.severity.as_str(),
+                "statistic": f.statistic,
+                "p_value": f.p_value,
+                "threshold": f.threshold,
+                "window": f.window_seq,
+            }})
+        });
+    std::iter::once(headline).chain(findings).collect()
 }
 
 /// What was found: one uid per incident, the analytic that found it, and
@@ -143,10 +165,11 @@ fn finding_info(a: &AlertState) -> Value {
     if !a.evidence.link.is_empty() {
         finding["src_url"] = json!(a.evidence.link);
     }
-    if let Some(threat) = a.evidence.threat {
-        finding["attacks"] = threat
-            .techniques()
+    let threats = a.threats();
+    if !threats.is_empty() {
+        finding["attacks"] = threats
             .iter()
+            .flat_map(|t| t.techniques())
             .map(|tech| match tech.parent {
                 Some((id, name)) => json!({
                     "technique": {"uid": id, "name": name},
@@ -193,6 +216,16 @@ pub fn falco_event(t: Transition, a: &AlertState, owner: Option<&Owner>) -> Valu
     field("trace_id", json!(a.trace_id));
     field("link", json!(a.evidence.link));
     field("examples", json!(a.evidence.examples.join("; ")));
+    if let Some(m) = &a.evidence.members {
+        // Falco's fields are scalars: the findings as one line.
+        let findings: Vec<String> = m
+            .findings
+            .iter()
+            .map(|f| format!("{}/{} p={:.3e}", f.detector, f.feature, f.p_value))
+            .collect();
+        field("findings", json!(findings.join("; ")));
+        field("findings_total", json!(m.joined));
+    }
     if let Some(o) = owner {
         field("team", json!(o.team));
         field("runbook_url", json!(o.runbook_url));
@@ -203,11 +236,18 @@ pub fn falco_event(t: Transition, a: &AlertState, owner: Option<&Owner>) -> Valu
     }
     if let Some(threat) = a.evidence.threat {
         field("threat", json!(threat.as_str()));
-        field("atlas", json!(threat.atlas().join(",")));
-        field("owasp", json!(threat.owasp().join(",")));
-        tags.push(threat.as_str().to_string());
-        tags.extend(threat.atlas().iter().map(|id| id.to_string()));
-        tags.extend(threat.owasp().iter().map(|id| id.to_string()));
+    }
+    let threats = a.threats();
+    if !threats.is_empty() {
+        let atlas: Vec<&str> = threats.iter().flat_map(|t| t.atlas()).collect();
+        let owasp: Vec<&str> = threats
+            .iter()
+            .flat_map(|t| t.owasp().iter().copied())
+            .collect();
+        field("atlas", json!(atlas.join(",")));
+        field("owasp", json!(owasp.join(",")));
+        tags.extend(threats.iter().map(|t| t.as_str().to_string()));
+        tags.extend(atlas.iter().chain(&owasp).map(|id| id.to_string()));
     }
     let time = at(t, a);
     json!({

@@ -61,13 +61,19 @@ impl Router {
         self.routes
             .iter()
             .filter(|(_, min, labels)| {
-                a.severity >= *min
-                    && labels
-                        .iter()
-                        .all(|(k, v)| label(a, owner, k).is_some_and(|have| have == v))
+                a.severity >= *min && labels.iter().all(|(k, v)| matches(a, owner, k, v))
             })
             .map(|(name, _, _)| name.clone())
             .collect()
+    }
+}
+
+/// Whether the alert carries label `key` = `value`. An episode is routed on
+/// every threat its findings are evidence for.
+fn matches(a: &AlertState, owner: Option<&Owner>, key: &str, value: &str) -> bool {
+    match key {
+        "threat" => a.threats().iter().any(|t| t.as_str() == value),
+        _ => label(a, owner, key) == Some(value),
     }
 }
 
@@ -89,6 +95,9 @@ pub fn label<'a>(a: &'a AlertState, owner: Option<&'a Owner>, key: &str) -> Opti
 
 /// One line a person reads, for the console and the logs.
 pub fn summary(a: &AlertState) -> String {
+    if let Some(m) = &a.evidence.members {
+        return episode_summary(a, m);
+    }
     format!(
         "{} {} on model {}{} ({}: p={:.3e} < {:.3e}, windows {}-{})",
         a.detector.replace('_', " "),
@@ -107,10 +116,39 @@ pub fn summary(a: &AlertState) -> String {
     )
 }
 
+/// An episode: its model, how many findings, the strongest of them.
+fn episode_summary(a: &AlertState, m: &crate::judge::episode::Members) -> String {
+    let strongest = a
+        .evidence
+        .top_features
+        .iter()
+        .map(|(f, p)| format!("{f} p={p:.3e}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{} on model {}{}: {} finding{} ({}), windows {}-{}",
+        match a.evidence.threat {
+            Some(t) => format!("{} episode", t.as_str()),
+            None => "episode".to_string(),
+        },
+        a.model,
+        if a.model_version.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", a.model_version)
+        },
+        m.joined,
+        if m.joined == 1 { "" } else { "s" },
+        strongest,
+        a.first_window_seq,
+        a.last_window_seq,
+    )
+}
+
 /// Prints a transition as one line on stdout (interactive commands).
 pub fn print_transition(a: &AlertState, t: Transition) {
     println!(
-        "ALERT {:<8} {:<8} model={} version={} window={} detector={} feature={} statistic={:.4} p={:.3e} threshold={:.3e}",
+        "ALERT {:<8} {:<8} model={} version={} window={} detector={} feature={} statistic={:.4} p={:.3e} threshold={:.3e}{}",
         t.as_str(),
         a.severity.as_str(),
         a.model,
@@ -125,8 +163,29 @@ pub fn print_transition(a: &AlertState, t: Transition) {
         a.score,
         a.p_value,
         a.threshold,
+        match a.threats().as_slice() {
+            [] => String::new(),
+            threats => format!(
+                " threat={}",
+                threats
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        },
     );
     if t == Transition::Fired {
+        for f in a.evidence.members.iter().flat_map(|m| &m.findings) {
+            println!(
+                "      finding detector={} feature={} window={} severity={} p={:.3e}",
+                f.detector,
+                f.feature,
+                f.window_seq,
+                f.severity.as_str(),
+                f.p_value
+            );
+        }
         for e in &a.evidence.examples {
             println!("      e.g. {e}");
         }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{Owner, PayloadFormat, ReceiverConfig, ReceiverKind, formats, summary};
+use crate::detect::threat::Threat;
 use crate::ingest::kafka::{ClientRole, KafkaConfig, client_config};
 use crate::judge::{AlertState, Status, Transition};
 
@@ -303,11 +304,21 @@ pub fn alertmanager_body(
                     "generatorURL": a.evidence.link,
                 });
                 // Security signals: routable by threat, ids for the SOC.
+                // The label is the threat the alert opened with, so that
+                // its label set stays the same to the resolve; the
+                // annotations name every threat an episode's findings add.
                 if let Some(threat) = a.evidence.threat {
                     body["labels"]["threat"] = json!(threat.as_str());
-                    body["annotations"]["atlas"] = json!(threat.atlas().join(", "));
-                    body["annotations"]["owasp"] = json!(threat.owasp().join(", "));
-                    body["annotations"]["description"] = json!(threat.description());
+                }
+                let threats = a.threats();
+                if !threats.is_empty() {
+                    let list = |f: fn(&Threat) -> Vec<&'static str>| {
+                        threats.iter().flat_map(f).collect::<Vec<_>>().join(", ")
+                    };
+                    body["annotations"]["threats"] = json!(list(|t| vec![t.as_str()]));
+                    body["annotations"]["atlas"] = json!(list(|t| t.atlas()));
+                    body["annotations"]["owasp"] = json!(list(|t| t.owasp().to_vec()));
+                    body["annotations"]["description"] = json!(list(|t| vec![t.description()]));
                 }
                 if let Some(o) = owner {
                     if let Some(team) = &o.team {
