@@ -136,6 +136,37 @@ const EMBEDDING_LOADINGS: [(f64, f64); 8] = [
     (0.2, -0.9),
 ];
 
+/// The image model's event: a brightness feature, an 8-d embedding that
+/// follows two latent factors, and four class probabilities.
+fn image(
+    rng: &mut StdRng,
+    model: &SimModel,
+    window: i64,
+) -> (serde_json::Value, Vec<f64>, Vec<f64>) {
+    let brightness = (0.5 + 0.15 * normal(rng)).clamp(0.0, 1.0);
+    let mut logits: Vec<f64> = (0..4).map(|_| 2.0 * normal(rng)).collect();
+    if in_episode(model.name, window, "output") && rng.random::<f64>() < 0.7 {
+        logits[3] += 8.0;
+    }
+    let (u, v) = (normal(rng), normal(rng));
+    let mut e: Vec<f64> = EMBEDDING_LOADINGS
+        .iter()
+        .map(|(a, b)| a * u + b * v + 0.2 * normal(rng))
+        .collect();
+    // Crafted inputs: each coordinate stays in its usual range, but half of
+    // them turn against the factors they follow.
+    if in_episode(model.name, window, "adversarial") && rng.random::<f64>() < 0.1 {
+        for x in e.iter_mut().skip(4) {
+            *x = -*x;
+        }
+    }
+    (
+        json!({"brightness": (brightness * 1000.0).round() / 1000.0}),
+        softmax(&logits),
+        e.iter().map(|x| (x * 1000.0).round() / 1000.0).collect(),
+    )
+}
+
 /// One simulated event of `model` as its JSON payload; `i` counts that model's events.
 fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> serde_json::Value {
     let window = if i < REFERENCE_SIZE {
@@ -176,32 +207,9 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
             )
         }
         _ => {
-            let brightness = (0.5 + 0.15 * normal(rng)).clamp(0.0, 1.0);
-            let mut logits: Vec<f64> = (0..4).map(|_| 2.0 * normal(rng)).collect();
-            if in_episode(model.name, window, "output") && rng.random::<f64>() < 0.7 {
-                logits[3] += 8.0;
-            }
-            let (u, v) = (normal(rng), normal(rng));
-            let mut e: Vec<f64> = EMBEDDING_LOADINGS
-                .iter()
-                .map(|(a, b)| a * u + b * v + 0.2 * normal(rng))
-                .collect();
-            // Crafted inputs: each coordinate stays in its usual range, but
-            // half of them turn against the factors they follow.
-            if in_episode(model.name, window, "adversarial") && rng.random::<f64>() < 0.1 {
-                for x in e.iter_mut().skip(4) {
-                    *x = -*x;
-                }
-            }
-            embedding = Some(
-                e.iter()
-                    .map(|x| (x * 1000.0).round() / 1000.0)
-                    .collect::<Vec<f64>>(),
-            );
-            (
-                json!({"brightness": (brightness * 1000.0).round() / 1000.0}),
-                softmax(&logits),
-            )
+            let (features, probs, e) = image(rng, model, window);
+            embedding = Some(e);
+            (features, probs)
         }
     };
     json!({

@@ -86,7 +86,8 @@ pub struct Members {
     pub findings: Vec<Finding>,
     /// How many findings joined in all.
     pub joined: usize,
-    /// How many of them still fire; the episode resolves at zero.
+    /// How many of them fired at the latest window; the episode resolves
+    /// at zero.
     pub firing: usize,
     /// Every attack its findings are evidence for. The episode's own
     /// `threat` stays the one it opened with, because receivers identify
@@ -99,9 +100,9 @@ pub struct Members {
 
 /// The episode a finding belongs in: its model's (and, by family, its
 /// family's).
-pub fn key(group_by: GroupBy, a: &AlertState, family: Family) -> String {
-    let scope = match group_by {
-        GroupBy::Family => family.as_str(),
+pub fn key(group_by: GroupBy, a: &AlertState, family: Option<Family>) -> String {
+    let scope = match (group_by, family) {
+        (GroupBy::Family, Some(f)) => f.as_str(),
         _ => "all",
     };
     dedup_key(&a.model, &a.model_version, EPISODE, scope)
@@ -139,7 +140,6 @@ pub fn open(first: &AlertState, key: String, incident: i64, now: DateTime<Utc>) 
 pub fn join(e: &mut AlertState, finding: &AlertState, now: DateTime<Utc>) {
     let m = e.evidence.members.get_or_insert_with(Members::default);
     m.joined += 1;
-    m.firing += 1;
     if let Some(t) = finding.evidence.threat.filter(|t| !m.threats.contains(t)) {
         m.threats.push(t);
     }
@@ -154,20 +154,19 @@ pub fn join(e: &mut AlertState, finding: &AlertState, now: DateTime<Utc>) {
     e.evidence.top_features = top_findings(m);
 }
 
-/// One of `e`'s findings resolved. Returns whether that was its last
-/// firing one, when the episode is resolved too.
-pub fn leave(e: &mut AlertState, finding: &AlertState, now: DateTime<Utc>) -> bool {
+/// `e`'s findings were counted after the window's steps: `firing` of them
+/// fire. With none left the episode resolves. Counting the stored findings
+/// every window, rather than keeping a tally of joins and leaves, means no
+/// lost update or older replica can leave an episode open for good.
+pub fn settle(e: &mut AlertState, firing: usize, seq: i64, now: DateTime<Utc>) {
     let m = e.evidence.members.get_or_insert_with(Members::default);
-    m.firing = m.firing.saturating_sub(1);
-    e.last_window_seq = e.last_window_seq.max(finding.last_window_seq);
-    e.window_end = e.window_end.max(finding.window_end);
+    m.firing = firing;
+    e.last_window_seq = e.last_window_seq.max(seq);
     e.last_seen_at = now;
-    if m.firing > 0 {
-        return false;
+    if firing == 0 {
+        e.status = Status::Resolved;
+        e.resolved_at = Some(now);
     }
-    e.status = Status::Resolved;
-    e.resolved_at = Some(now);
-    true
 }
 
 /// The most significant findings, for receivers that show a short list.

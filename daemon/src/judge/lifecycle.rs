@@ -97,6 +97,11 @@ pub struct Evidence {
     /// For an episode: the findings that joined it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<Members>,
+    /// The severity the alert paged with. Its severity may rise while it
+    /// fires; receivers that know an alert by its labels (Alertmanager)
+    /// get this one, so that its trigger, repeats and resolve match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paged_severity: Option<Severity>,
     pub test: String,
     pub method: String,
     pub n_reference: usize,
@@ -292,6 +297,7 @@ fn new_incident(
             threat: s.threat,
             episode: None,
             members: None,
+            paged_severity: None,
             test: s.test.clone(),
             method: s.method.clone(),
             n_reference: s.n_reference,
@@ -329,6 +335,22 @@ fn still_crossed(
     }
 }
 
+/// An open alert that `v` did not score at all (a per-client score with too
+/// few clients, a detector turned off, a feature gone from the schema): no
+/// sign of its condition, so a clean window for it. Without this, an alert
+/// whose score stopped coming would stay open for good, and so would the
+/// episode it belongs to.
+pub fn unscored(
+    a: &mut AlertState,
+    v: &WindowVerdict,
+    config: &AlertsConfig,
+    now: DateTime<Utc>,
+) -> Option<Transition> {
+    a.last_window_seq = a.last_window_seq.max(v.seq);
+    a.window_end = a.window_end.max(v.end);
+    clean(a, config, now)
+}
+
 /// An open alert whose condition did not hold in this window.
 fn clean(a: &mut AlertState, config: &AlertsConfig, now: DateTime<Utc>) -> Option<Transition> {
     a.consecutive_clean += 1;
@@ -358,6 +380,7 @@ fn fire_if_due(
     if a.consecutive_bad >= config.pending_for(&a.detector, a.severity) {
         a.status = Status::Firing;
         a.fired_at = Some(now);
+        a.evidence.paged_severity = Some(a.severity);
         Some(Transition::Fired)
     } else {
         None

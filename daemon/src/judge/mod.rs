@@ -76,27 +76,31 @@ pub fn judge(config: &JudgeConfig, scores: Vec<Score>) -> Vec<Judged> {
     judged
 }
 
-/// An output change in a window whose inputs drifted too is what the new
-/// inputs do to the model, not evidence that the model was tampered with or
-/// poisoned: the drift pages as itself, and the output scores lose their
-/// threat reading (the method says why). Only an output change the inputs
+/// An output change in a window whose inputs drifted at least as clearly
+/// is what the new inputs do to the model, not evidence that the model was
+/// tampered with or poisoned: the drift pages as itself, and the output
+/// scores lose their threat reading (the method says why). A weaker drift
+/// explains nothing: an attacker who also nudges one input feature must not
+/// hide a clear output change behind it. Only an output change the inputs
 /// do not explain reads as an attack on the model.
 fn explain_by_inputs(judged: &mut [Judged]) {
     use crate::detect::Family;
     use crate::detect::threat::Threat;
-    let inputs_moved = judged
+    let clearest_drift = judged
         .iter()
-        .any(|j| j.crossed.is_some() && j.score.family == Family::Drift);
-    if !inputs_moved {
+        .filter(|j| j.crossed.is_some() && j.score.family == Family::Drift)
+        .map(|j| j.score.p_value)
+        .min_by(f64::total_cmp);
+    let Some(drift_p) = clearest_drift else {
         return;
-    }
-    for j in judged
-        .iter_mut()
-        .filter(|j| matches!(j.score.threat, Some(Threat::Tampering | Threat::Poisoning)))
-    {
+    };
+    for j in judged.iter_mut().filter(|j| {
+        matches!(j.score.threat, Some(Threat::Tampering | Threat::Poisoning))
+            && drift_p <= j.score.p_value
+    }) {
         j.score.threat = None;
         j.score.method = format!(
-            "{}; the inputs drifted in this window too, which explains an output change",
+            "{}; the inputs drifted at least as clearly in this window (p={drift_p:.3e}), which explains an output change",
             j.score.method
         );
     }
@@ -342,10 +346,14 @@ mod tests {
         };
         let alone = judge(&config, vec![output.clone(), score(0.5)]);
         assert_eq!(alone[0].score.threat, Some(Threat::Tampering));
-        let with_drift = judge(&config, vec![output, score(1e-9)]);
+        let with_drift = judge(&config, vec![output.clone(), score(1e-12)]);
         assert!(with_drift[0].crossed.is_some() && with_drift[1].crossed.is_some());
         assert_eq!(with_drift[0].score.threat, None);
         assert!(with_drift[0].score.method.contains("inputs drifted"));
+        // A weaker drift (one nudged feature) explains nothing.
+        let nudged = judge(&config, vec![output, score(1e-5)]);
+        assert!(nudged[1].crossed.is_some());
+        assert_eq!(nudged[0].score.threat, Some(Threat::Tampering));
     }
 
     #[test]

@@ -63,10 +63,14 @@ pub async fn record_window(
             judged,
         };
         if let Some((state, t)) = advance_alert(&mut tx, &obs, alerts, now).await? {
-            stepped.push((state, t, judged.score.family));
+            stepped.push((state, t, Some(judged.score.family)));
         }
     }
-    let transitions = page(&mut tx, stepped, alerts.group_by, route, now).await?;
+    // A window that could not be scored says nothing about any condition.
+    if v.error.is_none() && !v.judged.is_empty() {
+        stepped.extend(step_unscored(&mut tx, &v, alerts, now).await?);
+    }
+    let transitions = page(&mut tx, &v, stepped, alerts.group_by, route, now).await?;
     tx.advance_progress(&v.model, &scope, &v.high_water).await?;
     tx.commit().await?;
     Ok((Some(v.seq), transitions))
@@ -144,12 +148,49 @@ async fn advance_alert(
     Ok(transition.map(|t| (state, t)))
 }
 
+/// A step, for each open finding of the window's model version that the
+/// window did not score (`lifecycle::unscored`).
+async fn step_unscored(
+    tx: &mut Tx,
+    v: &WindowVerdict,
+    alerts: &AlertsConfig,
+    now: DateTime<Utc>,
+) -> Result<Vec<Stepped>, StoreError> {
+    let scored: std::collections::HashSet<String> = v
+        .judged
+        .iter()
+        .map(|j| {
+            super::dedup_key(
+                &v.model,
+                &v.model_version,
+                &j.score.detector,
+                &j.score.feature,
+            )
+        })
+        .collect();
+    let mut stepped = Vec::new();
+    for mut a in tx.open_alerts_of(&v.model, &v.model_version).await? {
+        if a.detector == episode::EPISODE || scored.contains(&a.dedup_key) {
+            continue;
+        }
+        let t = lifecycle::unscored(&mut a, v, alerts, now);
+        tx.save_alert(&a, now).await?;
+        stepped.extend(t.map(|t| (a, t, None)));
+    }
+    Ok(stepped)
+}
+
+/// A finding's step that changed its status, with the family of the score
+/// behind it (none for a finding the window did not score).
+type Stepped = (AlertState, Transition, Option<Family>);
+
 /// Queues the window's transitions for the receivers: each finding's own
 /// or, when findings are grouped, its episode's. Returns the transitions
 /// receivers were told of.
 async fn page(
     tx: &mut Tx,
-    mut stepped: Vec<(AlertState, Transition, Family)>,
+    v: &WindowVerdict,
+    mut stepped: Vec<Stepped>,
     group_by: GroupBy,
     route: Route<'_>,
     now: DateTime<Utc>,
@@ -176,16 +217,16 @@ async fn page(
                 // were grouped) resolves on its own, to the receivers it
                 // paged; a grouped one through its episode, whatever the
                 // grouping is now.
+                // Its episode counts its firing findings below.
                 let own = tx.fired_receivers(state.id.unwrap_or_default()).await?;
-                if own.is_empty() && state.evidence.episode.is_some() {
-                    episodes.resolve(tx, &state, now).await?;
-                } else {
+                if !own.is_empty() || state.evidence.episode.is_none() {
                     notify(tx, &own, t, &state, now).await?;
                     told.push((state, t));
                 }
             }
         }
     }
+    episodes.settle(tx, v, now).await?;
     told.extend(episodes.page(tx, route, now).await?);
     Ok(told)
 }
@@ -235,7 +276,7 @@ impl Episodes {
         tx: &mut Tx,
         finding: &mut AlertState,
         group_by: GroupBy,
-        family: Family,
+        family: Option<Family>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let key = episode::key(group_by, finding, family);
@@ -243,6 +284,11 @@ impl Episodes {
             let e = &mut self.touched[i].0;
             episode::join(e, finding, now);
             finding.evidence.episode = Some(episode::reference(e));
+            // A silence that ran out while the episode went on: the
+            // receivers it kept quiet are paged now.
+            if e.silenced {
+                e.silenced = tx.silenced(e, now).await?;
+            }
             return Ok(());
         }
         let incident = tx.next_incident(&key).await?;
@@ -253,22 +299,44 @@ impl Episodes {
         Ok(())
     }
 
-    /// A grouped finding resolved: it leaves its episode.
-    async fn resolve(
+    /// Counts each open episode's firing findings, as stored after the
+    /// window's steps; an episode with none left resolves. Episodes the
+    /// window did not touch are counted too, and kept only when their
+    /// count changed.
+    async fn settle(
         &mut self,
         tx: &mut Tx,
-        finding: &AlertState,
+        v: &WindowVerdict,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let reference = finding.evidence.episode.as_deref();
-        let Some((key, incident)) = reference.and_then(episode::parse_reference) else {
-            return Ok(());
+        let open = tx.open_alerts_of(&v.model, &v.model_version).await?;
+        let (stored, findings): (Vec<_>, Vec<_>) = open
+            .into_iter()
+            .partition(|a| a.detector == episode::EPISODE);
+        let firing = |e: &AlertState| {
+            let reference = episode::reference(e);
+            findings
+                .iter()
+                .filter(|f| f.status == Status::Firing)
+                .filter(|f| f.evidence.episode.as_deref() == Some(reference.as_str()))
+                .count()
         };
-        if let Some(i) = self.open(tx, key).await? {
-            let e = &mut self.touched[i].0;
-            if e.incident == incident {
-                episode::leave(e, finding, now);
+        for mut e in stored {
+            let known = self.touched.iter().any(|(t, _)| t.id == e.id);
+            let was = e.evidence.members.as_ref().map(|m| m.firing);
+            let n = firing(&e);
+            if !known && was != Some(n) {
+                episode::settle(&mut e, n, v.seq, now);
+                self.touched.push((e, false));
             }
+        }
+        for (e, _) in self
+            .touched
+            .iter_mut()
+            .filter(|(e, _)| e.status != Status::Resolved)
+        {
+            let n = firing(e);
+            episode::settle(e, n, v.seq, now);
         }
         Ok(())
     }
@@ -285,6 +353,9 @@ impl Episodes {
     ) -> Result<Vec<(AlertState, Transition)>, StoreError> {
         let mut told = Vec::new();
         for (mut e, opened) in self.touched {
+            if opened {
+                e.evidence.paged_severity = Some(e.severity);
+            }
             let id = tx.save_alert(&e, now).await?;
             e.id = Some(id);
             if e.silenced {
@@ -661,10 +732,18 @@ mod tests {
         );
         let (_, told) = record_window(&store, &w1, &cfg, &route).await.unwrap();
         assert!(told.is_empty(), "{told:?}");
-        // Everything clean: the episode resolves once.
-        let w2 = findings(2, &[("feature_drift", "y", 0.5, None)]);
+        // y resolves too; pca and z hold the episode open.
+        let w2 = findings(
+            2,
+            &[
+                ("feature_drift", "y", 0.5, None),
+                ("multivariate_drift", "pca", 1e-3, None),
+                ("feature_drift", "z", 1e-12, None),
+            ],
+        );
         let (_, told) = record_window(&store, &w2, &cfg, &route).await.unwrap();
         assert!(told.is_empty(), "pca and z still fire: {told:?}");
+        // Everything clean: the episode resolves once.
         let w3 = findings(
             3,
             &[
@@ -683,6 +762,11 @@ mod tests {
         let transitions: Vec<Transition> = pager.iter().map(|(t, _)| *t).collect();
         assert_eq!(transitions, [Transition::Fired, Transition::Resolved]);
         let resolved = &pager[1].1;
+        assert_eq!(
+            resolved.evidence.paged_severity,
+            Some(Severity::Warning),
+            "labels keep the severity it paged with"
+        );
         assert_eq!(
             resolved.severity,
             Severity::Critical,
@@ -836,5 +920,131 @@ mod tests {
             .map(|(t, a)| (t, a.dedup_key))
             .collect();
         assert_eq!(got.len(), 4, "two triggers, two resolves: {got:?}");
+    }
+
+    /// A finding whose score stops coming (a per-client score with too few
+    /// clients, a detector turned off) resolves after `resolve_windows`
+    /// windows that did not score it, and its episode with it: neither stays
+    /// open for good to swallow the model's next episode.
+    #[tokio::test]
+    async fn a_finding_no_longer_scored_resolves_and_closes_its_episode() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let cfg = AlertsConfig {
+            pending_windows: 1,
+            resolve_windows: 2,
+            ..AlertsConfig::default()
+        };
+        let route = |_: &AlertState| vec!["team".to_string()];
+        let probing = ("boundary_probing", "margin_per_client", 1e-6, None);
+        let x_clean = ("feature_drift", "x", 0.5, None);
+        record_window(&store, &findings(0, &[probing, x_clean]), &cfg, &route)
+            .await
+            .unwrap();
+        // An errored window (scored nothing) says nothing.
+        let failed = WindowVerdict {
+            judged: Vec::new(),
+            error: Some("scoring failed".into()),
+            ..findings(1, &[])
+        };
+        record_window(&store, &failed, &cfg, &route).await.unwrap();
+        let (_, told) = record_window(&store, &findings(2, &[x_clean]), &cfg, &route)
+            .await
+            .unwrap();
+        assert!(told.is_empty(), "one window without the score: {told:?}");
+        let (_, told) = record_window(&store, &findings(3, &[x_clean]), &cfg, &route)
+            .await
+            .unwrap();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(
+            (told[0].0.detector.as_str(), told[0].1),
+            ("episode", Transition::Resolved)
+        );
+        // The model's next shift opens a new episode and pages.
+        let x = ("feature_drift", "x", 1e-6, None);
+        let (_, told) = record_window(&store, &findings(4, &[x]), &cfg, &route)
+            .await
+            .unwrap();
+        assert_eq!(told.len(), 1);
+        assert_eq!((told[0].0.incident, told[0].1), (2, Transition::Fired));
+    }
+
+    /// Episodes count their firing findings from the stored rows every
+    /// window: a finding that lost its link to the episode (written by an
+    /// older replica during an upgrade) cannot hold it open for good, and a
+    /// stale tally in the episode's own row (an acknowledgement racing a
+    /// window) is corrected.
+    #[tokio::test]
+    async fn an_episode_counts_its_firing_findings_from_the_store() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let cfg = AlertsConfig {
+            pending_windows: 1,
+            resolve_windows: 1,
+            ..AlertsConfig::default()
+        };
+        let route = |_: &AlertState| vec!["team".to_string()];
+        let x = ("feature_drift", "x", 1e-6, None);
+        record_window(&store, &findings(0, &[x]), &cfg, &route)
+            .await
+            .unwrap();
+        let rows = store.list_alerts(Some(Status::Firing)).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        for mut a in rows {
+            match a.evidence.members.as_mut() {
+                Some(m) => m.firing = 7,
+                None => a.evidence.episode = None,
+            }
+            tx.save_alert(&a, Utc::now()).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        let (_, told) = record_window(&store, &findings(1, &[x]), &cfg, &route)
+            .await
+            .unwrap();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(told[0].1, Transition::Resolved);
+        assert_eq!(told[0].0.evidence.members.as_ref().unwrap().firing, 0);
+    }
+
+    /// A silence that runs out while its episode goes on: the next finding
+    /// that joins pages the receivers it kept quiet.
+    #[tokio::test]
+    async fn an_episode_pages_once_its_silence_has_run_out() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let cfg = AlertsConfig {
+            pending_windows: 1,
+            ..AlertsConfig::default()
+        };
+        let route = |_: &AlertState| vec!["team".to_string()];
+        let id = store
+            .add_silence(
+                "m",
+                Some("episode"),
+                None,
+                "deploy",
+                Utc::now() + chrono::Duration::hours(1),
+            )
+            .await
+            .unwrap();
+        let x = ("feature_drift", "x", 1e-6, None);
+        let y = ("feature_drift", "y", 1e-6, None);
+        record_window(&store, &findings(0, &[x]), &cfg, &route)
+            .await
+            .unwrap();
+        assert!(drain(&store, "team").await.is_empty(), "silenced");
+        let Store::Sqlite(pool) = &store else {
+            unreachable!()
+        };
+        sqlx::query("UPDATE silences SET expires_at = $1 WHERE id = $2")
+            .bind(Utc::now() - chrono::Duration::minutes(1))
+            .bind(id)
+            .execute(pool)
+            .await
+            .unwrap();
+        record_window(&store, &findings(1, &[x, y]), &cfg, &route)
+            .await
+            .unwrap();
+        let team = drain(&store, "team").await;
+        assert_eq!(team.len(), 1, "{team:?}");
+        assert_eq!(team[0].0, Transition::Fired);
+        assert_eq!(team[0].1.evidence.members.as_ref().unwrap().joined, 2);
     }
 }

@@ -289,11 +289,12 @@ pub fn alertmanager_body(
                         "model_version": a.model_version,
                         "detector": a.detector,
                         "feature": a.feature,
-                        "severity": a.severity.as_str(),
+                        "severity": a.evidence.paged_severity.unwrap_or(a.severity).as_str(),
                         "dedup_key": a.dedup_key,
                     },
                     "annotations": {
                         "summary": summary(a),
+                        "severity_now": a.severity.as_str(),
                         "p_value": format!("{:e}", a.p_value),
                         "threshold": format!("{:e}", a.threshold),
                         "trace_id": a.trace_id.clone().unwrap_or_default(),

@@ -134,9 +134,16 @@ impl Store {
 }
 
 impl Tx {
+    /// One alert, locked on PostgreSQL until the transaction ends: an
+    /// acknowledgement writes the whole state back, and must not undo a
+    /// window's step in between.
     async fn alert_by_id(&mut self, id: i64) -> Result<Option<AlertState>> {
+        let sql = match self {
+            Tx::Postgres(_) => "SELECT id, state FROM alerts WHERE id = $1 FOR UPDATE",
+            Tx::Sqlite(_) => "SELECT id, state FROM alerts WHERE id = $1",
+        };
         let a = with_tx!(self, conn => {
-            sqlx::query("SELECT id, state FROM alerts WHERE id = $1")
+            sqlx::query(sql)
                 .bind(id)
                 .fetch_optional(conn)
                 .await?
@@ -145,6 +152,32 @@ impl Tx {
                 .transpose()?
         });
         Ok(a)
+    }
+
+    /// Every unresolved incident of one model version, findings and
+    /// episodes, oldest first, locked on PostgreSQL as `open_alert` locks.
+    pub async fn open_alerts_of(&mut self, model: &str, version: &str) -> Result<Vec<AlertState>> {
+        let sql = match self {
+            Tx::Postgres(_) => {
+                "SELECT id, state FROM alerts WHERE model = $1 AND model_version = $2
+                 AND status <> 'resolved' ORDER BY id FOR UPDATE"
+            }
+            Tx::Sqlite(_) => {
+                "SELECT id, state FROM alerts WHERE model = $1 AND model_version = $2
+                 AND status <> 'resolved' ORDER BY id"
+            }
+        };
+        let rows = with_tx!(self, conn => {
+            sqlx::query(sql)
+                .bind(model)
+                .bind(version)
+                .fetch_all(conn)
+                .await?
+                .iter()
+                .map(alert_row)
+                .collect::<std::result::Result<Vec<_>, _>>()?
+        });
+        Ok(rows)
     }
 
     /// The latest incident of `dedup_key` that has not resolved, locked on

@@ -23,6 +23,7 @@ macro_rules! migrations {
             migrations!(@ $dir, 10, "0010_reader_role.sql", "reader_role"),
             migrations!(@ $dir, 11, "0011_score_bands.sql", "score_bands"),
             migrations!(@ $dir, 12, "0012_window_classes.sql", "window_classes"),
+            migrations!(@ $dir, 13, "0013_open_alerts_by_model.sql", "open_alerts_by_model"),
         ]
     };
     (@ $dir:literal, $version:literal, $file:literal, $name:literal) => {
