@@ -200,6 +200,7 @@ fn ood_parity(engine: &Engine) {
             quantile: case["quantile"].as_f64().unwrap(),
             folds: case["folds"].as_u64().unwrap() as usize,
             max_reference: 1_000_000,
+            ..Default::default()
         };
         let fitted = ood::fit_space(engine, "features", &rows(&case["reference"]), &config)
             .unwrap()
@@ -1018,6 +1019,156 @@ fn a_boundary_search_by_one_client_is_found_while_the_window_looks_clean() {
         found.score.p_value
     );
     assert!(alarms <= 5, "{alarms} of 100 clean windows alarmed");
+}
+
+/// Model extraction: one client sweeps the input space evenly (uniform in
+/// the ball the reference's 99% of requests lie in, 8 features), 0.9% of a
+/// 2,000-request window from 201 clients. None of its queries is far out,
+/// so no window-level detector and no out-of-distribution score crosses;
+/// most of them lie in the reference's outer shell, where a real client
+/// puts one in ten, and the per-client coverage score names it.
+#[test]
+fn an_extraction_sweep_by_one_client_is_found_by_its_coverage() {
+    use rand::{Rng, SeedableRng};
+    const D: usize = 8;
+    // sqrt of the chi-squared(8) 0.99 quantile (scipy.stats.chi2.ppf(0.99, 8) = 20.090).
+    const RADIUS: f64 = 4.482;
+    let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+    let mut event = |i: usize, client: &str, sweeping: bool| -> TelemetryEvent {
+        let mut normal = || {
+            let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        };
+        let mut x: Vec<f64> = (0..D).map(|_| normal()).collect();
+        if sweeping {
+            let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let r = RADIUS * rng.random::<f64>().powf(1.0 / D as f64);
+            x.iter_mut().for_each(|v| *v *= r / norm);
+        }
+        let features: serde_json::Map<String, Value> = x
+            .iter()
+            .enumerate()
+            .map(|(j, v)| (format!("f{j}"), serde_json::json!(v)))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "model": "m", "ts": "2026-01-01T00:00:00Z", "request_id": format!("r{i}"),
+            "client_id": client, "features": features,
+        }))
+        .unwrap()
+    };
+    let reference: Vec<TelemetryEvent> = (0..4000)
+        .map(|i| event(i, &format!("c{}", i % 200), false))
+        .collect();
+    let fitted = scorer.fit("m", &reference, &[], 2000).unwrap();
+    let cfg = modelwatch::judge::JudgeConfig::default();
+    let mut window = |w: usize, attacked: bool| -> Vec<TelemetryEvent> {
+        let base = 10_000 * (w + 1);
+        let mut events: Vec<TelemetryEvent> = (0..1982)
+            .map(|i| event(base + i, &format!("c{}", i % 200), false))
+            .collect();
+        events.extend((0..18).map(|i| event(base + 5000 + i, "mallory", attacked)));
+        events
+    };
+    let judged = |events: &[TelemetryEvent]| {
+        modelwatch::judge::judge(&cfg, scorer.score(&fitted, events).unwrap().scores)
+    };
+    let coverage = |j: &[modelwatch::judge::Judged]| {
+        j.iter()
+            .find(|j| j.score.feature == "features_coverage_per_client")
+            .expect("a coverage score")
+            .clone()
+    };
+
+    let attacked = judged(&window(0, true));
+    let others: Vec<String> = attacked
+        .iter()
+        .filter(|j| j.crossed.is_some() && j.score.feature != "features_coverage_per_client")
+        .map(|j| {
+            format!(
+                "{}/{} p={:.2e}",
+                j.score.detector, j.score.feature, j.score.p_value
+            )
+        })
+        .collect();
+    assert!(others.is_empty(), "other crossings: {others:?}");
+    let found = coverage(&attacked);
+    assert!(found.crossed.is_some(), "{found:#?}");
+    assert_eq!(found.score.threat, Some(Threat::Extraction));
+    assert!(
+        found.score.method.contains("client=mallory ") && found.score.method.contains("/18 in"),
+        "{}",
+        found.score.method
+    );
+    assert!(
+        found
+            .score
+            .examples
+            .iter()
+            .all(|e| e.contains("client=mallory"))
+    );
+
+    let alarms = (1..=100)
+        .filter(|&w| coverage(&judged(&window(w, false))).crossed.is_some())
+        .count();
+    eprintln!(
+        "coverage per client: attacked window p={:.3e} ({}); {alarms} of 100 clean windows alarmed",
+        found.score.p_value, found.score.method
+    );
+    assert!(alarms <= 5, "{alarms} of 100 clean windows alarmed");
+}
+
+/// The per-client scores over a long clean run of many clients: 1,000
+/// windows of 1,000 requests from 100 clients (10 each), a classifier with
+/// 4 features. Each score is corrected for the clients it tests and the
+/// judge for the window's tests, so each may alarm in at most alpha (1%) of
+/// windows; more than 24 of 1,000 (the 99.99th percentile of
+/// Binomial(1000, 0.01)) fails.
+#[test]
+fn per_client_scores_alarm_at_no_more_than_alpha_over_a_thousand_clean_windows() {
+    use rand::{Rng, SeedableRng};
+    let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let mut event = |i: usize| -> TelemetryEvent {
+        let mut normal = || {
+            let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        };
+        let x: Vec<f64> = (0..4).map(|_| normal()).collect();
+        let p = 1.0 / (1.0 + (-(x[0] + 0.5 * x[1])).exp());
+        serde_json::from_value(serde_json::json!({
+            "model": "m", "ts": "2026-01-01T00:00:00Z", "request_id": format!("r{i}"),
+            "client_id": format!("c{}", i % 100),
+            "features": {"a": x[0], "b": x[1], "c": x[2], "d": x[3]},
+            "output": {"probabilities": {"no": 1.0 - p, "yes": p}},
+        }))
+        .unwrap()
+    };
+    let classes = ["no".to_string(), "yes".to_string()];
+    let reference: Vec<TelemetryEvent> = (0..5000).map(&mut event).collect();
+    let fitted = scorer.fit("m", &reference, &classes, 1000).unwrap();
+    let cfg = modelwatch::judge::JudgeConfig::default();
+    let per_client = [
+        "features_per_client",
+        "features_coverage_per_client",
+        "margin_per_client",
+    ];
+    let mut alarms = std::collections::BTreeMap::<&str, usize>::new();
+    for w in 0..1000 {
+        let events: Vec<TelemetryEvent> = (0..1000).map(|i| event(10_000 * (w + 1) + i)).collect();
+        let judged = modelwatch::judge::judge(&cfg, scorer.score(&fitted, &events).unwrap().scores);
+        for name in per_client {
+            let j = judged
+                .iter()
+                .find(|j| j.score.feature == name)
+                .unwrap_or_else(|| panic!("no {name} score"));
+            *alarms.entry(name).or_default() += usize::from(j.crossed.is_some());
+        }
+    }
+    eprintln!("per-client alarms in 1,000 clean windows of 100 clients: {alarms:?}");
+    for (name, n) in alarms {
+        assert!(n <= 24, "{name}: {n} of 1000 clean windows alarmed");
+    }
 }
 
 /// A model that grows less sure of itself: expected accuracy drops below

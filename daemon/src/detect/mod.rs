@@ -250,6 +250,8 @@ impl Reference {
                 "threshold": f.threshold,
                 "reference_exceed": f.reference_exceed,
                 "reference_rows": f.reference_rows,
+                "shell": f.shell,
+                "reference_shell": f.reference_shell,
             })).collect::<Vec<_>>(),
             "boundary_probing": self.probing.as_ref().map(|p| serde_json::json!({
                 "quantile": p.quantile,

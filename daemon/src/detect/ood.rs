@@ -34,6 +34,10 @@ pub struct Fitted {
     /// Cross-fitted reference distances above `threshold`, of `reference_rows`.
     pub reference_exceed: usize,
     pub reference_rows: usize,
+    /// The reference's outer shell begins at this distance (its
+    /// `coverage_quantile`), and so many reference rows lie in it.
+    pub shell: f64,
+    pub reference_shell: usize,
 }
 
 pub fn fit_space(
@@ -63,6 +67,8 @@ pub fn fit_space(
     sorted.sort_by(f64::total_cmp);
     let threshold = stats::quantile_sorted(&sorted, config.quantile);
     let reference_exceed = held_out.iter().filter(|v| **v > threshold).count();
+    let shell = stats::quantile_sorted(&sorted, config.coverage_quantile);
+    let reference_shell = held_out.iter().filter(|v| **v > shell).count();
     let Some((mean, precision, shrinkage)) = fit_covariance(rows) else {
         return Ok(None);
     };
@@ -75,6 +81,8 @@ pub fn fit_space(
         quantile: config.quantile,
         reference_exceed,
         reference_rows: n,
+        shell,
+        reference_shell,
     }))
 }
 
@@ -169,6 +177,7 @@ impl Detector for OutOfDistribution {
                 threat: Some(Threat::Evasion),
             });
             scores.extend(worst_client(self.name(), fitted, &distances, &senders));
+            scores.extend(widest_client(self.name(), fitted, &distances, &senders));
         }
         Ok(scores)
     }
@@ -232,10 +241,65 @@ fn worst_client(
         ),
         effect: None,
         examples: farthest(fitted, distances, senders, |s| {
-            s.client_id.as_deref() == Some(w.client)
+            w.sent(s.client_id.as_deref())
         }),
         band: None,
         threat: Some(Threat::Evasion),
+    })
+}
+
+/// Input-space coverage: real clients ask about the inputs the model was
+/// built for, so about `1 - coverage_quantile` of their requests lie in the
+/// reference's outer shell; an extraction attack sweeping the space evenly
+/// puts most of its queries there without any needing to be far out. The
+/// window's client with the largest share in the shell against the
+/// reference's (`clients::worst`).
+fn widest_client(
+    detector: &str,
+    fitted: &Fitted,
+    distances: &[f64],
+    senders: &[&Sender],
+) -> Option<Score> {
+    let reference = (fitted.reference_shell as u64, fitted.reference_rows as u64);
+    let requests = distances
+        .iter()
+        .zip(senders)
+        .map(|(d, s)| (s.client_id.as_deref(), *d > fitted.shell));
+    let w = clients::worst(requests, reference)?;
+    let mut examples: Vec<(f64, &Sender)> = distances
+        .iter()
+        .zip(senders.iter().copied())
+        .filter(|(d, s)| **d > fitted.shell && w.sent(s.client_id.as_deref()))
+        .map(|(d, s)| (*d, s))
+        .collect();
+    examples.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Some(Score {
+        detector: detector.to_string(),
+        family: Family::Security,
+        feature: format!("{}_coverage_per_client", fitted.space),
+        test: "shell_client_fisher".into(),
+        statistic: w.marked as f64 / w.requests as f64,
+        p_value: w.p_value,
+        n_reference: fitted.reference_rows,
+        n_window: w.requests as usize,
+        method: format!(
+            "worst of {m} clients with >= {MIN_CLIENT_REQUESTS} requests: client={client} {k}/{n} in the reference's outer shell (distance > {shell:.4}); reference_rate={}/{} fisher x{m} (bonferroni)",
+            reference.0,
+            reference.1,
+            m = w.tested,
+            client = w.client,
+            k = w.marked,
+            n = w.requests,
+            shell = fitted.shell,
+        ),
+        effect: None,
+        examples: examples
+            .iter()
+            .take(EXAMPLES)
+            .map(|(d, s)| format!("{} distance={d:.3}", s.label()))
+            .collect(),
+        band: None,
+        threat: Some(Threat::Extraction),
     })
 }
 
@@ -299,6 +363,9 @@ pub struct OodConfig {
     pub max_reference: usize,
     /// Folds of the cross-fit that sets the threshold.
     pub folds: usize,
+    /// The reference's outer shell, for input-space coverage per client,
+    /// begins at this quantile of its distances.
+    pub coverage_quantile: f64,
 }
 
 impl Default for OodConfig {
@@ -308,6 +375,7 @@ impl Default for OodConfig {
             quantile: 0.999,
             max_reference: 50_000,
             folds: 5,
+            coverage_quantile: 0.9,
         }
     }
 }
@@ -317,6 +385,12 @@ impl OodConfig {
         let q = self.quantile;
         if !(q > 0.5 && q < 1.0) {
             return Err(format!("detect.ood.quantile must lie in (0.5, 1), got {q}"));
+        }
+        let c = self.coverage_quantile;
+        if !(c >= 0.5 && c < q) {
+            return Err(format!(
+                "detect.ood.coverage_quantile must lie in [0.5, quantile = {q}), got {c}"
+            ));
         }
         Ok(())
     }

@@ -22,9 +22,9 @@ const EXAMPLES: usize = 5;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fitted {
     pub quantile: f64,
-    /// Margins under this are near the boundary.
+    /// Margins at or under this are near the boundary.
     pub threshold: f64,
-    /// Reference margins under `threshold`, of `reference_rows`.
+    /// Reference margins at or under `threshold`, of `reference_rows`.
     pub reference_low: usize,
     pub reference_rows: usize,
 }
@@ -60,7 +60,9 @@ pub fn fit(frame: &Frame, config: &ProbingConfig) -> Option<Fitted> {
     }
     margins.sort_by(f64::total_cmp);
     let threshold = stats::quantile_sorted(&margins, config.margin_quantile);
-    let reference_low = margins.iter().filter(|m| **m < threshold).count();
+    // At or under: a reference whose low margins tie at the quantile (a
+    // model that often answers exactly 50/50) still marks them.
+    let reference_low = margins.iter().filter(|m| **m <= threshold).count();
     Some(Fitted {
         quantile: config.margin_quantile,
         threshold,
@@ -93,7 +95,7 @@ impl Detector for BoundaryProbing {
             .collect();
         let requests = calls
             .iter()
-            .map(|(m, s)| (s.client_id.as_deref(), *m < fitted.threshold));
+            .map(|(m, s)| (s.client_id.as_deref(), *m <= fitted.threshold));
         let reference_rate = (fitted.reference_low as u64, fitted.reference_rows as u64);
         let Some(w) = clients::worst(requests, reference_rate) else {
             return Ok(Vec::new());
@@ -108,7 +110,7 @@ impl Detector for BoundaryProbing {
             n_reference: fitted.reference_rows,
             n_window: w.requests as usize,
             method: format!(
-                "worst of {m} clients with >= {MIN_CLIENT_REQUESTS} requests: client={client} {k}/{n} with top-2 margin < {t:.4} (reference q{q}); reference_rate={}/{} fisher x{m} (bonferroni)",
+                "worst of {m} clients with >= {MIN_CLIENT_REQUESTS} requests: client={client} {k}/{n} with top-2 margin <= {t:.4} (reference q{q}); reference_rate={}/{} fisher x{m} (bonferroni)",
                 reference_rate.0,
                 reference_rate.1,
                 m = w.tested,
@@ -119,7 +121,7 @@ impl Detector for BoundaryProbing {
                 q = fitted.quantile,
             ),
             effect: None,
-            examples: closest(&calls, w.client, fitted.threshold),
+            examples: closest(&calls, &w, fitted.threshold),
             band: None,
             threat: Some(Threat::Evasion),
         }])
@@ -127,10 +129,10 @@ impl Detector for BoundaryProbing {
 }
 
 /// The client's requests nearest the boundary: `req-17 client=m margin=0.0031`.
-fn closest(calls: &[(f64, &Sender)], client: &str, threshold: f64) -> Vec<String> {
+fn closest(calls: &[(f64, &Sender)], worst: &clients::Worst, threshold: f64) -> Vec<String> {
     let mut near: Vec<&(f64, &Sender)> = calls
         .iter()
-        .filter(|(m, s)| *m < threshold && s.client_id.as_deref() == Some(client))
+        .filter(|(m, s)| *m <= threshold && worst.sent(s.client_id.as_deref()))
         .collect();
     near.sort_by(|a, b| a.0.total_cmp(&b.0));
     near.iter()

@@ -17,16 +17,25 @@ pub enum Threat {
     /// The outputs changed with a new version: what it was trained on or
     /// shipped with (a backdoor) is suspect.
     Poisoning,
+    /// Queries that sweep the input space, as a copy of the model is
+    /// trained from its answers.
+    Extraction,
 }
 
 impl Threat {
-    pub const ALL: [Threat; 3] = [Threat::Evasion, Threat::Tampering, Threat::Poisoning];
+    pub const ALL: [Threat; 4] = [
+        Threat::Evasion,
+        Threat::Tampering,
+        Threat::Poisoning,
+        Threat::Extraction,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Threat::Evasion => "evasion",
             Threat::Tampering => "tampering",
             Threat::Poisoning => "poisoning",
+            Threat::Extraction => "extraction",
         }
     }
 
@@ -36,6 +45,7 @@ impl Threat {
             Threat::Evasion => &[EVADE, BLACK_BOX_OPTIMIZATION, VERIFY_ATTACK],
             Threat::Tampering => &[MANIPULATE_MODEL, SUPPLY_CHAIN],
             Threat::Poisoning => &[POISON_TRAINING_DATA, POISON_MODEL, BACKDOOR_TRIGGER],
+            Threat::Extraction => &[EXTRACT_MODEL, PROXY_VIA_REPLICATION],
         }
     }
 
@@ -50,6 +60,7 @@ impl Threat {
             Threat::Evasion => &["ML01"],
             Threat::Tampering => &["ML06", "ML09"],
             Threat::Poisoning => &["ML02", "ML10", "LLM04"],
+            Threat::Extraction => &["ML05", "LLM10"],
         }
     }
 
@@ -64,6 +75,9 @@ impl Threat {
             }
             Threat::Poisoning => {
                 "the outputs changed with a new model version: its training data or artefact may be poisoned or backdoored"
+            }
+            Threat::Extraction => {
+                "one client's queries sweep the input space far more evenly than real traffic: the model may be being copied through its API"
             }
         }
     }
@@ -106,6 +120,16 @@ const POISON_MODEL: Technique = Technique {
 };
 const SUPPLY_CHAIN: Technique = technique("AML.T0010", "AI Supply Chain Compromise");
 const POISON_TRAINING_DATA: Technique = technique("AML.T0020", "Poison Training Data");
+const EXTRACT_MODEL: Technique = Technique {
+    id: "AML.T0024.002",
+    name: "Extract AI Model",
+    parent: Some(("AML.T0024", "Exfiltration via AI Inference API")),
+};
+const PROXY_VIA_REPLICATION: Technique = Technique {
+    id: "AML.T0005.001",
+    name: "Train Proxy via Replication",
+    parent: Some(("AML.T0005", "Create Proxy AI Model")),
+};
 
 #[cfg(test)]
 mod tests {
@@ -114,7 +138,7 @@ mod tests {
     /// Every id is spelt as ATLAS and OWASP spell them.
     #[test]
     fn ids_are_well_formed() {
-        for t in [Threat::Evasion, Threat::Tampering, Threat::Poisoning] {
+        for t in Threat::ALL {
             assert!(!t.atlas().is_empty() && !t.owasp().is_empty());
             for tech in t.techniques() {
                 if let Some((parent, _)) = tech.parent {
