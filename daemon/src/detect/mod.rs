@@ -5,7 +5,7 @@
 //! the host (`stats`). Scoring blocks; `Scorer` runs on its own thread.
 
 pub mod band;
-mod clients;
+pub mod clients;
 pub mod confidence;
 mod drift;
 pub mod engine;
