@@ -2,23 +2,48 @@
 //! sending a few percent of a large window's requests hides in its total;
 //! tested alone, its share of suspicious requests stands out.
 
-use super::stats;
+use super::threat::Threat;
+use super::{Effect, Family, Score, stats};
 
 /// Requests a client must send in a window to be tested on its own.
 pub const MIN_CLIENT_REQUESTS: u64 = 5;
 
-/// Where requests without a client id are counted together.
-pub const NO_CLIENT: &str = "(no client id)";
-/// Where the requests of clients too small to test alone are counted
-/// together: an attacker rotating ids, a few requests each, lands here.
-pub const SMALL_CLIENTS: &str = "(clients with fewer than 5 requests)";
+/// How many times the reference's rate a client's share must reach to
+/// alert. The p-value alone pages a heavy, ordinary client whose share is a
+/// little above the reference's (12% of 5,000 requests against 10% is
+/// p ~ 1e-6); the attacks these scores are for sit far above it (a
+/// boundary search near 100% against 1%, an extraction sweep at 8 times).
+pub const MIN_SHARE_RATIO: f64 = 3.0;
+
+/// Who sent a group of the window's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Who<'a> {
+    Client(&'a str),
+    /// Requests without a client id, counted together.
+    Anonymous,
+    /// The requests of clients too small to test alone, counted together:
+    /// an attacker rotating ids, a few requests each, lands here.
+    Small,
+}
+
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Who::Client(c) => f.write_str(c),
+            Who::Anonymous => f.write_str("(no client id)"),
+            Who::Small => write!(
+                f,
+                "(clients with fewer than {MIN_CLIENT_REQUESTS} requests)"
+            ),
+        }
+    }
+}
 
 /// The client most unlike the reference, by the share of its requests a
 /// signal marks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Worst<'a> {
-    /// The client, or `NO_CLIENT` or `SMALL_CLIENTS`.
-    pub client: &'a str,
+    pub client: Who<'a>,
     /// Its requests, and how many of them were marked.
     pub requests: u64,
     pub marked: u64,
@@ -32,9 +57,58 @@ impl Worst<'_> {
     /// Whether a request of `client` is counted in the worst one.
     pub fn sent(&self, client: Option<&str>) -> bool {
         match (client, self.client) {
-            (None, c) => c == NO_CLIENT,
-            (Some(c), SMALL_CLIENTS) => self.small.contains(c),
-            (Some(c), worst) => c == worst,
+            (None, who) => who == Who::Anonymous,
+            (Some(c), Who::Small) => self.small.contains(c),
+            (Some(c), Who::Client(worst)) => c == worst,
+            (Some(_), Who::Anonymous) => false,
+        }
+    }
+}
+
+/// A per-client signal, as its score names it.
+pub struct Signal<'s> {
+    pub detector: &'s str,
+    pub feature: String,
+    pub test: &'static str,
+    /// What a marked request is, for the score's method ("beyond q0.999").
+    pub marks: String,
+    /// The reference's marked requests, and its rows.
+    pub reference: (u64, u64),
+    pub threat: Threat,
+}
+
+impl Worst<'_> {
+    /// The window's score of `signal`: the worst client's share of marked
+    /// requests, with `examples` of them. Gated on the share's ratio to the
+    /// reference's rate (`MIN_SHARE_RATIO`).
+    pub fn score(&self, signal: Signal<'_>, examples: Vec<String>) -> Score {
+        let (m, (k_ref, n_ref)) = (self.tested, signal.reference);
+        let share = self.marked as f64 / self.requests as f64;
+        // A reference that never marks: any marked share is past it.
+        let reference_rate = (k_ref.max(1) as f64) / (n_ref.max(1) as f64);
+        Score {
+            detector: signal.detector.to_string(),
+            family: Family::Security,
+            feature: signal.feature,
+            test: signal.test.into(),
+            statistic: share,
+            p_value: self.p_value,
+            n_reference: n_ref as usize,
+            n_window: self.requests as usize,
+            method: format!(
+                "worst of {m} clients with >= {MIN_CLIENT_REQUESTS} requests: client={} {}/{} {}; reference_rate={k_ref}/{n_ref} fisher x{m} (bonferroni)",
+                self.client, self.marked, self.requests, signal.marks,
+            ),
+            effect: Some(Effect {
+                name: "share_ratio".into(),
+                value: share / reference_rate,
+                threshold: MIN_SHARE_RATIO,
+                gating: true,
+                band: None,
+            }),
+            examples,
+            band: None,
+            threat: Some(signal.threat),
         }
     }
 }
@@ -42,35 +116,38 @@ impl Worst<'_> {
 /// Fisher's exact test of each client with at least `MIN_CLIENT_REQUESTS`
 /// requests against the reference's rate (`reference` = marked, rows);
 /// requests without a client id, and those of clients below the minimum,
-/// are tested as two more clients. The smallest p-value times the number
-/// of clients tested, so that across clients the false-alarm rate stays
-/// within the judge's alpha. One result however many clients, so invented
-/// client ids cannot multiply alerts; none with fewer than two clients
-/// tested (the window's own score then says it all). State lives for the
-/// window only: bounded by its size.
+/// are tested as two more clients (a client cannot pass for either: they
+/// are not names). The smallest p-value times the number of clients
+/// tested, so that across clients the false-alarm rate stays within the
+/// judge's alpha. One result however many clients, so invented client ids
+/// cannot multiply alerts; none with fewer than two clients tested (the
+/// window's own score then says it all). State lives for the window only:
+/// bounded by its size.
 pub fn worst<'a>(
     requests: impl IntoIterator<Item = (Option<&'a str>, bool)>,
     reference: (u64, u64),
 ) -> Option<Worst<'a>> {
-    let mut clients: std::collections::HashMap<&str, (u64, u64)> = Default::default();
+    let mut clients: std::collections::HashMap<Who<'a>, (u64, u64)> = Default::default();
     for (client, marked) in requests {
-        let (n, k) = clients.entry(client.unwrap_or(NO_CLIENT)).or_default();
+        let (n, k) = clients
+            .entry(client.map_or(Who::Anonymous, Who::Client))
+            .or_default();
         *n += 1;
         *k += u64::from(marked);
     }
     let mut small = std::collections::HashSet::new();
     let (mut pooled_n, mut pooled_k) = (0, 0);
-    clients.retain(|c, (n, k)| {
-        if *n >= MIN_CLIENT_REQUESTS || *c == NO_CLIENT {
-            return true;
+    clients.retain(|who, (n, k)| match who {
+        Who::Client(c) if *n < MIN_CLIENT_REQUESTS => {
+            small.insert(*c);
+            pooled_n += *n;
+            pooled_k += *k;
+            false
         }
-        small.insert(*c);
-        pooled_n += *n;
-        pooled_k += *k;
-        false
+        _ => true,
     });
-    clients.insert(SMALL_CLIENTS, (pooled_n, pooled_k));
-    let tested: Vec<(&str, u64, u64, f64)> = clients
+    clients.insert(Who::Small, (pooled_n, pooled_k));
+    let tested: Vec<(Who, u64, u64, f64)> = clients
         .into_iter()
         .filter(|(_, (n, _))| *n >= MIN_CLIENT_REQUESTS)
         .map(|(c, (n, k))| {
@@ -87,14 +164,14 @@ pub fn worst<'a>(
     }
     let &(client, requests, marked, p) = tested
         .iter()
-        .min_by(|a, b| a.3.total_cmp(&b.3).then_with(|| a.0.cmp(b.0)))?;
+        .min_by(|a, b| a.3.total_cmp(&b.3).then_with(|| a.0.cmp(&b.0)))?;
     Some(Worst {
         client,
         requests,
         marked,
         p_value: (p * tested.len() as f64).min(1.0),
         tested: tested.len(),
-        small: if client == SMALL_CLIENTS {
+        small: if client == Who::Small {
             small
         } else {
             Default::default()
@@ -119,7 +196,7 @@ mod tests {
         // a, b, c, mallory; "few" and the anonymous stay under 5 requests.
         assert_eq!(
             (w.client, w.requests, w.marked, w.tested),
-            ("mallory", 10, 6, 4)
+            (Who::Client("mallory"), 10, 6, 4)
         );
         let alone = stats::fisher_greater(6, 10, 10, 1000);
         assert!((w.p_value - 4.0 * alone).abs() < 1e-15 * alone.max(1e-300));
@@ -133,12 +210,54 @@ mod tests {
         let ids: Vec<String> = (0..10).map(|i| format!("rot{i}")).collect();
         rotating.extend(ids.iter().flat_map(|id| [(Some(id.as_str()), true); 2]));
         let w = worst(rotating, (10, 1000)).unwrap();
-        assert_eq!((w.client, w.requests, w.marked), (SMALL_CLIENTS, 20, 20));
+        assert_eq!((w.client, w.requests, w.marked), (Who::Small, 20, 20));
         assert!(w.sent(Some("rot3")) && !w.sent(Some("a")));
         let mut anonymous: Vec<(Option<&str>, bool)> = requests[..60].to_vec();
         anonymous.extend([(None, true); 8]);
         let w = worst(anonymous, (10, 1000)).unwrap();
-        assert_eq!((w.client, w.requests, w.marked), (NO_CLIENT, 8, 8));
+        assert_eq!((w.client, w.requests, w.marked), (Who::Anonymous, 8, 8));
         assert!(w.sent(None));
+
+        // A client named like a pool is a client like any other.
+        let mut named: Vec<(Option<&str>, bool)> = requests[..60].to_vec();
+        let pool = Who::Small.to_string();
+        named.extend([(Some(pool.as_str()), true); 8]);
+        let w = worst(named, (10, 1000)).unwrap();
+        assert_eq!((w.client, w.requests), (Who::Client(&pool), 8));
+        assert!(w.sent(Some(&pool)) && !w.sent(None));
+    }
+
+    /// A heavy, ordinary client a little above the reference's rate has a
+    /// tiny p-value on its many requests but is no attacker: the share's
+    /// ratio to the reference's rate gates the page.
+    #[test]
+    fn a_heavy_client_slightly_above_the_reference_rate_does_not_page() {
+        let mut requests: Vec<(Option<&str>, bool)> =
+            (0..20_000).map(|i| (Some("big"), i % 25 < 3)).collect();
+        requests.extend((0..100).map(|i| (Some("small"), i % 10 == 0)));
+        let w = worst(requests, (4000, 40_000)).unwrap();
+        assert_eq!((w.client, w.marked), (Who::Client("big"), 2400));
+        let signal = |reference| Signal {
+            detector: "out_of_distribution",
+            feature: "features_coverage_per_client".into(),
+            test: "shell_client_fisher",
+            marks: "in the shell".into(),
+            reference,
+            threat: Threat::Extraction,
+        };
+        let score = w.score(signal((4000, 40_000)), Vec::new());
+        assert!(score.p_value < 1e-4, "{}", score.p_value);
+        let judged = crate::judge::judge(&Default::default(), vec![score]);
+        assert!(judged[0].crossed.is_none(), "{judged:?}");
+        // Three times the reference's rate pages.
+        let mut requests: Vec<(Option<&str>, bool)> =
+            (0..500).map(|i| (Some("big"), i % 10 < 4)).collect();
+        requests.extend((0..100).map(|i| (Some("small"), i % 10 == 0)));
+        let w = worst(requests, (400, 4000)).unwrap();
+        let judged = crate::judge::judge(
+            &Default::default(),
+            vec![w.score(signal((400, 4000)), Vec::new())],
+        );
+        assert!(judged[0].crossed.is_some(), "{judged:?}");
     }
 }

@@ -10,7 +10,7 @@
 //! quantile itself is accounted for.
 
 use super::band;
-use super::clients::{self, MIN_CLIENT_REQUESTS};
+use super::clients;
 use super::frame::Sender;
 use super::threat::Threat;
 use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, linalg, stats};
@@ -220,32 +220,18 @@ fn worst_client(
         .zip(senders)
         .map(|(d, s)| (s.client_id.as_deref(), *d > fitted.threshold));
     let w = clients::worst(requests, reference)?;
-    Some(Score {
-        detector: detector.to_string(),
-        family: Family::Security,
+    let examples = farthest(fitted, distances, senders, |s| {
+        w.sent(s.client_id.as_deref())
+    });
+    let signal = clients::Signal {
+        detector,
         feature: format!("{}_per_client", fitted.space),
-        test: "ood_client_fisher".into(),
-        statistic: w.marked as f64 / w.requests as f64,
-        p_value: w.p_value,
-        n_reference: fitted.reference_rows,
-        n_window: w.requests as usize,
-        method: format!(
-            "worst of {m} clients with >= {MIN_CLIENT_REQUESTS} requests: client={client} {k}/{n} beyond q{q}; reference_rate={}/{} fisher x{m} (bonferroni)",
-            reference.0,
-            reference.1,
-            m = w.tested,
-            client = w.client,
-            k = w.marked,
-            n = w.requests,
-            q = fitted.quantile,
-        ),
-        effect: None,
-        examples: farthest(fitted, distances, senders, |s| {
-            w.sent(s.client_id.as_deref())
-        }),
-        band: None,
-        threat: Some(Threat::Evasion),
-    })
+        test: "ood_client_fisher",
+        marks: format!("beyond q{}", fitted.quantile),
+        reference,
+        threat: Threat::Evasion,
+    };
+    Some(w.score(signal, examples))
 }
 
 /// Input-space coverage: real clients ask about the inputs the model was
@@ -273,34 +259,23 @@ fn widest_client(
         .map(|(d, s)| (*d, s))
         .collect();
     examples.sort_by(|a, b| b.0.total_cmp(&a.0));
-    Some(Score {
-        detector: detector.to_string(),
-        family: Family::Security,
+    let examples = examples
+        .iter()
+        .take(EXAMPLES)
+        .map(|(d, s)| format!("{} distance={d:.3}", s.label()))
+        .collect();
+    let signal = clients::Signal {
+        detector,
         feature: format!("{}_coverage_per_client", fitted.space),
-        test: "shell_client_fisher".into(),
-        statistic: w.marked as f64 / w.requests as f64,
-        p_value: w.p_value,
-        n_reference: fitted.reference_rows,
-        n_window: w.requests as usize,
-        method: format!(
-            "worst of {m} clients with >= {MIN_CLIENT_REQUESTS} requests: client={client} {k}/{n} in the reference's outer shell (distance > {shell:.4}); reference_rate={}/{} fisher x{m} (bonferroni)",
-            reference.0,
-            reference.1,
-            m = w.tested,
-            client = w.client,
-            k = w.marked,
-            n = w.requests,
-            shell = fitted.shell,
+        test: "shell_client_fisher",
+        marks: format!(
+            "in the reference's outer shell (distance > {:.4})",
+            fitted.shell
         ),
-        effect: None,
-        examples: examples
-            .iter()
-            .take(EXAMPLES)
-            .map(|(d, s)| format!("{} distance={d:.3}", s.label()))
-            .collect(),
-        band: None,
-        threat: Some(Threat::Extraction),
-    })
+        reference,
+        threat: Threat::Extraction,
+    };
+    Some(w.score(signal, examples))
 }
 
 /// How many of a frame's events have a row of the fitted space's width.
@@ -387,9 +362,9 @@ impl OodConfig {
             return Err(format!("detect.ood.quantile must lie in (0.5, 1), got {q}"));
         }
         let c = self.coverage_quantile;
-        if !(c >= 0.5 && c < q) {
+        if !(0.5..1.0).contains(&c) {
             return Err(format!(
-                "detect.ood.coverage_quantile must lie in [0.5, quantile = {q}), got {c}"
+                "detect.ood.coverage_quantile must lie in [0.5, 1), got {c}"
             ));
         }
         Ok(())

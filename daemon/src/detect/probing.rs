@@ -10,10 +10,10 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::clients::{self, MIN_CLIENT_REQUESTS};
+use super::clients;
 use super::frame::Sender;
 use super::threat::Threat;
-use super::{DetectError, Detector, Engine, Family, Frame, Reference, Score, stats};
+use super::{DetectError, Detector, Engine, Frame, Reference, Score, stats};
 
 /// How many of the client's closest calls a score names.
 const EXAMPLES: usize = 5;
@@ -100,31 +100,18 @@ impl Detector for BoundaryProbing {
         let Some(w) = clients::worst(requests, reference_rate) else {
             return Ok(Vec::new());
         };
-        Ok(vec![Score {
-            detector: self.name().to_string(),
-            family: Family::Security,
+        let signal = clients::Signal {
+            detector: self.name(),
             feature: "margin_per_client".into(),
-            test: "low_margin_client_fisher".into(),
-            statistic: w.marked as f64 / w.requests as f64,
-            p_value: w.p_value,
-            n_reference: fitted.reference_rows,
-            n_window: w.requests as usize,
-            method: format!(
-                "worst of {m} clients with >= {MIN_CLIENT_REQUESTS} requests: client={client} {k}/{n} with top-2 margin <= {t:.4} (reference q{q}); reference_rate={}/{} fisher x{m} (bonferroni)",
-                reference_rate.0,
-                reference_rate.1,
-                m = w.tested,
-                client = w.client,
-                k = w.marked,
-                n = w.requests,
-                t = fitted.threshold,
-                q = fitted.quantile,
+            test: "low_margin_client_fisher",
+            marks: format!(
+                "with top-2 margin <= {:.4} (reference q{})",
+                fitted.threshold, fitted.quantile
             ),
-            effect: None,
-            examples: closest(&calls, &w, fitted.threshold),
-            band: None,
-            threat: Some(Threat::Evasion),
-        }])
+            reference: reference_rate,
+            threat: Threat::Evasion,
+        };
+        Ok(vec![w.score(signal, closest(&calls, &w, fitted.threshold))])
     }
 }
 

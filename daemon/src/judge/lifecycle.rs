@@ -124,6 +124,10 @@ pub struct AlertState {
     pub status: Status,
     pub consecutive_bad: u32,
     pub consecutive_clean: u32,
+    /// Consecutive windows of its model version that did not score its
+    /// condition at all.
+    #[serde(default)]
+    pub consecutive_unscored: u32,
     /// Statistic, p-value and threshold of the latest window past threshold.
     pub score: f64,
     pub p_value: f64,
@@ -235,6 +239,7 @@ pub fn step(
         }
         (Some(mut a), crossed) => {
             let v = obs.verdict;
+            a.consecutive_unscored = 0;
             a.last_window_seq = v.seq;
             a.window_end = a.window_end.max(v.end);
             a.model_version = v.model_version.clone();
@@ -275,6 +280,7 @@ fn new_incident(
         status: Status::Pending,
         consecutive_bad: 1,
         consecutive_clean: 0,
+        consecutive_unscored: 0,
         score: s.statistic,
         p_value: s.p_value,
         threshold: obs.judged.threshold,
@@ -336,8 +342,10 @@ fn still_crossed(
 }
 
 /// An open alert that `v` did not score at all (a per-client score with too
-/// few clients, a detector turned off, a feature gone from the schema): no
-/// sign of its condition, so a clean window for it. Without this, an alert
+/// few clients, a detector turned off, a feature gone from the schema).
+/// Scores come and go (labels in some windows only), so one such window
+/// says little: a pending alert waits for its next score, and a firing one
+/// resolves only after `unscored_windows` in a row. Without this, an alert
 /// whose score stopped coming would stay open for good, and so would the
 /// episode it belongs to.
 pub fn unscored(
@@ -346,9 +354,15 @@ pub fn unscored(
     config: &AlertsConfig,
     now: DateTime<Utc>,
 ) -> Option<Transition> {
+    a.consecutive_unscored += 1;
     a.last_window_seq = a.last_window_seq.max(v.seq);
     a.window_end = a.window_end.max(v.end);
-    clean(a, config, now)
+    if a.status != Status::Firing || a.consecutive_unscored < config.unscored_windows.max(1) {
+        return None;
+    }
+    a.status = Status::Resolved;
+    a.resolved_at = Some(now);
+    Some(Transition::Resolved)
 }
 
 /// An open alert whose condition did not hold in this window.
@@ -411,6 +425,10 @@ pub struct AlertsConfig {
     /// model and detector family) or `finding` (every detector and feature
     /// pages on its own). Findings keep their own rows either way.
     pub group_by: GroupBy,
+    /// Consecutive windows of a model version that do not score a firing
+    /// alert's condition at all (its detector off, its feature gone, too
+    /// few clients for a per-client score) before it resolves as gone.
+    pub unscored_windows: u32,
 }
 
 impl Default for AlertsConfig {
@@ -423,6 +441,7 @@ impl Default for AlertsConfig {
             link_template: String::new(),
             evidence_windows: 5,
             group_by: GroupBy::default(),
+            unscored_windows: 10,
         }
     }
 }

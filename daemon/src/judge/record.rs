@@ -922,24 +922,40 @@ mod tests {
         assert_eq!(got.len(), 4, "two triggers, two resolves: {got:?}");
     }
 
-    /// A finding whose score stops coming (a per-client score with too few
-    /// clients, a detector turned off) resolves after `resolve_windows`
-    /// windows that did not score it, and its episode with it: neither stays
-    /// open for good to swallow the model's next episode.
+    /// A firing finding whose score stops coming (a per-client score with
+    /// too few clients, a detector turned off) resolves after
+    /// `unscored_windows` windows that did not score it, and its episode
+    /// with it: neither stays open for good to swallow the model's next
+    /// episode. A pending one waits for its next score (labels that come
+    /// every other window must not keep an error alert from firing).
     #[tokio::test]
     async fn a_finding_no_longer_scored_resolves_and_closes_its_episode() {
         let store = Store::open("sqlite::memory:", 1).await.unwrap();
         let cfg = AlertsConfig {
             pending_windows: 1,
-            resolve_windows: 2,
+            unscored_windows: 2,
+            per_detector: [(
+                "regression_error".to_string(),
+                super::super::Hysteresis {
+                    pending_windows: Some(3),
+                    resolve_windows: None,
+                },
+            )]
+            .into(),
             ..AlertsConfig::default()
         };
         let route = |_: &AlertState| vec!["team".to_string()];
         let probing = ("boundary_probing", "margin_per_client", 1e-6, None);
+        let error = ("regression_error", "mae", 1e-6, None);
         let x_clean = ("feature_drift", "x", 0.5, None);
-        record_window(&store, &findings(0, &[probing, x_clean]), &cfg, &route)
-            .await
-            .unwrap();
+        record_window(
+            &store,
+            &findings(0, &[probing, error, x_clean]),
+            &cfg,
+            &route,
+        )
+        .await
+        .unwrap();
         // An errored window (scored nothing) says nothing.
         let failed = WindowVerdict {
             judged: Vec::new(),
@@ -959,6 +975,14 @@ mod tests {
             (told[0].0.detector.as_str(), told[0].1),
             ("episode", Transition::Resolved)
         );
+        let pending: Vec<String> = store
+            .list_alerts(Some(Status::Pending))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.detector)
+            .collect();
+        assert_eq!(pending, ["regression_error"], "a pending alert waits");
         // The model's next shift opens a new episode and pages.
         let x = ("feature_drift", "x", 1e-6, None);
         let (_, told) = record_window(&store, &findings(4, &[x]), &cfg, &route)

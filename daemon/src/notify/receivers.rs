@@ -442,6 +442,7 @@ pub(crate) mod tests {
             status: Status::Firing,
             consecutive_bad: 2,
             consecutive_clean: 0,
+            consecutive_unscored: 0,
             score: 0.4,
             p_value: 1e-9,
             threshold: 1e-3,
