@@ -935,6 +935,44 @@ fn one_probing_client_is_found_among_many_and_clean_clients_stay_quiet() {
     assert!(alarms <= 5, "{alarms} of 100 clean windows alarmed");
 }
 
+/// One attacker among 200 benign clients, as the per-client tests plant
+/// it: a 4,000-request reference, then windows of `benign` requests from
+/// the benign clients and `attack` from "mallory", attacking in window 0
+/// only. Returns window 0's judgements and how many of 100 clean windows
+/// alarmed on `feature`.
+fn plant_one_attacker(
+    scorer: &Scorer,
+    mut event: impl FnMut(usize, &str, bool) -> TelemetryEvent,
+    classes: &[String],
+    (benign, attack): (usize, usize),
+    feature: &str,
+) -> (Vec<modelwatch::judge::Judged>, usize) {
+    let reference: Vec<TelemetryEvent> = (0..4000)
+        .map(|i| event(i, &format!("c{}", i % 200), false))
+        .collect();
+    let fitted = scorer
+        .fit("m", &reference, classes, benign + attack)
+        .unwrap();
+    let cfg = modelwatch::judge::JudgeConfig::default();
+    let mut judged = |w: usize, attacked: bool| {
+        let base = 10_000 * (w + 1);
+        let mut events: Vec<TelemetryEvent> = (0..benign)
+            .map(|i| event(base + i, &format!("c{}", i % 200), false))
+            .collect();
+        events.extend((0..attack).map(|i| event(base + 5000 + i, "mallory", attacked)));
+        modelwatch::judge::judge(&cfg, scorer.score(&fitted, &events).unwrap().scores)
+    };
+    let attacked = judged(0, true);
+    let alarms = (1..=100)
+        .filter(|&w| {
+            judged(w, false)
+                .iter()
+                .any(|j| j.score.feature == feature && j.crossed.is_some())
+        })
+        .count();
+    (attacked, alarms)
+}
+
 /// A decision-based evasion search: one client's queries sit on the
 /// decision boundary (top two classes nearly tied), 1% of a 2,000-request
 /// window from 201 clients. The window's confidence detectors stay quiet;
@@ -945,7 +983,7 @@ fn a_boundary_search_by_one_client_is_found_while_the_window_looks_clean() {
     use rand::{Rng, SeedableRng};
     let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
-    let mut event = |i: usize, client: &str, probing: bool| -> TelemetryEvent {
+    let event = |i: usize, client: &str, probing: bool| -> TelemetryEvent {
         let x: f64 = rng.random_range(-4.0..4.0);
         // A search converges on the boundary: within a hair of 0.5.
         let p = if probing {
@@ -961,30 +999,8 @@ fn a_boundary_search_by_one_client_is_found_while_the_window_looks_clean() {
         .unwrap()
     };
     let classes = ["no".to_string(), "yes".to_string()];
-    let reference: Vec<TelemetryEvent> = (0..4000)
-        .map(|i| event(i, &format!("c{}", i % 200), false))
-        .collect();
-    let fitted = scorer.fit("m", &reference, &classes, 2000).unwrap();
-    let cfg = modelwatch::judge::JudgeConfig::default();
-    let mut window = |w: usize, attacked: bool| -> Vec<TelemetryEvent> {
-        let base = 10_000 * (w + 1);
-        let mut events: Vec<TelemetryEvent> = (0..1980)
-            .map(|i| event(base + i, &format!("c{}", i % 200), false))
-            .collect();
-        events.extend((0..20).map(|i| event(base + 5000 + i, "mallory", attacked)));
-        events
-    };
-    let judged = |events: &[TelemetryEvent]| {
-        modelwatch::judge::judge(&cfg, scorer.score(&fitted, events).unwrap().scores)
-    };
-    let probing = |j: &[modelwatch::judge::Judged]| {
-        j.iter()
-            .find(|j| j.score.detector == "boundary_probing")
-            .expect("a boundary probing score")
-            .clone()
-    };
-
-    let attacked = judged(&window(0, true));
+    let (attacked, alarms) =
+        plant_one_attacker(&scorer, event, &classes, (1980, 20), "margin_per_client");
     let window_level: Vec<String> = attacked
         .iter()
         .filter(|j| j.crossed.is_some() && j.score.detector != "boundary_probing")
@@ -994,7 +1010,10 @@ fn a_boundary_search_by_one_client_is_found_while_the_window_looks_clean() {
         window_level.is_empty(),
         "window-level crossings: {window_level:?}"
     );
-    let found = probing(&attacked);
+    let found = attacked
+        .iter()
+        .find(|j| j.score.detector == "boundary_probing")
+        .expect("a boundary probing score");
     assert!(found.crossed.is_some(), "{found:#?}");
     assert_eq!(found.score.threat, Some(Threat::Evasion));
     assert!(
@@ -1010,10 +1029,6 @@ fn a_boundary_search_by_one_client_is_found_while_the_window_looks_clean() {
             .iter()
             .all(|e| e.contains("client=mallory"))
     );
-
-    let alarms = (1..=100)
-        .filter(|&w| probing(&judged(&window(w, false))).crossed.is_some())
-        .count();
     eprintln!(
         "boundary probing: attacked window p={:.3e}; {alarms} of 100 clean windows alarmed",
         found.score.p_value
@@ -1035,7 +1050,7 @@ fn an_extraction_sweep_by_one_client_is_found_by_its_coverage() {
     const RADIUS: f64 = 4.482;
     let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(29);
-    let mut event = |i: usize, client: &str, sweeping: bool| -> TelemetryEvent {
+    let event = |i: usize, client: &str, sweeping: bool| -> TelemetryEvent {
         let mut normal = || {
             let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
             (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
@@ -1057,33 +1072,11 @@ fn an_extraction_sweep_by_one_client_is_found_by_its_coverage() {
         }))
         .unwrap()
     };
-    let reference: Vec<TelemetryEvent> = (0..4000)
-        .map(|i| event(i, &format!("c{}", i % 200), false))
-        .collect();
-    let fitted = scorer.fit("m", &reference, &[], 2000).unwrap();
-    let cfg = modelwatch::judge::JudgeConfig::default();
-    let mut window = |w: usize, attacked: bool| -> Vec<TelemetryEvent> {
-        let base = 10_000 * (w + 1);
-        let mut events: Vec<TelemetryEvent> = (0..1982)
-            .map(|i| event(base + i, &format!("c{}", i % 200), false))
-            .collect();
-        events.extend((0..18).map(|i| event(base + 5000 + i, "mallory", attacked)));
-        events
-    };
-    let judged = |events: &[TelemetryEvent]| {
-        modelwatch::judge::judge(&cfg, scorer.score(&fitted, events).unwrap().scores)
-    };
-    let coverage = |j: &[modelwatch::judge::Judged]| {
-        j.iter()
-            .find(|j| j.score.feature == "features_coverage_per_client")
-            .expect("a coverage score")
-            .clone()
-    };
-
-    let attacked = judged(&window(0, true));
+    let coverage = "features_coverage_per_client";
+    let (attacked, alarms) = plant_one_attacker(&scorer, event, &[], (1982, 18), coverage);
     let others: Vec<String> = attacked
         .iter()
-        .filter(|j| j.crossed.is_some() && j.score.feature != "features_coverage_per_client")
+        .filter(|j| j.crossed.is_some() && j.score.feature != coverage)
         .map(|j| {
             format!(
                 "{}/{} p={:.2e}",
@@ -1092,7 +1085,10 @@ fn an_extraction_sweep_by_one_client_is_found_by_its_coverage() {
         })
         .collect();
     assert!(others.is_empty(), "other crossings: {others:?}");
-    let found = coverage(&attacked);
+    let found = attacked
+        .iter()
+        .find(|j| j.score.feature == coverage)
+        .expect("a coverage score");
     assert!(found.crossed.is_some(), "{found:#?}");
     assert_eq!(found.score.threat, Some(Threat::Extraction));
     assert!(
@@ -1107,10 +1103,6 @@ fn an_extraction_sweep_by_one_client_is_found_by_its_coverage() {
             .iter()
             .all(|e| e.contains("client=mallory"))
     );
-
-    let alarms = (1..=100)
-        .filter(|&w| coverage(&judged(&window(w, false))).crossed.is_some())
-        .count();
     eprintln!(
         "coverage per client: attacked window p={:.3e} ({}); {alarms} of 100 clean windows alarmed",
         found.score.p_value, found.score.method
