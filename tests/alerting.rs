@@ -255,6 +255,15 @@ labels = {{ tier = "1" }}
         .expect("x1 alert");
     assert_eq!(x1["status"], "resolved");
     assert_eq!(x1["evidence"]["episode"], format!("{EPISODE}#1"));
+    // The table says which episode a finding paged as.
+    let table = Command::new(daemon_binary())
+        .args(["alerts", "list", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let table = succeeded(&table);
+    let row = table.lines().find(|l| l.contains(X1)).expect("x1 row");
+    assert!(row.ends_with(&format!("in {EPISODE}#1")), "{table}");
     assert_eq!(
         (
             x1["first_window_seq"].as_i64(),

@@ -134,10 +134,14 @@ async fn list(store: &Store, status: Option<&str>, json: bool) -> Result<()> {
     for a in &alerts {
         let mut flags = Vec::new();
         if a.acknowledged {
-            flags.push("acked");
+            flags.push("acked".to_string());
         }
         if a.silenced {
-            flags.push("silenced");
+            flags.push("silenced".to_string());
+        }
+        // A grouped finding paged as its episode: that is the row to ack.
+        if let Some(e) = &a.evidence.episode {
+            flags.push(format!("in {e}"));
         }
         println!(
             "{:>5}  {:<9} {:<8} {:<4} {:<40} {:>9}  {:<20}  {}",
