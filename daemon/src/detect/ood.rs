@@ -147,7 +147,7 @@ impl Detector for OutOfDistribution {
             }
             let distances = engine.mahalanobis(&rows, &fitted.mean, &fitted.precision)?;
             let k = distances.iter().filter(|v| **v > fitted.threshold).count();
-            let examples = farthest(fitted, &distances, &senders, |_| true);
+            let examples = farthest(fitted.threshold, &distances, &senders, |_| true);
             let m = rows.len();
             scores.push(Score {
                 detector: self.name().to_string(),
@@ -183,10 +183,10 @@ impl Detector for OutOfDistribution {
     }
 }
 
-/// The farthest requests past the line among those `keep` picks, for the
+/// The farthest requests past `line` among those `keep` picks, for the
 /// analyst: `req-17 client=shop-3 distance=9.41`.
 fn farthest(
-    fitted: &Fitted,
+    line: f64,
     distances: &[f64],
     senders: &[&Sender],
     keep: impl Fn(&Sender) -> bool,
@@ -194,7 +194,7 @@ fn farthest(
     let mut beyond: Vec<(f64, &Sender)> = distances
         .iter()
         .zip(senders.iter().copied())
-        .filter(|(d, s)| **d > fitted.threshold && keep(s))
+        .filter(|(d, s)| **d > line && keep(s))
         .map(|(d, s)| (*d, s))
         .collect();
     beyond.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -205,33 +205,41 @@ fn farthest(
         .collect()
 }
 
+/// The window's worst client by its share of requests farther than `line`
+/// (`clients::worst`), named with its farthest requests.
+fn client_past(
+    line: f64,
+    distances: &[f64],
+    senders: &[&Sender],
+    signal: clients::Signal<'_>,
+) -> Option<Score> {
+    let requests = distances
+        .iter()
+        .zip(senders)
+        .map(|(d, s)| (s.client_id.as_deref(), *d > line));
+    let w = clients::worst(requests, signal.reference)?;
+    let examples = farthest(line, distances, senders, |s| w.sent(s.client_id.as_deref()));
+    Some(w.score(signal, examples))
+}
+
 /// The window's most out-of-distribution client against the reference's
-/// rate (`clients::worst`): one client probing with crafted inputs hides
-/// in a large window's total.
+/// rate: one client probing with crafted inputs hides in a large window's
+/// total.
 fn worst_client(
     detector: &str,
     fitted: &Fitted,
     distances: &[f64],
     senders: &[&Sender],
 ) -> Option<Score> {
-    let reference = (fitted.reference_exceed as u64, fitted.reference_rows as u64);
-    let requests = distances
-        .iter()
-        .zip(senders)
-        .map(|(d, s)| (s.client_id.as_deref(), *d > fitted.threshold));
-    let w = clients::worst(requests, reference)?;
-    let examples = farthest(fitted, distances, senders, |s| {
-        w.sent(s.client_id.as_deref())
-    });
     let signal = clients::Signal {
         detector,
         feature: format!("{}_per_client", fitted.space),
         test: "ood_client_fisher",
         marks: format!("beyond q{}", fitted.quantile),
-        reference,
+        reference: (fitted.reference_exceed as u64, fitted.reference_rows as u64),
         threat: Threat::Evasion,
     };
-    Some(w.score(signal, examples))
+    client_past(fitted.threshold, distances, senders, signal)
 }
 
 /// Input-space coverage: real clients ask about the inputs the model was
@@ -239,31 +247,13 @@ fn worst_client(
 /// reference's outer shell; an extraction attack sweeping the space evenly
 /// puts most of its queries there without any needing to be far out. The
 /// window's client with the largest share in the shell against the
-/// reference's (`clients::worst`).
+/// reference's.
 fn widest_client(
     detector: &str,
     fitted: &Fitted,
     distances: &[f64],
     senders: &[&Sender],
 ) -> Option<Score> {
-    let reference = (fitted.reference_shell as u64, fitted.reference_rows as u64);
-    let requests = distances
-        .iter()
-        .zip(senders)
-        .map(|(d, s)| (s.client_id.as_deref(), *d > fitted.shell));
-    let w = clients::worst(requests, reference)?;
-    let mut examples: Vec<(f64, &Sender)> = distances
-        .iter()
-        .zip(senders.iter().copied())
-        .filter(|(d, s)| **d > fitted.shell && w.sent(s.client_id.as_deref()))
-        .map(|(d, s)| (*d, s))
-        .collect();
-    examples.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let examples = examples
-        .iter()
-        .take(EXAMPLES)
-        .map(|(d, s)| format!("{} distance={d:.3}", s.label()))
-        .collect();
     let signal = clients::Signal {
         detector,
         feature: format!("{}_coverage_per_client", fitted.space),
@@ -272,10 +262,10 @@ fn widest_client(
             "in the reference's outer shell (distance > {:.4})",
             fitted.shell
         ),
-        reference,
+        reference: (fitted.reference_shell as u64, fitted.reference_rows as u64),
         threat: Threat::Extraction,
     };
-    Some(w.score(signal, examples))
+    client_past(fitted.shell, distances, senders, signal)
 }
 
 /// How many of a frame's events have a row of the fitted space's width.
