@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::detect::{DetectError, Family, Scorer, stats};
+use crate::detect::{DetectError, Scorer, stats};
 use crate::event::{FeatureValue, Features, Output, Probabilities, TelemetryEvent};
 use crate::judge::{self, JudgeConfig};
 
@@ -245,6 +245,9 @@ pub struct Plan {
     pub clean_windows: usize,
     pub seed: u64,
     pub scenarios: Vec<Scenario>,
+    /// Consecutive crossings an alert needs to fire (`alerts.pending_windows`),
+    /// for the detection delay.
+    pub pending_windows: usize,
 }
 
 /// One scenario on one reference and window size.
@@ -261,8 +264,35 @@ pub struct Outcome {
     /// Windows in which the target's p-value alone was past its threshold,
     /// whatever its effect size: what the effect gate costs.
     pub significant: usize,
-    /// Per family, windows in which any of its scores crossed.
-    pub alarmed: BTreeMap<&'static str, usize>,
+    /// Per detector, windows in which any of its scores crossed.
+    pub alarmed: BTreeMap<String, usize>,
+    /// Whether the target crossed, window by window.
+    pub crossings: Vec<bool>,
+}
+
+impl Outcome {
+    /// Windows from a shift's start until its alert fires (`pending`
+    /// consecutive crossings), measured from every window of the run as a
+    /// start: the median over starts that fire before the run ends, and how
+    /// many starts do. One run of 40 windows gives 40 overlapping episodes.
+    pub fn delay(&self, pending: usize) -> Option<(f64, usize)> {
+        let n = self.crossings.len();
+        let pending = pending.max(1);
+        let mut delays: Vec<f64> = (0..n)
+            .filter_map(|start| {
+                let mut run = 0;
+                (start..n).find_map(|i| {
+                    run = if self.crossings[i] { run + 1 } else { 0 };
+                    (run == pending).then_some((i - start + 1) as f64)
+                })
+            })
+            .collect();
+        if delays.is_empty() {
+            return None;
+        }
+        delays.sort_by(f64::total_cmp);
+        Some((stats::quantile_sorted(&delays, 0.5), delays.len()))
+    }
 }
 
 /// Runs the plan, handing each outcome to `each` as it is measured.
@@ -292,6 +322,7 @@ pub fn run(
                     detected: None,
                     significant: 0,
                     alarmed: BTreeMap::new(),
+                    crossings: Vec::new(),
                 };
                 for _ in 0..windows {
                     let events = synth.events(m, s.shift);
@@ -315,23 +346,44 @@ fn tally(outcome: &mut Outcome, target: Option<(&str, &str)>, judged: &[judge::J
             *outcome.detected.get_or_insert(0) += usize::from(j.crossed.is_some());
             outcome.significant += usize::from(j.score.p_value < j.threshold);
         }
+        outcome
+            .crossings
+            .push(hit.is_some_and(|j| j.crossed.is_some()));
     }
-    for family in [
-        Family::Drift,
-        Family::Confidence,
-        Family::Output,
-        Family::Security,
-    ] {
+    let detectors: std::collections::BTreeSet<&str> =
+        judged.iter().map(|j| j.score.detector.as_str()).collect();
+    for detector in detectors {
         let any = judged
             .iter()
-            .any(|j| j.score.family == family && j.crossed.is_some());
-        *outcome.alarmed.entry(family.as_str()).or_default() += usize::from(any);
+            .any(|j| j.score.detector == detector && j.crossed.is_some());
+        *outcome.alarmed.entry(detector.to_string()).or_default() += usize::from(any);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delay_counts_windows_to_the_firing_one_from_every_start() {
+        let outcome = |crossings: &[u8]| Outcome {
+            reference_rows: 0,
+            window_rows: 0,
+            scenario: String::new(),
+            target: None,
+            windows: crossings.len(),
+            detected: None,
+            significant: 0,
+            alarmed: BTreeMap::new(),
+            crossings: crossings.iter().map(|c| *c == 1).collect(),
+        };
+        // Every window crosses: the second fires, from every start but the last.
+        assert_eq!(outcome(&[1, 1, 1, 1]).delay(2), Some((2.0, 3)));
+        // From starts 0..=2 the pair at 3-4 fires (delays 5, 4, 3); from 3, 2.
+        assert_eq!(outcome(&[1, 0, 0, 1, 1]).delay(2), Some((3.5, 4)));
+        assert_eq!(outcome(&[1, 0, 1, 0]).delay(2), None);
+        assert_eq!(outcome(&[0, 1]).delay(1), Some((1.5, 2)));
+    }
 
     #[test]
     fn planted_shifts_have_the_size_they_name() {

@@ -60,39 +60,48 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         clean_windows: args.clean_windows,
         seed: args.seed,
         scenarios: evaluate::scenarios(),
+        pending_windows: config.alerts.pending_windows as usize,
     };
     println!(
         "alpha {} ({:?}); detected = windows where the target score crossed; p-value alone = \
-         where its p-value did, effect size aside; false alarms = clean windows with any \
-         crossing, per family",
-        config.judge.alpha, config.judge.correction
+         where its p-value did, effect size aside; delay = median windows from a shift's start \
+         to its alert firing ({} consecutive crossings), over every window of the run as a \
+         start, with how many starts fire; false alarms = clean windows with any crossing, \
+         per detector",
+        config.judge.alpha, config.judge.correction, plan.pending_windows
     );
     println!(
-        "| reference | window | scenario | target | windows | detected | p-value alone | false alarms |"
+        "| reference | window | scenario | target | windows | detected | p-value alone | delay | false alarms |"
     );
-    println!("|---:|---:|---|---|---:|---:|---:|---|");
-    evaluate::run(&scorer, &config.judge, &plan, print)?;
+    println!("|---:|---:|---|---|---:|---:|---:|---|---|");
+    let pending = plan.pending_windows;
+    evaluate::run(&scorer, &config.judge, &plan, |o| print(o, pending))?;
     Ok(())
 }
 
-fn print(o: &Outcome) {
+fn print(o: &Outcome, pending: usize) {
     let rate = |k: usize| format!("{:.3}", k as f64 / o.windows as f64);
     let (detected, significant) = match (&o.target, o.detected) {
         (None, _) => ("-".to_string(), "-".to_string()),
         (Some(_), Some(k)) => (rate(k), rate(o.significant)),
         (Some(_), None) => ("not scored".to_string(), "-".to_string()),
     };
+    let delay = match (&o.target, o.delay(pending)) {
+        (None, _) => "-".to_string(),
+        (Some(_), Some((median, starts))) => format!("{median} ({starts} of {})", o.windows),
+        (Some(_), None) => format!("never (0 of {})", o.windows),
+    };
     let alarms = match o.target {
         Some(_) => "-".to_string(),
         None => o
             .alarmed
             .iter()
-            .map(|(family, k)| format!("{family} {}", rate(*k)))
+            .map(|(detector, k)| format!("{detector} {}", rate(*k)))
             .collect::<Vec<_>>()
             .join(", "),
     };
     println!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         o.reference_rows,
         o.window_rows,
         o.scenario,
@@ -100,6 +109,7 @@ fn print(o: &Outcome) {
         o.windows,
         detected,
         significant,
+        delay,
         alarms
     );
 }
