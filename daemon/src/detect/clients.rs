@@ -1,6 +1,9 @@
 //! One client among many: the per-client signals' shared test. An attacker
 //! sending a few percent of a large window's requests hides in its total;
-//! tested alone, its share of suspicious requests stands out.
+//! tested alone, its share of suspicious requests stands out, against the
+//! reference and against the rest of the window both: a shift that moves
+//! every client (a confidence collapse crowding all answers at the
+//! boundary) is the window-level detectors' to report, not a client's.
 
 use super::threat::Threat;
 use super::{Effect, Family, Score, stats};
@@ -47,9 +50,14 @@ pub struct Worst<'a> {
     /// Its requests, and how many of them were marked.
     pub requests: u64,
     pub marked: u64,
-    /// Fisher's one-sided p-value times the clients tested (Bonferroni).
+    /// The larger of Fisher's one-sided p-values against the reference and
+    /// against the rest of the window, times the clients tested
+    /// (Bonferroni).
     pub p_value: f64,
     pub tested: usize,
+    /// The rest of the window's requests, marked at the other clients'
+    /// median share, and its requests.
+    pub rest: (u64, u64),
     small: std::collections::HashSet<&'a str>,
 }
 
@@ -82,10 +90,12 @@ impl Worst<'_> {
     /// requests, with `examples` of them. Gated on the share's ratio to the
     /// reference's rate (`MIN_SHARE_RATIO`).
     pub fn score(&self, signal: Signal<'_>, examples: Vec<String>) -> Score {
-        let (m, (k_ref, n_ref)) = (self.tested, signal.reference);
+        let (m, (k_ref, n_ref), (k_rest, n_rest)) = (self.tested, signal.reference, self.rest);
         let share = self.marked as f64 / self.requests as f64;
-        // A reference that never marks: any marked share is past it.
+        // A reference that never marks: any marked share is past it. The
+        // rest of the window raises the bar where it marks more.
         let reference_rate = (k_ref.max(1) as f64) / (n_ref.max(1) as f64);
+        let usual = reference_rate.max(k_rest as f64 / n_rest.max(1) as f64);
         Score {
             detector: signal.detector.to_string(),
             family: Family::Security,
@@ -96,12 +106,12 @@ impl Worst<'_> {
             n_reference: n_ref as usize,
             n_window: self.requests as usize,
             method: format!(
-                "worst of {m} clients with >= {MIN_CLIENT_REQUESTS} requests: client={} {}/{} {}; reference_rate={k_ref}/{n_ref} fisher x{m} (bonferroni)",
+                "worst of {m} clients with >= {MIN_CLIENT_REQUESTS} requests: client={} {}/{} {}; reference_rate={k_ref}/{n_ref} rest_of_window={k_rest}/{n_rest} fisher against both x{m} (bonferroni)",
                 self.client, self.marked, self.requests, signal.marks,
             ),
             effect: Some(Effect {
                 name: "share_ratio".into(),
-                value: share / reference_rate,
+                value: share / usual,
                 threshold: MIN_SHARE_RATIO,
                 gating: true,
                 band: None,
@@ -114,7 +124,9 @@ impl Worst<'_> {
 }
 
 /// Fisher's exact test of each client with at least `MIN_CLIENT_REQUESTS`
-/// requests against the reference's rate (`reference` = marked, rows);
+/// requests against the reference's rate (`reference` = marked, rows) and
+/// against the rest of the window's (`rest_of_window`), the larger p-value
+/// (both must be small: an intersection-union test keeps the level);
 /// requests without a client id, and those of clients below the minimum,
 /// are tested as two more clients (a client cannot pass for either: they
 /// are not names). The smallest p-value times the number of clients
@@ -128,7 +140,9 @@ pub fn worst<'a>(
     reference: (u64, u64),
 ) -> Option<Worst<'a>> {
     let mut clients: std::collections::HashMap<Who<'a>, (u64, u64)> = Default::default();
+    let mut all_n = 0u64;
     for (client, marked) in requests {
+        all_n += 1;
         let (n, k) = clients
             .entry(client.map_or(Who::Anonymous, Who::Client))
             .or_default();
@@ -147,22 +161,25 @@ pub fn worst<'a>(
         _ => true,
     });
     clients.insert(Who::Small, (pooled_n, pooled_k));
-    let tested: Vec<(Who, u64, u64, f64)> = clients
+    clients.retain(|_, (n, _)| *n >= MIN_CLIENT_REQUESTS);
+    let mut shares: Vec<f64> = clients
+        .values()
+        .map(|(n, k)| *k as f64 / *n as f64)
+        .collect();
+    shares.sort_by(f64::total_cmp);
+    let tested: Vec<(Who, u64, u64, f64, (u64, u64))> = clients
         .into_iter()
-        .filter(|(_, (n, _))| *n >= MIN_CLIENT_REQUESTS)
         .map(|(c, (n, k))| {
-            (
-                c,
-                n,
-                k,
-                stats::fisher_greater(k, n, reference.0, reference.1),
-            )
+            let rest = rest_of_window(&shares, k as f64 / n as f64, all_n - n);
+            let against_reference = stats::fisher_greater(k, n, reference.0, reference.1);
+            let against_rest = stats::fisher_greater(k, n, rest.0, rest.1);
+            (c, n, k, against_reference.max(against_rest), rest)
         })
         .collect();
     if tested.len() < 2 {
         return None;
     }
-    let &(client, requests, marked, p) = tested
+    let &(client, requests, marked, p, rest) = tested
         .iter()
         .min_by(|a, b| a.3.total_cmp(&b.3).then_with(|| a.0.cmp(&b.0)))?;
     Some(Worst {
@@ -171,12 +188,36 @@ pub fn worst<'a>(
         marked,
         p_value: (p * tested.len() as f64).min(1.0),
         tested: tested.len(),
+        rest,
         small: if client == Who::Small {
             small
         } else {
             Default::default()
         },
     })
+}
+
+/// The rest of the window as a client's test sees it: its `requests`
+/// marked at the median share of the other tested clients. The median, not
+/// the rest's pooled share: an attacker adding a few heavy decoy ids whose
+/// requests are all marked would raise a pooled share past its own reach;
+/// each decoy moves the median by one client.
+fn rest_of_window(sorted_shares: &[f64], own: f64, requests: u64) -> (u64, u64) {
+    let at = sorted_shares
+        .iter()
+        .position(|s| *s == own)
+        .unwrap_or(sorted_shares.len());
+    let others = sorted_shares.len().saturating_sub(1);
+    let get = |i: usize| match i < at {
+        true => sorted_shares[i],
+        false => sorted_shares[i + 1],
+    };
+    let median = match others {
+        0 => return (0, requests),
+        n if n % 2 == 1 => get(n / 2),
+        n => (get(n / 2 - 1) + get(n / 2)) / 2.0,
+    };
+    ((median * requests as f64).round() as u64, requests)
 }
 
 #[cfg(test)]
@@ -198,7 +239,10 @@ mod tests {
             (w.client, w.requests, w.marked, w.tested),
             (Who::Client("mallory"), 10, 6, 4)
         );
-        let alone = stats::fisher_greater(6, 10, 10, 1000);
+        // Against the reference and against the rest of the window (3 of
+        // 67 marked), the larger.
+        let alone = stats::fisher_greater(6, 10, 10, 1000).max(stats::fisher_greater(6, 10, 3, 67));
+        assert_eq!(w.rest, (3, 67));
         assert!((w.p_value - 4.0 * alone).abs() < 1e-15 * alone.max(1e-300));
         assert!(w.sent(Some("mallory")) && !w.sent(Some("a")) && !w.sent(None));
         // One client tested: nothing to compare it with.
@@ -227,6 +271,63 @@ mod tests {
         assert!(w.sent(Some(&pool)) && !w.sent(None));
     }
 
+    /// A shift that marks every client's requests alike (a confidence
+    /// collapse crowding all answers at the boundary) is no client's: the
+    /// rest of the window marks as much, and nothing crosses. One client
+    /// above the rest still does.
+    #[test]
+    fn a_shift_marking_every_client_alike_names_none() {
+        let everyone: Vec<(Option<&str>, bool)> = ["a", "b", "c", "d"]
+            .iter()
+            .flat_map(|c| (0..50).map(move |i| (Some(*c), i % 5 == 0)))
+            .collect();
+        let signal = || Signal {
+            detector: "boundary_probing",
+            feature: "margin_per_client".into(),
+            test: "low_margin_client_fisher",
+            marks: "near the boundary".into(),
+            reference: (10, 1000),
+            threat: Threat::Evasion,
+        };
+        let w = worst(everyone.clone(), (10, 1000)).unwrap();
+        assert!(w.p_value > 0.5, "{w:?}");
+        let judged = crate::judge::judge(&Default::default(), vec![w.score(signal(), Vec::new())]);
+        assert!(judged[0].crossed.is_none(), "{judged:?}");
+        let mut one_more = everyone;
+        one_more.extend([(Some("mallory"), true); 20]);
+        let w = worst(one_more, (10, 1000)).unwrap();
+        let judged = crate::judge::judge(&Default::default(), vec![w.score(signal(), Vec::new())]);
+        assert_eq!(w.client, Who::Client("mallory"));
+        assert!(judged[0].crossed.is_some(), "{judged:?}");
+    }
+
+    /// Decoys cannot lift the rest of the window past an attacker's reach:
+    /// two heavy ids whose requests are all marked, among thirty ordinary
+    /// clients, are each still found.
+    #[test]
+    fn heavy_decoys_do_not_hide_each_other() {
+        let ids: Vec<String> = (0..30).map(|i| format!("c{i}")).collect();
+        let mut requests: Vec<(Option<&str>, bool)> = ids
+            .iter()
+            .flat_map(|c| (0..10).map(move |i| (Some(c.as_str()), i == 0 && c == "c0")))
+            .collect();
+        requests.extend([(Some("a"), true); 150]);
+        requests.extend([(Some("b"), true); 150]);
+        let w = worst(requests, (10, 1000)).unwrap();
+        assert!(matches!(w.client, Who::Client("a" | "b")), "{w:?}");
+        assert_eq!(w.rest.0, 0, "{w:?}");
+        let signal = Signal {
+            detector: "boundary_probing",
+            feature: "margin_per_client".into(),
+            test: "low_margin_client_fisher",
+            marks: "near the boundary".into(),
+            reference: (10, 1000),
+            threat: Threat::Evasion,
+        };
+        let judged = crate::judge::judge(&Default::default(), vec![w.score(signal, Vec::new())]);
+        assert!(judged[0].crossed.is_some(), "{judged:?}");
+    }
+
     /// A heavy, ordinary client a little above the reference's rate has a
     /// tiny p-value on its many requests but is no attacker: the share's
     /// ratio to the reference's rate gates the page.
@@ -234,7 +335,10 @@ mod tests {
     fn a_heavy_client_slightly_above_the_reference_rate_does_not_page() {
         let mut requests: Vec<(Option<&str>, bool)> =
             (0..20_000).map(|i| (Some("big"), i % 25 < 3)).collect();
-        requests.extend((0..100).map(|i| (Some("small"), i % 10 == 0)));
+        let ordinary = ["o0", "o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9"];
+        for o in ordinary {
+            requests.extend((0..2000).map(|i| (Some(o), i % 10 == 0)));
+        }
         let w = worst(requests, (4000, 40_000)).unwrap();
         assert_eq!((w.client, w.marked), (Who::Client("big"), 2400));
         let signal = |reference| Signal {
