@@ -52,6 +52,7 @@ fn verdict(seq: i64, judged: Vec<judge::Judged>) -> WindowVerdict {
         low_water: Default::default(),
         trace_id: None,
         class_mix: Vec::new(),
+        top_clients: Vec::new(),
     }
 }
 

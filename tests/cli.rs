@@ -60,16 +60,16 @@ fn demo_prints_alerts_for_its_scheduled_episodes_and_exits_0() {
             "output_distribution",
             "predicted_class",
             Some("tampering"),
-            3,
             5,
+            7,
         ),
         (
             "image-classifier",
             "out_of_distribution",
             "embedding",
             Some("evasion"),
-            8,
             10,
+            11,
         ),
     ];
     assert_eq!(episodes.len(), modelwatch::ingest::demo::EPISODES.len());
@@ -316,6 +316,7 @@ fn score_command_prints_every_score_and_backfills() {
             .args(extra)
             .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
             .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+            .env("MODELWATCH_DETECT__HISTORY__MIN_WINDOWS", "3")
             .env("MODELWATCH_STORE__URL", &store)
             .output()
             .unwrap()
@@ -332,8 +333,20 @@ fn score_command_prints_every_score_and_backfills() {
         .collect();
     // Per window: KS on x1, x2, chi2 on the category; KS and Welch on the
     // max probability (two classes: margin and entropy add nothing);
-    // expected accuracy; class mix; out-of-distribution fraction.
-    assert_eq!(rows.len(), 8 * 5, "eight scores in each of five windows");
+    // expected accuracy; class mix; out-of-distribution fraction. From the
+    // fourth window on, three windows make a past (`min_windows` set to 3),
+    // and the class mix is judged against it too (`class_prior`).
+    assert_eq!(
+        rows.len(),
+        8 * 5 + 2,
+        "eight scores in each of five windows"
+    );
+    let against_past: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["detector"] == "class_prior")
+        .map(|r| &r["window"])
+        .collect();
+    assert_eq!(against_past, [3, 4]);
     let crossed = |detector: &str| -> Vec<String> {
         let mut v: Vec<String> = rows
             .iter()
@@ -369,7 +382,7 @@ fn score_command_prints_every_score_and_backfills() {
     let out = score(&["--store"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("model"), "{table}");
-    assert_eq!(table.lines().count(), 1 + 40);
+    assert_eq!(table.lines().count(), 1 + 42);
     assert!(
         table.lines().any(|l| l.contains(" 8 ") && l.contains("x1")),
         "second backfill continues at window 5: {table}"

@@ -27,6 +27,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// The counter is the process's: tests that read it take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A window of a million requests from a million distinct clients (the
 /// worst case: every client new, every one under the per-client minimum):
 /// the per-client test's own state, beyond the ids the window already
@@ -35,6 +38,7 @@ static ALLOCATOR: Counting = Counting;
 /// window.
 #[test]
 fn per_client_state_for_a_million_clients_is_bounded_by_the_window() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const CLIENTS: usize = 1_000_000;
     let ids: Vec<String> = (0..CLIENTS).map(|i| format!("client-{i:07}")).collect();
     let before = LIVE.load(Ordering::SeqCst);
@@ -54,4 +58,31 @@ fn per_client_state_for_a_million_clients_is_bounded_by_the_window() {
     );
     assert!(peak <= 200 * CLIENTS, "peak {peak} bytes");
     assert_eq!(after, 0, "nothing outlives the window");
+}
+
+/// What outlives a window for the volume score: its 20 heaviest clients,
+/// however many clients sent. The window's own count table (one entry per
+/// client, as `Frame::build` keeps it) is dropped with the window.
+#[test]
+fn the_state_a_window_keeps_for_volume_is_twenty_clients_at_a_million() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const CLIENTS: usize = 1_000_000;
+    let before = LIVE.load(Ordering::SeqCst);
+    PEAK.store(before, Ordering::SeqCst);
+    let counts: std::collections::HashMap<String, u64> = (0..CLIENTS)
+        .map(|i| (format!("client-{i:07}"), 1 + (i % 13) as u64))
+        .collect();
+    let top = modelwatch::detect::top_clients(&counts);
+    let peak = PEAK.load(Ordering::SeqCst) - before;
+    drop(counts);
+    let kept = LIVE.load(Ordering::SeqCst) - before;
+    eprintln!(
+        "volume state for {CLIENTS} distinct clients: window peak {:.1} MB, {kept} bytes kept for {} clients",
+        peak as f64 / 1e6,
+        top.len()
+    );
+    assert_eq!(top.len(), modelwatch::detect::history::TOP_CLIENTS);
+    assert!(top.iter().all(|(_, n)| *n == 13), "{top:?}");
+    assert!(kept <= 64 * 1024, "{kept} bytes kept");
+    assert!(peak <= 200 * CLIENTS, "peak {peak} bytes");
 }

@@ -61,6 +61,7 @@ fn crossing_window(n: usize) -> WindowVerdict {
         low_water: HashMap::new(),
         trace_id: None,
         class_mix: vec![("a".into(), 60), ("b".into(), 40)],
+        top_clients: vec![("shop".into(), 7)],
     }
 }
 

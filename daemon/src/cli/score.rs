@@ -99,6 +99,8 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
             .await?;
         let took_ms = started.elapsed().as_millis() as u64;
         tracing::info!(model, took_ms, "reference fitted");
+        let mut recent = crate::detect::history::Recent::default();
+        let past = config.detect.history.windows;
         for w in cut_windows(mine, model, settings) {
             let started = Instant::now();
             // The verdict's window facts first, so that the events can move
@@ -106,9 +108,16 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
             let device = scoring.info().label();
             let mut verdict = judge::verdict(&config.judge, &w, device, Ok(Vec::new()));
             let events = w.events.into_iter().map(|p| p.event).collect();
-            let scored = scoring.score(fitted.clone(), events).await?;
+            let history = recent.history(&w.key.version, past);
+            let scored = scoring.score(fitted.clone(), events, history).await?;
             verdict.judged = judge::judge(&config.judge, scored.scores);
+            let volume = crate::detect::history::Volume {
+                events: verdict.n_events as u64,
+                top: scored.top_clients.clone(),
+            };
+            recent.push(&w.key.version, (scored.class_mix.clone(), volume), past);
             verdict.class_mix = scored.class_mix;
+            verdict.top_clients = scored.top_clients;
             let took_ms = started.elapsed().as_millis() as u64;
             tracing::info!(model, window = w.ordinal, took_ms, "window scored");
             // History, not the live stream: marked so, and without alerts.

@@ -77,6 +77,11 @@ pub struct Frame {
     pub embedding_senders: Vec<Sender>,
     pub feature_row_senders: Vec<Sender>,
     pub probability_senders: Vec<Sender>,
+    /// The model's stored past the window is judged against (set by the
+    /// scorer; empty for a reference).
+    pub history: super::history::History,
+    /// Requests per named client, for volume; bounded by the window's size.
+    pub clients: std::collections::HashMap<String, u64>,
 }
 
 /// The request and client ids of one event, for evidence.
@@ -84,13 +89,17 @@ pub struct Frame {
 pub struct Sender {
     pub request_id: Option<String>,
     pub client_id: Option<String>,
+    /// The class the model answered with, where it gave one: label flips
+    /// between a client's neighbouring requests are read from it.
+    pub predicted: Option<String>,
 }
 
 impl Sender {
-    fn of(e: &TelemetryEvent) -> Self {
+    fn of(e: &TelemetryEvent, predicted: &Option<String>) -> Self {
         Self {
             request_id: e.request_id.clone(),
             client_id: e.client_id.clone(),
+            predicted: predicted.clone(),
         }
     }
 
@@ -133,14 +142,18 @@ impl Frame {
         let mut row = vec![0.0; schema.numeric.len()];
         for e in events {
             f.rows += 1;
+            if let Some(c) = &e.client_id {
+                match f.clients.get_mut(c) {
+                    Some(n) => *n += 1,
+                    None => {
+                        f.clients.insert(c.clone(), 1);
+                    }
+                }
+            }
             if let Some(v) = &e.model_version {
                 *versions.entry(v.as_str()).or_default() += 1;
             }
             let present = slots.place(e, &mut f, &mut row);
-            if schema.numeric.len() >= 2 && present == schema.numeric.len() {
-                f.feature_rows.push(row.clone());
-                f.feature_row_senders.push(Sender::of(e));
-            }
             let probs = e.output.probabilities.as_ref().map(|p| ordered(p, classes));
             let label = e.output.label.clone().or_else(|| {
                 probs.as_ref().and_then(|(values, names)| {
@@ -152,14 +165,22 @@ impl Frame {
                     })
                 })
             });
+            if schema.numeric.len() >= 2 && present == schema.numeric.len() {
+                f.feature_rows.push(row.clone());
+                f.feature_row_senders.push(Sender::of(e, &label));
+            }
             if let Some((values, _)) = probs {
                 f.probabilities.push(values);
-                f.probability_senders.push(Sender::of(e));
+                f.probability_senders.push(Sender::of(e, &label));
                 f.correct
                     .push(match (&label, e.actual.as_ref().and_then(actual_label)) {
                         (Some(predicted), Some(actual)) => Some(*predicted == actual),
                         _ => None,
                     });
+            }
+            if let Some(v) = &e.embedding {
+                f.embeddings.push(v.clone());
+                f.embedding_senders.push(Sender::of(e, &label));
             }
             if let Some(l) = label {
                 f.predicted.push(l);
@@ -170,10 +191,6 @@ impl Frame {
                 if let Some(error) = actual.map(|a| (v - a).abs()).filter(|d| d.is_finite()) {
                     f.regression_error.push(error);
                 }
-            }
-            if let Some(v) = &e.embedding {
-                f.embeddings.push(v.clone());
-                f.embedding_senders.push(Sender::of(e));
             }
         }
         f.version = versions

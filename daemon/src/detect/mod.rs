@@ -10,6 +10,7 @@ pub mod confidence;
 mod drift;
 pub mod engine;
 pub mod frame;
+pub mod history;
 pub mod linalg;
 mod multivariate;
 pub mod ood;
@@ -17,7 +18,9 @@ pub mod output;
 pub mod probing;
 pub mod reconstruction;
 pub mod stats;
+pub mod steps;
 pub mod threat;
+pub mod volume;
 mod worker;
 
 use std::collections::HashMap;
@@ -35,10 +38,13 @@ pub use drift::{
     Bins, DriftConfig, DriftTest, EffectSize, FeatureSettings, Gate, UNCALIBRATED_EFFECT_THRESHOLD,
 };
 pub use engine::{DeviceChoice, EngineConfig};
+pub use history::{ClassPriorConfig, History, HistoryConfig};
 pub use multivariate::{MultivariateConfig, MultivariateMethod};
 pub use ood::OodConfig;
 pub use probing::ProbingConfig;
 use schemars::JsonSchema;
+pub use steps::StepsConfig;
+pub use volume::VolumeConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
@@ -142,6 +148,8 @@ pub struct Scored {
     pub timings: Vec<(&'static str, std::time::Duration)>,
     /// The window's predicted-class mix (`class_mix`), stored with it.
     pub class_mix: Vec<(String, u64)>,
+    /// The window's heaviest clients (`top_clients`), stored with it.
+    pub top_clients: Vec<(String, u64)>,
 }
 
 /// Classes a window's stored mix names at most; the rarer ones are summed
@@ -177,6 +185,20 @@ pub fn class_mix(predicted: &[String]) -> Vec<(String, u64)> {
         mix.push((OTHER_CLASSES.to_string(), other));
     }
     mix
+}
+
+/// The `history::TOP_CLIENTS` clients with the most requests, heaviest
+/// first (ties by name), names cut to `MAX_CLASS_BYTES` (a client id may be
+/// as long as any value); ids equal once cut are one client.
+pub fn top_clients(clients: &HashMap<String, u64>) -> Vec<(String, u64)> {
+    let mut cut_ids: HashMap<&str, u64> = HashMap::new();
+    for (c, n) in clients {
+        *cut_ids.entry(cut(c, MAX_CLASS_BYTES)).or_default() += n;
+    }
+    let mut top: Vec<(&str, u64)> = cut_ids.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    top.truncate(history::TOP_CLIENTS);
+    top.into_iter().map(|(c, n)| (c.to_string(), n)).collect()
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary.
@@ -224,6 +246,9 @@ pub struct Reference {
     pub ood: Vec<ood::Fitted>,
     /// Where the reference's decision boundary begins, for boundary probing.
     pub probing: Option<probing::Fitted>,
+    /// The reference's steps between a client's consecutive requests, one
+    /// per vector space, for near-duplicates and label flips.
+    pub steps: Vec<steps::Fitted>,
 }
 
 impl Reference {
@@ -259,6 +284,16 @@ impl Reference {
                 "reference_low": p.reference_low,
                 "reference_rows": p.reference_rows,
             })),
+            "query_steps": self.steps.iter().map(|s| serde_json::json!({
+                "space": s.space,
+                "near_quantile": s.near_quantile,
+                "near": s.near,
+                "flip_quantile": s.flip_quantile,
+                "flip": s.flip,
+                "reference_steps": s.reference_steps,
+                "reference_near": s.reference_near,
+                "reference_flips": s.reference_flips,
+            })).collect::<Vec<_>>(),
             "multivariate": self.multivariate.as_ref().map(|m| serde_json::json!({
                 "method": "mmd",
                 "sigma": m.sigma(),
@@ -315,6 +350,20 @@ impl Scorer {
         }
         if config.probing.enabled {
             detectors.push(Box::new(probing::BoundaryProbing));
+        }
+        if config.class_prior.enabled {
+            detectors.push(Box::new(history::ClassPrior {
+                config: config.class_prior.clone(),
+                history: config.history.clone(),
+            }));
+        }
+        if config.volume.enabled {
+            detectors.push(Box::new(volume::ClientVolume {
+                history: config.history.clone(),
+            }));
+        }
+        if config.steps.enabled {
+            detectors.push(Box::new(steps::QuerySteps));
         }
         if config.multivariate.enabled {
             match config.multivariate.method {
@@ -397,17 +446,7 @@ impl Scorer {
         } else {
             None
         };
-        let ood = if self.config.ood.enabled {
-            ood::fit(&self.engine, &frame, &self.config.ood)?
-        } else {
-            Vec::new()
-        };
-        let probing = self
-            .config
-            .probing
-            .enabled
-            .then(|| probing::fit(&frame, &self.config.probing))
-            .flatten();
+        let (ood, probing, steps) = self.fit_requests(&frame)?;
         Ok(Arc::new(Reference {
             model: model.to_string(),
             schema,
@@ -426,7 +465,42 @@ impl Scorer {
             reconstruction,
             ood,
             probing,
+            steps,
         }))
+    }
+
+    /// What the per-request security detectors compare against: each
+    /// space's distances, the decision boundary's margins, and the steps
+    /// between a client's requests (under the distances' covariance).
+    #[allow(clippy::type_complexity)]
+    fn fit_requests(
+        &self,
+        frame: &Frame,
+    ) -> Result<
+        (
+            Vec<ood::Fitted>,
+            Option<probing::Fitted>,
+            Vec<steps::Fitted>,
+        ),
+        DetectError,
+    > {
+        let ood = if self.config.ood.enabled {
+            ood::fit(&self.engine, frame, &self.config.ood)?
+        } else {
+            Vec::new()
+        };
+        let probing = self
+            .config
+            .probing
+            .enabled
+            .then(|| probing::fit(frame, &self.config.probing))
+            .flatten();
+        let steps = if self.config.steps.enabled {
+            steps::fit(&self.engine, frame, &ood, &self.config.steps)?
+        } else {
+            Vec::new()
+        };
+        Ok((ood, probing, steps))
     }
 
     /// Scores one window with every detector; a panic becomes an error.
@@ -435,10 +509,22 @@ impl Scorer {
         reference: &Reference,
         events: impl IntoIterator<Item = &'a TelemetryEvent>,
     ) -> Result<Scored, DetectError> {
-        let window = Frame::build(events, &reference.schema, &reference.classes);
+        self.score_with(reference, events, History::default())
+    }
+
+    /// As `score`, judging the class mix against the model's stored past.
+    pub fn score_with<'a>(
+        &self,
+        reference: &Reference,
+        events: impl IntoIterator<Item = &'a TelemetryEvent>,
+        history: History,
+    ) -> Result<Scored, DetectError> {
+        let mut window = Frame::build(events, &reference.schema, &reference.classes);
+        window.history = history;
         guarded(|| {
             let mut scored = Scored {
                 class_mix: class_mix(&window.predicted),
+                top_clients: top_clients(&window.clients),
                 ..Scored::default()
             };
             for d in &self.detectors {
@@ -584,6 +670,15 @@ pub struct DetectConfig {
     pub ood: OodConfig,
     /// Clients whose requests crowd the decision boundary.
     pub probing: ProbingConfig,
+    /// Clients whose consecutive requests take small steps or flip answers.
+    pub steps: StepsConfig,
+    /// The stored past the class-mix and volume detectors judge against.
+    pub history: HistoryConfig,
+    /// The class mix against the model's own recent windows (tampering,
+    /// poisoning).
+    pub class_prior: ClassPriorConfig,
+    /// Clients sending far more than they used to.
+    pub volume: VolumeConfig,
     /// Confidence shift and expected accuracy.
     pub confidence: ConfidenceConfig,
     /// Per-feature drift.
@@ -598,6 +693,10 @@ impl Default for DetectConfig {
             multivariate: MultivariateConfig::default(),
             ood: OodConfig::default(),
             probing: ProbingConfig::default(),
+            steps: StepsConfig::default(),
+            history: HistoryConfig::default(),
+            class_prior: ClassPriorConfig::default(),
+            volume: VolumeConfig::default(),
             confidence: ConfidenceConfig::default(),
             drift: DriftConfig::default(),
         }
@@ -635,7 +734,10 @@ impl DetectConfig {
         self.drift.validate()?;
         self.multivariate.validate()?;
         self.ood.validate()?;
-        self.probing.validate()
+        self.probing.validate()?;
+        self.steps.validate()?;
+        self.history.validate()?;
+        self.class_prior.validate()
     }
 }
 

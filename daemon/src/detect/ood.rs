@@ -56,7 +56,7 @@ pub fn fit_space(
     }
     let n = rows.len();
     let held_out = band::cross_fitted(rows, folds, |train, test| {
-        fit_covariance(train)
+        covariance(train)
             .map(|(mean, precision, _)| engine.mahalanobis(test, &mean, &precision))
             .transpose()
     })?;
@@ -69,7 +69,7 @@ pub fn fit_space(
     let reference_exceed = held_out.iter().filter(|v| **v > threshold).count();
     let shell = stats::quantile_sorted(&sorted, config.coverage_quantile);
     let reference_shell = held_out.iter().filter(|v| **v > shell).count();
-    let Some((mean, precision, shrinkage)) = fit_covariance(rows) else {
+    let Some((mean, precision, shrinkage)) = covariance(rows) else {
         return Ok(None);
     };
     Ok(Some(Fitted {
@@ -86,7 +86,9 @@ pub fn fit_space(
     }))
 }
 
-fn fit_covariance(rows: &[Vec<f64>]) -> Option<(Vec<f64>, Vec<f64>, f64)> {
+/// The mean, the precision (inverse Ledoit-Wolf covariance) and the
+/// shrinkage of `rows`; none where the covariance cannot be inverted.
+pub(super) fn covariance(rows: &[Vec<f64>]) -> Option<(Vec<f64>, Vec<f64>, f64)> {
     let shrunk = linalg::ledoit_wolf(rows);
     let precision = linalg::spd_inverse(&shrunk.covariance, shrunk.mean.len())?;
     Some((shrunk.mean, precision, shrunk.shrinkage))

@@ -2,7 +2,6 @@ use std::collections::BTreeMap;
 
 use super::band::{self, Band, Spread};
 use super::drift::{DriftConfig, UNCALIBRATED_EFFECT_THRESHOLD};
-use super::threat::Threat;
 use super::{
     DetectError, Detector, Effect, Engine, Family, Frame, Reference, Score, chi2_score, ks_scores,
     stats,
@@ -187,31 +186,6 @@ impl Detector for OutputDistribution {
         for s in &mut regression {
             let value = stats::wasserstein_normalised_sorted(&reference.regression, &current);
             s.effect = Some(self.effect(reference, REGRESSION, value, s.n_reference, s.n_window));
-        }
-        // A changed output mix means different things with and without a
-        // new model version: a deploy regression or a poisoned version, or
-        // someone changing what the serving model does behind the same
-        // version. Say which, so the page reaches the right people.
-        if let (Some(now), Some(then)) = (&window.version, &reference.frame.version) {
-            let (reading, threat) = if now == then {
-                (
-                    format!(
-                        "same version as the reference ({now}): a change here is a tampering signal"
-                    ),
-                    Threat::Tampering,
-                )
-            } else {
-                (
-                    format!(
-                        "version {now} against reference {then}: a deploy change, or a poisoned version"
-                    ),
-                    Threat::Poisoning,
-                )
-            };
-            for s in scores.iter_mut().chain(regression.iter_mut()) {
-                s.method = format!("{}; {reading}", s.method);
-                s.threat = Some(threat);
-            }
         }
         scores.extend(regression);
         scores.extend(self.error(reference, window));

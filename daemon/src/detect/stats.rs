@@ -485,6 +485,21 @@ pub fn pool_sparse(reference: &[u64], current: &[u64]) -> (Vec<u64>, Vec<u64>, u
 /// Chi-squared test of homogeneity on the 2 x k table of counts, as
 /// `scipy.stats.chi2_contingency` (Yates' correction only when dof == 1).
 /// Categories with zero count on both sides must be dropped by the caller.
+/// The chi-squared distribution's survival function; NaN for no degrees
+/// of freedom.
+pub fn chi2_sf(statistic: f64, dof: usize) -> f64 {
+    ChiSquared::new(dof as f64)
+        .map(|d| d.sf(statistic))
+        .unwrap_or(f64::NAN)
+}
+
+/// The median of the chi-squared distribution with `dof` degrees of freedom.
+pub fn chi2_median(dof: usize) -> f64 {
+    ChiSquared::new(dof as f64)
+        .map(|d| d.inverse_cdf(0.5))
+        .unwrap_or(f64::NAN)
+}
+
 pub fn chi2_homogeneity(reference: &[u64], current: &[u64]) -> Chi2Result {
     assert_eq!(reference.len(), current.len());
     let k = reference.len();
@@ -512,9 +527,7 @@ pub fn chi2_homogeneity(reference: &[u64], current: &[u64]) -> Chi2Result {
             stat += (o - exp) * (o - exp) / exp;
         }
     }
-    let p = ChiSquared::new(dof as f64)
-        .map(|d| d.sf(stat))
-        .unwrap_or(f64::NAN);
+    let p = chi2_sf(stat, dof);
     Chi2Result {
         statistic: stat,
         p_value: p,

@@ -20,6 +20,7 @@ enum Job {
     Score {
         reference: Arc<Reference>,
         events: Vec<TelemetryEvent>,
+        history: super::History,
         reply: oneshot::Sender<Result<Scored, DetectError>>,
     },
 }
@@ -76,9 +77,10 @@ impl ScoringHandle {
                         Job::Score {
                             reference,
                             events,
+                            history,
                             reply,
                         } => {
-                            let _ = reply.send(scorer.score(&reference, &events));
+                            let _ = reply.send(scorer.score_with(&reference, &events, history));
                         }
                     }
                 }
@@ -116,11 +118,13 @@ impl ScoringHandle {
         &self,
         reference: Arc<Reference>,
         events: Vec<TelemetryEvent>,
+        history: super::History,
     ) -> Result<Scored, DetectError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Score {
             reference,
             events,
+            history,
             reply,
         })?;
         rx.await.map_err(|_| gone())?

@@ -74,14 +74,14 @@ pub const EPISODES: [Episode; 5] = [
     Episode {
         model: "image-classifier",
         what: "output anomaly: 'car' predicted for most inputs",
-        from: 3,
-        to: 5,
+        from: 5,
+        to: 7,
     },
     Episode {
         model: "image-classifier",
         what: "adversarial inputs: 1 in 10 embeddings off the learned manifold",
-        from: 8,
-        to: 10,
+        from: 10,
+        to: 11,
     },
 ];
 
@@ -175,7 +175,8 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
         ((i - REFERENCE_SIZE) / WINDOW_SIZE) as i64
     };
     // A decision-based evasion search: one client among the twenty sends
-    // about one request in sixteen, each converged on the boundary.
+    // about one request in sixteen, each converged on the boundary and a
+    // small step from the last.
     let probing = in_episode(model.name, window, "boundary") && rng.random::<f64>() < 0.06;
     let mut embedding = None;
     let (features, probs) = match model.name {
@@ -191,8 +192,13 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
             )
         }
         "churn-predictor" => {
-            let tenure = rng.random_range(1..72) as f64;
-            let spend = (60.0 + 25.0 * normal(rng)).max(5.0).round();
+            let mut tenure = rng.random_range(1..72) as f64;
+            let mut spend = (60.0 + 25.0 * normal(rng)).max(5.0).round();
+            if probing {
+                // Its queries stay around one customer, a dollar or two
+                // apart: a search steps in small moves.
+                (tenure, spend) = (30.0, 70.0 + rng.random_range(-2..=2) as f64);
+            }
             let plan = ["basic", "pro", "enterprise"][rng.random_range(0..3)];
             let mut logit = 1.5 - 0.05 * tenure + 0.01 * spend + 1.2 * normal(rng);
             if in_episode(model.name, window, "confidence") {

@@ -531,6 +531,7 @@ mod tests {
             low_water: Default::default(),
             trace_id: None,
             class_mix: Vec::new(),
+            top_clients: Vec::new(),
         }
     }
 

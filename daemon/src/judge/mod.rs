@@ -219,6 +219,8 @@ pub struct WindowVerdict {
     pub trace_id: Option<String>,
     /// Events per predicted class, stored with the window for dashboards.
     pub class_mix: Vec<(String, u64)>,
+    /// The window's heaviest clients, stored for later windows' volume.
+    pub top_clients: Vec<(String, u64)>,
 }
 
 /// Judges a window's scores.
@@ -255,6 +257,7 @@ pub fn verdict(
         low_water: window.low_water(),
         trace_id: None,
         class_mix: Vec::new(),
+        top_clients: Vec::new(),
     }
 }
 

@@ -429,7 +429,39 @@ mod tests {
             low_water: HashMap::from([("t/0".to_string(), mark(40 + seq))]),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
             class_mix: vec![("fraud".into(), 1), ("legit".into(), 2)],
+            top_clients: vec![("shop-1".into(), 2), ("shop-2".into(), 1)],
         }
+    }
+
+    /// Stored windows are the next window's past: class mixes, sizes and
+    /// heaviest clients, the last so many of the version, and while it is
+    /// young the mixes of the version seen before it.
+    #[tokio::test]
+    async fn stored_windows_are_the_next_windows_past() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let cfg = AlertsConfig::default();
+        let route = |_: &AlertState| Vec::new();
+        for seq in 0..3 {
+            let mut v = verdict(seq, 0.5);
+            v.end += chrono::Duration::seconds(seq);
+            if seq == 0 {
+                v.model_version = "old".into();
+                v.class_mix = vec![("fraud".into(), 9)];
+            }
+            record_window(&store, &v, &cfg, &route).await.unwrap();
+        }
+        let past = store.history("m", "v", 20).await.unwrap();
+        let mix = vec![("fraud".to_string(), 1), ("legit".to_string(), 2)];
+        assert_eq!(past.same_version, [mix.clone(), mix]);
+        let top = vec![("shop-1".to_string(), 2), ("shop-2".to_string(), 1)];
+        let volume = crate::detect::history::Volume { events: 3, top };
+        assert_eq!(past.volumes, [volume.clone(), volume]);
+        let old = vec![vec![("fraud".to_string(), 9)]];
+        assert_eq!(past.previous, Some(("old".to_string(), old)));
+        // The last window only, and no longer young.
+        let last = store.history("m", "v", 1).await.unwrap();
+        assert_eq!((last.same_version.len(), last.volumes.len()), (1, 1));
+        assert_eq!(last.previous, None);
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::decode::{DecodeError, Decoder, DecoderName};
-use crate::detect::{DetectError, Reference, ScoringHandle};
+use crate::detect::{DetectError, History, Reference, ScoringHandle};
 use crate::event::{Positioned, SourcePos, TelemetryEvent};
 use crate::ingest::ack::OffsetTracker;
 use crate::ingest::{IngestError, RawMessage, Revocation, Source, SourceControl};
@@ -684,13 +684,15 @@ impl Pipeline {
         };
         let started = Instant::now();
         let device = self.scoring.info().label();
-        let scored = self.score(&w, reference, &device).await;
-        let class_mix = scored
+        let history = self.history(&w.key, cancel).await?;
+        let scored = self.score(&w, reference, &device, history).await;
+        let (class_mix, top_clients) = scored
             .as_ref()
-            .map(|s| s.class_mix.clone())
+            .map(|s| (s.class_mix.clone(), s.top_clients.clone()))
             .unwrap_or_default();
         let mut verdict = judge::verdict(&self.config.judge, &w, device, scored.map(|s| s.scores));
         verdict.class_mix = class_mix;
+        verdict.top_clients = top_clients;
         verdict.trace_id = telemetry::trace_id(&span);
         let write_started = Instant::now();
         let (seq, transitions) = match self.store_verdict(&verdict, cancel).await {
@@ -701,6 +703,7 @@ impl Pipeline {
                 tracing::error!(model = %w.key.model, version = %w.key.version, error = %e, "window scores cannot be stored; window stored with the error");
                 verdict.judged.clear();
                 verdict.class_mix.clear();
+                verdict.top_clients.clear();
                 verdict.error = Some(format!("its scores could not be stored: {e}"));
                 self.store_verdict(&verdict, cancel).await?
             }
@@ -746,12 +749,43 @@ impl Pipeline {
             .await
     }
 
+    /// The stored past the window's class mix and client volumes are
+    /// judged against, read through outages; none when both are off.
+    async fn history(
+        &self,
+        key: &WindowKey,
+        cancel: &CancellationToken,
+    ) -> Result<History, PipelineError> {
+        let detect = &self.config.detect;
+        if !detect.class_prior.enabled && !detect.volume.enabled {
+            return Ok(History::default());
+        }
+        let (store, windows) = (&self.store, detect.history.windows);
+        let read = self
+            .retry
+            .run("reading the stored past", cancel, || {
+                store.history(&key.model, &key.version, windows)
+            })
+            .await;
+        match read {
+            // A past that cannot be read is no reason to stop scoring: the
+            // window is scored without it (its class prior and volume go
+            // unscored), where retrying would wedge on it.
+            Err(PipelineError::Store(e)) if e.is_permanent() => {
+                tracing::warn!(model = %key.model, version = %key.version, error = %e, "stored past cannot be read; window scored without it");
+                Ok(History::default())
+            }
+            other => other,
+        }
+    }
+
     /// The window's scores, or the error it is stored with.
     async fn score(
         &self,
         w: &ClosedWindow,
         reference: Arc<Reference>,
         device: &str,
+        history: History,
     ) -> Result<crate::detect::Scored, String> {
         let events: Vec<TelemetryEvent> = w.events.iter().map(|p| p.event.clone()).collect();
         let score_span = tracing::info_span!(
@@ -764,7 +798,7 @@ impl Pipeline {
         let started = Instant::now();
         let scored = self
             .scoring
-            .score(reference, events)
+            .score(reference, events, history)
             .instrument(score_span.clone())
             .await;
         score_span.record("duration_ms", started.elapsed().as_millis() as u64);

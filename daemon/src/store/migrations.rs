@@ -24,6 +24,8 @@ macro_rules! migrations {
             migrations!(@ $dir, 11, "0011_score_bands.sql", "score_bands"),
             migrations!(@ $dir, 12, "0012_window_classes.sql", "window_classes"),
             migrations!(@ $dir, 13, "0013_open_alerts_by_model.sql", "open_alerts_by_model"),
+            migrations!(@ $dir, 14, "0014_windows_by_model_scored.sql", "windows_by_model_scored"),
+            migrations!(@ $dir, 15, "0015_window_clients.sql", "window_clients"),
         ]
     };
     (@ $dir:literal, $version:literal, $file:literal, $name:literal) => {

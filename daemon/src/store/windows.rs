@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{Result, Store, Tx, with_tx};
+use super::{Result, Store, Tx, with_pool, with_tx};
+use crate::detect::history::{History, Mix, Volume};
 use crate::judge::{Judged, WindowVerdict};
 
 impl Store {
@@ -14,6 +15,126 @@ impl Store {
         tx.commit().await?;
         Ok(seq)
     }
+}
+
+impl Store {
+    /// The class mixes and volumes of the last `windows` live windows of
+    /// (model, version), oldest first (windows quarantined with an error or
+    /// backfilled from history are not a live past); while the version has
+    /// fewer, it is young, and the class mixes of the version scored last
+    /// before it come too. Scored, not event, time picks that version: a
+    /// producer sets event times.
+    pub async fn history(&self, model: &str, version: &str, windows: usize) -> Result<History> {
+        let (same_version, volumes) = self.recent(model, version, windows).await?;
+        let young = volumes.len() < windows;
+        let previous: Option<String> = match young {
+            false => None,
+            true => with_pool!(self, pool => {
+                sqlx::query(
+                    "SELECT model_version FROM windows
+                     WHERE model = $1 AND model_version <> $2 AND close_reason <> 'backfill'
+                     ORDER BY scored_at DESC LIMIT 1",
+                )
+                .bind(model)
+                .bind(version)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.try_get("model_version"))
+                .transpose()?
+            }),
+        };
+        let previous = match previous {
+            Some(v) => Some((v.clone(), self.recent(model, &v, windows).await?.0)),
+            None => None,
+        };
+        Ok(History {
+            same_version,
+            previous,
+            volumes,
+        })
+    }
+
+    /// The class mixes (of the windows that have one) and the volumes of
+    /// the last `windows` live windows of (model, version), oldest first.
+    async fn recent(
+        &self,
+        model: &str,
+        version: &str,
+        windows: usize,
+    ) -> Result<(Vec<Mix>, Vec<Volume>)> {
+        let live: Vec<(i64, i64)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT seq, n_events FROM windows
+                 WHERE model = $1 AND model_version = $2 AND error IS NULL AND close_reason <> 'backfill'
+                 ORDER BY seq DESC LIMIT $3",
+            )
+            .bind(model)
+            .bind(version)
+            .bind(windows as i64)
+            .fetch_all(pool)
+            .await?
+        });
+        let Some(first) = live.iter().map(|(seq, _)| *seq).min() else {
+            return Ok(Default::default());
+        };
+        let classes = self.counts(model, version, first, Counts::Classes).await?;
+        let clients = self.counts(model, version, first, Counts::Clients).await?;
+        let mut mixes = Vec::new();
+        let mut volumes = Vec::new();
+        for (seq, events) in live.into_iter().rev() {
+            if let Some(mix) = classes.get(&seq) {
+                mixes.push(mix.clone());
+            }
+            volumes.push(Volume {
+                events: events.max(0) as u64,
+                top: clients.get(&seq).cloned().unwrap_or_default(),
+            });
+        }
+        Ok((mixes, volumes))
+    }
+
+    /// The class or client rows of (model, version) from window `first`
+    /// on, by window.
+    async fn counts(
+        &self,
+        model: &str,
+        version: &str,
+        first: i64,
+        what: Counts,
+    ) -> Result<std::collections::HashMap<i64, Mix>> {
+        let sql = match what {
+            Counts::Classes => {
+                "SELECT window_seq, class, events FROM window_classes
+                 WHERE model = $1 AND model_version = $2 AND window_seq >= $3
+                 ORDER BY window_seq, class"
+            }
+            Counts::Clients => {
+                "SELECT window_seq, client, requests FROM window_clients
+                 WHERE model = $1 AND model_version = $2 AND window_seq >= $3
+                 ORDER BY window_seq, client"
+            }
+        };
+        let rows: Vec<(i64, String, i64)> = with_pool!(self, pool => {
+            sqlx::query_as(sql)
+                .bind(model)
+                .bind(version)
+                .bind(first)
+                .fetch_all(pool)
+                .await?
+        });
+        let mut out: std::collections::HashMap<i64, Mix> = Default::default();
+        for (seq, name, n) in rows {
+            out.entry(seq).or_default().push((name, n.max(0) as u64));
+        }
+        Ok(out)
+    }
+}
+
+/// Which per-window counts to read.
+#[derive(Clone, Copy)]
+enum Counts {
+    Classes,
+    Clients,
 }
 
 impl Tx {
@@ -94,6 +215,7 @@ impl Tx {
         });
         if n == 1 {
             self.insert_class_mix(v).await?;
+            self.insert_top_clients(v).await?;
         }
         Ok(n == 1)
     }
@@ -111,6 +233,26 @@ impl Tx {
                 .bind(v.seq)
                 .bind(class)
                 .bind(*events as i64)
+                .execute(conn)
+                .await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// The window's heaviest clients, one row each.
+    async fn insert_top_clients(&mut self, v: &WindowVerdict) -> Result<()> {
+        for (client, requests) in &v.top_clients {
+            with_tx!(self, conn => {
+                sqlx::query(
+                    "INSERT INTO window_clients (model, model_version, window_seq, client, requests)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&v.model)
+                .bind(&v.model_version)
+                .bind(v.seq)
+                .bind(client)
+                .bind(*requests as i64)
                 .execute(conn)
                 .await?;
             });
