@@ -40,6 +40,14 @@ fn demo_prints_alerts_for_its_scheduled_episodes_and_exits_0() {
     let episodes = [
         ("fraud-scorer", "feature_drift", "amount", None, 4, 6),
         (
+            "fraud-scorer",
+            "client_volume",
+            "requests_per_client",
+            Some("extraction"),
+            9,
+            11,
+        ),
+        (
             "churn-predictor",
             "boundary_probing",
             "margin_per_client",

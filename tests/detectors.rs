@@ -973,6 +973,31 @@ fn plant_one_attacker(
     (attacked, alarms)
 }
 
+/// A standard normal draw (Box-Muller; 1 - u keeps the log finite).
+fn gauss(rng: &mut rand::rngs::StdRng) -> f64 {
+    use rand::Rng;
+    let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// The scores that crossed, other than those `expected` picks, as
+/// `detector/feature p=...`.
+fn crossed_except(
+    judged: &[modelwatch::judge::Judged],
+    expected: impl Fn(&modelwatch::judge::Judged) -> bool,
+) -> Vec<String> {
+    judged
+        .iter()
+        .filter(|j| j.crossed.is_some() && !expected(j))
+        .map(|j| {
+            format!(
+                "{}/{} p={:.2e}",
+                j.score.detector, j.score.feature, j.score.p_value
+            )
+        })
+        .collect()
+}
+
 /// A decision-based evasion search: one client's queries sit on the
 /// decision boundary (top two classes nearly tied), 1% of a 2,000-request
 /// window from 201 clients. The window's confidence detectors stay quiet;
@@ -1051,10 +1076,7 @@ fn an_extraction_sweep_by_one_client_is_found_by_its_coverage() {
     let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(29);
     let event = |i: usize, client: &str, sweeping: bool| -> TelemetryEvent {
-        let mut normal = || {
-            let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
-            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-        };
+        let mut normal = || gauss(&mut rng);
         let mut x: Vec<f64> = (0..D).map(|_| normal()).collect();
         if sweeping {
             let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
@@ -1074,16 +1096,7 @@ fn an_extraction_sweep_by_one_client_is_found_by_its_coverage() {
     };
     let coverage = "features_coverage_per_client";
     let (attacked, alarms) = plant_one_attacker(&scorer, event, &[], (1982, 18), coverage);
-    let others: Vec<String> = attacked
-        .iter()
-        .filter(|j| j.crossed.is_some() && j.score.feature != coverage)
-        .map(|j| {
-            format!(
-                "{}/{} p={:.2e}",
-                j.score.detector, j.score.feature, j.score.p_value
-            )
-        })
-        .collect();
+    let others = crossed_except(&attacked, |j| j.score.feature == coverage);
     assert!(others.is_empty(), "other crossings: {others:?}");
     let found = attacked
         .iter()
@@ -1122,10 +1135,7 @@ fn a_label_only_boundary_search_is_found_by_its_small_steps_and_flips() {
     let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(37);
     let event = |i: usize, client: &str, probing: bool| -> TelemetryEvent {
-        let mut normal = || {
-            let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
-            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-        };
+        let mut normal = || gauss(&mut rng);
         let (mut x, mut y) = (normal(), normal());
         if probing {
             // Around (0.4, -0.4), on the boundary x + y = 0.
@@ -1140,16 +1150,7 @@ fn a_label_only_boundary_search_is_found_by_its_small_steps_and_flips() {
     };
     let near = "features_near_duplicates_per_client";
     let (attacked, alarms) = plant_one_attacker(&scorer, event, &[], (1980, 20), near);
-    let window_level: Vec<String> = attacked
-        .iter()
-        .filter(|j| j.crossed.is_some() && j.score.detector != "query_steps")
-        .map(|j| {
-            format!(
-                "{}/{} p={:.2e}",
-                j.score.detector, j.score.feature, j.score.p_value
-            )
-        })
-        .collect();
+    let window_level = crossed_except(&attacked, |j| j.score.detector == "query_steps");
     assert!(window_level.is_empty(), "other crossings: {window_level:?}");
     for feature in [near, "features_label_flips_per_client"] {
         let found = attacked
@@ -1194,10 +1195,7 @@ fn per_client_scores_alarm_at_no_more_than_alpha_over_a_thousand_clean_windows()
     let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
     let mut event = |i: usize| -> TelemetryEvent {
-        let mut normal = || {
-            let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
-            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-        };
+        let mut normal = || gauss(&mut rng);
         let x: Vec<f64> = (0..4).map(|_| normal()).collect();
         let p = 1.0 / (1.0 + (-(x[0] + 0.5 * x[1])).exp());
         serde_json::from_value(serde_json::json!({
@@ -1753,8 +1751,7 @@ fn the_tampering_score_alarms_at_no_more_than_alpha_on_clean_windows() {
         let mut recent = Recent::default();
         let mut alarms = 0;
         for _ in 0..1000 {
-            let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
-            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            let z = gauss(&mut rng);
             let share = (0.25 + sd * z).clamp(0.01, 0.99);
             let yes = (0..500).filter(|_| rng.random::<f64>() < share).count();
             let scored = scorer

@@ -271,6 +271,18 @@ mod tests {
         assert!(w.sent(Some(&pool)) && !w.sent(None));
     }
 
+    /// Boundary probing's signal against a reference marking 1%.
+    fn near_boundary() -> Signal<'static> {
+        Signal {
+            detector: "boundary_probing",
+            feature: "margin_per_client".into(),
+            test: "low_margin_client_fisher",
+            marks: "near the boundary".into(),
+            reference: (10, 1000),
+            threat: Threat::Evasion,
+        }
+    }
+
     /// A shift that marks every client's requests alike (a confidence
     /// collapse crowding all answers at the boundary) is no client's: the
     /// rest of the window marks as much, and nothing crosses. One client
@@ -281,22 +293,20 @@ mod tests {
             .iter()
             .flat_map(|c| (0..50).map(move |i| (Some(*c), i % 5 == 0)))
             .collect();
-        let signal = || Signal {
-            detector: "boundary_probing",
-            feature: "margin_per_client".into(),
-            test: "low_margin_client_fisher",
-            marks: "near the boundary".into(),
-            reference: (10, 1000),
-            threat: Threat::Evasion,
-        };
         let w = worst(everyone.clone(), (10, 1000)).unwrap();
         assert!(w.p_value > 0.5, "{w:?}");
-        let judged = crate::judge::judge(&Default::default(), vec![w.score(signal(), Vec::new())]);
+        let judged = crate::judge::judge(
+            &Default::default(),
+            vec![w.score(near_boundary(), Vec::new())],
+        );
         assert!(judged[0].crossed.is_none(), "{judged:?}");
         let mut one_more = everyone;
         one_more.extend([(Some("mallory"), true); 20]);
         let w = worst(one_more, (10, 1000)).unwrap();
-        let judged = crate::judge::judge(&Default::default(), vec![w.score(signal(), Vec::new())]);
+        let judged = crate::judge::judge(
+            &Default::default(),
+            vec![w.score(near_boundary(), Vec::new())],
+        );
         assert_eq!(w.client, Who::Client("mallory"));
         assert!(judged[0].crossed.is_some(), "{judged:?}");
     }
@@ -316,15 +326,10 @@ mod tests {
         let w = worst(requests, (10, 1000)).unwrap();
         assert!(matches!(w.client, Who::Client("a" | "b")), "{w:?}");
         assert_eq!(w.rest.0, 0, "{w:?}");
-        let signal = Signal {
-            detector: "boundary_probing",
-            feature: "margin_per_client".into(),
-            test: "low_margin_client_fisher",
-            marks: "near the boundary".into(),
-            reference: (10, 1000),
-            threat: Threat::Evasion,
-        };
-        let judged = crate::judge::judge(&Default::default(), vec![w.score(signal, Vec::new())]);
+        let judged = crate::judge::judge(
+            &Default::default(),
+            vec![w.score(near_boundary(), Vec::new())],
+        );
         assert!(judged[0].crossed.is_some(), "{judged:?}");
     }
 

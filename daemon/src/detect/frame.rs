@@ -115,6 +115,15 @@ impl Sender {
 }
 
 impl Frame {
+    /// The rows of a vector space (`features` or `embedding`) and who sent
+    /// each.
+    pub fn space(&self, space: &str) -> (&[Vec<f64>], &[Sender]) {
+        match space {
+            "features" => (&self.feature_rows, &self.feature_row_senders),
+            _ => (&self.embeddings, &self.embedding_senders),
+        }
+    }
+
     /// The rows a multivariate detector compares: embeddings when the model
     /// sends them, else the numeric feature rows.
     pub fn vectors(&self) -> (&'static str, &[Vec<f64>]) {

@@ -132,10 +132,7 @@ impl Detector for OutOfDistribution {
     ) -> Result<Vec<Score>, DetectError> {
         let mut scores = Vec::new();
         for fitted in &reference.ood {
-            let (rows, senders) = match fitted.space {
-                "features" => (&window.feature_rows, &window.feature_row_senders),
-                _ => (&window.embeddings, &window.embedding_senders),
-            };
+            let (rows, senders) = window.space(fitted.space);
             let d = fitted.mean.len();
             let (rows, senders): (Vec<Vec<f64>>, Vec<&Sender>) = rows
                 .iter()
@@ -272,10 +269,7 @@ fn widest_client(
 
 /// How many of a frame's events have a row of the fitted space's width.
 fn placed(frame: &Frame, fitted: &Fitted) -> usize {
-    let rows = match fitted.space {
-        "features" => &frame.feature_rows,
-        _ => &frame.embeddings,
-    };
+    let (rows, _) = frame.space(fitted.space);
     rows.iter().filter(|r| r.len() == fitted.mean.len()).count()
 }
 

@@ -142,10 +142,8 @@ pub fn fit(
     config: &StepsConfig,
 ) -> Result<Vec<Fitted>, DetectError> {
     let mut out = Vec::new();
-    for (space, rows, senders) in [
-        ("features", &frame.feature_rows, &frame.feature_row_senders),
-        ("embedding", &frame.embeddings, &frame.embedding_senders),
-    ] {
+    for space in ["features", "embedding"] {
+        let (rows, senders) = frame.space(space);
         let dims = rows.first().map_or(0, Vec::len);
         // Too few rows for five near-duplicates at the quantile: checked
         // before a covariance of the space is fitted for nothing.
@@ -183,10 +181,7 @@ impl Detector for QuerySteps {
     ) -> Result<Vec<Score>, DetectError> {
         let mut scores = Vec::new();
         for fitted in &reference.steps {
-            let (rows, senders) = match fitted.space {
-                "features" => (&window.feature_rows, &window.feature_row_senders),
-                _ => (&window.embeddings, &window.embedding_senders),
-            };
+            let (rows, senders) = window.space(fitted.space);
             let all = steps(engine, rows, senders, &fitted.precision, fitted.dims)?;
             scores.extend(near_duplicates(self.name(), fitted, &all, senders));
             if fitted.reference_labelled > 0 {

@@ -52,12 +52,18 @@ pub const FLEET: [SimModel; 3] = [
     },
 ];
 
-pub const EPISODES: [Episode; 5] = [
+pub const EPISODES: [Episode; 6] = [
     Episode {
         model: "fraud-scorer",
         what: "input drift: transaction amounts 2.5x larger",
         from: 4,
         to: 6,
+    },
+    Episode {
+        model: "fraud-scorer",
+        what: "extraction: client-eve sends a quarter of the requests, copying the model through its answers",
+        from: 9,
+        to: 11,
     },
     Episode {
         model: "churn-predictor",
@@ -178,6 +184,9 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
     // about one request in sixteen, each converged on the boundary and a
     // small step from the last.
     let probing = in_episode(model.name, window, "boundary") && rng.random::<f64>() < 0.06;
+    // An extraction run: one new client sends a quarter of the traffic,
+    // each request ordinary, far more than any client sent before.
+    let copying = in_episode(model.name, window, "extraction") && rng.random::<f64>() < 0.25;
     let mut embedding = None;
     let (features, probs) = match model.name {
         "fraud-scorer" => {
@@ -225,6 +234,8 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
         "request_id": format!("{}-{i}", model.name),
         "client_id": if probing {
             "client-mallory".to_string()
+        } else if copying {
+            "client-eve".to_string()
         } else {
             format!("client-{}", rng.random_range(0..20))
         },

@@ -214,47 +214,36 @@ impl Tx {
             .rows_affected()
         });
         if n == 1 {
-            self.insert_class_mix(v).await?;
-            self.insert_top_clients(v).await?;
+            self.insert_counts(v, Counts::Classes).await?;
+            self.insert_counts(v, Counts::Clients).await?;
         }
         Ok(n == 1)
     }
 
-    /// The window's predicted-class mix, one row per class.
-    async fn insert_class_mix(&mut self, v: &WindowVerdict) -> Result<()> {
-        for (class, events) in &v.class_mix {
+    /// The window's predicted-class mix or heaviest clients, one row each.
+    async fn insert_counts(&mut self, v: &WindowVerdict, what: Counts) -> Result<()> {
+        let (sql, rows) = match what {
+            Counts::Classes => (
+                "INSERT INTO window_classes (model, model_version, window_seq, class, events)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &v.class_mix,
+            ),
+            Counts::Clients => (
+                "INSERT INTO window_clients (model, model_version, window_seq, client, requests)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &v.top_clients,
+            ),
+        };
+        for (name, n) in rows {
             with_tx!(self, conn => {
-                sqlx::query(
-                    "INSERT INTO window_classes (model, model_version, window_seq, class, events)
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&v.model)
-                .bind(&v.model_version)
-                .bind(v.seq)
-                .bind(class)
-                .bind(*events as i64)
-                .execute(conn)
-                .await?;
-            });
-        }
-        Ok(())
-    }
-
-    /// The window's heaviest clients, one row each.
-    async fn insert_top_clients(&mut self, v: &WindowVerdict) -> Result<()> {
-        for (client, requests) in &v.top_clients {
-            with_tx!(self, conn => {
-                sqlx::query(
-                    "INSERT INTO window_clients (model, model_version, window_seq, client, requests)
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&v.model)
-                .bind(&v.model_version)
-                .bind(v.seq)
-                .bind(client)
-                .bind(*requests as i64)
-                .execute(conn)
-                .await?;
+                sqlx::query(sql)
+                    .bind(&v.model)
+                    .bind(&v.model_version)
+                    .bind(v.seq)
+                    .bind(name)
+                    .bind(*n as i64)
+                    .execute(conn)
+                    .await?;
             });
         }
         Ok(())
