@@ -1131,7 +1131,7 @@ fn an_extraction_sweep_by_one_client_is_found_by_its_coverage() {
 /// name the client.
 #[test]
 fn a_label_only_boundary_search_is_found_by_its_small_steps_and_flips() {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(37);
     let event = |i: usize, client: &str, probing: bool| -> TelemetryEvent {
@@ -1191,7 +1191,7 @@ fn a_label_only_boundary_search_is_found_by_its_small_steps_and_flips() {
 /// Binomial(1000, 0.01)) fails.
 #[test]
 fn per_client_scores_alarm_at_no_more_than_alpha_over_a_thousand_clean_windows() {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     let scorer = Scorer::new(Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
     let mut event = |i: usize| -> TelemetryEvent {

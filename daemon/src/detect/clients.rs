@@ -198,7 +198,7 @@ pub fn worst<'a>(
 }
 
 /// The rest of the window as a client's test sees it: its `requests`
-/// marked at the median share of the other tested clients. The median, not
+/// marked at the lower median share of the other tested clients. The median, not
 /// the rest's pooled share: an attacker adding a few heavy decoy ids whose
 /// requests are all marked would raise a pooled share past its own reach;
 /// each decoy moves the median by one client.
@@ -212,10 +212,11 @@ fn rest_of_window(sorted_shares: &[f64], own: f64, requests: u64) -> (u64, u64) 
         true => sorted_shares[i],
         false => sorted_shares[i + 1],
     };
+    // The lower median: with few clients tested one decoy is a large
+    // share of them, and the lower middle stays an ordinary client's.
     let median = match others {
         0 => return (0, requests),
-        n if n % 2 == 1 => get(n / 2),
-        n => (get(n / 2 - 1) + get(n / 2)) / 2.0,
+        n => get((n - 1) / 2),
     };
     ((median * requests as f64).round() as u64, requests)
 }

@@ -11,8 +11,9 @@
 //!   backdoor; a deploy review clears it.
 //!
 //! Both are chi-squared homogeneity tests of the window against each past
-//! window, the median of them (so that a run of odd windows in the past,
-//! shorter than the clean rest, does not move it), calibrated on that past: real class mixes vary from window
+//! window, the median of their p-values (so that a run of odd windows in
+//! the past, shorter than the clean rest, does not move it), calibrated on
+//! that past: real class mixes vary from window
 //! to window more than multinomial sampling allows (time of day, client
 //! mix), so the statistic is divided by the dispersion the past windows
 //! show among themselves (the median over neighbouring windows of their
@@ -174,9 +175,8 @@ impl ClassPrior {
             return None;
         }
         let dispersion = dispersion(past)?;
-        let (median, dof) = median_against(past, now)?;
-        let statistic = median / dispersion;
-        let pool = counted(past.iter().flatten());
+        let (p_value, statistic, dof) = median_against(past, now, dispersion)?;
+        let pool = pooled(past, now);
         let (pool, now) = aligned(&pool, now);
         let (r, c) = stats::bin_counted(&pool, &now);
         Some(Score {
@@ -185,11 +185,7 @@ impl ClassPrior {
             feature: feature.into(),
             test: "chi2_dispersed".into(),
             statistic,
-            // One class on both sides: nothing to move.
-            p_value: match dof {
-                0 => 1.0,
-                dof => stats::chi2_sf(statistic, dof),
-            },
+            p_value,
             n_reference: pool.total as usize,
             n_window: now.total as usize,
             method: format!(
@@ -210,15 +206,21 @@ impl ClassPrior {
     }
 }
 
-/// The window's chi-squared against each past window (sparse classes
-/// pooled), the median of them and its degrees of freedom. The median, not
-/// a test against the pooled past: an odd run in the past shorter than the
-/// clean rest moves a pooled mean (and then the return to normal pages
-/// again) but not the median; and a rare class the median share of would
-/// round to nothing keeps its counts. None without a past window with
-/// events.
-fn median_against(past: &[Mix], now: &stats::Counted) -> Option<(f64, usize)> {
-    let mut each: Vec<(f64, usize)> = past
+/// The window against each past window (sparse classes pooled): each
+/// chi-squared divided by the dispersion and read at its own degrees of
+/// freedom (pairs may differ in them), and the median of those p-values
+/// with its statistic and dof. The median, not a test against the pooled
+/// past: an odd run in the past shorter than the clean rest moves a pooled
+/// mean (and then the return to normal pages again) but not the median. Of
+/// an even count, the larger p-value: a change must show against most of
+/// the past. One class on both sides has no degree of freedom and p = 1.
+/// None without a past window with events.
+fn median_against(
+    past: &[Mix],
+    now: &stats::Counted,
+    dispersion: f64,
+) -> Option<(f64, f64, usize)> {
+    let mut each: Vec<(f64, f64, usize)> = past
         .iter()
         .map(|m| counted(m.iter()))
         .filter(|one| one.total > 0)
@@ -227,16 +229,33 @@ fn median_against(past: &[Mix], now: &stats::Counted) -> Option<(f64, usize)> {
             let (r, c) = stats::bin_counted(&one, &now);
             let (r, c, _) = stats::pool_sparse(&r, &c);
             let x = stats::chi2_homogeneity(&r, &c);
-            (x.statistic, x.dof)
+            let statistic = x.statistic / dispersion;
+            let p = match x.dof {
+                0 => 1.0,
+                dof => stats::chi2_sf(statistic, dof),
+            };
+            (p, statistic, x.dof)
         })
         .collect();
     if each.is_empty() {
         return None;
     }
     each.sort_by(|a, b| a.0.total_cmp(&b.0));
-    // The upper median of an even count: the conservative choice is not
-    // wanted here, a change must show against most of the past.
     Some(each[each.len() / 2])
+}
+
+/// The past windows summed, each aligned with the window first, so that a
+/// class some windows summed under `OTHER_CLASSES` is counted alike.
+fn pooled(past: &[Mix], now: &stats::Counted) -> stats::Counted {
+    let mut pool = stats::Counted::default();
+    for m in past {
+        let (one, _) = aligned(&counted(m.iter()), now);
+        for (class, n) in one.counts {
+            *pool.counts.entry(class).or_default() += n;
+        }
+        pool.total += one.total;
+    }
+    pool
 }
 
 /// Two stored mixes each name their commonest classes and sum the rest
@@ -394,12 +413,18 @@ mod tests {
         past.extend(vec![mix(&[("a", 250), ("b", 750)]); 3]);
         let usual = counted(mix(&[("a", 750), ("b", 250)]).iter());
         let odd = counted(mix(&[("a", 250), ("b", 750)]).iter());
-        assert_eq!(median_against(&past, &usual), Some((0.0, 1)));
-        let (far, dof) = median_against(&past[..5], &odd).unwrap();
-        assert!(far > 100.0 && dof == 1, "{far}");
+        assert_eq!(median_against(&past, &usual, 1.0), Some((1.0, 0.0, 1)));
+        let (p, far, dof) = median_against(&past[..5], &odd, 1.0).unwrap();
+        assert!(far > 100.0 && dof == 1 && p < 1e-20, "{far} {p}");
+        // A dispersion of 4 reads the statistic a quarter as large.
+        let (_, quarter, _) = median_against(&past[..5], &odd, 4.0).unwrap();
+        assert!((quarter - far / 4.0).abs() < 1e-9);
         // One class on both sides: no degree of freedom.
         let one = counted(mix(&[("a", 10)]).iter());
-        assert_eq!(median_against(&[mix(&[("a", 9)])], &one), Some((0.0, 0)));
+        assert_eq!(
+            median_against(&[mix(&[("a", 9)])], &one, 1.0),
+            Some((1.0, 0.0, 0))
+        );
     }
 
     /// A class one stored mix names and another summed into its rest is

@@ -482,9 +482,6 @@ pub fn pool_sparse(reference: &[u64], current: &[u64]) -> (Vec<u64>, Vec<u64>, u
     (r, c, take)
 }
 
-/// Chi-squared test of homogeneity on the 2 x k table of counts, as
-/// `scipy.stats.chi2_contingency` (Yates' correction only when dof == 1).
-/// Categories with zero count on both sides must be dropped by the caller.
 /// The chi-squared distribution's survival function; NaN for no degrees
 /// of freedom.
 pub fn chi2_sf(statistic: f64, dof: usize) -> f64 {
@@ -500,6 +497,9 @@ pub fn chi2_median(dof: usize) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Chi-squared test of homogeneity on the 2 x k table of counts, as
+/// `scipy.stats.chi2_contingency` (Yates' correction only when dof == 1).
+/// Categories with zero count on both sides must be dropped by the caller.
 pub fn chi2_homogeneity(reference: &[u64], current: &[u64]) -> Chi2Result {
     assert_eq!(reference.len(), current.len());
     let k = reference.len();

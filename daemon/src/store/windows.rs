@@ -33,6 +33,7 @@ impl Store {
                 sqlx::query(
                     "SELECT model_version FROM windows
                      WHERE model = $1 AND model_version <> $2 AND close_reason <> 'backfill'
+                       AND error IS NULL
                      ORDER BY scored_at DESC LIMIT 1",
                 )
                 .bind(model)
