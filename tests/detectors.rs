@@ -902,25 +902,10 @@ fn one_probing_client_is_found_among_many_and_clean_clients_stay_quiet() {
         whole.score.p_value, whole.crossed
     );
     let found = per_client(&attacked);
-    assert!(found.crossed.is_some(), "{found:#?}");
-    assert_eq!(found.score.threat, Some(Threat::Evasion));
-    assert!(
-        found.score.method.contains("client=mallory ") && found.score.method.contains("/15 beyond"),
-        "{}",
-        found.score.method
-    );
+    names_mallory(&found, Threat::Evasion, "/15 beyond");
     // Its requests past the line (a flipped pair near the origin stays
     // inside it), and only its.
     assert!((2..=5).contains(&found.score.examples.len()));
-    assert!(
-        found
-            .score
-            .examples
-            .iter()
-            .all(|e| e.contains("client=mallory")),
-        "{:?}",
-        found.score.examples
-    );
 
     // 100 clean windows (mallory's requests ordinary too): at alpha = 0.01,
     // over the window's tests, about 1 false alarm or fewer is expected;
@@ -980,6 +965,23 @@ fn gauss(rng: &mut rand::rngs::StdRng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
+/// A per-client score that crossed, for `threat`, naming mallory (and
+/// `also`) in its method, with examples all of mallory's.
+fn names_mallory(found: &modelwatch::judge::Judged, threat: Threat, also: &str) {
+    assert!(found.crossed.is_some(), "{found:#?}");
+    assert_eq!(found.score.threat, Some(threat));
+    let method = &found.score.method;
+    assert!(
+        method.contains("client=mallory ") && method.contains(also),
+        "{method}"
+    );
+    let examples = &found.score.examples;
+    assert!(
+        !examples.is_empty() && examples.iter().all(|e| e.contains("client=mallory")),
+        "{examples:?}"
+    );
+}
+
 /// The scores that crossed, other than those `expected` picks, as
 /// `detector/feature p=...`.
 fn crossed_except(
@@ -1026,11 +1028,7 @@ fn a_boundary_search_by_one_client_is_found_while_the_window_looks_clean() {
     let classes = ["no".to_string(), "yes".to_string()];
     let (attacked, alarms) =
         plant_one_attacker(&scorer, event, &classes, (1980, 20), "margin_per_client");
-    let window_level: Vec<String> = attacked
-        .iter()
-        .filter(|j| j.crossed.is_some() && j.score.detector != "boundary_probing")
-        .map(|j| format!("{}/{}", j.score.detector, j.score.feature))
-        .collect();
+    let window_level = crossed_except(&attacked, |j| j.score.detector == "boundary_probing");
     assert!(
         window_level.is_empty(),
         "window-level crossings: {window_level:?}"
@@ -1039,21 +1037,8 @@ fn a_boundary_search_by_one_client_is_found_while_the_window_looks_clean() {
         .iter()
         .find(|j| j.score.detector == "boundary_probing")
         .expect("a boundary probing score");
-    assert!(found.crossed.is_some(), "{found:#?}");
-    assert_eq!(found.score.threat, Some(Threat::Evasion));
-    assert!(
-        found.score.method.contains("client=mallory 20/20 "),
-        "{}",
-        found.score.method
-    );
+    names_mallory(found, Threat::Evasion, "client=mallory 20/20 ");
     assert_eq!(found.score.examples.len(), 5);
-    assert!(
-        found
-            .score
-            .examples
-            .iter()
-            .all(|e| e.contains("client=mallory"))
-    );
     eprintln!(
         "boundary probing: attacked window p={:.3e}; {alarms} of 100 clean windows alarmed",
         found.score.p_value
@@ -1102,20 +1087,7 @@ fn an_extraction_sweep_by_one_client_is_found_by_its_coverage() {
         .iter()
         .find(|j| j.score.feature == coverage)
         .expect("a coverage score");
-    assert!(found.crossed.is_some(), "{found:#?}");
-    assert_eq!(found.score.threat, Some(Threat::Extraction));
-    assert!(
-        found.score.method.contains("client=mallory ") && found.score.method.contains("/18 in"),
-        "{}",
-        found.score.method
-    );
-    assert!(
-        found
-            .score
-            .examples
-            .iter()
-            .all(|e| e.contains("client=mallory"))
-    );
+    names_mallory(found, Threat::Extraction, "/18 in");
     eprintln!(
         "coverage per client: attacked window p={:.3e} ({}); {alarms} of 100 clean windows alarmed",
         found.score.p_value, found.score.method
@@ -1157,23 +1129,7 @@ fn a_label_only_boundary_search_is_found_by_its_small_steps_and_flips() {
             .iter()
             .find(|j| j.score.feature == feature)
             .unwrap_or_else(|| panic!("no {feature} score"));
-        assert!(found.crossed.is_some(), "{found:#?}");
-        assert_eq!(found.score.threat, Some(Threat::Evasion));
-        assert!(
-            found.score.method.contains("client=mallory "),
-            "{}",
-            found.score.method
-        );
-        assert!(
-            !found.score.examples.is_empty()
-                && found
-                    .score
-                    .examples
-                    .iter()
-                    .all(|e| e.contains("client=mallory")),
-            "{:?}",
-            found.score.examples
-        );
+        names_mallory(found, Threat::Evasion, "");
         eprintln!(
             "{feature}: attacked window p={:.3e} ({}); examples {:?}",
             found.score.p_value, found.score.method, found.score.examples
