@@ -145,8 +145,18 @@ fn message(rng: &mut StdRng) -> Vec<u8> {
 
 /// Decodes `n` generated messages; panics name the seed and the input.
 fn decode_pass(seed: u64, n: u64) -> BTreeMap<String, u64> {
+    decode_with(DecoderName::ModelwatchJson, message, seed, n)
+}
+
+/// Decodes `n` messages that `message` generates with `format`.
+fn decode_with(
+    format: DecoderName,
+    message: fn(&mut StdRng) -> Vec<u8>,
+    seed: u64,
+    n: u64,
+) -> BTreeMap<String, u64> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let decoder = DecoderName::ModelwatchJson.build();
+    let decoder = format.build(&Default::default());
     let limits = Limits::default();
     let now: DateTime<Utc> = "2026-11-28T00:00:00Z".parse().unwrap();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
@@ -195,6 +205,147 @@ fn generated_messages_get_an_outcome_and_never_a_panic() {
         "invalid_value",
         "schema",
         "timestamp_out_of_range",
+    ] {
+        assert!(
+            outcomes.get(key).copied().unwrap_or(0) > 0,
+            "{key} never happened: {outcomes:?}"
+        );
+    }
+}
+
+/// An OTLP attribute of a hostile kind: any type where a string or a
+/// count belongs, numbers at the edges, names of any length.
+fn otlp_value(rng: &mut StdRng) -> otlp::Value {
+    match rng.random_range(0..6) {
+        0 => otlp::Value::IntValue(
+            *[i64::MIN, -1, 0, 7, i64::MAX]
+                .get(rng.random_range(0..5))
+                .unwrap(),
+        ),
+        1 => otlp::Value::DoubleValue(
+            *[f64::NAN, f64::INFINITY, -0.0, 1e308, 3.5]
+                .get(rng.random_range(0..5))
+                .unwrap(),
+        ),
+        2 => otlp::Value::BoolValue(rng.random()),
+        3 => otlp::Value::ArrayValue(otlp::ArrayValue {
+            values: (0..rng.random_range(0..3))
+                .map(|_| otlp::AnyValue {
+                    value: Some(otlp::Value::StringValue(atom_text(rng))),
+                })
+                .collect(),
+        }),
+        _ => otlp::Value::StringValue(atom_text(rng)),
+    }
+}
+
+fn atom_text(rng: &mut StdRng) -> String {
+    match rng.random_range(0..5) {
+        0 => String::new(),
+        1 => "x".repeat(rng.random_range(0..5000)),
+        2 => "\u{0}\u{1b}[31m".into(),
+        3 => "chat".into(),
+        _ => format!("m{}", rng.random_range(0..3)),
+    }
+}
+
+/// A Collector batch of spans whose GenAI attributes hold anything, at
+/// any time, encoded as protobuf or JSON, and sometimes mangled.
+fn otlp_message(rng: &mut StdRng) -> Vec<u8> {
+    let keys = [
+        "gen_ai.operation.name",
+        "gen_ai.request.model",
+        "gen_ai.response.model",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+        "gen_ai.response.finish_reasons",
+        "gen_ai.security.decision.type",
+        "error.type",
+        "user.id",
+    ];
+    let spans = (0..rng.random_range(0..4))
+        .map(|_| otlp::Span {
+            trace_id: (0..rng.random_range(0..20)).map(|_| rng.random()).collect(),
+            start_time_unix_nano: *[0, 1, 1_764_000_000_000_000_000, u64::MAX]
+                .get(rng.random_range(0..4))
+                .unwrap(),
+            end_time_unix_nano: rng.random(),
+            attributes: keys
+                .iter()
+                .filter(|_| rng.random_bool(0.7))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|k| otlp::KeyValue {
+                    key: k.to_string(),
+                    value: Some(otlp::AnyValue {
+                        value: Some(otlp_value(rng)),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    let request = otlp::ExportTraceServiceRequest {
+        resource_spans: vec![otlp::ResourceSpans {
+            resource: Some(otlp::Resource {
+                attributes: ["user.id", "enduser.id", "service.name"]
+                    .iter()
+                    .map(|k| otlp::KeyValue {
+                        key: k.to_string(),
+                        value: Some(otlp::AnyValue {
+                            value: Some(otlp_value(rng)),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            scope_spans: vec![otlp::ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let mut bytes = if rng.random_bool(0.5) {
+        use prost::Message;
+        request.encode_to_vec()
+    } else {
+        serde_json::to_vec(&request).unwrap()
+    };
+    if rng.random_bool(0.3) && !bytes.is_empty() {
+        let i = rng.random_range(0..bytes.len());
+        bytes[i] = rng.random();
+    }
+    if rng.random_bool(0.05) {
+        // A protobuf request may begin `0x0a 0x7b`: a newline, then `{`.
+        bytes.splice(0..0, [0x0a, b'{']);
+    }
+    bytes
+}
+
+mod otlp {
+    pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    pub use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, ArrayValue, KeyValue, any_value::Value,
+    };
+    pub use opentelemetry_proto::tonic::resource::v1::Resource;
+    pub use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+}
+
+/// Spans of any shape through `otlp-genai` and the door: every message an
+/// outcome, never a panic, and what passes stores and loads again.
+#[test]
+fn generated_otlp_spans_get_an_outcome_and_never_a_panic() {
+    let outcomes = decode_with(DecoderName::OtlpGenai, otlp_message, 4, 20_000);
+    eprintln!("{outcomes:?}");
+    for key in [
+        "events=0",
+        "events=1",
+        "events=2",
+        "invalid_value",
+        "schema",
     ] {
         assert!(
             outcomes.get(key).copied().unwrap_or(0) > 0,

@@ -37,7 +37,7 @@ fn messages() -> Vec<Vec<u8>> {
 }
 
 fn decode_and_window(msgs: &[Vec<u8>]) -> Duration {
-    let decoder = DecoderName::default().build();
+    let decoder = DecoderName::default().build(&Default::default());
     let limits = Limits::default();
     let mut windower = Windower::default();
     let key = WindowKey {

@@ -41,7 +41,7 @@ pub async fn run(action: BaselineAction) -> Result<()> {
     } = action;
     let config = config.load()?;
     telemetry::init_logging(&config.log);
-    let events: Vec<_> = read_events(&file, format.build().as_ref(), &config.limits)?
+    let events: Vec<_> = read_events(&file, format.build(&config.decode).as_ref(), &config.limits)?
         .into_iter()
         .map(|p| p.event)
         .filter(|e| e.model == model)

@@ -14,6 +14,9 @@ pub struct RunArgs {
     /// Read NDJSON from this file (`-` for stdin) instead of the configured source.
     #[arg(long)]
     file: Option<String>,
+    /// The format of the file's lines (default: `[source.file] format`).
+    #[arg(long, value_enum, requires = "file")]
+    format: Option<crate::decode::DecoderName>,
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -21,6 +24,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let Some(path) = args.file {
         config.source.kind = SourceKind::File;
         config.source.file.path = path;
+    }
+    if let Some(format) = args.format {
+        config.source.file.format = format;
     }
     let _telemetry = telemetry::init(&config.log, &config.telemetry.otlp)?;
     let metrics = crate::daemon::run(config, super::shutdown_on_signal(), true).await?;

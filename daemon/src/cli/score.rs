@@ -55,7 +55,7 @@ enum Output {
 pub async fn run(args: ScoreArgs) -> Result<()> {
     let config = args.config.load()?;
     telemetry::init_logging(&config.log);
-    let decoder = args.input_format.build();
+    let decoder = args.input_format.build(&config.decode);
     let started = Instant::now();
     let reference = read_events(&args.reference, decoder.as_ref(), &config.limits)?;
     let current = read_events(&args.current, decoder.as_ref(), &config.limits)?;

@@ -5,6 +5,7 @@
 
 mod json;
 mod limits;
+mod otlp;
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use json::JsonDecoder;
 pub use limits::Limits;
+pub use otlp::{OtlpGenaiConfig, OtlpGenaiDecoder};
 
 use crate::event::TelemetryEvent;
 
@@ -65,6 +67,14 @@ pub trait Decoder: Send + Sync {
         payload: &[u8],
         source_ts: Option<DateTime<Utc>>,
     ) -> Result<Vec<TelemetryEvent>, DecodeError>;
+
+    /// Whether a message's events are independent records (a batch of
+    /// many senders' spans), so that one refused at the door is dropped and
+    /// counted alone rather than refusing the message. The native format's
+    /// array is one producer's: it passes or fails whole.
+    fn independent_events(&self) -> bool {
+        false
+    }
 }
 
 /// The input formats, by the name config files and `--format` use; a name
@@ -78,12 +88,25 @@ pub enum DecoderName {
     /// (`docs/event.schema.json`).
     #[default]
     ModelwatchJson,
+    /// OpenTelemetry GenAI spans in OTLP trace messages, protobuf or JSON,
+    /// as the Collector's Kafka exporter writes them: one event per GenAI
+    /// span.
+    OtlpGenai,
 }
 
 impl DecoderName {
-    pub fn build(self) -> Box<dyn Decoder> {
+    pub fn build(self, config: &DecodeConfig) -> Box<dyn Decoder> {
         match self {
             DecoderName::ModelwatchJson => Box::new(JsonDecoder),
+            DecoderName::OtlpGenai => Box::new(OtlpGenaiDecoder::new(config.otlp_genai.clone())),
         }
     }
+}
+
+/// The decoders' settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecodeConfig {
+    /// `otlp-genai`: where it finds the client of a span.
+    pub otlp_genai: OtlpGenaiConfig,
 }

@@ -23,6 +23,37 @@ pub struct OutputDistribution {
     pub ks: stats::KsPolicy,
 }
 
+/// How many requests of the grown class a class-mix score names.
+const EXAMPLES: usize = 5;
+
+/// The first requests answered with the class whose share grew the most
+/// against the reference, so that a page opens the calls behind it:
+/// `req-17 client=u-3 answer=content_filter`.
+fn grown(reference: &Frame, window: &Frame) -> Vec<String> {
+    fn shares(labels: &[String]) -> std::collections::HashMap<&str, f64> {
+        let mut counts: std::collections::HashMap<&str, f64> = Default::default();
+        for l in labels {
+            *counts.entry(l.as_str()).or_default() += 1.0 / labels.len() as f64;
+        }
+        counts
+    }
+    let (before, now) = (shares(&reference.predicted), shares(&window.predicted));
+    let Some((class, _)) = now
+        .iter()
+        .map(|(c, s)| (*c, s - before.get(c).copied().unwrap_or(0.0)))
+        .max_by(|a, b| a.1.total_cmp(&b.1).then_with(|| b.0.cmp(a.0)))
+    else {
+        return Vec::new();
+    };
+    window
+        .senders
+        .iter()
+        .filter(|s| s.predicted.as_deref() == Some(class))
+        .take(EXAMPLES)
+        .map(|s| format!("{} answer={class}", s.label()))
+        .collect()
+}
+
 /// The reference side of the output detector.
 #[derive(Debug, Clone, Default)]
 pub struct Fitted {
@@ -182,6 +213,7 @@ impl Detector for OutputDistribution {
             let (cr, cc) = stats::bin_counted(r, &c);
             let value = stats::jensen_shannon(&cr, &cc);
             s.effect = Some(self.effect(reference, CLASS_MIX, value, s.n_reference, s.n_window));
+            s.examples = grown(&reference.frame, window);
         }
         for s in &mut regression {
             let value = stats::wasserstein_normalised_sorted(&reference.regression, &current);

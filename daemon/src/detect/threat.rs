@@ -20,14 +20,22 @@ pub enum Threat {
     /// Queries that sweep the input space, as a copy of the model is
     /// trained from its answers.
     Extraction,
+    /// Prompts written to make an LLM ignore its instructions or its
+    /// guardrails, seen as one client's refusals and guardrail denials.
+    Jailbreak,
+    /// One client running up an LLM's bill or tying up its capacity, seen
+    /// as its calls' token usage.
+    CostHarvesting,
 }
 
 impl Threat {
-    pub const ALL: [Threat; 4] = [
+    pub const ALL: [Threat; 6] = [
         Threat::Evasion,
         Threat::Tampering,
         Threat::Poisoning,
         Threat::Extraction,
+        Threat::Jailbreak,
+        Threat::CostHarvesting,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +44,8 @@ impl Threat {
             Threat::Tampering => "tampering",
             Threat::Poisoning => "poisoning",
             Threat::Extraction => "extraction",
+            Threat::Jailbreak => "jailbreak",
+            Threat::CostHarvesting => "cost_harvesting",
         }
     }
 
@@ -46,6 +56,8 @@ impl Threat {
             Threat::Tampering => &[MANIPULATE_MODEL, SUPPLY_CHAIN],
             Threat::Poisoning => &[POISON_TRAINING_DATA, POISON_MODEL, BACKDOOR_TRIGGER],
             Threat::Extraction => &[EXTRACT_MODEL, PROXY_VIA_REPLICATION],
+            Threat::Jailbreak => &[PROMPT_INJECTION, JAILBREAK],
+            Threat::CostHarvesting => &[COST_HARVESTING, DENIAL_OF_SERVICE],
         }
     }
 
@@ -61,6 +73,8 @@ impl Threat {
             Threat::Tampering => &["ML06", "ML09"],
             Threat::Poisoning => &["ML02", "ML10", "LLM04"],
             Threat::Extraction => &["ML05", "LLM10"],
+            Threat::Jailbreak => &["LLM01"],
+            Threat::CostHarvesting => &["LLM10"],
         }
     }
 
@@ -78,6 +92,12 @@ impl Threat {
             }
             Threat::Extraction => {
                 "one client's queries sweep the input space far more evenly than real traffic: the model may be being copied through its API"
+            }
+            Threat::Jailbreak => {
+                "one client's calls are refused or denied by the guardrails far more often than others': prompt injection or jailbreak attempts"
+            }
+            Threat::CostHarvesting => {
+                "one client's calls use far more tokens than real traffic: the service's cost or capacity is being harvested"
             }
         }
     }
@@ -130,6 +150,11 @@ const PROXY_VIA_REPLICATION: Technique = Technique {
     name: "Train Proxy via Replication",
     parent: Some(("AML.T0005", "Create Proxy AI Model")),
 };
+
+const PROMPT_INJECTION: Technique = technique("AML.T0051", "LLM Prompt Injection");
+const JAILBREAK: Technique = technique("AML.T0054", "LLM Jailbreak");
+const COST_HARVESTING: Technique = technique("AML.T0034", "Cost Harvesting");
+const DENIAL_OF_SERVICE: Technique = technique("AML.T0029", "Denial of AI Service");
 
 #[cfg(test)]
 mod tests {

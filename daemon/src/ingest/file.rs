@@ -247,6 +247,9 @@ pub struct FileConfig {
     pub path: String,
     /// Where undecodable lines go (NDJSON with the reason); empty: log only.
     pub dead_letter_path: String,
+    /// The format of each line (`otlp-genai` reads the Collector's
+    /// `otlp_json` file output, one request per line).
+    pub format: crate::decode::DecoderName,
 }
 
 impl Default for FileConfig {
@@ -254,6 +257,7 @@ impl Default for FileConfig {
         Self {
             path: "-".into(),
             dead_letter_path: String::new(),
+            format: Default::default(),
         }
     }
 }
