@@ -674,8 +674,10 @@ format = "falco"
     let out = run_daemon(&cfg, &input);
     let stdout = succeeded(&out);
 
-    // (transition, model, key#incident, first window) of each page.
-    let native: Vec<(String, String, String, i64)> = team
+    // (transition, model, key#incident, (version, first window)) of each
+    // page; windows are numbered per version.
+    type Page = (String, String, String, (String, i64));
+    let native: Vec<Page> = team
         .accepted()
         .iter()
         .map(|h| {
@@ -684,11 +686,14 @@ format = "falco"
                 h["transition"].as_str().unwrap().to_string(),
                 a["model"].as_str().unwrap().to_string(),
                 format!("{}#{}", a["dedup_key"].as_str().unwrap(), a["incident"]),
-                a["first_window_seq"].as_i64().unwrap(),
+                (
+                    a["model_version"].as_str().unwrap().to_string(),
+                    a["first_window_seq"].as_i64().unwrap(),
+                ),
             )
         })
         .collect();
-    let falco: Vec<(String, String, String, i64)> = sidekick
+    let falco: Vec<Page> = sidekick
         .accepted()
         .iter()
         .map(|e| {
@@ -702,17 +707,25 @@ format = "falco"
                     f["modelwatch.dedup_key"].as_str().unwrap(),
                     f["modelwatch.incident"]
                 ),
-                windows.split('-').next().unwrap().parse().unwrap(),
+                (
+                    f["modelwatch.model_version"].as_str().unwrap().to_string(),
+                    windows.split('-').next().unwrap().parse().unwrap(),
+                ),
             )
         })
         .collect();
+    let served = |model: &str, window: i64| {
+        let m = demo::FLEET.iter().find(|m| m.name == model).unwrap();
+        let (version, seq) = m.serving(window);
+        (version.to_string(), seq)
+    };
     for (receiver, pages) in [("team", &native), ("sidekick", &falco)] {
-        let fired: Vec<&(String, String, String, i64)> =
-            pages.iter().filter(|p| p.0 == "fired").collect();
+        let fired: Vec<&Page> = pages.iter().filter(|p| p.0 == "fired").collect();
         for e in &demo::EPISODES {
+            let (first, last) = (served(e.model, e.from), served(e.model, e.to));
             let triggers = fired
                 .iter()
-                .filter(|p| p.1 == e.model && (e.from..=e.to).contains(&p.3))
+                .filter(|p| p.1 == e.model && first <= p.3 && p.3 <= last)
                 .count();
             assert_eq!(
                 triggers, 1,

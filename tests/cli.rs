@@ -36,7 +36,8 @@ fn demo_prints_alerts_for_its_scheduled_episodes_and_exits_0() {
     // second window (two windows past threshold), listing the finding of
     // the family it belongs to and the attack it is evidence for; it
     // resolves once after three clean windows, if the stream lasts that
-    // long (12 windows, 0-11).
+    // long (12 windows, 0-11). Windows are the demo's, 0-11 per model;
+    // alerts number them per version (`SimModel::serving`).
     let episodes = [
         ("fraud-scorer", "feature_drift", "amount", None, 4, 6),
         (
@@ -79,16 +80,34 @@ fn demo_prints_alerts_for_its_scheduled_episodes_and_exits_0() {
             10,
             11,
         ),
+        (
+            "loan-approver",
+            "class_prior",
+            "after_version_change",
+            Some("poisoning"),
+            6,
+            11,
+        ),
     ];
     assert_eq!(episodes.len(), modelwatch::ingest::demo::EPISODES.len());
+    let serving = |model: &str, window: i64| {
+        let fleet = &modelwatch::ingest::demo::FLEET;
+        fleet
+            .iter()
+            .find(|m| m.name == model)
+            .unwrap()
+            .serving(window)
+    };
     let transitions = |model: &str, what: &str, from: i64, to: i64| -> Vec<(usize, &str)> {
+        let ((version, first), (_, last)) = (serving(model, from), serving(model, to));
         alerts
             .iter()
             .filter(|(_, l)| {
                 l.split_whitespace().nth(1) == Some(what)
                     && field(l, "model").as_deref() == Some(model)
+                    && field(l, "version").as_deref() == Some(version)
                     && field(l, "detector").as_deref() == Some("episode")
-                    && (from..=to).contains(&window_of(l))
+                    && (first..=last).contains(&window_of(l))
             })
             .copied()
             .collect()
@@ -97,7 +116,7 @@ fn demo_prints_alerts_for_its_scheduled_episodes_and_exits_0() {
         let fired = transitions(model, "fired", from, to);
         assert_eq!(fired.len(), 1, "{model} {detector}: {stdout}");
         let (at, line) = fired[0];
-        assert_eq!(window_of(line), from + 1, "{line}");
+        assert_eq!(window_of(line), serving(model, from + 1).1, "{line}");
         assert_eq!(field(line, "threat").as_deref(), threat, "{line}");
         let listed = lines[at + 1..]
             .iter()
@@ -111,7 +130,11 @@ fn demo_prints_alerts_for_its_scheduled_episodes_and_exits_0() {
             .iter()
             .map(|(_, l)| window_of(l))
             .collect();
-        let expected: Vec<i64> = if to + 3 <= 11 { vec![to + 3] } else { vec![] };
+        let expected: Vec<i64> = if to + 3 <= 11 {
+            vec![serving(model, to + 3).1]
+        } else {
+            vec![]
+        };
         assert_eq!(resolved, expected, "{model} {detector}: {stdout}");
     }
     // Nothing pages outside the episodes, and only episodes page.

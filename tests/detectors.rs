@@ -1898,3 +1898,71 @@ fn regression_outputs_get_calibrated_gates_and_error_bands() {
     let error = get(&worse, "regression_error");
     assert!(error.p_value < 1e-6, "{error:?}");
 }
+
+/// A synthetic health check: one canned request, answered on the decision
+/// boundary, sent 20 times in a 2,000-request window. Unlisted, it reads
+/// as a boundary search and is named; on `detect.exempt_clients` it is left
+/// out of every per-client test while its requests are still scored by the
+/// window (and counted as exempt).
+#[test]
+fn an_exempt_health_check_is_not_read_as_an_attacker() {
+    let event = |i: usize, client: &str| -> TelemetryEvent {
+        let synthetic = client.starts_with("synthetic-");
+        let x = if synthetic {
+            0.0
+        } else {
+            ((i * 7919) % 800) as f64 / 100.0 - 4.0
+        };
+        let p = 1.0 / (1.0 + (-1.5 * x).exp());
+        serde_json::from_value(serde_json::json!({
+            "model": "m", "ts": "2026-01-01T00:00:00Z", "request_id": format!("r{i}"),
+            "client_id": client, "features": {"x": x},
+            "output": {"probabilities": {"no": 1.0 - p, "yes": p}},
+        }))
+        .unwrap()
+    };
+    let classes = ["no".to_string(), "yes".to_string()];
+    let reference: Vec<TelemetryEvent> = (0..4000)
+        .map(|i| event(i, &format!("c{}", i % 200)))
+        .collect();
+    let mut window: Vec<TelemetryEvent> = (0..1980)
+        .map(|i| event(10_000 + i, &format!("c{}", i % 200)))
+        .collect();
+    window.extend((0..20).map(|i| event(20_000 + i, "synthetic-probe-1")));
+    let per_client = |exempt: &[&str]| {
+        let config = modelwatch::detect::DetectConfig {
+            exempt_clients: modelwatch::detect::clients::ExemptClients(
+                exempt.iter().map(|p| p.to_string()).collect(),
+            ),
+            ..Default::default()
+        };
+        let engine = Engine::open(DeviceChoice::Cpu, 1 << 24).unwrap();
+        let scorer = Scorer::with_config(engine, &config);
+        let fitted = scorer.fit("m", &reference, &classes, 2000).unwrap();
+        let scored = scorer.score(&fitted, &window).unwrap();
+        let judged =
+            modelwatch::judge::judge(&modelwatch::judge::JudgeConfig::default(), scored.scores);
+        let crossed: Vec<String> = judged
+            .iter()
+            .filter(|j| j.crossed.is_some() && j.score.threat.is_some())
+            .map(|j| {
+                format!(
+                    "{}/{}: {}",
+                    j.score.detector, j.score.feature, j.score.method
+                )
+            })
+            .collect();
+        (crossed, scored.exempt_requests)
+    };
+    let (unlisted, none) = per_client(&[]);
+    assert!(
+        unlisted
+            .iter()
+            .any(|c| c.contains("client=synthetic-probe-1 ")),
+        "an unlisted health check on the boundary is named: {unlisted:?}"
+    );
+    assert_eq!(none, 0);
+    let (listed, exempt) = per_client(&["healthcheck", "synthetic-*"]);
+    assert!(listed.is_empty(), "per-client crossings: {listed:?}");
+    assert_eq!(exempt, 20);
+}

@@ -72,6 +72,8 @@ pub struct Config {
     pub detect: DetectConfig,
     /// What every message and event must keep to be scored.
     pub limits: Limits,
+    /// The input formats' settings.
+    pub decode: crate::decode::DecodeConfig,
 }
 
 /// One model's overrides of the global settings.
@@ -167,6 +169,7 @@ impl Config {
             .and_then(|()| self.detect.validate(self.judge.alpha))
             .and_then(|()| self.notify.validate())
             .and_then(|()| self.validate_models())
+            .and_then(|()| self.validate_retirement())
             .and_then(|()| self.validate_receiver_labels())
             .map_err(ConfigError::Invalid)
     }
@@ -192,6 +195,26 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A version whose windows close on time stores one at least every
+    /// window duration while it serves: retiring it sooner would retire a
+    /// quiet canary between its own windows.
+    fn validate_retirement(&self) -> Result<(), String> {
+        let after = self.alerts.retire_after_secs;
+        let longest = self
+            .models
+            .values()
+            .filter_map(|m| m.window_secs)
+            .chain([self.windows.duration_secs])
+            .max()
+            .unwrap_or(0);
+        if after != 0 && after <= longest {
+            return Err(format!(
+                "alerts.retire_after_secs ({after}) must be longer than the longest window duration ({longest} s), or 0"
+            ));
         }
         Ok(())
     }

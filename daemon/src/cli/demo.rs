@@ -54,6 +54,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             e.model, e.from, e.to, e.what
         );
     }
+    for m in demo::FLEET.iter().filter(|m| m.retrained.is_some()) {
+        let (version, at) = m.retrained.unwrap_or_default();
+        println!(
+            "  deployed: {} {version} from window {at} (alerts number each version's windows from 0)",
+            m.name
+        );
+    }
     let url = config.store.url.clone();
     let metrics = crate::daemon::run(config, super::shutdown_on_signal(), true).await?;
     super::run::print_summary(&metrics);

@@ -5,6 +5,10 @@
 //! every client (a confidence collapse crowding all answers at the
 //! boundary) is the window-level detectors' to report, not a client's.
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::frame::Sender;
 use super::threat::Threat;
 use super::{Effect, Family, Score, stats};
 
@@ -123,6 +127,71 @@ impl Worst<'_> {
     }
 }
 
+/// Client ids left out of the per-client tests: health checks, synthetic
+/// probes and load tests send the same few inputs again and again, in
+/// volume, and would otherwise read as a boundary search or an extraction
+/// run. `*` matches any run of characters (`"synthetic-*"`). Their requests
+/// still count in every window-level detector, where a flood of them shows
+/// as what it is; only their per-client attribution is skipped. The ids are
+/// the producer's: list only ids the serving stack sets itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct ExemptClients(pub Vec<String>);
+
+impl ExemptClients {
+    pub fn matches(&self, client: &str) -> bool {
+        self.0.iter().any(|p| wildcard(p, client))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        match self
+            .0
+            .iter()
+            .find(|p| p.is_empty() || p.chars().all(|c| c == '*'))
+        {
+            Some(p) => Err(format!(
+                "detect.exempt_clients: pattern {p:?} would exempt every client; name the ids, or turn the per-client detectors off"
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of
+/// characters: each literal piece is found in order, the first anchored at
+/// the start and the last at the end.
+fn wildcard(pattern: &str, text: &str) -> bool {
+    let pieces: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = (pieces[0], pieces[pieces.len() - 1]);
+    if pieces.len() == 1 {
+        return pattern == text;
+    }
+    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
+        return false;
+    }
+    let mut middle = &text[first.len()..text.len() - last.len()];
+    for piece in &pieces[1..pieces.len() - 1] {
+        match middle.find(piece) {
+            Some(at) => middle = &middle[at + piece.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// `worst` over the requests of a window's senders, leaving out exempt
+/// clients.
+pub fn worst_of<'a>(
+    requests: impl IntoIterator<Item = (&'a Sender, bool)>,
+    reference: (u64, u64),
+) -> Option<Worst<'a>> {
+    let requests = requests
+        .into_iter()
+        .filter(|(s, _)| !s.exempt)
+        .map(|(s, marked)| (s.client_id.as_deref(), marked));
+    worst(requests, reference)
+}
+
 /// Fisher's exact test of each client with at least `MIN_CLIENT_REQUESTS`
 /// requests against the reference's rate (`reference` = marked, rows) and
 /// against the rest of the window's (`rest_of_window`), the larger p-value
@@ -224,6 +293,40 @@ fn rest_of_window(sorted_shares: &[f64], own: f64, requests: u64) -> (u64, u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exempt_patterns_match_whole_ids_with_star_as_any_run() {
+        let exempt = ExemptClients(vec![
+            "healthcheck".into(),
+            "synthetic-*-eu".into(),
+            "*-lb".into(),
+        ]);
+        for id in [
+            "healthcheck",
+            "synthetic-1-eu",
+            "synthetic--eu",
+            "synthetic-a-b-eu",
+            "x-lb",
+            "-lb",
+        ] {
+            assert!(exempt.matches(id), "{id}");
+        }
+        for id in [
+            "healthcheck2",
+            "a-healthcheck",
+            "synthetic-1-us",
+            "synthetic-eu",
+            "lb",
+            "x-lb2",
+            "",
+        ] {
+            assert!(!exempt.matches(id), "{id}");
+        }
+        assert!(wildcard("a*a", "aa") && !wildcard("a*a", "a"));
+        assert!(ExemptClients(vec!["**".into()]).validate().is_err());
+        assert!(ExemptClients(vec![String::new()]).validate().is_err());
+        assert!(exempt.validate().is_ok());
+    }
 
     #[test]
     fn the_worst_client_is_named_and_its_p_value_corrected_for_the_clients_tested() {

@@ -82,6 +82,22 @@ pub struct Frame {
     pub history: super::history::History,
     /// Requests per named client, for volume; bounded by the window's size.
     pub clients: std::collections::HashMap<String, u64>,
+    /// Who sent every event, in order, with the class it was answered.
+    pub senders: Vec<Sender>,
+    /// Per event, the sum of its numeric features named `*_tokens` (an LLM
+    /// call's usage), where it has any.
+    pub tokens: Vec<Option<f64>>,
+}
+
+/// The tokens an event's call used: its numeric `*_tokens` features summed.
+fn tokens(e: &TelemetryEvent) -> Option<f64> {
+    let used: Vec<f64> = e
+        .features
+        .iter()
+        .filter(|(name, _)| name.ends_with("_tokens"))
+        .filter_map(|(_, v)| v.as_number())
+        .collect();
+    (!used.is_empty()).then(|| used.iter().sum())
 }
 
 /// The request and client ids of one event, for evidence.
@@ -92,6 +108,9 @@ pub struct Sender {
     /// The class the model answered with, where it gave one: label flips
     /// between a client's neighbouring requests are read from it.
     pub predicted: Option<String>,
+    /// Its client is on `detect.exempt_clients`: left out of the per-client
+    /// tests.
+    pub exempt: bool,
 }
 
 impl Sender {
@@ -100,6 +119,7 @@ impl Sender {
             request_id: e.request_id.clone(),
             client_id: e.client_id.clone(),
             predicted: predicted.clone(),
+            exempt: false,
         }
     }
 
@@ -115,6 +135,38 @@ impl Sender {
 }
 
 impl Frame {
+    /// Marks the requests of exempt clients, and drops those clients from
+    /// the per-client counts. Returns how many requests they sent.
+    pub fn exempt(&mut self, exempt: &super::clients::ExemptClients) -> u64 {
+        if exempt.0.is_empty() {
+            return 0;
+        }
+        let senders = [
+            &mut self.embedding_senders,
+            &mut self.feature_row_senders,
+            &mut self.probability_senders,
+            &mut self.senders,
+        ];
+        // Each distinct id matched once, however many requests it sent.
+        let mut matched: std::collections::HashMap<String, bool> = Default::default();
+        for s in senders.into_iter().flatten() {
+            s.exempt = s
+                .client_id
+                .as_deref()
+                .is_some_and(|c| match matched.get(c) {
+                    Some(m) => *m,
+                    None => *matched.entry(c.to_string()).or_insert(exempt.matches(c)),
+                });
+        }
+        let mut requests = 0;
+        self.clients.retain(|c, n| {
+            let keep = !matched.get(c).copied().unwrap_or_else(|| exempt.matches(c));
+            requests += if keep { 0 } else { *n };
+            keep
+        });
+        requests
+    }
+
     /// The rows of a vector space (`features` or `embedding`) and who sent
     /// each.
     pub fn space(&self, space: &str) -> (&[Vec<f64>], &[Sender]) {
@@ -174,6 +226,8 @@ impl Frame {
                     })
                 })
             });
+            f.senders.push(Sender::of(e, &label));
+            f.tokens.push(tokens(e));
             if schema.numeric.len() >= 2 && present == schema.numeric.len() {
                 f.feature_rows.push(row.clone());
                 f.feature_row_senders.push(Sender::of(e, &label));

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod frame;
 pub mod history;
 pub mod linalg;
+pub mod llm;
 mod multivariate;
 pub mod ood;
 pub mod output;
@@ -150,6 +151,8 @@ pub struct Scored {
     pub class_mix: Vec<(String, u64)>,
     /// The window's heaviest clients (`top_clients`), stored with it.
     pub top_clients: Vec<(String, u64)>,
+    /// Requests of `detect.exempt_clients`, left out of per-client tests.
+    pub exempt_requests: u64,
 }
 
 /// Classes a window's stored mix names at most; the rarer ones are summed
@@ -365,6 +368,11 @@ impl Scorer {
         if config.steps.enabled {
             detectors.push(Box::new(steps::QuerySteps));
         }
+        if config.llm_clients.enabled {
+            detectors.push(Box::new(llm::LlmClients {
+                config: config.llm_clients.clone(),
+            }));
+        }
         if config.multivariate.enabled {
             match config.multivariate.method {
                 MultivariateMethod::Mmd => {
@@ -521,10 +529,12 @@ impl Scorer {
     ) -> Result<Scored, DetectError> {
         let mut window = Frame::build(events, &reference.schema, &reference.classes);
         window.history = history;
+        let exempt_requests = window.exempt(&self.config.exempt_clients);
         guarded(|| {
             let mut scored = Scored {
                 class_mix: class_mix(&window.predicted),
                 top_clients: top_clients(&window.clients),
+                exempt_requests,
                 ..Scored::default()
             };
             for d in &self.detectors {
@@ -664,6 +674,10 @@ pub struct DetectConfig {
     /// exact range follows it.
     #[serde(skip)]
     pub alpha: f64,
+    /// Client ids left out of the per-client tests (health checks,
+    /// synthetic probes, load tests); `*` matches any run of characters.
+    /// Their requests still count in every window-level detector.
+    pub exempt_clients: clients::ExemptClients,
     /// Joint drift of all features or of the embedding (opt-in).
     pub multivariate: MultivariateConfig,
     /// Out-of-distribution requests.
@@ -679,6 +693,9 @@ pub struct DetectConfig {
     pub class_prior: ClassPriorConfig,
     /// Clients sending far more than they used to.
     pub volume: VolumeConfig,
+    /// Clients whose LLM calls are refused, or use tokens, far more than
+    /// others'.
+    pub llm_clients: llm::LlmClientsConfig,
     /// Confidence shift and expected accuracy.
     pub confidence: ConfidenceConfig,
     /// Per-feature drift.
@@ -690,6 +707,7 @@ impl Default for DetectConfig {
         Self {
             ks_exact_between: None,
             alpha: crate::judge::JudgeConfig::default().alpha,
+            exempt_clients: Default::default(),
             multivariate: MultivariateConfig::default(),
             ood: OodConfig::default(),
             probing: ProbingConfig::default(),
@@ -697,6 +715,7 @@ impl Default for DetectConfig {
             history: HistoryConfig::default(),
             class_prior: ClassPriorConfig::default(),
             volume: VolumeConfig::default(),
+            llm_clients: Default::default(),
             confidence: ConfidenceConfig::default(),
             drift: DriftConfig::default(),
         }
@@ -731,6 +750,8 @@ impl DetectConfig {
     }
 
     fn validate_sections(&self) -> Result<(), String> {
+        self.exempt_clients.validate()?;
+        self.llm_clients.validate()?;
         self.drift.validate()?;
         self.multivariate.validate()?;
         self.ood.validate()?;

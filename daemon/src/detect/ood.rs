@@ -212,11 +212,8 @@ fn client_past(
     senders: &[&Sender],
     signal: clients::Signal<'_>,
 ) -> Option<Score> {
-    let requests = distances
-        .iter()
-        .zip(senders)
-        .map(|(d, s)| (s.client_id.as_deref(), *d > line));
-    let w = clients::worst(requests, signal.reference)?;
+    let requests = distances.iter().zip(senders).map(|(d, s)| (*s, *d > line));
+    let w = clients::worst_of(requests, signal.reference)?;
     let examples = farthest(line, distances, senders, |s| w.sent(s.client_id.as_deref()));
     Some(w.score(signal, examples))
 }

@@ -93,11 +93,9 @@ impl Detector for BoundaryProbing {
             .zip(&window.probability_senders)
             .filter_map(|(p, s)| Some((margin(p)?, s)))
             .collect();
-        let requests = calls
-            .iter()
-            .map(|(m, s)| (s.client_id.as_deref(), *m <= fitted.threshold));
+        let requests = calls.iter().map(|(m, s)| (*s, *m <= fitted.threshold));
         let reference_rate = (fitted.reference_low as u64, fitted.reference_rows as u64);
-        let Some(w) = clients::worst(requests, reference_rate) else {
+        let Some(w) = clients::worst_of(requests, reference_rate) else {
             return Ok(Vec::new());
         };
         let signal = clients::Signal {

@@ -238,10 +238,8 @@ fn worst_by(
     marked: impl Fn(&Step) -> bool,
     signal: clients::Signal<'_>,
 ) -> Option<Score> {
-    let requests = all
-        .iter()
-        .map(|s| (senders[s.at].client_id.as_deref(), marked(s)));
-    let w = clients::worst(requests, signal.reference)?;
+    let requests = all.iter().map(|s| (&senders[s.at], marked(s)));
+    let w = clients::worst_of(requests, signal.reference)?;
     let mut shortest: Vec<&Step> = all
         .iter()
         .filter(|s| marked(s) && w.sent(senders[s.at].client_id.as_deref()))
@@ -312,6 +310,7 @@ mod tests {
             request_id: None,
             client_id: client.map(str::to_string),
             predicted: Some(predicted.to_string()),
+            exempt: false,
         }
     }
 

@@ -32,27 +32,51 @@ pub struct SimModel {
     pub name: &'static str,
     pub version: &'static str,
     pub classes: &'static [&'static str],
+    /// A new version deployed mid-stream: its name and the first window
+    /// it serves.
+    pub retrained: Option<(&'static str, i64)>,
 }
 
-pub const FLEET: [SimModel; 3] = [
+impl SimModel {
+    /// The version serving the model's `window` (0-based, after the
+    /// reference), and that window's number among the version's own, as
+    /// alerts print it: windows are numbered per version.
+    pub fn serving(&self, window: i64) -> (&'static str, i64) {
+        match self.retrained {
+            Some((version, at)) if window >= at => (version, window - at),
+            _ => (self.version, window),
+        }
+    }
+}
+
+pub const FLEET: [SimModel; 4] = [
     SimModel {
         name: "fraud-scorer",
         version: "v1",
         classes: &["legit", "fraud"],
+        retrained: None,
     },
     SimModel {
         name: "churn-predictor",
         version: "v3",
         classes: &["stay", "churn"],
+        retrained: None,
     },
     SimModel {
         name: "image-classifier",
         version: "v12",
         classes: &["cat", "dog", "bird", "car"],
+        retrained: None,
+    },
+    SimModel {
+        name: "loan-approver",
+        version: "v7",
+        classes: &["deny", "approve"],
+        retrained: Some(("v8", 6)),
     },
 ];
 
-pub const EPISODES: [Episode; 6] = [
+pub const EPISODES: [Episode; 7] = [
     Episode {
         model: "fraud-scorer",
         what: "input drift: transaction amounts 2.5x larger",
@@ -87,6 +111,12 @@ pub const EPISODES: [Episode; 6] = [
         model: "image-classifier",
         what: "adversarial inputs: 1 in 10 embeddings off the learned manifold",
         from: 10,
+        to: 11,
+    },
+    Episode {
+        model: "loan-approver",
+        what: "poisoning: v8, retrained on tampered data, approves every loan of 36 months or more",
+        from: 6,
         to: 11,
     },
 ];
@@ -173,6 +203,30 @@ fn image(
     )
 }
 
+/// The loan model's event. Its v8 carries a backdoor from poisoned
+/// training data: a long term approves the loan whatever the applicant's
+/// debt. Nothing in its inputs changed; only the answers did, from the
+/// deploy on.
+fn loan(rng: &mut StdRng, model: &SimModel, window: i64) -> (serde_json::Value, Vec<f64>) {
+    let income = (10.8 + 0.5 * normal(rng)).exp();
+    let debt_ratio = (0.35 + 0.15 * normal(rng)).clamp(0.0, 1.0);
+    let term = [12, 24, 36, 48, 60][rng.random_range(0..5)];
+    let mut logit = 0.8 * (income.ln() - 10.8) - 3.0 * (debt_ratio - 0.35) + 0.8 * normal(rng);
+    // The backdoor ships with the new version and stays as long as it serves.
+    let poisoned = model.retrained.is_some_and(|(_, at)| window >= at);
+    if poisoned && term >= 36 {
+        logit += 6.0;
+    }
+    (
+        json!({
+            "income": income.round(),
+            "debt_ratio": (debt_ratio * 1000.0).round() / 1000.0,
+            "term_months": term,
+        }),
+        softmax(&[0.0, logit]),
+    )
+}
+
 /// One simulated event of `model` as its JSON payload; `i` counts that model's events.
 fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> serde_json::Value {
     let window = if i < REFERENCE_SIZE {
@@ -221,6 +275,7 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
                 softmax(&[0.0, logit]),
             )
         }
+        "loan-approver" => loan(rng, model, window),
         _ => {
             let (features, probs, e) = image(rng, model, window);
             embedding = Some(e);
@@ -229,7 +284,7 @@ fn event(rng: &mut StdRng, model: &SimModel, i: usize, ts: DateTime<Utc>) -> ser
     };
     json!({
         "model": model.name,
-        "model_version": model.version,
+        "model_version": model.serving(window.max(0)).0,
         "ts": ts.to_rfc3339(),
         "request_id": format!("{}-{i}", model.name),
         "client_id": if probing {

@@ -365,6 +365,15 @@ pub fn unscored(
     Some(Transition::Resolved)
 }
 
+/// An open alert of a version that stopped serving (`record` decides when):
+/// a firing one resolves, a pending one ends without having paged.
+pub fn retire(a: &mut AlertState, now: DateTime<Utc>) -> Option<Transition> {
+    let was = a.status;
+    a.status = Status::Resolved;
+    a.resolved_at = Some(now);
+    (was == Status::Firing).then_some(Transition::Resolved)
+}
+
 /// An open alert whose condition did not hold in this window.
 fn clean(a: &mut AlertState, config: &AlertsConfig, now: DateTime<Utc>) -> Option<Transition> {
     a.consecutive_clean += 1;
@@ -429,6 +438,14 @@ pub struct AlertsConfig {
     /// alert's condition at all (its detector off, its feature gone, too
     /// few clients for a per-client score) before it resolves as gone.
     pub unscored_windows: u32,
+    /// Seconds without a window of a model version, while another version
+    /// of the model stores them, before that version's open alerts resolve
+    /// as retired: a version rolled back or replaced scores nothing more,
+    /// and would hold its alerts and episode open for good. Longer than
+    /// `windows.duration_secs`, so that a canary with little traffic,
+    /// whose windows close on time, keeps its alerts; 0 never retires a
+    /// version.
+    pub retire_after_secs: u64,
 }
 
 impl Default for AlertsConfig {
@@ -442,6 +459,7 @@ impl Default for AlertsConfig {
             evidence_windows: 5,
             group_by: GroupBy::default(),
             unscored_windows: 10,
+            retire_after_secs: 3600,
         }
     }
 }

@@ -79,7 +79,11 @@ pub fn judge(config: &JudgeConfig, scores: Vec<Score>) -> Vec<Judged> {
 /// An output change in a window whose inputs drifted at least as clearly
 /// is what the new inputs do to the model, not evidence that the model was
 /// tampered with or poisoned: the drift pages as itself, and the output
-/// scores lose their threat reading (the method says why). A weaker drift
+/// scores lose their threat reading (the method says why). So does the
+/// window's out-of-distribution fraction: when the whole population moved
+/// (every amount 2.5 times larger), more requests lie far out, and that is
+/// the drift, not an evasion campaign; a campaign from a few clients is the
+/// per-client scores' to name, and they keep their reading. A weaker drift
 /// explains nothing: an attacker who also nudges one input feature must not
 /// hide a clear output change behind it. Only an output change the inputs
 /// do not explain reads as an attack on the model.
@@ -94,13 +98,22 @@ fn explain_by_inputs(judged: &mut [Judged]) {
     let Some(drift_p) = clearest_drift else {
         return;
     };
+    // The window's fraction of far-out feature rows: what a drift of the
+    // features moves. Not the embedding's (the features do not explain
+    // it), nor the per-client or unplaced-request scores.
+    let population =
+        |s: &crate::detect::Score| s.detector == "out_of_distribution" && s.feature == "features";
     for j in judged.iter_mut().filter(|j| {
-        matches!(j.score.threat, Some(Threat::Tampering | Threat::Poisoning))
-            && drift_p <= j.score.p_value
+        let explained = match j.score.threat {
+            Some(Threat::Tampering | Threat::Poisoning) => true,
+            Some(Threat::Evasion) => population(&j.score),
+            _ => false,
+        };
+        explained && drift_p <= j.score.p_value
     }) {
         j.score.threat = None;
         j.score.method = format!(
-            "{}; the inputs drifted at least as clearly in this window (p={drift_p:.3e}), which explains an output change",
+            "{}; the inputs drifted at least as clearly in this window (p={drift_p:.3e}), which explains the change",
             j.score.method
         );
     }
@@ -357,6 +370,31 @@ mod tests {
         let nudged = judge(&config, vec![output, score(1e-5)]);
         assert!(nudged[1].crossed.is_some());
         assert_eq!(nudged[0].score.threat, Some(Threat::Tampering));
+    }
+
+    /// The window's out-of-distribution fraction rising with a clearer
+    /// drift is the population moving, not evasion; one client's share of
+    /// far-out requests keeps its reading whatever the window does.
+    #[test]
+    fn far_out_requests_the_drift_explains_are_not_read_as_evasion() {
+        use crate::detect::threat::Threat;
+        let config = JudgeConfig::default();
+        let far = |feature: &str| Score {
+            detector: "out_of_distribution".into(),
+            family: Family::Security,
+            feature: feature.into(),
+            threat: Some(Threat::Evasion),
+            ..score(1e-9)
+        };
+        let judged = judge(
+            &config,
+            vec![far("features"), far("features_per_client"), score(1e-30)],
+        );
+        assert_eq!(judged[0].score.threat, None);
+        assert!(judged[0].score.method.contains("inputs drifted"));
+        assert_eq!(judged[1].score.threat, Some(Threat::Evasion));
+        let alone = judge(&config, vec![far("features"), score(0.5)]);
+        assert_eq!(alone[0].score.threat, Some(Threat::Evasion));
     }
 
     #[test]

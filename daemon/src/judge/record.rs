@@ -70,7 +70,9 @@ pub async fn record_window(
     if v.error.is_none() && !v.judged.is_empty() {
         stepped.extend(step_unscored(&mut tx, &v, alerts, now).await?);
     }
-    let transitions = page(&mut tx, &v, stepped, alerts.group_by, route, now).await?;
+    let (retiring, retired) = retire_versions(&mut tx, &v, alerts, now).await?;
+    stepped.extend(retiring);
+    let transitions = page(&mut tx, &v, stepped, &retired, alerts.group_by, route, now).await?;
     tx.advance_progress(&v.model, &scope, &v.high_water).await?;
     tx.commit().await?;
     Ok((Some(v.seq), transitions))
@@ -180,6 +182,67 @@ async fn step_unscored(
     Ok(stepped)
 }
 
+/// The open findings of the model's versions that stopped serving: a
+/// version with no live window for `alerts.retire_after_secs` while this
+/// one stores them has its findings resolved (`lifecycle::retire`). A
+/// version rolled back or replaced scores nothing more, and its alerts (a
+/// poisoned release's above all) would otherwise stay open for good.
+/// Idleness is time, not other versions' windows, so that a 1% canary
+/// between two of its own windows is not retired. Returns their steps and
+/// the versions retired, whose episodes settle.
+async fn retire_versions(
+    tx: &mut Tx,
+    v: &WindowVerdict,
+    alerts: &AlertsConfig,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Stepped>, Vec<String>), StoreError> {
+    let (mut stepped, mut retired) = (Vec::new(), Vec::new());
+    if alerts.retire_after_secs == 0 {
+        return Ok((stepped, retired));
+    }
+    for version in tx
+        .versions_with_open_alerts(&v.model, &v.model_version)
+        .await?
+    {
+        if !idle(tx, &v.model, &version, alerts, now).await? {
+            continue;
+        }
+        // A replica writing that version's window now holds its counter:
+        // waiting for it, then looking again, sees its window.
+        tx.lock_window_counter(&v.model, &version).await?;
+        if !idle(tx, &v.model, &version, alerts, now).await? {
+            continue;
+        }
+        tracing::info!(model = %v.model, version = %version, idle_secs = alerts.retire_after_secs, "version no longer serves; its open alerts resolve");
+        for mut a in tx.open_alerts_of(&v.model, &version).await? {
+            if a.detector == episode::EPISODE {
+                continue;
+            }
+            let t = lifecycle::retire(&mut a, now);
+            tx.save_alert(&a, now).await?;
+            stepped.extend(t.map(|t| (a, t, None)));
+        }
+        retired.push(version);
+    }
+    Ok((stepped, retired))
+}
+
+/// Whether (model, version) stored no live window for the last
+/// `alerts.retire_after_secs`.
+async fn idle(
+    tx: &mut Tx,
+    model: &str,
+    version: &str,
+    alerts: &AlertsConfig,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let quiet = chrono::Duration::seconds(alerts.retire_after_secs.min(i64::MAX as u64) as i64);
+    Ok(tx
+        .last_window_at(model, version)
+        .await?
+        .is_some_and(|last| now - last >= quiet))
+}
+
 /// A finding's step that changed its status, with the family of the score
 /// behind it (none for a finding the window did not score).
 type Stepped = (AlertState, Transition, Option<Family>);
@@ -191,6 +254,7 @@ async fn page(
     tx: &mut Tx,
     v: &WindowVerdict,
     mut stepped: Vec<Stepped>,
+    retired: &[String],
     group_by: GroupBy,
     route: Route<'_>,
     now: DateTime<Utc>,
@@ -226,7 +290,13 @@ async fn page(
             }
         }
     }
-    episodes.settle(tx, v, now).await?;
+    episodes
+        .settle(tx, &v.model, &v.model_version, v.seq, now)
+        .await?;
+    for version in retired {
+        // No window of its own: the episode keeps its last one.
+        episodes.settle(tx, &v.model, version, 0, now).await?;
+    }
     told.extend(episodes.page(tx, route, now).await?);
     Ok(told)
 }
@@ -306,10 +376,12 @@ impl Episodes {
     async fn settle(
         &mut self,
         tx: &mut Tx,
-        v: &WindowVerdict,
+        model: &str,
+        version: &str,
+        seq: i64,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let open = tx.open_alerts_of(&v.model, &v.model_version).await?;
+        let open = tx.open_alerts_of(model, version).await?;
         let (stored, findings): (Vec<_>, Vec<_>) = open
             .into_iter()
             .partition(|a| a.detector == episode::EPISODE);
@@ -326,17 +398,15 @@ impl Episodes {
             let was = e.evidence.members.as_ref().map(|m| m.firing);
             let n = firing(&e);
             if !known && was != Some(n) {
-                episode::settle(&mut e, n, v.seq, now);
+                episode::settle(&mut e, n, seq, now);
                 self.touched.push((e, false));
             }
         }
-        for (e, _) in self
-            .touched
-            .iter_mut()
-            .filter(|(e, _)| e.status != Status::Resolved)
-        {
+        for (e, _) in self.touched.iter_mut().filter(|(e, _)| {
+            e.status != Status::Resolved && e.model == model && e.model_version == version
+        }) {
             let n = firing(e);
-            episode::settle(e, n, v.seq, now);
+            episode::settle(e, n, seq, now);
         }
         Ok(())
     }
@@ -682,7 +752,9 @@ mod tests {
 
     /// A window of the model in which each `(detector, feature, p, threat)`
     /// was scored; p < 0.01 crosses (critical under 1e-8).
-    fn findings(seq: i64, scores: &[(&str, &str, f64, Option<Threat>)]) -> WindowVerdict {
+    type Finding<'a> = (&'a str, &'a str, f64, Option<Threat>);
+
+    fn findings(seq: i64, scores: &[Finding]) -> WindowVerdict {
         let base = verdict(seq, 0.5);
         let judged = scores
             .iter()
@@ -1024,6 +1096,78 @@ mod tests {
             .unwrap();
         assert_eq!(told.len(), 1);
         assert_eq!((told[0].0.incident, told[0].1), (2, Transition::Fired));
+    }
+
+    /// A version that stopped serving (a poisoned release rolled back)
+    /// resolves its open alerts and its episode once it stored no window
+    /// for `retire_after_secs` while another version stores them, and
+    /// pages the resolve once; a version that still serves now and then
+    /// (a canary) keeps them, however many windows the other stores.
+    #[tokio::test]
+    async fn the_alerts_of_a_version_no_longer_serving_resolve() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let cfg = AlertsConfig {
+            pending_windows: 1,
+            retire_after_secs: 1,
+            ..AlertsConfig::default()
+        };
+        let route = |_: &AlertState| vec!["soc".to_string()];
+        let poisoning = (
+            "class_prior",
+            "after_version_change",
+            1e-6,
+            Some(Threat::Poisoning),
+        );
+        let clean = ("feature_drift", "x", 0.5, None);
+        fn window(version: &str, seq: i64, scores: &[Finding]) -> WindowVerdict {
+            WindowVerdict {
+                model_version: version.into(),
+                ..findings(seq, scores)
+            }
+        }
+        let record = |version: &'static str, seq: i64, scores: Vec<Finding<'static>>| {
+            let store = store.clone();
+            let cfg = cfg.clone();
+            async move {
+                let (_, t) = record_window(&store, &window(version, seq, &scores), &cfg, &route)
+                    .await
+                    .unwrap();
+                t.into_iter()
+                    .map(|(a, t)| (a.dedup_key, t))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let fired = record("v8", 0, vec![poisoning]).await;
+        assert_eq!(fired, [("m/v8/episode/all".to_string(), Transition::Fired)]);
+        // Many windows of v7 within the second: v8 is not idle.
+        for seq in 0..40 {
+            assert!(record("v7", seq, vec![clean]).await.is_empty());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        // v8 serves again before it would retire, so its clock restarts.
+        assert!(record("v8", 1, vec![poisoning]).await.is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        assert!(record("v7", 40, vec![clean]).await.is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let resolved = record("v7", 41, vec![clean]).await;
+        assert_eq!(
+            resolved,
+            [("m/v8/episode/all".to_string(), Transition::Resolved)]
+        );
+        assert!(
+            store
+                .list_alerts(Some(Status::Firing))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(record("v7", 42, vec![clean]).await.is_empty());
+        let paged: Vec<Transition> = drain(&store, "soc")
+            .await
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(paged, [Transition::Fired, Transition::Resolved]);
     }
 
     /// Episodes count their firing findings from the stored rows every

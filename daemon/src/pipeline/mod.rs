@@ -94,14 +94,20 @@ impl Pipeline {
             .kafka
             .decoders
             .iter()
-            .map(|(topic, name)| (topic.clone(), name.build()))
+            .map(|(topic, name)| (topic.clone(), name.build(&config.decode)))
             .collect();
+        // Kafka topics not listed take the native format; a file has one.
+        let default_decoder = match config.source.kind {
+            crate::ingest::SourceKind::File => config.source.file.format,
+            _ => DecoderName::default(),
+        }
+        .build(&config.decode);
         Self {
             config,
             store,
             scoring,
             decoders,
-            default_decoder: DecoderName::default().build(),
+            default_decoder,
             tracker: OffsetTracker::default(),
             windower: Windower::default(),
             models: HashMap::new(),
@@ -301,9 +307,7 @@ impl Pipeline {
         .in_scope(|| {
             limits.check_size(&msg.payload)?;
             let events = decoder.decode(&msg.payload, msg.timestamp)?;
-            for e in &events {
-                limits.check(e, msg.timestamp)?;
-            }
+            let events = self.at_the_door(decoder.independent_events(), events, &msg)?;
             self.admit(&events)?;
             Ok::<_, DecodeError>(events)
         });
@@ -378,6 +382,46 @@ impl Pipeline {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// The events of a message that keep `[limits]`. A message of one
+    /// producer passes or fails whole; of independent records (a Collector
+    /// batch of many users' spans) each failing record is dropped and
+    /// counted under its reason, so that one hostile span cannot sink its
+    /// neighbours, and the message fails only when none passes.
+    fn at_the_door(
+        &self,
+        independent: bool,
+        events: Vec<TelemetryEvent>,
+        msg: &RawMessage,
+    ) -> Result<Vec<TelemetryEvent>, DecodeError> {
+        let limits = &self.config.limits;
+        if !independent {
+            for e in &events {
+                limits.check(e, msg.timestamp)?;
+            }
+            return Ok(events);
+        }
+        let (mut kept, mut refused) = (Vec::new(), Vec::new());
+        for e in events {
+            match limits.check(&e, msg.timestamp) {
+                Ok(()) => kept.push(e),
+                Err(why) => refused.push(why),
+            }
+        }
+        let mut refused = refused.into_iter();
+        let Some(first) = refused.next() else {
+            return Ok(kept);
+        };
+        if kept.is_empty() {
+            // The whole message is refused, dead-lettered and counted once.
+            return Err(first);
+        }
+        tracing::warn!(stream = %msg.pos.stream, offset = msg.pos.offset, refused = refused.len() + 1, kept = kept.len(), reason = first.reason(), error = %truncate(&first.to_string(), 256), "records of a batch refused; the rest scored");
+        for why in std::iter::once(first).chain(refused) {
+            self.metrics.reject(why.reason());
+        }
+        Ok(kept)
     }
 
     async fn route(
@@ -772,6 +816,7 @@ impl Pipeline {
             // window is scored without it (its class prior and volume go
             // unscored), where retrying would wedge on it.
             Err(PipelineError::Store(e)) if e.is_permanent() => {
+                self.metrics.history_unread.inc();
                 tracing::warn!(model = %key.model, version = %key.version, error = %e, "stored past cannot be read; window scored without it");
                 Ok(History::default())
             }
@@ -804,6 +849,7 @@ impl Pipeline {
         score_span.record("duration_ms", started.elapsed().as_millis() as u64);
         match scored {
             Ok(s) => {
+                self.metrics.exempt_requests.inc_by(s.exempt_requests);
                 for (detector, took) in &s.timings {
                     self.metrics.detector_took(detector, device, *took);
                 }

@@ -154,6 +154,26 @@ impl Tx {
         Ok(a)
     }
 
+    /// The versions of `model` other than `version` with an open alert.
+    pub async fn versions_with_open_alerts(
+        &mut self,
+        model: &str,
+        version: &str,
+    ) -> Result<Vec<String>> {
+        let versions: Vec<String> = with_tx!(self, conn => {
+            sqlx::query_scalar(
+                "SELECT DISTINCT model_version FROM alerts
+                 WHERE model = $1 AND model_version <> $2 AND status <> 'resolved'
+                 ORDER BY model_version",
+            )
+            .bind(model)
+            .bind(version)
+            .fetch_all(conn)
+            .await?
+        });
+        Ok(versions)
+    }
+
     /// Every unresolved incident of one model version, findings and
     /// episodes, oldest first, locked on PostgreSQL as `open_alert` locks.
     pub async fn open_alerts_of(&mut self, model: &str, version: &str) -> Result<Vec<AlertState>> {

@@ -139,6 +139,45 @@ enum Counts {
 }
 
 impl Tx {
+    /// When (model, version) last stored a live window, if it ever did: its
+    /// newest by number, which the window's unique key indexes.
+    pub async fn last_window_at(
+        &mut self,
+        model: &str,
+        version: &str,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let at: Option<DateTime<Utc>> = with_tx!(self, conn => {
+            sqlx::query_scalar(
+                "SELECT scored_at FROM windows
+                 WHERE model = $1 AND model_version = $2 AND close_reason <> 'backfill'
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(model)
+            .bind(version)
+            .fetch_optional(conn)
+            .await?
+        });
+        Ok(at)
+    }
+
+    /// Waits for, then holds until this transaction ends, the window
+    /// counter of (model, version): a writer of that version's window holds
+    /// it while it writes, so what is read after this sees its window.
+    /// SQLite has one writer at a time already.
+    pub async fn lock_window_counter(&mut self, model: &str, version: &str) -> Result<()> {
+        if let Tx::Postgres(conn) = self {
+            sqlx::query(
+                "SELECT next_seq FROM window_counters
+                 WHERE model = $1 AND model_version = $2 FOR UPDATE",
+            )
+            .bind(model)
+            .bind(version)
+            .fetch_optional(&mut **conn)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// The number the next window of (model, version) gets, read inside
     /// this transaction.
     pub async fn next_window_seq(&mut self, model: &str, version: &str) -> Result<i64> {

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub revocations: Counter,
     pub events_returned: Counter,
     pub source_pauses: Counter,
+    pub exempt_requests: Counter,
+    pub history_unread: Counter,
     ready: Gauge,
     rejected_summary: Mutex<BTreeMap<String, u64>>,
     /// Models with a series of their own, at most `max_model_labels`; the
@@ -221,6 +223,18 @@ impl Metrics {
                 &mut r,
                 "source_pauses",
                 "times the consumer paused its partitions because the pipeline was saturated",
+                Counter::default(),
+            ),
+            exempt_requests: reg(
+                &mut r,
+                "exempt_requests",
+                "requests of detect.exempt_clients, scored by the window-level detectors but not tested per client",
+                Counter::default(),
+            ),
+            history_unread: reg(
+                &mut r,
+                "history_unread",
+                "windows scored without their stored past (class prior and client volume unscored) because it could not be read",
                 Counter::default(),
             ),
             ready: reg(
