@@ -239,6 +239,17 @@ fn otlp_value(rng: &mut StdRng) -> otlp::Value {
     }
 }
 
+/// `key` holding a hostile value.
+fn otlp_attribute(rng: &mut StdRng, key: &str) -> otlp::KeyValue {
+    otlp::KeyValue {
+        key: key.to_string(),
+        value: Some(otlp::AnyValue {
+            value: Some(otlp_value(rng)),
+        }),
+        ..Default::default()
+    }
+}
+
 fn atom_text(rng: &mut StdRng) -> String {
     match rng.random_range(0..5) {
         0 => String::new(),
@@ -275,13 +286,7 @@ fn otlp_message(rng: &mut StdRng) -> Vec<u8> {
                 .filter(|_| rng.random_bool(0.7))
                 .collect::<Vec<_>>()
                 .into_iter()
-                .map(|k| otlp::KeyValue {
-                    key: k.to_string(),
-                    value: Some(otlp::AnyValue {
-                        value: Some(otlp_value(rng)),
-                    }),
-                    ..Default::default()
-                })
+                .map(|k| otlp_attribute(rng, k))
                 .collect(),
             ..Default::default()
         })
@@ -291,13 +296,7 @@ fn otlp_message(rng: &mut StdRng) -> Vec<u8> {
             resource: Some(otlp::Resource {
                 attributes: ["user.id", "enduser.id", "service.name"]
                     .iter()
-                    .map(|k| otlp::KeyValue {
-                        key: k.to_string(),
-                        value: Some(otlp::AnyValue {
-                            value: Some(otlp_value(rng)),
-                        }),
-                        ..Default::default()
-                    })
+                    .map(|k| otlp_attribute(rng, k))
                     .collect(),
                 ..Default::default()
             }),

@@ -257,6 +257,75 @@ fn clean_run(
     alarms
 }
 
+/// A guardrail in front of the model: its `apply_guardrail` spans are a
+/// model of their own, `support-bot/guardrail`, labelled with the decision.
+/// One user whose prompts it denies 15 times in 20, among 200 users it
+/// denies 2% of the time, is named by the same per-user refusal score.
+#[test]
+fn a_user_the_guardrail_keeps_denying_is_named_on_the_guardrail_model() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut n = 0;
+    let mut guard = |user: String, deny: f64| {
+        n += 1;
+        let mut s = chat(n, &user, "stop", (0, 0));
+        let decision = if rng.random_bool(deny) {
+            "deny"
+        } else {
+            "allow"
+        };
+        s.attributes = vec![
+            kv(
+                "gen_ai.operation.name",
+                Value::StringValue("apply_guardrail".into()),
+            ),
+            kv(
+                "gen_ai.request.model",
+                Value::StringValue("support-bot".into()),
+            ),
+            kv(
+                "gen_ai.security.decision.type",
+                Value::StringValue(decision.into()),
+            ),
+            kv("user.id", Value::StringValue(user)),
+        ];
+        s
+    };
+    let mut users = StdRng::seed_from_u64(18);
+    let mut benign = |count: usize| -> Vec<Span> {
+        (0..count)
+            .map(|_| guard(format!("u-{}", users.random_range(0..200)), 0.02))
+            .collect()
+    };
+    let reference = decode(&benign(4000));
+    assert!(reference.iter().all(|e| e.model == "support-bot/guardrail"));
+    let scorer = scorer();
+    let fitted = scorer
+        .fit("support-bot/guardrail", &reference, &[], 2000)
+        .unwrap();
+    let mut spans = benign(1980);
+    spans.extend((0..20).map(|_| guard("mallory".into(), 0.75)));
+    let judged = judge(
+        &JudgeConfig::default(),
+        scorer.score(&fitted, &decode(&spans)).unwrap().scores,
+    );
+    let found = crossed(&judged, "refusals_per_client").unwrap_or_else(|| panic!("{judged:#?}"));
+    assert_eq!(found.score.threat, Some(Threat::Jailbreak));
+    assert!(
+        found.score.method.contains("client=mallory "),
+        "{}",
+        found.score.method
+    );
+    assert!(
+        found
+            .score
+            .examples
+            .iter()
+            .all(|e| e.ends_with("answer=deny")),
+        "{:?}",
+        found.score.examples
+    );
+}
+
 /// The model's refusal rate jumps from 1% to 8% and its answers grow: the
 /// output and drift detectors cross on the window, naming the model.
 #[test]
