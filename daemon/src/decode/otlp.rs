@@ -107,6 +107,9 @@ impl Decoder for OtlpGenaiDecoder {
     }
 }
 
+/// `{`, spelt as a number so that brace-counting tools read this file right.
+const OPEN_OBJECT: u8 = 0x7b;
+
 /// JSON when the payload opens an object, after spaces, tabs or carriage
 /// returns at most; otherwise protobuf. Not after a newline: 0x0a is the
 /// tag protobuf requests begin with, and may be followed by `{`.
@@ -114,7 +117,7 @@ fn parse(payload: &[u8]) -> Result<ExportTraceServiceRequest, DecodeError> {
     let json = payload
         .iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\r'))
-        .is_some_and(|b| *b == b'{');
+        .is_some_and(|b| *b == OPEN_OBJECT);
     if json {
         let classify = |e: serde_json::Error| match e.classify() {
             serde_json::error::Category::Data => DecodeError::Schema(e.to_string()),

@@ -89,13 +89,13 @@ pub struct Frame {
     pub tokens: Vec<Option<f64>>,
 }
 
-/// The tokens an event's call used: its numeric `*_tokens` features summed.
-fn tokens(e: &TelemetryEvent) -> Option<f64> {
-    let used: Vec<f64> = e
-        .features
+/// The tokens an event's call used: its numeric features named in
+/// `names` (the schema's `*_tokens`) summed. No work for models without
+/// any, which is most of them.
+fn tokens(e: &TelemetryEvent, names: &[&str]) -> Option<f64> {
+    let used: Vec<f64> = names
         .iter()
-        .filter(|(name, _)| name.ends_with("_tokens"))
-        .filter_map(|(_, v)| v.as_number())
+        .filter_map(|n| e.features.get(n)?.as_number())
         .collect();
     (!used.is_empty()).then(|| used.iter().sum())
 }
@@ -201,6 +201,12 @@ impl Frame {
         let mut versions: std::collections::BTreeMap<&str, usize> = Default::default();
         let mut slots = Slots::of(schema);
         let mut row = vec![0.0; schema.numeric.len()];
+        let token_names: Vec<&str> = schema
+            .numeric
+            .iter()
+            .map(String::as_str)
+            .filter(|n| n.ends_with("_tokens"))
+            .collect();
         for e in events {
             f.rows += 1;
             if let Some(c) = &e.client_id {
@@ -227,7 +233,7 @@ impl Frame {
                 })
             });
             f.senders.push(Sender::of(e, &label));
-            f.tokens.push(tokens(e));
+            f.tokens.push(tokens(e, &token_names));
             if schema.numeric.len() >= 2 && present == schema.numeric.len() {
                 f.feature_rows.push(row.clone());
                 f.feature_row_senders.push(Sender::of(e, &label));
