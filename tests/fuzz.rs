@@ -353,6 +353,90 @@ fn generated_otlp_spans_get_an_outcome_and_never_a_panic() {
     }
 }
 
+const DATATYPES: &[&str] = &[
+    "BOOL", "UINT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES", "COMPLEX", "",
+];
+
+/// An Open Inference Protocol tensor whose shape, datatype and data may
+/// disagree, with names and values of hostile kinds.
+fn oip_tensor(rng: &mut StdRng) -> String {
+    let rows = rng.random_range(0..4);
+    let width = rng.random_range(1..4);
+    let shape = match rng.random_range(0..8) {
+        0 => "[-1,2]".to_string(),
+        1 => "[9223372036854775807,9223372036854775807]".to_string(),
+        2 => "[]".to_string(),
+        3 => format!("[{rows}]"),
+        _ => format!("[{rows},{width}]"),
+    };
+    let values: Vec<String> = (0..rows * width)
+        .map(|_| match rng.random_range(0..6) {
+            0 => atom(rng),
+            1 => "true".to_string(),
+            2 => format!("\"{}\"", atom_text(rng).replace('"', "")),
+            _ => rng.random::<f64>().to_string(),
+        })
+        .collect();
+    let data = if rng.random_bool(0.3) {
+        format!("[[{}]]", values.join(","))
+    } else {
+        format!("[{}]", values.join(","))
+    };
+    let name = match rng.random_range(0..5) {
+        0 => atom_text(rng).replace('"', ""),
+        _ => format!("t{}", rng.random_range(0..3)),
+    };
+    format!(
+        r#"{{"name":"{name}","shape":{shape},"datatype":"{}","data":{data}}}"#,
+        DATATYPES[rng.random_range(0..DATATYPES.len())]
+    )
+}
+
+/// An OIP request or response body, then mangled like `message`'s.
+fn oip_message(rng: &mut StdRng) -> Vec<u8> {
+    let tensors: Vec<String> = (0..rng.random_range(0..4))
+        .map(|_| oip_tensor(rng))
+        .collect();
+    let side = if rng.random_bool(0.5) {
+        "inputs"
+    } else {
+        "outputs"
+    };
+    let mut bytes = format!(
+        r#"{{"id":"{}","model_name":"m{}","{side}":[{}]}}"#,
+        rng.random_range(0..1000),
+        rng.random_range(0..3),
+        tensors.join(",")
+    )
+    .into_bytes();
+    if rng.random_bool(0.2) && !bytes.is_empty() {
+        let i = rng.random_range(0..bytes.len());
+        bytes[i] = rng.random();
+    }
+    bytes.retain(|b| *b != b'\n');
+    bytes
+}
+
+/// Tensors of any shape through `oip-v2-json` and the door.
+#[test]
+fn generated_oip_tensors_get_an_outcome_and_never_a_panic() {
+    let outcomes = decode_with(DecoderName::OipV2Json, oip_message, 6, 20_000);
+    eprintln!("{outcomes:?}");
+    for key in [
+        "events=0",
+        "events=1",
+        "events=2",
+        "invalid_json",
+        "invalid_value",
+        "schema",
+    ] {
+        assert!(
+            outcomes.get(key).copied().unwrap_or(0) > 0,
+            "{key} never happened: {outcomes:?}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "the long run: set MODELWATCH_FUZZ_INPUTS"]
 fn generated_messages_long_run() {

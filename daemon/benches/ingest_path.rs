@@ -4,12 +4,19 @@
 //! 1,000). The baseline, run alternately in the same process on the same
 //! messages, is a bare `serde_json::Value` parse: the least any JSON input
 //! costs. Prints events/s for both and their ratio (medians of 7 runs).
+//!
+//! Then the serving formats (issue 13): the same rows as KServe logger
+//! CloudEvents (binary mode, V2 bodies) and as Open Inference Protocol
+//! bodies, a request and a response message per row, decoded, checked at
+//! the door and joined; the ratio is against the native decoder on the same
+//! rows in the same run.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use modelwatch::decode::{DecoderName, Limits};
+use modelwatch::decode::{DecoderName, Limits, Message};
 use modelwatch::event::{Positioned, SourcePos};
+use modelwatch::join::{Half, JoinConfig, Joiner, Offered};
 use modelwatch::window::{Progress, WindowKey, WindowSettings, Windower};
 
 const EVENTS: usize = 200_000;
@@ -61,7 +68,7 @@ fn decode_and_window(msgs: &[Vec<u8>]) -> Duration {
                 offset: offset as i64,
                 index: index as i64,
             };
-            closed += windower.push(&key, Positioned { event, pos }, now).len();
+            closed += windower.push(&key, Positioned::new(event, pos), now).len();
         }
     }
     assert_eq!(closed, EVENTS / 1000);
@@ -81,6 +88,125 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// One row as a message of a format: payload and headers.
+type Wire = (Vec<u8>, Vec<(String, Vec<u8>)>);
+
+const PAIRED_ROWS: usize = 50_000;
+
+fn row(i: usize) -> [f64; 8] {
+    std::array::from_fn(|k| ((i * 7919 + k * 104_729) % 10_000) as f64 / 1000.0)
+}
+
+/// Each row as a request and a response message of `format`.
+fn serving_messages(format: DecoderName) -> Vec<Wire> {
+    let mut out = Vec::with_capacity(2 * PAIRED_ROWS);
+    for i in 0..PAIRED_ROWS {
+        let id = format!("req-{i}");
+        let request = serde_json::json!({"id": id, "inputs": [
+            {"name": "x", "shape": [1, 8], "datatype": "FP64", "data": row(i)}]});
+        let response = serde_json::json!({"id": id, "model_name": "credit", "model_version": "v1",
+            "outputs": [{"name": "p", "shape": [1, 2], "datatype": "FP32", "data": [0.3, 0.7]}]});
+        for (body, kind) in [(request, "request"), (response, "response")] {
+            let kind = format!("org.kubeflow.serving.inference.{kind}");
+            let headers = match format {
+                DecoderName::KserveCloudevents => [
+                    ("ce_specversion", "1.0"),
+                    ("ce_id", id.as_str()),
+                    ("ce_type", kind.as_str()),
+                    ("ce_inferenceservicename", "credit"),
+                    ("ce_component", "predictor"),
+                ]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+                _ => Vec::new(),
+            };
+            out.push((body.to_string().into_bytes(), headers));
+        }
+    }
+    out
+}
+
+/// Decode, door and join of every message; returns the time and the
+/// events made.
+fn decode_and_join(format: DecoderName, msgs: &[Wire]) -> (Duration, usize) {
+    let decoder = format.build(&Default::default());
+    let limits = Limits::default();
+    let mut joiner: Joiner<()> = Joiner::new(JoinConfig::default());
+    let time: chrono::DateTime<chrono::Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
+    let ts = Some(time);
+    let now = Instant::now();
+    let start = Instant::now();
+    let mut events = 0;
+    for (offset, (payload, headers)) in msgs.iter().enumerate() {
+        limits.check_size(payload).unwrap();
+        let msg = Message {
+            payload,
+            key: None,
+            headers,
+            topic: "telemetry",
+            timestamp: ts,
+        };
+        let decoded = decoder.decode_message(&msg).unwrap();
+        for e in &decoded.events {
+            limits.check(e, ts).unwrap();
+        }
+        let Some(pairing) = decoded.pairing else {
+            events += decoded.events.len();
+            continue;
+        };
+        let half = Half {
+            pairing,
+            events: decoded.events,
+            pos: SourcePos {
+                stream: "telemetry/0".into(),
+                offset: offset as i64,
+                index: 0,
+            },
+            time,
+            bytes: payload.len(),
+            carried: (),
+        };
+        if let Offered::Paired { events: e, .. } = joiner.offer(half, now) {
+            events += e.len();
+        }
+    }
+    (start.elapsed(), black_box(events))
+}
+
+/// The serving formats against the native one, on the same rows.
+fn formats() {
+    let native: Vec<Wire> = messages()[..PAIRED_ROWS]
+        .iter()
+        .map(|m| (m.clone(), Vec::new()))
+        .collect();
+    let formats = [DecoderName::KserveCloudevents, DecoderName::OipV2Json];
+    let wires: Vec<Vec<Wire>> = formats.iter().map(|f| serving_messages(*f)).collect();
+    let mut base = Vec::new();
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); formats.len()];
+    for _ in 0..7 {
+        let (d, n) = decode_and_join(DecoderName::ModelwatchJson, &native);
+        assert_eq!(n, PAIRED_ROWS);
+        base.push(d);
+        for (k, f) in formats.iter().enumerate() {
+            let (d, n) = decode_and_join(*f, &wires[k]);
+            assert_eq!(n, PAIRED_ROWS, "{f:?} pairs every row");
+            times[k].push(d);
+        }
+    }
+    let rate = |d: Duration| PAIRED_ROWS as f64 / d.as_secs_f64();
+    let b = median(base);
+    println!("modelwatch-json: {:.0} events/s on one core", rate(b));
+    for (f, t) in formats.iter().zip(times) {
+        let t = median(t);
+        println!(
+            "{f:?} (decode + door + join, two messages per event): {:.0} events/s; {:.2}x the native decoder's time",
+            rate(t),
+            t.as_secs_f64() / b.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     let msgs = messages();
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
@@ -96,4 +222,5 @@ fn main() {
         rate(b),
         o.as_secs_f64() / b.as_secs_f64()
     );
+    formats();
 }

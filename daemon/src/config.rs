@@ -74,6 +74,8 @@ pub struct Config {
     pub limits: Limits,
     /// The input formats' settings.
     pub decode: crate::decode::DecodeConfig,
+    /// How the halves of request/response pairs are joined.
+    pub join: crate::join::JoinConfig,
 }
 
 /// One model's overrides of the global settings.
@@ -171,6 +173,7 @@ impl Config {
             .and_then(|()| self.validate_models())
             .and_then(|()| self.validate_retirement())
             .and_then(|()| self.validate_receiver_labels())
+            .and_then(|()| self.join.validate())
             .map_err(ConfigError::Invalid)
     }
 

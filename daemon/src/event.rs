@@ -381,6 +381,31 @@ impl TelemetryEvent {
 pub struct Positioned {
     pub event: TelemetryEvent,
     pub pos: SourcePos,
+    /// A second message the event came from (the earlier half of a pair),
+    /// held until the event is durable as `pos` is.
+    pub also: Option<SourcePos>,
+}
+
+impl Positioned {
+    pub fn new(event: TelemetryEvent, pos: SourcePos) -> Self {
+        Self {
+            event,
+            pos,
+            also: None,
+        }
+    }
+}
+
+/// The suffix of a stream that is not a transport's: unpaired halves are
+/// windowed on `<stream>#unpaired` (see `join`), which is never
+/// acknowledged.
+pub const UNPAIRED: &str = "#unpaired";
+
+impl SourcePos {
+    /// Whether the position is a transport's, to be acknowledged.
+    pub fn is_transport(&self) -> bool {
+        !self.stream.ends_with(UNPAIRED)
+    }
 }
 
 #[cfg(test)]

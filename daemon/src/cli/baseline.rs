@@ -41,11 +41,16 @@ pub async fn run(action: BaselineAction) -> Result<()> {
     } = action;
     let config = config.load()?;
     telemetry::init_logging(&config.log);
-    let events: Vec<_> = read_events(&file, format.build(&config.decode).as_ref(), &config.limits)?
-        .into_iter()
-        .map(|p| p.event)
-        .filter(|e| e.model == model)
-        .collect();
+    let events: Vec<_> = read_events(
+        &file,
+        format.build(&config.decode).as_ref(),
+        &config.limits,
+        &config.join,
+    )?
+    .into_iter()
+    .map(|p| p.event)
+    .filter(|e| e.model == model)
+    .collect();
     if events.len() < 2 {
         bail!(
             "{} holds {} events of model {model}; a reference needs at least 2",

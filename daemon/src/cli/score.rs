@@ -57,8 +57,18 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
     telemetry::init_logging(&config.log);
     let decoder = args.input_format.build(&config.decode);
     let started = Instant::now();
-    let reference = read_events(&args.reference, decoder.as_ref(), &config.limits)?;
-    let current = read_events(&args.current, decoder.as_ref(), &config.limits)?;
+    let reference = read_events(
+        &args.reference,
+        decoder.as_ref(),
+        &config.limits,
+        &config.join,
+    )?;
+    let current = read_events(
+        &args.current,
+        decoder.as_ref(),
+        &config.limits,
+        &config.join,
+    )?;
     tracing::info!(
         reference = reference.len(),
         current = current.len(),

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{DecodeError, Decoder};
+use super::{DecodeError, Decoded, Decoder, Message};
 use crate::event::{FeatureValue, Features, Output, Probabilities, TelemetryEvent};
 
 /// The native modelwatch JSON format: one event object, or an array of them.
@@ -44,11 +44,8 @@ impl Decoder for JsonDecoder {
         "modelwatch-json"
     }
 
-    fn decode(
-        &self,
-        payload: &[u8],
-        source_ts: Option<DateTime<Utc>>,
-    ) -> Result<Vec<TelemetryEvent>, DecodeError> {
+    fn decode_message(&self, msg: &Message<'_>) -> Result<Decoded, DecodeError> {
+        let (payload, source_ts) = (msg.payload, msg.timestamp);
         // Straight into the wire shape, in one pass: going through a
         // `serde_json::Value` first cost as much again as the parse.
         let batch = payload
@@ -63,7 +60,8 @@ impl Decoder for JsonDecoder {
         wires
             .into_iter()
             .map(|wire| into_event(wire, source_ts))
-            .collect()
+            .collect::<Result<_, _>>()
+            .map(Decoded::whole)
     }
 }
 

@@ -33,7 +33,7 @@ use prost::Message;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DecodeError, Decoder};
+use super::{DecodeError, Decoded, Decoder, Message as Delivered};
 use crate::event::{FeatureValue, Features, Output, TelemetryEvent};
 
 /// Where the decoder finds who sent a span.
@@ -84,11 +84,8 @@ impl Decoder for OtlpGenaiDecoder {
         true
     }
 
-    fn decode(
-        &self,
-        payload: &[u8],
-        source_ts: Option<DateTime<Utc>>,
-    ) -> Result<Vec<TelemetryEvent>, DecodeError> {
+    fn decode_message(&self, msg: &Delivered<'_>) -> Result<Decoded, DecodeError> {
+        let (payload, source_ts) = (msg.payload, msg.timestamp);
         let request = parse(payload)?;
         let mut events = Vec::new();
         for resource_spans in &request.resource_spans {
@@ -103,7 +100,7 @@ impl Decoder for OtlpGenaiDecoder {
                 events.extend(self.event(span, resource_client, source_ts)?);
             }
         }
-        Ok(events)
+        Ok(Decoded::whole(events))
     }
 }
 

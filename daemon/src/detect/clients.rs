@@ -140,7 +140,7 @@ pub struct ExemptClients(pub Vec<String>);
 
 impl ExemptClients {
     pub fn matches(&self, client: &str) -> bool {
-        self.0.iter().any(|p| wildcard(p, client))
+        self.0.iter().any(|p| crate::glob::wildcard(p, client))
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -155,28 +155,6 @@ impl ExemptClients {
             None => Ok(()),
         }
     }
-}
-
-/// Whether `text` matches `pattern`, where `*` matches any run of
-/// characters: each literal piece is found in order, the first anchored at
-/// the start and the last at the end.
-fn wildcard(pattern: &str, text: &str) -> bool {
-    let pieces: Vec<&str> = pattern.split('*').collect();
-    let (first, last) = (pieces[0], pieces[pieces.len() - 1]);
-    if pieces.len() == 1 {
-        return pattern == text;
-    }
-    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
-        return false;
-    }
-    let mut middle = &text[first.len()..text.len() - last.len()];
-    for piece in &pieces[1..pieces.len() - 1] {
-        match middle.find(piece) {
-            Some(at) => middle = &middle[at + piece.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 /// `worst` over the requests of a window's senders, leaving out exempt
@@ -322,7 +300,7 @@ mod tests {
         ] {
             assert!(!exempt.matches(id), "{id}");
         }
-        assert!(wildcard("a*a", "aa") && !wildcard("a*a", "a"));
+        assert!(crate::glob::wildcard("a*a", "aa") && !crate::glob::wildcard("a*a", "a"));
         assert!(ExemptClients(vec!["**".into()]).validate().is_err());
         assert!(ExemptClients(vec![String::new()]).validate().is_err());
         assert!(exempt.validate().is_ok());

@@ -357,6 +357,7 @@ fn message(payload: Vec<u8>, key: Option<Vec<u8>>, ts: DateTime<Utc>, offset: us
             index: 0,
         },
         trace_context: Vec::new(),
+        headers: Vec::new(),
     }
 }
 

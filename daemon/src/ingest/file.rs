@@ -8,11 +8,12 @@ use tokio_util::sync::CancellationToken;
 use std::path::Path;
 
 use super::{IngestError, RawMessage};
-use crate::decode::{DecodeError, Decoder, Limits};
-use crate::event::Positioned;
-use crate::event::SourcePos;
+use crate::decode::{DecodeError, Decoded, Decoder, Limits, Message, Pairing};
+use crate::event::{Positioned, SourcePos};
+use crate::join::{Half, JoinConfig, Joiner, Offered, Unpaired, unpaired_position};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
 
 pub struct FileControl {
     dead_letter: Option<Mutex<tokio::fs::File>>,
@@ -73,11 +74,13 @@ pub enum ReadError {
 /// decode or breaks a limit fails with its file and line. Lines are bytes:
 /// one that is not UTF-8 is the decoder's to refuse. The lines are decoded
 /// on every core, in contiguous parts joined in file order: decoding is
-/// what reading a large capture costs.
+/// what reading a large capture costs. Halves of pairs are then joined in
+/// file order, as the daemon joins them.
 pub fn read_events(
     path: &Path,
     decoder: &dyn Decoder,
     limits: &Limits,
+    join: &JoinConfig,
 ) -> Result<Vec<Positioned>, ReadError> {
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
@@ -91,20 +94,17 @@ pub fn read_events(
         .collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let part = lines.len().div_ceil(cores.clamp(1, 16)).max(1);
-    let stream = format!("file:{name}");
     let now = chrono::Utc::now();
-    let parts: Vec<Result<Vec<Positioned>, ReadError>> = std::thread::scope(|scope| {
+    let parts: Vec<Result<Vec<(usize, Decoded)>, DecodeLineError>> = std::thread::scope(|scope| {
         let decode = |lines: &[(usize, &[u8])]| {
             lines
                 .iter()
-                .map(|(i, line)| positioned(*i, line, &stream, decoder, limits, now))
-                .collect::<Result<Vec<Vec<Positioned>>, DecodeLineError>>()
-                .map(|v| v.into_iter().flatten().collect())
-                .map_err(|(line, source)| ReadError::Decode {
-                    path: name.clone(),
-                    line,
-                    source,
+                .map(|(i, line)| {
+                    decode_line(line, decoder, limits, now)
+                        .map(|d| (*i, d))
+                        .map_err(|e| (i + 1, e))
                 })
+                .collect::<Result<Vec<_>, DecodeLineError>>()
         };
         let workers: Vec<_> = lines
             .chunks(part)
@@ -115,38 +115,101 @@ pub fn read_events(
             .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
-    let mut events = Vec::new();
+    let failed = |(line, source): DecodeLineError| ReadError::Decode {
+        path: name.clone(),
+        line,
+        source,
+    };
+    let mut lines = LineJoin::new(format!("file:{name}"), join);
     for part in parts {
-        events.extend(part?);
+        for (i, decoded) in part.map_err(failed)? {
+            lines.push(i, decoded, now).map_err(failed)?;
+        }
     }
-    Ok(events)
+    lines.finish().map_err(failed)
 }
 
 /// A line that failed: its number (from 1) and why.
 type DecodeLineError = (usize, DecodeError);
 
-/// The events of line `i` (from 0), positioned in `stream`.
-fn positioned(
-    i: usize,
-    line: &[u8],
-    stream: &str,
-    decoder: &dyn Decoder,
-    limits: &Limits,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<Vec<Positioned>, DecodeLineError> {
-    let decoded = decode_line(line, decoder, limits, now).map_err(|e| (i + 1, e))?;
-    Ok(decoded
-        .into_iter()
-        .enumerate()
-        .map(|(index, event)| Positioned {
-            event,
-            pos: SourcePos {
-                stream: stream.to_string(),
-                offset: i as i64,
-                index: index as i64,
-            },
-        })
-        .collect())
+/// Decoded lines in file order, their halves joined.
+struct LineJoin {
+    stream: String,
+    joiner: Joiner<usize>,
+    events: Vec<Positioned>,
+}
+
+impl LineJoin {
+    fn new(stream: String, join: &JoinConfig) -> Self {
+        Self {
+            stream,
+            joiner: Joiner::new(join.clone()),
+            events: Vec::new(),
+        }
+    }
+
+    fn pos(&self, i: usize, index: usize) -> SourcePos {
+        SourcePos {
+            stream: self.stream.clone(),
+            offset: i as i64,
+            index: index as i64,
+        }
+    }
+
+    /// Line `i` (from 0).
+    fn push(
+        &mut self,
+        i: usize,
+        decoded: Decoded,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), DecodeLineError> {
+        let Some(pairing) = decoded.pairing else {
+            for (index, event) in decoded.events.into_iter().enumerate() {
+                self.events.push(Positioned::new(event, self.pos(i, index)));
+            }
+            return Ok(());
+        };
+        let time = decoded.events.first().map_or(now, |e| e.ts);
+        let half = Half {
+            pairing,
+            events: decoded.events,
+            pos: self.pos(i, 0),
+            time,
+            bytes: 0,
+            carried: i,
+        };
+        match self.joiner.offer(half, Instant::now()) {
+            Offered::Waiting => {}
+            Offered::Paired { events, .. } => {
+                for (index, event) in events.into_iter().enumerate() {
+                    self.events.push(Positioned::new(event, self.pos(i, index)));
+                }
+            }
+            Offered::Refused(_, e) => return Err((i + 1, e)),
+        }
+        let expired = self.joiner.expired(Instant::now());
+        self.unpaired(expired)
+    }
+
+    fn unpaired(&mut self, halves: Vec<Half<usize>>) -> Result<(), DecodeLineError> {
+        for half in halves {
+            if self.joiner.config().unpaired == Unpaired::DeadLetter {
+                let Pairing { key, side } = half.pairing;
+                return Err((half.carried + 1, DecodeError::Unpaired { side, key }));
+            }
+            for (index, event) in half.events.into_iter().enumerate() {
+                self.events
+                    .push(Positioned::new(event, unpaired_position(&half.pos, index)));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<Positioned>, DecodeLineError> {
+        let left = self.joiner.drain();
+        self.unpaired(left)?;
+        Ok(self.events)
+    }
 }
 
 fn decode_line(
@@ -154,13 +217,13 @@ fn decode_line(
     decoder: &dyn Decoder,
     limits: &Limits,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<Vec<crate::event::TelemetryEvent>, DecodeError> {
+) -> Result<Decoded, DecodeError> {
     limits.check_size(line)?;
-    let events = decoder.decode(line, Some(now))?;
-    for e in &events {
+    let decoded = decoder.decode_message(&Message::bare(line, Some(now)))?;
+    for e in &decoded.events {
         limits.check(e, Some(now))?;
     }
-    Ok(events)
+    Ok(decoded)
 }
 
 pub fn start(
@@ -221,6 +284,7 @@ pub fn start(
                         topic: stream.clone(),
                         pos,
                         trace_context: Vec::new(),
+                        headers: Vec::new(),
                     };
                     if tx.send(msg).await.is_err() {
                         break;

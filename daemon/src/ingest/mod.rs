@@ -111,6 +111,30 @@ pub struct RawMessage {
     pub pos: SourcePos,
     /// W3C trace context headers (`traceparent`, `tracestate`) it carried.
     pub trace_context: Vec<(String, String)>,
+    /// Every header, in order, within `MAX_HEADERS` and the size bounds;
+    /// decoders read them (CloudEvents' `ce_*`, `x-request-id`).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Most headers kept of one message, and the longest name and value: what
+/// the decoders read is short, and a producer's header list must not
+/// outweigh the payload limit. A header past them is left out, as if it
+/// were not sent.
+pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADER_NAME_BYTES: usize = 256;
+pub const MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
+
+impl RawMessage {
+    /// What a decoder may read of it.
+    pub fn view(&self) -> crate::decode::Message<'_> {
+        crate::decode::Message {
+            payload: &self.payload,
+            key: self.key.as_deref(),
+            headers: &self.headers,
+            topic: &self.topic,
+            timestamp: self.timestamp,
+        }
+    }
 }
 
 /// Acknowledgement and dead-letter handling, per source kind.

@@ -93,7 +93,7 @@ impl Pipeline {
             };
             let dropped = state.builder.map(|b| b.events).unwrap_or_default();
             for p in &dropped {
-                self.tracker.release(&p.pos);
+                self.tracker.release_item(p);
             }
             self.metrics.models_evicted.inc();
             self.metrics

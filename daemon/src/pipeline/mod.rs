@@ -13,11 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::decode::{DecodeError, Decoder, DecoderName};
+use crate::decode::{DecodeError, Decoded, Decoder, DecoderName, Pairing};
 use crate::detect::{DetectError, History, Reference, ScoringHandle};
 use crate::event::{Positioned, SourcePos, TelemetryEvent};
 use crate::ingest::ack::OffsetTracker;
 use crate::ingest::{IngestError, RawMessage, Revocation, Source, SourceControl};
+use crate::join::{Half, Joiner, Offered, Unpaired, unpaired_position};
 use crate::judge;
 use crate::notify;
 use crate::store::{self, Store, StoreError};
@@ -64,9 +65,14 @@ pub struct Pipeline {
     config: Arc<Config>,
     store: Store,
     scoring: ScoringHandle,
-    decoders: HashMap<String, Box<dyn Decoder>>,
-    default_decoder: Box<dyn Decoder>,
+    /// Decoders by topic, those chosen by pattern cached on first use.
+    decoders: HashMap<String, Arc<dyn Decoder>>,
+    /// Topic patterns (`*` for any run of characters), sorted.
+    patterns: Vec<(String, Arc<dyn Decoder>)>,
+    default_decoder: Arc<dyn Decoder>,
     tracker: OffsetTracker,
+    /// Halves waiting for their other half; the message of each is held.
+    joiner: Joiner<Option<RawMessage>>,
     windower: Windower,
     models: HashMap<String, ModelState>,
     metrics: Arc<Metrics>,
@@ -89,26 +95,31 @@ impl Pipeline {
         health: Arc<Health>,
         options: PipelineOptions,
     ) -> Self {
-        let decoders = config
+        let (patterns, exact): (Vec<_>, Vec<_>) = config
             .source
             .kafka
             .decoders
             .iter()
-            .map(|(topic, name)| (topic.clone(), name.build(&config.decode)))
-            .collect();
+            .map(|(topic, name)| (topic.clone(), Arc::from(name.build(&config.decode))))
+            .partition(|(topic, _)| topic.contains('*'));
         // Kafka topics not listed take the native format; a file has one.
-        let default_decoder = match config.source.kind {
-            crate::ingest::SourceKind::File => config.source.file.format,
-            _ => DecoderName::default(),
-        }
-        .build(&config.decode);
+        let default_decoder = Arc::from(
+            match config.source.kind {
+                crate::ingest::SourceKind::File => config.source.file.format,
+                _ => DecoderName::default(),
+            }
+            .build(&config.decode),
+        );
+        let joiner = Joiner::new(config.join.clone());
         Self {
             config,
             store,
             scoring,
-            decoders,
+            decoders: exact.into_iter().collect(),
+            patterns,
             default_decoder,
             tracker: OffsetTracker::default(),
+            joiner,
             windower: Windower::default(),
             models: HashMap::new(),
             retry: Retry {
@@ -162,9 +173,9 @@ impl Pipeline {
                 }
                 m = source.messages.recv() => match m {
                     Some(msg) => self.handle(msg, &source.control, &steps).await,
-                    None => break self.finish(source.finite, &steps).await,
+                    None => break self.finish(source.finite, &source.control, &steps).await,
                 },
-                _ = tick.tick() => self.flush_idle(&steps).await,
+                _ = tick.tick() => self.flush_idle(&source.control, &steps).await,
             };
             match step {
                 // A revocation interrupted the step; it is answered next.
@@ -212,26 +223,32 @@ impl Pipeline {
             .filter_map(|s| s.builder.as_ref())
             .map(|b| b.events.len() as u64)
             .sum();
+        let halves = self.joiner.waiting() as u64;
         self.windower = Windower::default();
         self.tracker = OffsetTracker::default();
+        self.joiner = Joiner::new(self.config.join.clone());
+        self.metrics.halves_waiting.set(0);
         self.models.retain(|_, s| s.reference.is_some());
         for state in self.models.values_mut() {
             state.progress_stale = true;
         }
         self.metrics.revocations.inc();
         self.metrics.events_returned.inc_by(open + building);
-        tracing::info!(partitions = ?revocation.streams, open_window_events = open, reference_events = building, buffered_messages = buffered, "revocation answered; held events go back to the last commit");
+        tracing::info!(partitions = ?revocation.streams, open_window_events = open, reference_events = building, buffered_messages = buffered, waiting_halves = halves, "revocation answered; held events go back to the last commit");
         let _ = revocation.done.send(());
     }
 
     async fn finish(
         &mut self,
         finite: bool,
+        control: &SourceControl,
         cancel: &CancellationToken,
     ) -> Result<(), PipelineError> {
         if !finite {
             return Ok(());
         }
+        let halves = self.joiner.drain();
+        self.unpaired(halves, control, cancel).await?;
         for (model, state) in &self.models {
             if let Some(b) = &state.builder {
                 tracing::warn!(model = %model, have = b.events.len(), need = b.target, "stream ended before the reference was complete; nothing scored");
@@ -243,7 +260,13 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn flush_idle(&mut self, cancel: &CancellationToken) -> Result<(), PipelineError> {
+    async fn flush_idle(
+        &mut self,
+        control: &SourceControl,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        self.expire_unpaired(Instant::now(), control, cancel)
+            .await?;
         for w in self.windower.flush_idle(Instant::now()) {
             self.process(w, cancel).await?;
         }
@@ -294,10 +317,7 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         self.metrics.messages.inc();
         self.tracker.hold(&msg.pos);
-        let decoder = self
-            .decoders
-            .get(&msg.topic)
-            .unwrap_or(&self.default_decoder);
+        let decoder = self.decoder(&msg.topic);
         let limits = &self.config.limits;
         let decoded = tracing::info_span!(
             "decode",
@@ -306,47 +326,209 @@ impl Pipeline {
         )
         .in_scope(|| {
             limits.check_size(&msg.payload)?;
-            let events = decoder.decode(&msg.payload, msg.timestamp)?;
-            let events = self.at_the_door(decoder.independent_events(), events, &msg)?;
-            self.admit(&events)?;
-            Ok::<_, DecodeError>(events)
+            let decoded = decoder.decode_message(&msg.view())?;
+            let events = self.at_the_door(decoder.independent_events(), decoded.events, &msg)?;
+            // A half's model is admitted once it is paired or unpaired.
+            if decoded.pairing.is_none() {
+                self.admit(&events)?;
+            }
+            Ok::<_, DecodeError>(Decoded {
+                events,
+                pairing: decoded.pairing,
+            })
         });
         let accepted = match decoded {
-            Ok(events) => self.load_models(&events, cancel).await?.map(|()| events),
-            Err(e) => Err(e),
+            Ok(d) if d.pairing.is_none() => self.load_models(&d.events, cancel).await?.map(|()| d),
+            other => other,
         };
         match accepted {
-            Err(e) => {
-                tracing::warn!(stream = %msg.pos.stream, offset = msg.pos.offset, reason = e.reason(), error = %truncate(&e.to_string(), 1024), "message rejected");
-                self.metrics.reject(e.reason());
-                let detail = truncate(&e.to_string(), 1024);
-                // What cannot be decoded whole is kept in part, small enough
-                // with its key and headers for the dead-letter producer.
-                let key = msg.key.as_deref().map(|k| &k[..k.len().min(1024)]);
-                let room = self.config.limits.max_message_bytes.saturating_sub(4096);
-                let kept = RawMessage {
-                    payload: msg.payload[..msg.payload.len().min(room)].to_vec(),
-                    key: key.map(<[u8]>::to_vec),
-                    ..msg.clone()
-                };
-                self.retry
-                    .run("dead-letter delivery", cancel, || {
-                        control.dead_letter(&kept, e.reason(), &detail)
-                    })
-                    .await?;
-            }
-            Ok(events) => {
+            Err(e) => self.dead_letter(&msg, &e, control, cancel).await?,
+            Ok(Decoded {
+                events,
+                pairing: None,
+            }) => {
                 self.metrics.events_decoded.inc_by(events.len() as u64);
                 for (index, event) in events.into_iter().enumerate() {
                     let pos = SourcePos {
                         index: index as i64,
                         ..msg.pos.clone()
                     };
-                    self.route(Positioned { event, pos }, cancel).await?;
+                    self.route(Positioned::new(event, pos), cancel).await?;
                 }
             }
+            Ok(Decoded {
+                events,
+                pairing: Some(pairing),
+            }) => self.join(pairing, events, &msg, control, cancel).await?,
         }
         self.tracker.release(&msg.pos);
+        self.expire_unpaired(Instant::now(), control, cancel).await
+    }
+
+    /// The topic's decoder: named exactly, else by the first pattern that
+    /// matches, else the native format.
+    fn decoder(&mut self, topic: &str) -> Arc<dyn Decoder> {
+        if let Some(d) = self.decoders.get(topic) {
+            return d.clone();
+        }
+        let chosen = self
+            .patterns
+            .iter()
+            .find(|(pattern, _)| crate::glob::wildcard(pattern, topic))
+            .map_or_else(|| self.default_decoder.clone(), |(_, d)| d.clone());
+        self.decoders.insert(topic.to_string(), chosen.clone());
+        chosen
+    }
+
+    /// Refuses a message: counted under its reason, and kept, cut to a size
+    /// the dead-letter producer takes, with its key and headers.
+    async fn dead_letter(
+        &mut self,
+        msg: &RawMessage,
+        e: &DecodeError,
+        control: &SourceControl,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        tracing::warn!(stream = %msg.pos.stream, offset = msg.pos.offset, reason = e.reason(), error = %truncate(&e.to_string(), 1024), "message rejected");
+        self.metrics.reject(e.reason());
+        let detail = truncate(&e.to_string(), 1024);
+        let key = msg.key.as_deref().map(|k| &k[..k.len().min(1024)]);
+        let room = self.config.limits.max_message_bytes.saturating_sub(4096);
+        let kept = RawMessage {
+            payload: msg.payload[..msg.payload.len().min(room)].to_vec(),
+            key: key.map(<[u8]>::to_vec),
+            ..msg.clone()
+        };
+        self.retry
+            .run("dead-letter delivery", cancel, || {
+                control.dead_letter(&kept, e.reason(), &detail)
+            })
+            .await
+    }
+
+    /// A half of a pair: it waits, completes a pair, or is refused.
+    async fn join(
+        &mut self,
+        pairing: Pairing,
+        events: Vec<TelemetryEvent>,
+        msg: &RawMessage,
+        control: &SourceControl,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let keep = self.config.join.unpaired == Unpaired::DeadLetter;
+        let half = Half {
+            pairing,
+            events,
+            pos: msg.pos.clone(),
+            time: msg.timestamp.unwrap_or_else(chrono::Utc::now),
+            bytes: msg.payload.len() + 512,
+            carried: keep.then(|| msg.clone()),
+        };
+        match self.joiner.offer(half, Instant::now()) {
+            Offered::Waiting => {
+                // Held until the pair's event is durable or it is unpaired.
+                self.tracker.hold(&msg.pos);
+            }
+            Offered::Refused(_, e) => self.dead_letter(msg, &e, control, cancel).await?,
+            Offered::Paired { events, earlier } => {
+                // A restart must read both halves again or neither.
+                self.tracker.floor(&earlier.pos, &msg.pos);
+                match self.admit(&events) {
+                    Err(e) => self.dead_letter(msg, &e, control, cancel).await?,
+                    Ok(()) => match self.load_models(&events, cancel).await? {
+                        Err(e) => self.dead_letter(msg, &e, control, cancel).await?,
+                        Ok(()) => {
+                            self.metrics.pairs_joined.inc();
+                            self.metrics.events_decoded.inc_by(events.len() as u64);
+                            for (index, event) in events.into_iter().enumerate() {
+                                let item = Positioned {
+                                    event,
+                                    pos: SourcePos {
+                                        index: index as i64,
+                                        ..msg.pos.clone()
+                                    },
+                                    also: Some(earlier.pos.clone()),
+                                };
+                                self.route(item, cancel).await?;
+                            }
+                        }
+                    },
+                }
+                self.tracker.release(&earlier.pos);
+            }
+        }
+        self.metrics
+            .halves_waiting
+            .set(self.joiner.waiting() as i64);
+        Ok(())
+    }
+
+    async fn expire_unpaired(
+        &mut self,
+        now: Instant,
+        control: &SourceControl,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        if self.joiner.waiting() == 0 {
+            return Ok(());
+        }
+        let halves = self.joiner.expired(now);
+        self.unpaired(halves, control, cancel).await
+    }
+
+    /// Halves that met no other half, by `[join] unpaired`: scored alone on
+    /// a stream of their own, or dead-lettered.
+    async fn unpaired(
+        &mut self,
+        halves: Vec<Half<Option<RawMessage>>>,
+        control: &SourceControl,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        for half in halves {
+            let side = half.pairing.side;
+            if let Some(msg) = &half.carried {
+                let e = DecodeError::Unpaired {
+                    side,
+                    key: truncate(&half.pairing.key, 256),
+                };
+                self.dead_letter(msg, &e, control, cancel).await?;
+                self.metrics.unpaired(side.as_str(), "dead_lettered");
+            } else {
+                self.score_unpaired(&half, cancel).await?;
+            }
+            self.tracker.release(&half.pos);
+        }
+        self.metrics
+            .halves_waiting
+            .set(self.joiner.waiting() as i64);
+        Ok(())
+    }
+
+    async fn score_unpaired(
+        &mut self,
+        half: &Half<Option<RawMessage>>,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let admitted = match self.admit(&half.events) {
+            Ok(()) => self.load_models(&half.events, cancel).await?,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = admitted {
+            // Its message was accepted long ago and is not kept: counted.
+            tracing::warn!(stream = %half.pos.stream, offset = half.pos.offset, reason = e.reason(), error = %truncate(&e.to_string(), 256), "unpaired half refused");
+            self.metrics.reject(e.reason());
+            return Ok(());
+        }
+        self.metrics.unpaired(half.pairing.side.as_str(), "scored");
+        self.metrics.events_decoded.inc_by(half.events.len() as u64);
+        for (index, event) in half.events.iter().enumerate() {
+            let item = Positioned {
+                event: event.clone(),
+                pos: unpaired_position(&half.pos, index),
+                also: Some(half.pos.clone()),
+            };
+            self.route(item, cancel).await?;
+        }
         Ok(())
     }
 
@@ -450,7 +632,7 @@ impl Pipeline {
             return Ok(());
         }
         if state.reference.is_none() {
-            self.tracker.hold(&item.pos);
+            self.tracker.hold_item(&item);
             self.metrics.reference_events.inc();
             let size = self.config.model_settings(&model).reference_size;
             let complete = state
@@ -466,31 +648,43 @@ impl Pipeline {
             model: model.clone(),
             version: item.event.version_key().to_string(),
         };
-        if !self.windower.knows(&key) {
-            let store = self.store.clone();
-            let scope = store::version_scope(&key.version);
-            let high_water = self
-                .retry
-                .run("loading window progress", cancel, || {
-                    store.load_progress(&model, &scope)
-                })
-                .await?;
-            let s = self.config.model_settings(&model);
-            let settings = WindowSettings {
-                count: s.window_count,
-                duration: s.window_duration,
-            };
-            self.windower
-                .add_key(key.clone(), settings, Progress { high_water });
-        }
+        self.know_window_key(&key, cancel).await?;
         if self.windower.covered(&key, &item.pos) {
             self.metrics.replayed_events.inc();
             return Ok(());
         }
-        self.tracker.hold(&item.pos);
+        self.tracker.hold_item(&item);
         for w in self.windower.push(&key, item, Instant::now()) {
             self.process(w, cancel).await?;
         }
+        Ok(())
+    }
+
+    /// Opens the window key of a version seen for the first time, from its
+    /// stored progress.
+    async fn know_window_key(
+        &mut self,
+        key: &WindowKey,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        if self.windower.knows(key) {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let scope = store::version_scope(&key.version);
+        let high_water = self
+            .retry
+            .run("loading window progress", cancel, || {
+                store.load_progress(&key.model, &scope)
+            })
+            .await?;
+        let s = self.config.model_settings(&key.model);
+        let settings = WindowSettings {
+            count: s.window_count,
+            duration: s.window_duration,
+        };
+        self.windower
+            .add_key(key.clone(), settings, Progress { high_water });
         Ok(())
     }
 
@@ -597,7 +791,7 @@ impl Pipeline {
                     .reference_events_dropped
                     .inc_by(builder.events.len() as u64);
                 for p in &builder.events {
-                    self.tracker.release(&p.pos);
+                    self.tracker.release_item(p);
                 }
                 return Ok(());
             }
@@ -619,7 +813,7 @@ impl Pipeline {
                     .reference_events_dropped
                     .inc_by(leftovers.len() as u64);
                 for p in &builder.events {
-                    self.tracker.release(&p.pos);
+                    self.tracker.release_item(p);
                 }
                 return Ok(());
             }
@@ -630,7 +824,7 @@ impl Pipeline {
             Box::pin(self.route(item, cancel)).await?;
         }
         for p in &builder.events {
-            self.tracker.release(&p.pos);
+            self.tracker.release_item(p);
         }
         Ok(())
     }
@@ -766,7 +960,7 @@ impl Pipeline {
         self.metrics.scores.inc_by(verdict.judged.len() as u64);
         self.report(&transitions);
         for p in &w.events {
-            self.tracker.release(&p.pos);
+            self.tracker.release_item(p);
         }
         Ok(())
     }

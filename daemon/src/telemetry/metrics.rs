@@ -42,6 +42,9 @@ pub struct Metrics {
     store_write: Histogram,
     consumer_lag: Family<Labels, Gauge>,
     pub positions_held: Gauge,
+    pub pairs_joined: Counter,
+    pub halves_waiting: Gauge,
+    unpaired: Family<Labels, Counter>,
     notifications: Family<Labels, Counter>,
     outbox_backlog: Family<Labels, Gauge>,
     step_retries: Family<Labels, Counter>,
@@ -183,6 +186,24 @@ impl Metrics {
                 "source positions waiting for their windows to be stored",
                 Gauge::default(),
             ),
+            pairs_joined: reg(
+                &mut r,
+                "pairs_joined",
+                "request and response halves joined into one event per row",
+                Counter::default(),
+            ),
+            halves_waiting: reg(
+                &mut r,
+                "halves_waiting",
+                "halves of pairs waiting for their other half (their messages stay unacknowledged)",
+                Gauge::default(),
+            ),
+            unpaired: reg(
+                &mut r,
+                "unpaired",
+                "halves that met no other half within join.within_secs, by side and what became of them (scored alone, dead-lettered)",
+                Family::<Labels, Counter>::default(),
+            ),
             step_retries: reg(
                 &mut r,
                 "step_retries",
@@ -278,6 +299,12 @@ impl Metrics {
         if let Ok(mut m) = self.rejected_summary.lock() {
             *m.entry(reason.to_string()).or_default() += 1;
         }
+    }
+
+    pub fn unpaired(&self, side: &str, outcome: &str) {
+        self.unpaired
+            .get_or_create(&labels(&[("side", side), ("outcome", outcome)]))
+            .inc();
     }
 
     pub fn rejected(&self) -> BTreeMap<String, u64> {

@@ -357,14 +357,14 @@ mod tests {
         let event: TelemetryEvent =
             serde_json::from_value(serde_json::json!({"model": "m", "ts": ts.to_rfc3339()}))
                 .unwrap();
-        Positioned {
+        Positioned::new(
             event,
-            pos: SourcePos {
+            SourcePos {
                 stream: "t/0".into(),
                 offset,
                 index: 0,
             },
-        }
+        )
     }
 
     fn key() -> WindowKey {

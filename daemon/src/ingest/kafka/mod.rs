@@ -46,7 +46,10 @@ pub struct KafkaConfig {
     pub topics: Vec<String>,
     /// Where undecodable messages go, with the reason in a header.
     pub dead_letter_topic: String,
-    /// Decoder per topic; topics not listed use `modelwatch-json`.
+    /// Decoder per topic, by name or by a pattern where `*` matches any
+    /// run of characters (`"seldon.*.inputs"`); a name wins over a pattern,
+    /// and patterns are tried in sorted order. Topics not matched use
+    /// `modelwatch-json`.
     pub decoders: BTreeMap<String, DecoderName>,
     /// The SASL password (`sasl.password`) from this environment variable ...
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -255,6 +258,14 @@ impl KafkaControl {
                 key: "modelwatch.source.offset",
                 value: Some(&offset),
             });
+        // The original headers follow, so that a CloudEvent in binary mode
+        // can be read again from the dead-letter topic.
+        let headers = msg.headers.iter().fold(headers, |h, (key, value)| {
+            h.insert(Header {
+                key: key.as_str(),
+                value: Some(value.as_slice()),
+            })
+        });
         let key = msg.key.as_deref();
         let sent = self
             .send_dead_letter(Some(&msg.payload), key, headers.clone())

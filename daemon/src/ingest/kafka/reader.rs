@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::stream_name;
 use crate::event::SourcePos;
-use crate::ingest::{Interrupt, RawMessage, Revocation};
+use crate::ingest::{
+    Interrupt, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS, RawMessage, Revocation,
+};
 use crate::telemetry::Metrics;
 
 pub type Member = BaseConsumer<MemberContext>;
@@ -235,7 +237,27 @@ fn raw_message(msg: &BorrowedMessage<'_>) -> RawMessage {
             index: 0,
         },
         trace_context: trace_headers(msg),
+        headers: headers(msg),
     }
+}
+
+/// The message's headers within the bounds `RawMessage` keeps.
+fn headers(msg: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
+    let Some(headers) = msg.headers() else {
+        return Vec::new();
+    };
+    headers
+        .iter()
+        .filter(|h| h.key.len() <= MAX_HEADER_NAME_BYTES)
+        .filter(|h| h.value.is_none_or(|v| v.len() <= MAX_HEADER_VALUE_BYTES))
+        .take(MAX_HEADERS)
+        .map(|h| {
+            (
+                h.key.to_string(),
+                h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 /// The W3C trace context headers of a message, as text.

@@ -1,0 +1,149 @@
+use super::*;
+use crate::event::{FeatureValue, Features, Output};
+
+fn at(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+}
+
+fn half(key: &str, side: Side, rows: usize, offset: i64, secs: i64) -> Half<i64> {
+    let events = (0..rows)
+        .map(|i| TelemetryEvent {
+            model: "m".into(),
+            model_version: (side == Side::Response).then(|| "v2".into()),
+            ts: at(secs),
+            request_id: Some(key.into()),
+            client_id: (side == Side::Request).then(|| "alice".into()),
+            features: match side {
+                Side::Request => [("x", FeatureValue::Number(i as f64))]
+                    .into_iter()
+                    .collect(),
+                Side::Response => Features::default(),
+            },
+            embedding: None,
+            output: match side {
+                Side::Request => Output::default(),
+                Side::Response => Output {
+                    label: Some(format!("class{i}")),
+                    ..Output::default()
+                },
+            },
+            actual: None,
+        })
+        .collect();
+    Half {
+        pairing: Pairing {
+            key: key.into(),
+            side,
+        },
+        events,
+        pos: SourcePos {
+            stream: "t/0".into(),
+            offset,
+            index: 0,
+        },
+        time: at(secs),
+        bytes: 100,
+        carried: offset,
+    }
+}
+
+fn joiner() -> Joiner<i64> {
+    Joiner::new(JoinConfig {
+        within_secs: 10,
+        max_pending: 3,
+        ..JoinConfig::default()
+    })
+}
+
+#[test]
+fn rows_pair_in_order_whichever_half_comes_first() {
+    let now = Instant::now();
+    for response_first in [false, true] {
+        let mut j = joiner();
+        let (req, resp) = (
+            half("a", Side::Request, 2, 1, 0),
+            half("a", Side::Response, 2, 2, 1),
+        );
+        let (first, second) = if response_first {
+            (resp, req)
+        } else {
+            (req, resp)
+        };
+        assert!(matches!(j.offer(first, now), Offered::Waiting));
+        let Offered::Paired { events, earlier } = j.offer(second, now) else {
+            panic!("the second half must pair");
+        };
+        assert_eq!(earlier.carried, if response_first { 2 } else { 1 });
+        assert_eq!(events.len(), 2);
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.features["x"], FeatureValue::Number(i as f64));
+            assert_eq!(
+                e.output.label.as_deref(),
+                Some(format!("class{i}").as_str())
+            );
+            assert_eq!(e.model_version.as_deref(), Some("v2"));
+            assert_eq!(e.client_id.as_deref(), Some("alice"));
+            assert_eq!(e.ts, at(0));
+        }
+        assert_eq!(j.waiting(), 0);
+    }
+}
+
+#[test]
+fn a_second_half_of_one_side_or_of_other_rows_is_refused_and_the_first_waits() {
+    let now = Instant::now();
+    let mut j = joiner();
+    j.offer(half("a", Side::Request, 2, 1, 0), now);
+    let Offered::Refused(_, e) = j.offer(half("a", Side::Request, 2, 2, 0), now) else {
+        panic!("a duplicate key must be refused");
+    };
+    assert_eq!(e.reason(), "duplicate_pair_key");
+    let Offered::Refused(_, e) = j.offer(half("a", Side::Response, 3, 3, 0), now) else {
+        panic!("rows that do not match must be refused");
+    };
+    assert_eq!(e.reason(), "pair_mismatch");
+    assert!(matches!(
+        j.offer(half("a", Side::Response, 2, 4, 0), now),
+        Offered::Paired { .. }
+    ));
+}
+
+#[test]
+fn halves_expire_by_message_time_oldest_first_and_under_the_limits() {
+    let now = Instant::now();
+    let mut j = joiner();
+    j.offer(half("a", Side::Request, 1, 1, 0), now);
+    j.offer(half("b", Side::Request, 1, 2, 5), now);
+    assert!(j.expired(now).is_empty(), "nothing is late yet");
+    // A message 11 s after "a" arrived: "a" is late, "b" is not.
+    j.offer(half("c", Side::Request, 1, 3, 11), now);
+    let late: Vec<i64> = j.expired(now).into_iter().map(|h| h.carried).collect();
+    assert_eq!(late, vec![1]);
+    // Over max_pending (3): the oldest goes first.
+    j.offer(half("d", Side::Request, 1, 4, 11), now);
+    j.offer(half("e", Side::Request, 1, 5, 11), now);
+    let pushed: Vec<i64> = j.expired(now).into_iter().map(|h| h.carried).collect();
+    assert_eq!(pushed, vec![2]);
+    // A quiet stream lets everything go.
+    let quiet: Vec<i64> = j
+        .expired(now + Duration::from_secs(10))
+        .into_iter()
+        .map(|h| h.carried)
+        .collect();
+    assert_eq!(quiet, vec![3, 4, 5]);
+    assert_eq!(j.waiting(), 0);
+}
+
+#[test]
+fn paired_halves_leave_the_arrival_queue_bounded() {
+    let now = Instant::now();
+    let mut j = joiner();
+    j.offer(half("old", Side::Request, 1, 0, 0), now);
+    for i in 0..10_000 {
+        let key = format!("k{i}");
+        j.offer(half(&key, Side::Request, 1, 2 * i + 1, 1), now);
+        j.offer(half(&key, Side::Response, 1, 2 * i + 2, 1), now);
+    }
+    assert_eq!(j.waiting(), 1);
+    assert!(j.order.len() <= 1026, "{} arrival entries", j.order.len());
+}

@@ -1,0 +1,344 @@
+//! Serving stacks' own formats through the broker: KServe's inference
+//! logger writes each request and each response as a CloudEvent in binary
+//! mode (`ce_*` headers), and the monitor pairs them by `ce_id`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, committed, create_topic, crossings, fresh_database, kafka_config, unique};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::Row;
+use sqlx::postgres::PgPool;
+
+const REFERENCE: usize = 400;
+const WINDOW: usize = 200;
+const ROWS: usize = 2;
+const SHIFTED: [usize; 2] = [3, 4];
+
+/// One KServe logger message: a request or a response half.
+struct Logged {
+    id: String,
+    kind: &'static str,
+    body: String,
+    /// Message time, ms: one second of traffic per pair.
+    ts: i64,
+}
+
+/// `pairs` batched requests of `ROWS` rows and their responses, each
+/// response two messages after its request; every `orphans_every`th request
+/// (none when 0; never in the last 50) gets no response, as KServe logs none for a failed call. The
+/// rows of windows `SHIFTED` (counted in paired rows after the reference)
+/// have `instances_0` moved by 1.5. Returns the messages and the orphans'
+/// ids.
+fn traffic(pairs: usize, orphans_every: usize) -> (Vec<Logged>, Vec<String>) {
+    let mut rng = StdRng::seed_from_u64(13);
+    let base = 1_900_000_000_000i64;
+    let mut out = Vec::new();
+    let mut orphans = Vec::new();
+    let mut responses: std::collections::VecDeque<Logged> = Default::default();
+    let mut paired_rows = 0usize;
+    for i in 0..pairs {
+        let id = format!("ev-{i:05}");
+        let orphan = orphans_every != 0 && i % orphans_every == 17 && i + 50 < pairs;
+        let window = paired_rows.checked_sub(REFERENCE).map(|r| r / WINDOW);
+        let shift = if window.is_some_and(|w| SHIFTED.contains(&w)) {
+            1.5
+        } else {
+            0.0
+        };
+        let rows: Vec<String> = (0..ROWS)
+            .map(|_| {
+                let x: [f64; 3] = std::array::from_fn(|_| rng.random::<f64>() * 2.0 - 1.0);
+                format!("[{:.4},{:.4},{:.4}]", x[0] * 1.7 + shift, x[1], x[2])
+            })
+            .collect();
+        out.push(Logged {
+            id: id.clone(),
+            kind: "org.kubeflow.serving.inference.request",
+            body: format!(r#"{{"instances":[{}]}}"#, rows.join(",")),
+            ts: base + i as i64 * 1000,
+        });
+        if orphan {
+            orphans.push(id);
+        } else {
+            paired_rows += ROWS;
+            let p: f64 = rng.random::<f64>() * 0.8 + 0.1;
+            let predictions = vec![format!("[{:.4},{:.4}]", p, 1.0 - p); ROWS];
+            responses.push_back(Logged {
+                id,
+                kind: "org.kubeflow.serving.inference.response",
+                body: format!(r#"{{"predictions":[{}]}}"#, predictions.join(",")),
+                ts: base + i as i64 * 1000 + 500,
+            });
+        }
+        if responses.len() > 2 {
+            out.extend(responses.pop_front());
+        }
+    }
+    out.extend(responses);
+    (out, orphans)
+}
+
+async fn send(producer: &FutureProducer, topic: &str, messages: &[Logged]) {
+    for m in messages {
+        let headers = [
+            ("ce_specversion", "1.0"),
+            ("ce_id", m.id.as_str()),
+            ("ce_type", m.kind),
+            ("ce_source", "http://localhost:9081/"),
+            ("ce_inferenceservicename", "credit-isvc"),
+            ("ce_namespace", "risk"),
+            ("ce_component", "predictor"),
+            ("ce_endpoint", "default"),
+            ("ce_metadata", r#"{"X-Client-Id":["tenant-1"]}"#),
+            ("content-type", "application/json"),
+        ]
+        .into_iter()
+        .fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        });
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .payload(m.body.as_str())
+                    .key(m.id.as_str())
+                    .timestamp(m.ts)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    }
+}
+
+/// (reason, ce_id) of every dead letter.
+fn dead_letters(topic: &str) -> Vec<(String, String)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let header = |m: &rdkafka::message::BorrowedMessage<'_>, name: &str| {
+        m.headers()
+            .and_then(|h| h.iter().find(|h| h.key == name))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push((header(&m, "modelwatch.reason"), header(&m, "ce_id")));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+async fn stored_rows(pool: &PgPool) -> (i64, i64) {
+    let r = sqlx::query(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(n_events), 0)::BIGINT AS rows FROM windows",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (r.get("n"), r.get("rows"))
+}
+
+/// The monitor is killed while requests wait for their responses: after
+/// the restart every pair is made once, the orphans are dead-lettered with
+/// their reason and `ce_id`, and the planted shift is found where it was
+/// planted.
+#[tokio::test(flavor = "multi_thread")]
+async fn kserve_halves_pair_through_the_broker_and_a_kill_pairs_nothing_twice() {
+    let dir = std::env::temp_dir().join(unique("mw_serving"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (topic, dlq, group) = (unique("kserve"), unique("kserve_dlq"), unique("g"));
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let db = fresh_database(&unique("serving")).await;
+    let config = kafka_config(dir.as_path(), &topic, &dlq, &group, &db, REFERENCE, WINDOW);
+    // The decoder is chosen by a topic pattern, as for a family of topics.
+    let pattern = format!("{}*", &topic[..topic.len() - 2]);
+    let extra = format!(
+        "[source.kafka.decoders]\n\"{pattern}\" = \"kserve-cloudevents\"\n[join]\nwithin_secs = 30\nunpaired = \"dead-letter\"\n"
+    );
+    let text = std::fs::read_to_string(&config).unwrap() + &extra;
+    std::fs::write(&config, text).unwrap();
+
+    let pairs = REFERENCE / ROWS + 8 * WINDOW / ROWS + 30;
+    let (messages, orphans) = traffic(pairs, 40);
+    let paired_rows = (pairs - orphans.len()) * ROWS;
+    let windows = ((paired_rows - REFERENCE) / WINDOW) as i64;
+    // The first part ends with requests whose responses come after the kill.
+    let cut = messages
+        .iter()
+        .position(|m| m.id == format!("ev-{:05}", pairs / 2) && m.kind.ends_with("request"))
+        .unwrap();
+
+    let producer = common::producer();
+    let pool = PgPool::connect(&db).await.unwrap();
+    let mut daemon = Daemon::start(&config, dir.as_path().join("first.log"));
+    send(&producer, &topic, &messages[..cut]).await;
+    common::wait_for_windows(&pool, &mut daemon, 2, Duration::from_secs(90)).await;
+    // Let the commits of what is durable land, then kill it outright.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held_back = committed(&common::brokers(), &group, &topic);
+    daemon.kill();
+    assert!(
+        held_back < cut as i64,
+        "the waiting requests' offsets must not be committed: committed {held_back} of {cut}"
+    );
+
+    let mut daemon = Daemon::start(&config, dir.as_path().join("second.log"));
+    send(&producer, &topic, &messages[cut..]).await;
+    common::wait_for_windows(&pool, &mut daemon, windows, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (stored, rows) = stored_rows(&pool).await;
+    let log = daemon.log_text();
+    assert_eq!(stored, windows, "windows stored once each; log:\n{log}");
+    assert_eq!(
+        rows,
+        windows * WINDOW as i64,
+        "rows stored once each; log:\n{log}"
+    );
+
+    let letters = dead_letters(&dlq);
+    let unpaired: Vec<&str> = letters
+        .iter()
+        .filter(|(reason, _)| reason == "unpaired_request")
+        .map(|(_, id)| id.as_str())
+        .collect();
+    assert_eq!(
+        unpaired,
+        orphans.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        letters.len(),
+        orphans.len(),
+        "nothing else is dead-lettered: {letters:?}"
+    );
+
+    let first: i64 = sqlx::query_scalar("SELECT MIN(seq) FROM windows")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let drifted: std::collections::BTreeSet<i64> = crossings(&pool, "feature_drift")
+        .await
+        .into_iter()
+        .filter(|(_, feature)| feature == "instances_0")
+        .map(|(w, _)| w - first)
+        .collect();
+    assert_eq!(
+        drifted,
+        SHIFTED.iter().map(|w| *w as i64).collect(),
+        "the shift is found in the windows it was planted in"
+    );
+    daemon.terminate();
+}
+
+/// The same traffic as structured-mode CloudEvents, one per line, read by
+/// `score` as a user checks a capture of their own topic: pairs joined in
+/// file order and the shift found where it was planted. A request left
+/// without its response at the end is scored alone, or, under
+/// `unpaired = "dead-letter"`, fails the command naming its line.
+#[test]
+fn score_joins_a_capture_of_structured_cloudevents() {
+    let dir = std::env::temp_dir().join(unique("mw_serving"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pairs = REFERENCE / ROWS + 8 * WINDOW / ROWS;
+    let (mut messages, orphans) = traffic(pairs + 1, 0);
+    assert!(orphans.is_empty());
+    // The last request's response is never logged.
+    messages.retain(|m| !(m.id == format!("ev-{pairs:05}") && m.kind.ends_with("response")));
+    let line = |m: &Logged| {
+        let time = chrono::DateTime::from_timestamp_millis(m.ts)
+            .unwrap()
+            .to_rfc3339();
+        format!(
+            r#"{{"specversion":"1.0","id":"{}","type":"{}","source":"http://localhost:9081/","time":"{time}","inferenceservicename":"credit-isvc","component":"predictor","datacontenttype":"application/json","data":{}}}"#,
+            m.id, m.kind, m.body
+        )
+    };
+    let pair_of = |m: &Logged| m.id[3..].parse::<usize>().unwrap();
+    let (first, rest): (Vec<&Logged>, Vec<&Logged>) =
+        messages.iter().partition(|m| pair_of(m) < REFERENCE / ROWS);
+    let write = |name: &str, ms: &[&Logged]| {
+        let path = dir.as_path().join(name);
+        std::fs::write(
+            &path,
+            ms.iter().map(|m| line(m)).collect::<Vec<_>>().join("\n"),
+        )
+        .unwrap();
+        path
+    };
+    let (reference, current) = (
+        write("reference.ndjson", &first),
+        write("current.ndjson", &rest),
+    );
+    let score = |unpaired: &str| {
+        std::process::Command::new(common::daemon_binary())
+            .args([
+                "score",
+                "--input-format",
+                "kserve-cloudevents",
+                "--format",
+                "json",
+            ])
+            .args(["--window", &WINDOW.to_string(), "--reference"])
+            .arg(&reference)
+            .arg("--current")
+            .arg(&current)
+            .env("MODELWATCH_JUDGE__ALPHA", "0.0001")
+            .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+            .env("MODELWATCH_JOIN__UNPAIRED", unpaired)
+            .output()
+            .unwrap()
+    };
+    let out = score("score");
+    let stdout = common::succeeded(&out);
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let windows: std::collections::BTreeSet<i64> =
+        rows.iter().filter_map(|r| r["window"].as_i64()).collect();
+    // Eight full windows of pairs, and the unpaired request's rows alone.
+    assert_eq!(windows.len(), 9, "{stdout}");
+    let first_window = *windows.first().unwrap();
+    let drifted: std::collections::BTreeSet<i64> = rows
+        .iter()
+        .filter(|r| r["detector"] == "feature_drift" && r["feature"] == "instances_0")
+        .filter(|r| r["alert"] != "-")
+        .map(|r| r["window"].as_i64().unwrap() - first_window)
+        .collect();
+    assert_eq!(
+        drifted,
+        SHIFTED.iter().map(|w| *w as i64).collect(),
+        "{stdout}"
+    );
+
+    let refused = score("dead-letter");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let orphan_line = rest.iter().position(|m| pair_of(m) == pairs).unwrap() + 1;
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("current.ndjson:{orphan_line}"))
+            && stderr.contains("met no other half"),
+        "{stderr}"
+    );
+}
