@@ -342,3 +342,118 @@ fn score_joins_a_capture_of_structured_cloudevents() {
         "{stderr}"
     );
 }
+
+/// The same traffic as Seldon Core 2 writes it: protobuf
+/// `ModelInferRequest`s on the model's `.inputs` topic and
+/// `ModelInferResponse`s on `.outputs`, paired by `x-request-id`; the
+/// decoder is chosen by a topic pattern. Every pair is made once, the
+/// orphans are scored alone, and the shift is found where it was planted.
+#[tokio::test(flavor = "multi_thread")]
+async fn seldon_topics_pair_across_inputs_and_outputs() {
+    use modelwatch::decode::{
+        InferTensor, InferTensorContents, ModelInferRequest, ModelInferResponse,
+    };
+    use prost::Message as _;
+    let dir = std::env::temp_dir().join(unique("mw_seldon"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = unique("seldon");
+    let (inputs, outputs) = (
+        format!("{prefix}.risk.model.credit.inputs"),
+        format!("{prefix}.risk.model.credit.outputs"),
+    );
+    let (dlq, group) = (unique("seldon_dlq"), unique("g"));
+    for t in [&inputs, &outputs, &dlq] {
+        create_topic(t, 1).await;
+    }
+    let db = fresh_database(&unique("seldon")).await;
+    let config = kafka_config(&dir, &inputs, &dlq, &group, &db, REFERENCE, WINDOW);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("topics = [\"{inputs}\"]"),
+        &format!("topics = [\"{inputs}\", \"{outputs}\"]"),
+    ) + &format!(
+        "[source.kafka.decoders]\n\"{prefix}.*\" = \"seldon-v2\"\n[join]\nwithin_secs = 30\n"
+    );
+    let port = common::free_port();
+    let text = text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(&config, text).unwrap();
+
+    let pairs = REFERENCE / ROWS + 6 * WINDOW / ROWS + 30;
+    let (messages, orphans) = traffic(pairs, 40);
+    let tensor = |name: &str, rows: &[Vec<f64>]| InferTensor {
+        name: name.into(),
+        datatype: "FP64".into(),
+        shape: vec![rows.len() as i64, rows[0].len() as i64],
+        contents: Some(InferTensorContents {
+            fp64_contents: rows.concat(),
+            ..Default::default()
+        }),
+    };
+    let producer = common::producer();
+    for m in &messages {
+        let body: serde_json::Value = serde_json::from_str(&m.body).unwrap();
+        let rows =
+            |key: &str| -> Vec<Vec<f64>> { serde_json::from_value(body[key].clone()).unwrap() };
+        let (topic, payload) = if m.kind.ends_with("request") {
+            let r = ModelInferRequest {
+                model_name: "credit".into(),
+                id: m.id.clone(),
+                inputs: vec![tensor("x", &rows("instances"))],
+                ..Default::default()
+            };
+            (&inputs, r.encode_to_vec())
+        } else {
+            let r = ModelInferResponse {
+                model_name: "credit".into(),
+                model_version: "1".into(),
+                id: m.id.clone(),
+                outputs: vec![tensor("probs", &rows("predictions"))],
+                ..Default::default()
+            };
+            (&outputs, r.encode_to_vec())
+        };
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "x-request-id",
+            value: Some(m.id.as_str()),
+        });
+        producer
+            .send(
+                FutureRecord::to(topic.as_str())
+                    .payload(&payload)
+                    .key(m.id.as_str())
+                    .timestamp(m.ts)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    }
+    let paired_rows = (pairs - orphans.len()) * ROWS;
+    // The orphans' rows are scored alone, in windows of their own stream.
+    let windows = ((paired_rows - REFERENCE) / WINDOW) as i64;
+    let pool = PgPool::connect(&db).await.unwrap();
+    let mut daemon = Daemon::start(&config, dir.join("seldon.log"));
+    common::wait_for_windows(&pool, &mut daemon, windows, Duration::from_secs(120)).await;
+    let first: i64 = sqlx::query_scalar("SELECT MIN(seq) FROM windows")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let drifted: std::collections::BTreeSet<i64> = crossings(&pool, "feature_drift")
+        .await
+        .into_iter()
+        .filter(|(_, feature)| feature == "x_0")
+        .map(|(w, _)| w - first)
+        .collect();
+    let log = daemon.log_text();
+    assert_eq!(
+        drifted,
+        SHIFTED.iter().map(|w| *w as i64).collect(),
+        "log:\n{log}"
+    );
+    let scored_alone = common::metric(
+        port,
+        r#"modelwatch_unpaired_total{side="request",outcome="scored"}"#,
+    )
+    .await;
+    assert_eq!(scored_alone, Some(orphans.len() as f64), "log:\n{log}");
+    daemon.terminate();
+}

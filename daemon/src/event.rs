@@ -396,15 +396,15 @@ impl Positioned {
     }
 }
 
-/// The suffix of a stream that is not a transport's: unpaired halves are
-/// windowed on `<stream>#unpaired` (see `join`), which is never
+/// What marks a stream that is not a transport's: unpaired halves are
+/// windowed on `<stream>#unpaired-<side>` (see `join`), which is never
 /// acknowledged.
 pub const UNPAIRED: &str = "#unpaired";
 
 impl SourcePos {
     /// Whether the position is a transport's, to be acknowledged.
     pub fn is_transport(&self) -> bool {
-        !self.stream.ends_with(UNPAIRED)
+        !self.stream.contains(UNPAIRED)
     }
 }
 

@@ -8,6 +8,7 @@ mod kserve;
 mod limits;
 mod oip;
 mod otlp;
+mod seldon;
 mod tensors;
 
 use chrono::{DateTime, Utc};
@@ -19,6 +20,9 @@ pub use kserve::KServeDecoder;
 pub use limits::Limits;
 pub use oip::OipJsonDecoder;
 pub use otlp::{OtlpGenaiConfig, OtlpGenaiDecoder};
+pub use seldon::{
+    InferTensor, InferTensorContents, ModelInferRequest, ModelInferResponse, SeldonDecoder,
+};
 pub use tensors::{ModelTensors, TensorConfig};
 
 use crate::event::TelemetryEvent;
@@ -213,6 +217,10 @@ pub enum DecoderName {
     /// Open Inference Protocol (V2) REST bodies, request and response as
     /// two messages paired by `id` (else the `x-request-id` header).
     OipV2Json,
+    /// Seldon Core 2's model topics: protobuf (or JSON) Open Inference
+    /// Protocol messages on `.inputs` and `.outputs`, paired by the
+    /// `x-request-id` header.
+    SeldonV2,
 }
 
 impl DecoderName {
@@ -222,6 +230,7 @@ impl DecoderName {
             DecoderName::OtlpGenai => Box::new(OtlpGenaiDecoder::new(config.otlp_genai.clone())),
             DecoderName::KserveCloudevents => Box::new(KServeDecoder::new(config.tensors.clone())),
             DecoderName::OipV2Json => Box::new(OipJsonDecoder::new(config.tensors.clone())),
+            DecoderName::SeldonV2 => Box::new(SeldonDecoder::new(config.tensors.clone())),
         }
     }
 }
@@ -232,7 +241,7 @@ impl DecoderName {
 pub struct DecodeConfig {
     /// `otlp-genai`: where it finds the client of a span.
     pub otlp_genai: OtlpGenaiConfig,
-    /// `kserve-cloudevents` and `oip-v2-json`: how tensors become features
+    /// `kserve-cloudevents`, `oip-v2-json` and `seldon-v2`: how tensors become features
     /// and outputs, and where the client is named.
     pub tensors: TensorConfig,
 }

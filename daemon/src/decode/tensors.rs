@@ -42,8 +42,8 @@ pub struct ModelTensors {
     pub label: Option<String>,
 }
 
-/// The tensor formats' settings, shared by `oip-v2-json` and
-/// `kserve-cloudevents`.
+/// The tensor formats' settings, shared by `oip-v2-json`,
+/// `kserve-cloudevents` and `seldon-v2`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TensorConfig {
@@ -78,24 +78,25 @@ pub struct Body {
     #[serde(default)]
     pub model_version: Option<String>,
     #[serde(default)]
-    inputs: Option<Vec<Tensor>>,
+    pub(super) inputs: Option<Vec<Tensor>>,
     #[serde(default)]
-    outputs: Option<Vec<Tensor>>,
+    pub(super) outputs: Option<Vec<Tensor>>,
     #[serde(default)]
-    instances: Option<Vec<Value>>,
+    pub(super) instances: Option<Vec<Value>>,
     #[serde(default)]
-    predictions: Option<Vec<Value>>,
+    pub(super) predictions: Option<Vec<Value>>,
 }
 
+/// One tensor: `data` is row-major, flat or nested.
 #[derive(Debug, Deserialize)]
-struct Tensor {
-    name: String,
+pub(super) struct Tensor {
+    pub(super) name: String,
     #[serde(default)]
-    shape: Vec<i64>,
+    pub(super) shape: Vec<i64>,
     #[serde(default)]
-    datatype: String,
+    pub(super) datatype: String,
     #[serde(default)]
-    data: Option<Value>,
+    pub(super) data: Option<Value>,
 }
 
 impl Body {

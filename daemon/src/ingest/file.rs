@@ -197,9 +197,12 @@ impl LineJoin {
                 let Pairing { key, side } = half.pairing;
                 return Err((half.carried + 1, DecodeError::Unpaired { side, key }));
             }
+            let side = half.pairing.side;
             for (index, event) in half.events.into_iter().enumerate() {
-                self.events
-                    .push(Positioned::new(event, unpaired_position(&half.pos, index)));
+                self.events.push(Positioned::new(
+                    event,
+                    unpaired_position(&half.pos, side, index),
+                ));
             }
         }
         Ok(())

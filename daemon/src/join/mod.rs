@@ -10,8 +10,10 @@
 //!
 //! Time is the messages' own (their transport timestamps, which the
 //! serving stack's producer sets, not the callers): a half expires once a
-//! message `within_secs` newer than it has been seen, so that replaying a
-//! backlog pairs what the live run paired. A stream that falls quiet for
+//! half of the other side `within_secs` newer than it has been seen, so
+//! that replaying a backlog pairs what the live run paired, and a topic of
+//! responses read ahead of its topic of requests (Seldon's two topics)
+//! waits for it rather than expiring. A source that falls quiet for
 //! `within_secs` by the clock expires everything still waiting.
 //!
 //! The caller keeps a waiting half's message unacknowledged: a restart
@@ -120,12 +122,13 @@ struct Waiting<T> {
 pub struct Joiner<T> {
     config: JoinConfig,
     waiting: HashMap<String, Waiting<T>>,
-    /// Keys in arrival order; an entry whose half has paired is skipped.
-    order: VecDeque<(u64, String)>,
+    /// Keys in arrival order, per side; an entry whose half has paired is
+    /// skipped.
+    order: [VecDeque<(u64, String)>; 2],
     next_seq: u64,
     bytes: usize,
-    /// The newest message time seen.
-    watermark: Option<DateTime<Utc>>,
+    /// The newest message time seen, per side.
+    watermark: [Option<DateTime<Utc>>; 2],
     last_arrival: Option<Instant>,
 }
 
@@ -134,10 +137,10 @@ impl<T> Joiner<T> {
         Self {
             config,
             waiting: HashMap::new(),
-            order: VecDeque::new(),
+            order: [VecDeque::new(), VecDeque::new()],
             next_seq: 0,
             bytes: 0,
-            watermark: None,
+            watermark: [None, None],
             last_arrival: None,
         }
     }
@@ -154,8 +157,9 @@ impl<T> Joiner<T> {
     /// waits.
     pub fn offer(&mut self, half: Half<T>, now: Instant) -> Offered<T> {
         self.last_arrival = Some(now);
-        let seen_at = self.watermark.map_or(half.time, |w| w.max(half.time));
-        self.watermark = Some(seen_at);
+        let side = half.pairing.side as usize;
+        let seen_at = self.watermark[side].map_or(half.time, |w| w.max(half.time));
+        self.watermark[side] = Some(seen_at);
         let key = half.pairing.key.clone();
         let Some(earlier) = self.waiting.remove(&key) else {
             self.wait(key, half, seen_at);
@@ -199,41 +203,69 @@ impl<T> Joiner<T> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.bytes += half.bytes;
-        self.order.push_back((seq, key.clone()));
+        self.order[half.pairing.side as usize].push_back((seq, key.clone()));
         self.waiting.insert(key, Waiting { seq, half, seen_at });
     }
 
-    /// Halves that will not pair now: past the time limit, pushed out by
-    /// the limits on waiting halves, or all of them once the stream has
-    /// been quiet for the time limit. Oldest first.
+    /// Halves that will not pair now: past the time limit (a half of the
+    /// other side that much newer has been seen), pushed out by the limits
+    /// on waiting halves (oldest first), or all of them once the source has
+    /// been quiet for the time limit. In arrival order per side.
     pub fn expired(&mut self, now: Instant) -> Vec<Half<T>> {
         let within = Duration::from_secs(self.config.within_secs);
         let quiet = self
             .last_arrival
             .is_none_or(|t| now.saturating_duration_since(t) >= within);
-        let limit = chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
         let mut out = Vec::new();
-        while let Some((seq, key)) = self.order.front() {
-            let Some(w) = self.waiting.get(key).filter(|w| w.seq == *seq) else {
-                self.order.pop_front();
-                continue;
-            };
-            let late = self
-                .watermark
-                .is_some_and(|m| m.signed_duration_since(w.seen_at) > limit);
+        loop {
+            let fronts = [self.front(Side::Request), self.front(Side::Response)];
             let over = self.waiting.len() > self.config.max_pending
                 || self.bytes > self.config.max_pending_bytes;
-            if !(quiet || late || over) {
+            let late = |side: Side| {
+                let (_, seen_at) = fronts[side as usize]?;
+                let other = self.watermark[1 - side as usize]?;
+                let limit = chrono::Duration::from_std(within).ok()?;
+                (quiet || other.signed_duration_since(seen_at) > limit).then_some(side)
+            };
+            let oldest = match fronts {
+                [Some((a, _)), Some((b, _))] => {
+                    Some(if a < b { Side::Request } else { Side::Response })
+                }
+                [Some(_), None] => Some(Side::Request),
+                [None, Some(_)] => Some(Side::Response),
+                [None, None] => None,
+            };
+            let quiet_side = oldest.filter(|_| quiet);
+            let Some(side) = late(Side::Request)
+                .or_else(|| late(Side::Response))
+                .or(quiet_side)
+                .or(oldest.filter(|_| over))
+            else {
                 break;
-            }
-            let key = key.clone();
-            self.order.pop_front();
-            if let Some(w) = self.waiting.remove(&key) {
-                self.bytes -= w.half.bytes;
-                out.push(w.half);
+            };
+            if let Some((_, key)) = self.order[side as usize].pop_front() {
+                if let Some(w) = self.waiting.remove(&key) {
+                    self.bytes -= w.half.bytes;
+                    out.push(w.half);
+                }
             }
         }
         out
+    }
+
+    /// The oldest half still waiting on `side`: its arrival number and the
+    /// time it is measured from. Entries of paired halves are dropped.
+    fn front(&mut self, side: Side) -> Option<(u64, DateTime<Utc>)> {
+        let order = &mut self.order[side as usize];
+        while let Some((seq, key)) = order.front() {
+            match self.waiting.get(key).filter(|w| w.seq == *seq) {
+                Some(w) => return Some((*seq, w.seen_at)),
+                None => {
+                    order.pop_front();
+                }
+            }
+        }
+        None
     }
 
     /// Every waiting half, oldest first: the stream has ended.
@@ -247,10 +279,12 @@ impl<T> Joiner<T> {
     /// Drops the arrival entries of halves that paired, once they are most
     /// of the queue, so that it stays proportional to what waits.
     fn compact(&mut self) {
-        if self.order.len() > 2 * self.waiting.len() + 1024 {
+        let queued = self.order[0].len() + self.order[1].len();
+        if queued > 2 * self.waiting.len() + 1024 {
             let waiting = &self.waiting;
-            self.order
-                .retain(|(seq, key)| waiting.get(key).is_some_and(|w| w.seq == *seq));
+            for order in &mut self.order {
+                order.retain(|(seq, key)| waiting.get(key).is_some_and(|w| w.seq == *seq));
+            }
         }
     }
 }
@@ -275,12 +309,13 @@ fn merge(request: &[TelemetryEvent], response: Vec<TelemetryEvent>) -> Vec<Telem
 }
 
 /// Where an unpaired half's events are windowed: a stream of their own
-/// beside the message's, so that the windows' per-stream high-water marks
-/// stay in offset order (an unpaired half is windowed after pairs that
-/// arrived later than it).
-pub fn unpaired_position(pos: &SourcePos, index: usize) -> SourcePos {
+/// beside the message's, one per side, so that the windows' per-stream
+/// high-water marks stay in offset order (an unpaired half is windowed
+/// after pairs that arrived later than it, and halves expire in arrival
+/// order per side).
+pub fn unpaired_position(pos: &SourcePos, side: Side, index: usize) -> SourcePos {
     SourcePos {
-        stream: format!("{}{UNPAIRED}", pos.stream),
+        stream: format!("{}{UNPAIRED}-{side}", pos.stream),
         offset: pos.offset,
         index: index as i64,
     }

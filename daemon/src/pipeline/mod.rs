@@ -524,7 +524,7 @@ impl Pipeline {
         for (index, event) in half.events.iter().enumerate() {
             let item = Positioned {
                 event: event.clone(),
-                pos: unpaired_position(&half.pos, index),
+                pos: unpaired_position(&half.pos, half.pairing.side, index),
                 also: Some(half.pos.clone()),
             };
             self.route(item, cancel).await?;
