@@ -39,7 +39,8 @@ struct Logged {
 /// ids.
 fn traffic(pairs: usize, orphans_every: usize) -> (Vec<Logged>, Vec<String>) {
     let mut rng = StdRng::seed_from_u64(13);
-    let base = 1_900_000_000_000i64;
+    // An hour ago: the join takes no message time later than its clock.
+    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
     let mut out = Vec::new();
     let mut orphans = Vec::new();
     let mut responses: std::collections::VecDeque<Logged> = Default::default();

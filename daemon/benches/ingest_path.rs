@@ -6,9 +6,9 @@
 //! costs. Prints events/s for both and their ratio (medians of 7 runs).
 //!
 //! Then the serving formats (issue 13): the same rows as KServe logger
-//! CloudEvents (binary mode, V2 bodies) and as Open Inference Protocol
-//! bodies, a request and a response message per row, decoded, checked at
-//! the door and joined; the ratio is against the native decoder on the same
+//! CloudEvents (binary mode, V2 bodies), as Open Inference Protocol bodies
+//! and as Seldon's protobuf messages, a request and a response message per
+//! row, decoded, checked at the door and joined; the ratio is against the native decoder on the same
 //! rows in the same run.
 
 use std::hint::black_box;
@@ -121,10 +121,75 @@ fn serving_messages(format: DecoderName) -> Vec<Wire> {
                 .collect(),
                 _ => Vec::new(),
             };
-            out.push((body.to_string().into_bytes(), headers));
+            let payload = match format {
+                DecoderName::SeldonV2 => seldon_payload(&body),
+                _ => body.to_string().into_bytes(),
+            };
+            let headers = match format {
+                DecoderName::SeldonV2 => {
+                    let infer_type = if kind.ends_with("request") {
+                        "proto/InferModelRequest"
+                    } else {
+                        "proto/InferModelResponse"
+                    };
+                    vec![
+                        ("x-request-id".to_string(), id.as_bytes().to_vec()),
+                        (
+                            "seldon-infer-type".to_string(),
+                            infer_type.as_bytes().to_vec(),
+                        ),
+                    ]
+                }
+                _ => headers,
+            };
+            out.push((payload, headers));
         }
     }
     out
+}
+
+/// The OIP JSON body as Seldon's protobuf message, typed contents.
+fn seldon_payload(body: &serde_json::Value) -> Vec<u8> {
+    use modelwatch::decode::{
+        InferTensor, InferTensorContents, ModelInferRequest, ModelInferResponse,
+    };
+    use prost::Message as _;
+    let tensor = |t: &serde_json::Value| {
+        let data: Vec<f64> = serde_json::from_value(t["data"].clone()).unwrap();
+        let shape: Vec<i64> = serde_json::from_value(t["shape"].clone()).unwrap();
+        InferTensor {
+            name: t["name"].as_str().unwrap().into(),
+            datatype: "FP64".into(),
+            shape,
+            contents: Some(InferTensorContents {
+                fp64_contents: data,
+                ..Default::default()
+            }),
+        }
+    };
+    let id = body["id"].as_str().unwrap().to_string();
+    match body.get("inputs") {
+        Some(inputs) => ModelInferRequest {
+            model_name: "credit".into(),
+            id,
+            inputs: inputs.as_array().unwrap().iter().map(tensor).collect(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        None => ModelInferResponse {
+            model_name: "credit".into(),
+            model_version: "v1".into(),
+            id,
+            outputs: body["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(tensor)
+                .collect(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    }
 }
 
 /// Decode, door and join of every message; returns the time and the
@@ -180,7 +245,11 @@ fn formats() {
         .iter()
         .map(|m| (m.clone(), Vec::new()))
         .collect();
-    let formats = [DecoderName::KserveCloudevents, DecoderName::OipV2Json];
+    let formats = [
+        DecoderName::KserveCloudevents,
+        DecoderName::OipV2Json,
+        DecoderName::SeldonV2,
+    ];
     let wires: Vec<Vec<Wire>> = formats.iter().map(|f| serving_messages(*f)).collect();
     let mut base = Vec::new();
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); formats.len()];

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use super::oip::nonempty;
 use super::tensors::{Body, RowTemplate, TensorConfig, rows, truncated};
-use super::{DecodeError, Decoded, Decoder, Message, Pairing, Side};
+use super::{DecodeError, Decoded, Decoder, Message, PAIR_KEY_SEPARATOR, Pairing, Side};
 
 pub struct KServeDecoder {
     config: TensorConfig,
@@ -79,9 +79,11 @@ impl Decoder for KServeDecoder {
             &template,
             self.config.models.get(&template.model),
         )?;
+        // Ids are unique per service, not across services.
+        let key = format!("{}{PAIR_KEY_SEPARATOR}{}", template.model, ce.id);
         Ok(Decoded {
             events,
-            pairing: Some(Pairing { key: ce.id, side }),
+            pairing: Some(Pairing { key, side }),
         })
     }
 }
@@ -225,12 +227,18 @@ mod tests {
         .unwrap();
         let pairing = request.pairing.clone().unwrap();
         assert_eq!(pairing.side, Side::Request);
-        assert_eq!(pairing.key, "5f3e4bb0-2f1d-4c1e-9f5b-0c7a1d2e3f40");
+        assert_eq!(
+            pairing.key,
+            "sklearn-iris\u{1f}5f3e4bb0-2f1d-4c1e-9f5b-0c7a1d2e3f40"
+        );
         assert_eq!(request.events.len(), 2);
         let e = &request.events[1];
         assert_eq!(e.model, "sklearn-iris");
         assert_eq!(e.client_id.as_deref(), Some("tenant-7"));
-        assert_eq!(e.request_id.as_deref(), Some(pairing.key.as_str()));
+        assert_eq!(
+            e.request_id.as_deref(),
+            Some("5f3e4bb0-2f1d-4c1e-9f5b-0c7a1d2e3f40")
+        );
         assert_eq!(e.ts.timestamp_millis() % 1000, 500);
         assert_eq!(e.features["instances_0"], FeatureValue::Number(6.0));
         assert_eq!(e.features["instances_3"], FeatureValue::Number(1.6));
@@ -261,7 +269,10 @@ mod tests {
         );
         for payload in [inline, encoded] {
             let d = decode(&payload, &[]).unwrap();
-            assert_eq!(d.pairing.as_ref().unwrap().key, "ev-1");
+            assert_eq!(
+                d.pairing.as_ref().unwrap().key,
+                "income/transformer\u{1f}ev-1"
+            );
             assert_eq!(d.events.len(), 2);
             assert_eq!(d.events[0].model, "income/transformer");
             assert_eq!(d.events[0].model_version.as_deref(), Some("3"));

@@ -152,6 +152,10 @@ pub struct Pairing {
     pub side: Side,
 }
 
+/// Between a model's name and an id in a pair key: a control character,
+/// which the door refuses in model names, so keys of two models never meet.
+pub const PAIR_KEY_SEPARATOR: char = '\u{1f}';
+
 /// What a message decoded to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {

@@ -227,6 +227,23 @@ mod tests {
             let got = decode(payload).map_or_else(|e| e.reason(), |_| "ok");
             assert_eq!(got, want, "{payload}");
         }
+        // Declared sizes that would cost far more than the message: refused
+        // before anything is allocated from them.
+        let wide_then_many = format!(
+            r#"{{"id":"1","instances":[[{}]{}]}}"#,
+            vec!["0"; 65_536].join(","),
+            ",1".repeat(20_000)
+        );
+        assert_eq!(decode(&wide_then_many).unwrap_err().reason(), "schema");
+        let long_id = format!(
+            r#"{{"id":"{}","inputs":[{{"name":"x","shape":[5000],"datatype":"INT8","data":[{}]}}]}}"#,
+            "i".repeat(2000),
+            vec!["0"; 5000].join(",")
+        );
+        assert_eq!(decode(&long_id).unwrap_err().reason(), "invalid_value");
+        let empty_wide =
+            r#"{"id":"1","inputs":[{"name":"x","shape":[0,65536],"datatype":"BOOL","data":[]}]}"#;
+        assert!(decode(empty_wide).unwrap().events.is_empty());
         let deep = format!(
             r#"{{"id":"1","inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":{}1{}}}]}}"#,
             "[".repeat(100),

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use super::oip::nonempty;
 use super::tensors::{Body, RowTemplate, Tensor, TensorConfig, rows, truncated};
-use super::{DecodeError, Decoded, Decoder, Message, Pairing, Side};
+use super::{DecodeError, Decoded, Decoder, Message, PAIR_KEY_SEPARATOR, Pairing, Side};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ModelInferRequest {
@@ -132,6 +132,8 @@ impl Decoder for SeldonDecoder {
             &template,
             self.config.models.get(&template.model),
         )?;
+        // A pipeline passes one x-request-id through all its models.
+        let key = format!("{}{PAIR_KEY_SEPARATOR}{}", template.model, key);
         Ok(Decoded {
             events,
             pairing: Some(Pairing { key, side }),
@@ -453,7 +455,7 @@ mod tests {
         assert_eq!(
             d.pairing.unwrap(),
             Pairing {
-                key: "abc".into(),
+                key: "income\u{1f}abc".into(),
                 side: Side::Request
             }
         );
@@ -468,7 +470,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             d.pairing.as_ref().unwrap().key,
-            "r-2",
+            "income\u{1f}r-2",
             "the id when no header names one"
         );
         assert_inputs(&d.events, &all);

@@ -63,10 +63,15 @@ impl Default for TensorConfig {
     }
 }
 
-/// Most rows one message may carry, and most values in one row: a payload
-/// under the size limit can still declare shapes whose product is absurd.
-const MAX_ROWS: usize = 100_000;
+/// Most rows one message may carry, most values in one row and in all,
+/// and the longest name or id copied into every row: a payload under the
+/// size limit can still declare shapes whose product is absurd, or an id
+/// that every one of its rows would copy. Checked before anything is
+/// allocated from them.
+const MAX_ROWS: usize = 10_000;
 const MAX_ROW_VALUES: usize = 65_536;
+const MAX_VALUES: usize = 1_000_000;
+const MAX_TEXT: usize = 1024;
 
 /// An inference body of either protocol, as far as the decoders read it.
 #[derive(Debug, Default, Deserialize)]
@@ -204,12 +209,52 @@ pub fn rows(
         }
     };
     let n = batch_size(&tensors)?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    check_sizes(&tensors, template)?;
     let mut events: Vec<TelemetryEvent> = (0..n).map(|_| template.event()).collect();
     match side {
         Side::Request => fill_inputs(&mut events, &tensors, config)?,
         Side::Response => fill_outputs(&mut events, &tensors, config)?,
     }
     Ok(events)
+}
+
+/// The bounds on what every row would copy, before the rows are made.
+fn check_sizes(columns: &[Column], template: &RowTemplate) -> Result<(), DecodeError> {
+    let width: usize = columns.iter().map(|c| c.width).sum();
+    if width > MAX_ROW_VALUES {
+        return Err(DecodeError::Schema(format!(
+            "{width} values per row in all"
+        )));
+    }
+    let values: usize = columns.iter().map(|c| c.values.len()).sum();
+    if values > MAX_VALUES {
+        return Err(DecodeError::Schema(format!(
+            "{values} values in one message"
+        )));
+    }
+    let texts = [
+        Some(template.model.as_str()),
+        template.version.as_deref(),
+        template.request_id.as_deref(),
+        template.client_id.as_deref(),
+    ];
+    let names = columns.iter().map(|c| Some(c.name.as_str()));
+    if let Some(long) = texts
+        .into_iter()
+        .chain(names)
+        .flatten()
+        .find(|t| t.len() > MAX_TEXT)
+    {
+        return Err(DecodeError::InvalidValue(format!(
+            "a name or id of {} bytes, over {MAX_TEXT}: {:?}",
+            long.len(),
+            truncated(long)
+        )));
+    }
+    Ok(())
 }
 
 /// A tensor cut into rows: `width` values per row, in row-major order.
@@ -286,11 +331,12 @@ fn tensor_column(t: &Tensor) -> Result<Column, DecodeError> {
         ));
     }
     // A scalar is one row; otherwise the first dimension is the batch.
-    let width = if dims.is_empty() {
-        1
-    } else {
-        dims[1..].iter().product()
-    };
+    let width = dims
+        .get(1..)
+        .unwrap_or(&[])
+        .iter()
+        .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+        .ok_or_else(|| bad_shape(t, "too many values per row"))?;
     if width > MAX_ROW_VALUES {
         return Err(bad_shape(t, &format!("{width} values per row")));
     }
@@ -337,6 +383,13 @@ fn rows_column(name: &str, rows: &[Value]) -> Result<Column, DecodeError> {
     if width == 0 || width > MAX_ROW_VALUES {
         return Err(DecodeError::Schema(format!(
             "{name}: {width} values per row"
+        )));
+    }
+    // Refused before anything is allocated from the first row's width.
+    if rows.len() > MAX_ROWS || rows.len().saturating_mul(width) > MAX_VALUES {
+        return Err(DecodeError::Schema(format!(
+            "{name}: {} rows of {width} values",
+            rows.len()
         )));
     }
     let mut values = Vec::with_capacity(rows.len() * width);

@@ -14,9 +14,6 @@ struct StreamState {
     held: BTreeMap<i64, usize>,
     next_after_seen: i64,
     committed: i64,
-    /// Pairs of halves, by the later half's offset: the earliest offset of
-    /// an earlier half whose pair ends there.
-    floors: BTreeMap<i64, i64>,
 }
 
 #[derive(Default)]
@@ -34,7 +31,6 @@ impl OffsetTracker {
                 held: BTreeMap::new(),
                 next_after_seen: pos.offset,
                 committed: pos.offset,
-                floors: BTreeMap::new(),
             });
         *s.held.entry(pos.offset).or_insert(0) += 1;
         s.next_after_seen = s.next_after_seen.max(pos.offset + 1);
@@ -56,44 +52,12 @@ impl OffsetTracker {
         }
     }
 
-    /// Records that the messages at `earlier` and `later` made one event
-    /// (the halves of a pair): the stream is never committed between them,
-    /// so that a restart reads both again or neither. Were it resumed
-    /// between them, the later half would come back alone, and be taken
-    /// for an orphan of a pair already stored. Halves on two streams are
-    /// not tied.
-    pub fn floor(&mut self, earlier: &SourcePos, later: &SourcePos) {
-        if earlier.stream != later.stream || earlier.offset >= later.offset {
-            return;
-        }
-        if let Some(s) = self.streams.get_mut(&earlier.stream) {
-            let floor = s.floors.entry(later.offset).or_insert(earlier.offset);
-            *floor = (*floor).min(earlier.offset);
-        }
-    }
-
     /// Streams whose committable offset moved forward since the last call,
     /// with the offset to resume from.
     pub fn advanced(&mut self) -> Vec<(String, i64)> {
         let mut out = Vec::new();
         for (stream, s) in &mut self.streams {
-            let mut next = s.held.keys().next().copied().unwrap_or(s.next_after_seen);
-            if next <= s.committed {
-                continue;
-            }
-            // Resuming at `next` re-reads offsets from `next` on: it must
-            // not fall after a pair's earlier half and at or before its
-            // later one.
-            while let Some(earlier) = s
-                .floors
-                .range(next..)
-                .map(|(_, earlier)| *earlier)
-                .filter(|earlier| *earlier < next)
-                .min()
-            {
-                next = earlier;
-            }
-            s.floors = s.floors.split_off(&next);
+            let next = s.held.keys().next().copied().unwrap_or(s.next_after_seen);
             if next > s.committed {
                 s.committed = next;
                 out.push((stream.clone(), next));
@@ -159,30 +123,5 @@ mod tests {
         t.release(&pos(3));
         assert_eq!(t.advanced(), vec![("t/0".into(), 4)]);
         assert_eq!(t.held(), 0);
-    }
-
-    /// A pair (1, 3) stored while the half at 2 still waits: resuming at 2
-    /// would read 3 again without 1, so the stream stays at 1 until 2 is
-    /// done.
-    #[test]
-    fn a_pair_is_never_committed_between_its_halves() {
-        let mut t = OffsetTracker::default();
-        for o in [1, 2, 3, 4] {
-            t.hold(&pos(o));
-        }
-        t.floor(&pos(1), &pos(3));
-        t.release(&pos(1));
-        t.release(&pos(3));
-        assert_eq!(t.advanced(), vec![], "not past 1 while 2 waits");
-        t.release(&pos(2));
-        assert_eq!(t.advanced(), vec![("t/0".into(), 4)]);
-        t.floor(&pos(4), &pos(6));
-        t.hold(&pos(5));
-        t.hold(&pos(6));
-        t.release(&pos(4));
-        t.release(&pos(6));
-        assert_eq!(t.advanced(), vec![], "5 waits inside the pair (4, 6)");
-        t.release(&pos(5));
-        assert_eq!(t.advanced(), vec![("t/0".into(), 7)]);
     }
 }

@@ -172,10 +172,10 @@ impl LineJoin {
         let time = decoded.events.first().map_or(now, |e| e.ts);
         let half = Half {
             pairing,
+            bytes: crate::join::weight(&decoded.events),
             events: decoded.events,
             pos: self.pos(i, 0),
             time,
-            bytes: 0,
             carried: i,
         };
         match self.joiner.offer(half, Instant::now()) {

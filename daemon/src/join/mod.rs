@@ -18,7 +18,9 @@
 //!
 //! The caller keeps a waiting half's message unacknowledged: a restart
 //! reads it again with its other half, and pairs nothing twice, because the
-//! pair's event is stored under the later half's position.
+//! pair's event is stored under the later half's position. A response read
+//! again without its request (the commit fell between them) is known by
+//! that position (`Pipeline::pair_stored`).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -151,6 +153,11 @@ impl<T> Joiner<T> {
 
     pub fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Whether a half waits under `key`.
+    pub fn is_waiting(&self, key: &str) -> bool {
+        self.waiting.contains_key(key)
     }
 
     /// Takes one half: it pairs with the half waiting under its key, or
@@ -287,6 +294,41 @@ impl<T> Joiner<T> {
             }
         }
     }
+}
+
+/// About what a half's events weigh in memory, for `max_pending_bytes`:
+/// a small message can decode to many rows.
+pub fn weight(events: &[TelemetryEvent]) -> usize {
+    use crate::event::{FeatureValue, Probabilities};
+    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    events
+        .iter()
+        .map(|e| {
+            let features: usize = e
+                .features
+                .iter()
+                .map(|(_, v)| match v {
+                    FeatureValue::Text(t) => t.len(),
+                    _ => 0,
+                })
+                .sum();
+            let probabilities = match &e.output.probabilities {
+                Some(Probabilities::List(p)) => p.len() * 8,
+                Some(Probabilities::Named(p)) => p.keys().map(|k| k.len() + 64).sum(),
+                None => 0,
+            };
+            std::mem::size_of::<TelemetryEvent>()
+                + e.model.len()
+                + text(&e.model_version)
+                + text(&e.request_id)
+                + text(&e.client_id)
+                + text(&e.output.label)
+                + e.features.len() * 48
+                + features
+                + e.embedding.as_ref().map_or(0, |v| v.len() * 8)
+                + probabilities
+        })
+        .sum()
 }
 
 /// Row `i` of the request with row `i` of the response: the request's

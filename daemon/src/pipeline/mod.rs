@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::decode::{DecodeError, Decoded, Decoder, DecoderName, Pairing};
+use crate::decode::{DecodeError, Decoded, Decoder, DecoderName, Pairing, Side};
 use crate::detect::{DetectError, History, Reference, ScoringHandle};
 use crate::event::{Positioned, SourcePos, TelemetryEvent};
 use crate::ingest::ack::OffsetTracker;
 use crate::ingest::{IngestError, RawMessage, Revocation, Source, SourceControl};
-use crate::join::{Half, Joiner, Offered, Unpaired, unpaired_position};
+use crate::join::{self, Half, Joiner, Offered, Unpaired, unpaired_position};
 use crate::judge;
 use crate::notify;
 use crate::store::{self, Store, StoreError};
@@ -415,13 +415,33 @@ impl Pipeline {
         control: &SourceControl,
         cancel: &CancellationToken,
     ) -> Result<(), PipelineError> {
+        if pairing.side == Side::Response
+            && !self.joiner.is_waiting(&pairing.key)
+            && self.pair_stored(&events, &msg.pos, cancel).await?
+        {
+            self.metrics.replayed_events.inc_by(events.len() as u64);
+            return Ok(());
+        }
         let keep = self.config.join.unpaired == Unpaired::DeadLetter;
+        let carried = if keep {
+            msg.payload.len()
+                + msg
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 48)
+                    .sum::<usize>()
+        } else {
+            0
+        };
+        // A producer's clock ahead of ours must not expire every waiting
+        // half: a half's time is at most now.
+        let now = chrono::Utc::now();
         let half = Half {
             pairing,
+            bytes: join::weight(&events) + carried + 512,
             events,
             pos: msg.pos.clone(),
-            time: msg.timestamp.unwrap_or_else(chrono::Utc::now),
-            bytes: msg.payload.len() + 512,
+            time: msg.timestamp.map_or(now, |t| t.min(now)),
             carried: keep.then(|| msg.clone()),
         };
         match self.joiner.offer(half, Instant::now()) {
@@ -431,8 +451,6 @@ impl Pipeline {
             }
             Offered::Refused(_, e) => self.dead_letter(msg, &e, control, cancel).await?,
             Offered::Paired { events, earlier } => {
-                // A restart must read both halves again or neither.
-                self.tracker.floor(&earlier.pos, &msg.pos);
                 match self.admit(&events) {
                     Err(e) => self.dead_letter(msg, &e, control, cancel).await?,
                     Ok(()) => match self.load_models(&events, cancel).await? {
@@ -686,6 +704,50 @@ impl Pipeline {
         self.windower
             .add_key(key.clone(), settings, Progress { high_water });
         Ok(())
+    }
+
+    /// Whether a response that finds no request waiting completed a pair
+    /// already stored under its position: read again after a restart whose
+    /// commit fell between the halves (the request's message was released
+    /// with the stored pair, and is not read again). Serving stacks log a
+    /// request before its response, so a request is never taken for this:
+    /// one re-read below the stored mark is a half still waiting. A
+    /// response of a model not yet admitted is left to the join.
+    async fn pair_stored(
+        &mut self,
+        events: &[TelemetryEvent],
+        pos: &SourcePos,
+        cancel: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        let Some(event) = events.first() else {
+            return Ok(false);
+        };
+        if self.admit(events).is_err() || self.load_models(events, cancel).await?.is_err() {
+            return Ok(false);
+        }
+        let model = event.model.as_str();
+        if self.models.get(model).is_some_and(|s| s.progress_stale) {
+            self.reload_progress(model, cancel).await?;
+        }
+        let probe = SourcePos {
+            index: 0,
+            ..pos.clone()
+        };
+        let Some(state) = self.models.get(model) else {
+            return Ok(false);
+        };
+        if state.reference_progress.covers(&probe) {
+            return Ok(true);
+        }
+        if state.reference.is_none() {
+            return Ok(false);
+        }
+        let key = WindowKey {
+            model: model.to_string(),
+            version: event.version_key().to_string(),
+        };
+        self.know_window_key(&key, cancel).await?;
+        Ok(self.windower.covered(&key, &probe))
     }
 
     /// A stored reference's progress, read again after a revocation: the
