@@ -150,6 +150,20 @@ fn dead_letters(topic: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The windows, counted from the first stored, where `feature` drifted.
+async fn drifted_windows(pool: &PgPool, feature: &str) -> std::collections::BTreeSet<i64> {
+    let first: i64 = sqlx::query_scalar("SELECT MIN(seq) FROM windows")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    crossings(pool, "feature_drift")
+        .await
+        .into_iter()
+        .filter(|(_, f)| f == feature)
+        .map(|(w, _)| w - first)
+        .collect()
+}
+
 async fn stored_rows(pool: &PgPool) -> (i64, i64) {
     let r = sqlx::query(
         "SELECT COUNT(*) AS n, COALESCE(SUM(n_events), 0)::BIGINT AS rows FROM windows",
@@ -234,16 +248,7 @@ async fn kserve_halves_pair_through_the_broker_and_a_kill_pairs_nothing_twice() 
         "nothing else is dead-lettered: {letters:?}"
     );
 
-    let first: i64 = sqlx::query_scalar("SELECT MIN(seq) FROM windows")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let drifted: std::collections::BTreeSet<i64> = crossings(&pool, "feature_drift")
-        .await
-        .into_iter()
-        .filter(|(_, feature)| feature == "instances_0")
-        .map(|(w, _)| w - first)
-        .collect();
+    let drifted = drifted_windows(&pool, "instances_0").await;
     assert_eq!(
         drifted,
         SHIFTED.iter().map(|w| *w as i64).collect(),
@@ -266,15 +271,6 @@ fn score_joins_a_capture_of_structured_cloudevents() {
     assert!(orphans.is_empty());
     // The last request's response is never logged.
     messages.retain(|m| !(m.id == format!("ev-{pairs:05}") && m.kind.ends_with("response")));
-    let line = |m: &Logged| {
-        let time = chrono::DateTime::from_timestamp_millis(m.ts)
-            .unwrap()
-            .to_rfc3339();
-        format!(
-            r#"{{"specversion":"1.0","id":"{}","type":"{}","source":"http://localhost:9081/","time":"{time}","inferenceservicename":"credit-isvc","component":"predictor","datacontenttype":"application/json","data":{}}}"#,
-            m.id, m.kind, m.body
-        )
-    };
     let pair_of = |m: &Logged| m.id[3..].parse::<usize>().unwrap();
     let (first, rest): (Vec<&Logged>, Vec<&Logged>) =
         messages.iter().partition(|m| pair_of(m) < REFERENCE / ROWS);
@@ -282,7 +278,10 @@ fn score_joins_a_capture_of_structured_cloudevents() {
         let path = dir.as_path().join(name);
         std::fs::write(
             &path,
-            ms.iter().map(|m| line(m)).collect::<Vec<_>>().join("\n"),
+            ms.iter()
+                .map(|m| structured(m))
+                .collect::<Vec<_>>()
+                .join("\n"),
         )
         .unwrap();
         path
@@ -351,10 +350,6 @@ fn score_joins_a_capture_of_structured_cloudevents() {
 /// orphans are scored alone, and the shift is found where it was planted.
 #[tokio::test(flavor = "multi_thread")]
 async fn seldon_topics_pair_across_inputs_and_outputs() {
-    use modelwatch::decode::{
-        InferTensor, InferTensorContents, ModelInferRequest, ModelInferResponse,
-    };
-    use prost::Message as _;
     let dir = std::env::temp_dir().join(unique("mw_seldon"));
     std::fs::create_dir_all(&dir).unwrap();
     let prefix = unique("seldon");
@@ -380,70 +375,14 @@ async fn seldon_topics_pair_across_inputs_and_outputs() {
 
     let pairs = REFERENCE / ROWS + 6 * WINDOW / ROWS + 30;
     let (messages, orphans) = traffic(pairs, 40);
-    let tensor = |name: &str, rows: &[Vec<f64>]| InferTensor {
-        name: name.into(),
-        datatype: "FP64".into(),
-        shape: vec![rows.len() as i64, rows[0].len() as i64],
-        contents: Some(InferTensorContents {
-            fp64_contents: rows.concat(),
-            ..Default::default()
-        }),
-    };
-    let producer = common::producer();
-    for m in &messages {
-        let body: serde_json::Value = serde_json::from_str(&m.body).unwrap();
-        let rows =
-            |key: &str| -> Vec<Vec<f64>> { serde_json::from_value(body[key].clone()).unwrap() };
-        let (topic, payload) = if m.kind.ends_with("request") {
-            let r = ModelInferRequest {
-                model_name: "credit".into(),
-                id: m.id.clone(),
-                inputs: vec![tensor("x", &rows("instances"))],
-                ..Default::default()
-            };
-            (&inputs, r.encode_to_vec())
-        } else {
-            let r = ModelInferResponse {
-                model_name: "credit".into(),
-                model_version: "1".into(),
-                id: m.id.clone(),
-                outputs: vec![tensor("probs", &rows("predictions"))],
-                ..Default::default()
-            };
-            (&outputs, r.encode_to_vec())
-        };
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "x-request-id",
-            value: Some(m.id.as_str()),
-        });
-        producer
-            .send(
-                FutureRecord::to(topic.as_str())
-                    .payload(&payload)
-                    .key(m.id.as_str())
-                    .timestamp(m.ts)
-                    .headers(headers),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
-    }
+    send_seldon(&inputs, &outputs, &messages).await;
     let paired_rows = (pairs - orphans.len()) * ROWS;
     // The orphans' rows are scored alone, in windows of their own stream.
     let windows = ((paired_rows - REFERENCE) / WINDOW) as i64;
     let pool = PgPool::connect(&db).await.unwrap();
     let mut daemon = Daemon::start(&config, dir.join("seldon.log"));
     common::wait_for_windows(&pool, &mut daemon, windows, Duration::from_secs(120)).await;
-    let first: i64 = sqlx::query_scalar("SELECT MIN(seq) FROM windows")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let drifted: std::collections::BTreeSet<i64> = crossings(&pool, "feature_drift")
-        .await
-        .into_iter()
-        .filter(|(_, feature)| feature == "x_0")
-        .map(|(w, _)| w - first)
-        .collect();
+    let drifted = drifted_windows(&pool, "x_0").await;
     let log = daemon.log_text();
     assert_eq!(
         drifted,
@@ -457,4 +396,72 @@ async fn seldon_topics_pair_across_inputs_and_outputs() {
     .await;
     assert_eq!(scored_alone, Some(orphans.len() as f64), "log:\n{log}");
     daemon.terminate();
+}
+
+/// `messages` as Seldon writes them: protobuf requests on `inputs`,
+/// responses on `outputs`, each with its `x-request-id`.
+async fn send_seldon(inputs: &str, outputs: &str, messages: &[Logged]) {
+    use modelwatch::decode::{
+        InferTensor, InferTensorContents, ModelInferRequest, ModelInferResponse,
+    };
+    use prost::Message as _;
+    let tensor = |name: &str, rows: &[Vec<f64>]| InferTensor {
+        name: name.into(),
+        datatype: "FP64".into(),
+        shape: vec![rows.len() as i64, rows[0].len() as i64],
+        contents: Some(InferTensorContents {
+            fp64_contents: rows.concat(),
+            ..Default::default()
+        }),
+    };
+    let producer = common::producer();
+    for m in messages {
+        let body: serde_json::Value = serde_json::from_str(&m.body).unwrap();
+        let rows =
+            |key: &str| -> Vec<Vec<f64>> { serde_json::from_value(body[key].clone()).unwrap() };
+        let (topic, payload) = if m.kind.ends_with("request") {
+            let r = ModelInferRequest {
+                model_name: "credit".into(),
+                id: m.id.clone(),
+                inputs: vec![tensor("x", &rows("instances"))],
+                ..Default::default()
+            };
+            (inputs, r.encode_to_vec())
+        } else {
+            let r = ModelInferResponse {
+                model_name: "credit".into(),
+                model_version: "1".into(),
+                id: m.id.clone(),
+                outputs: vec![tensor("probs", &rows("predictions"))],
+                ..Default::default()
+            };
+            (outputs, r.encode_to_vec())
+        };
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "x-request-id",
+            value: Some(m.id.as_str()),
+        });
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .payload(&payload)
+                    .key(m.id.as_str())
+                    .timestamp(m.ts)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    }
+}
+
+/// A logger message as a structured-mode CloudEvent, one JSON line.
+fn structured(m: &Logged) -> String {
+    let time = chrono::DateTime::from_timestamp_millis(m.ts)
+        .unwrap()
+        .to_rfc3339();
+    format!(
+        r#"{{"specversion":"1.0","id":"{}","type":"{}","source":"http://localhost:9081/","time":"{time}","inferenceservicename":"credit-isvc","component":"predictor","datacontenttype":"application/json","data":{}}}"#,
+        m.id, m.kind, m.body
+    )
 }
