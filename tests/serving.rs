@@ -108,18 +108,29 @@ async fn send(producer: &FutureProducer, topic: &str, messages: &[Logged]) {
                 value: Some(value),
             })
         });
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .payload(m.body.as_str())
-                    .key(m.id.as_str())
-                    .timestamp(m.ts)
-                    .headers(headers),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+        send_one(producer, topic, m.body.as_bytes(), m, headers).await;
     }
+}
+
+/// One message of `m`'s key and time.
+async fn send_one(
+    producer: &FutureProducer,
+    topic: &str,
+    payload: &[u8],
+    m: &Logged,
+    headers: OwnedHeaders,
+) {
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .payload(payload)
+                .key(m.id.as_str())
+                .timestamp(m.ts)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
 }
 
 /// (reason, ce_id) of every dead letter.
@@ -441,17 +452,7 @@ async fn send_seldon(inputs: &str, outputs: &str, messages: &[Logged]) {
             key: "x-request-id",
             value: Some(m.id.as_str()),
         });
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .payload(&payload)
-                    .key(m.id.as_str())
-                    .timestamp(m.ts)
-                    .headers(headers),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+        send_one(&producer, topic, &payload, m, headers).await;
     }
 }
 
