@@ -55,26 +55,7 @@ enum Output {
 pub async fn run(args: ScoreArgs) -> Result<()> {
     let config = args.config.load()?;
     telemetry::init_logging(&config.log);
-    let decoder = args.input_format.build(&config.decode);
-    let started = Instant::now();
-    let reference = read_events(
-        &args.reference,
-        decoder.as_ref(),
-        &config.limits,
-        &config.join,
-    )?;
-    let current = read_events(
-        &args.current,
-        decoder.as_ref(),
-        &config.limits,
-        &config.join,
-    )?;
-    tracing::info!(
-        reference = reference.len(),
-        current = current.len(),
-        took_ms = started.elapsed().as_millis() as u64,
-        "events read"
-    );
+    let (reference, current) = read_both(&args, &config)?;
     let typical = args.window.unwrap_or(config.windows.count).max(1);
     let scoring =
         ScoringHandle::start(&config.engine, &config.detect, (reference.len(), typical)).await?;
@@ -139,6 +120,21 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The reference and current files' events, in the input format.
+fn read_both(args: &ScoreArgs, config: &Config) -> Result<(Vec<Positioned>, Vec<Positioned>)> {
+    let decoder = args.input_format.build(&config.decode);
+    let started = Instant::now();
+    let read = |path| read_events(path, decoder.as_ref(), &config.limits, &config.join);
+    let (reference, current) = (read(&args.reference)?, read(&args.current)?);
+    tracing::info!(
+        reference = reference.len(),
+        current = current.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "events read"
+    );
+    Ok((reference, current))
 }
 
 /// The model's window settings, `--window` overriding its count.

@@ -794,6 +794,8 @@ mod tests {
     /// its last finding; the findings keep their own rows. A receiver the
     /// episode reaches only once its severity rose gets its one trigger
     /// then, and the resolve.
+    // Over 80 lines: one episode's story, window by window; split, its
+    // steps would lose the state each one leaves for the next.
     #[tokio::test]
     async fn findings_that_fire_together_page_once_as_an_episode() {
         let store = Store::open("sqlite::memory:", 1).await.unwrap();
