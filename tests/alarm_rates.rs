@@ -50,6 +50,7 @@ fn verdict(seq: i64, judged: Vec<judge::Judged>) -> WindowVerdict {
         sample_request_ids: Vec::new(),
         high_water: Default::default(),
         low_water: Default::default(),
+        halves: Default::default(),
         trace_id: None,
         class_mix: Vec::new(),
         top_clients: Vec::new(),

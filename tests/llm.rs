@@ -14,6 +14,7 @@ use modelwatch::event::TelemetryEvent;
 use modelwatch::judge::{JudgeConfig, Judged, judge};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use rand::rngs::StdRng;
@@ -62,10 +63,15 @@ fn chat(n: u64, user: &str, finish: &str, tokens: (i64, i64)) -> Span {
     }
 }
 
-/// The Collector's batch of `spans`, as its `otlp_proto` encoding writes it.
+/// The Collector's batch of `spans`, as its `otlp_proto` encoding writes
+/// it, from the service `support-api`.
 fn message(spans: Vec<Span>) -> Vec<u8> {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", Value::StringValue("support-api".into()))],
+                ..Resource::default()
+            }),
             scope_spans: vec![ScopeSpans {
                 spans,
                 ..ScopeSpans::default()
@@ -213,12 +219,14 @@ fn a_jailbreak_campaign_and_token_harvesting_are_named_per_user() {
         let examples = &found.score.examples;
         assert!(!examples.is_empty(), "{feature}");
         for e in examples {
-            // The request id is the span's trace id: 32 hex digits.
+            // The request id is the span's trace id: 32 hex digits; the
+            // resource's service comes along as an attribute.
             let trace = e.split_whitespace().next().unwrap();
             assert!(
                 trace.len() == 32
                     && trace.starts_with("abababab")
-                    && e.contains(&format!("client={user}")),
+                    && e.contains(&format!("client={user}"))
+                    && e.contains(" service.name=support-api"),
                 "{e}"
             );
         }

@@ -59,6 +59,7 @@ fn crossing_window(n: usize) -> WindowVerdict {
         sample_request_ids: Vec::new(),
         high_water: HashMap::new(),
         low_water: HashMap::new(),
+        halves: Default::default(),
         trace_id: None,
         class_mix: vec![("a".into(), 60), ("b".into(), 40)],
         top_clients: vec![("shop".into(), 7)],

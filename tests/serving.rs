@@ -133,8 +133,8 @@ async fn send_one(
         .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
 }
 
-/// (reason, ce_id) of every dead letter.
-fn dead_letters(topic: &str) -> Vec<(String, String)> {
+/// (reason, the `id` header) of every dead letter.
+fn dead_letters(topic: &str, id: &str) -> Vec<(String, String)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", common::brokers())
         .set("group.id", unique("reader"))
@@ -153,7 +153,7 @@ fn dead_letters(topic: &str) -> Vec<(String, String)> {
     let until = std::time::Instant::now() + Duration::from_secs(6);
     while std::time::Instant::now() < until {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            out.push((header(&m, "modelwatch.reason"), header(&m, "ce_id")));
+            out.push((header(&m, "modelwatch.reason"), header(&m, id)));
         }
     }
     out.sort();
@@ -243,7 +243,7 @@ async fn kserve_halves_pair_through_the_broker_and_a_kill_pairs_nothing_twice() 
         "rows stored once each; log:\n{log}"
     );
 
-    let letters = dead_letters(&dlq);
+    let letters = dead_letters(&dlq, "ce_id");
     let unpaired: Vec<&str> = letters
         .iter()
         .filter(|(reason, _)| reason == "unpaired_request")
@@ -361,37 +361,15 @@ fn score_joins_a_capture_of_structured_cloudevents() {
 /// orphans are scored alone, and the shift is found where it was planted.
 #[tokio::test(flavor = "multi_thread")]
 async fn seldon_topics_pair_across_inputs_and_outputs() {
-    let dir = std::env::temp_dir().join(unique("mw_seldon"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let prefix = unique("seldon");
-    let (inputs, outputs) = (
-        format!("{prefix}.risk.model.credit.inputs"),
-        format!("{prefix}.risk.model.credit.outputs"),
-    );
-    let (dlq, group) = (unique("seldon_dlq"), unique("g"));
-    for t in [&inputs, &outputs, &dlq] {
-        create_topic(t, 1).await;
-    }
-    let db = fresh_database(&unique("seldon")).await;
-    let config = kafka_config(&dir, &inputs, &dlq, &group, &db, REFERENCE, WINDOW);
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("topics = [\"{inputs}\"]"),
-        &format!("topics = [\"{inputs}\", \"{outputs}\"]"),
-    ) + &format!(
-        "[source.kafka.decoders]\n\"{prefix}.*\" = \"seldon-v2\"\n[join]\nwithin_secs = 30\n"
-    );
-    let port = common::free_port();
-    let text = text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
-    std::fs::write(&config, text).unwrap();
-
+    let seldon = Seldon::new("within_secs = 30\n").await;
     let pairs = REFERENCE / ROWS + 6 * WINDOW / ROWS + 30;
     let (messages, orphans) = traffic(pairs, 40);
-    send_seldon(&inputs, &outputs, &messages).await;
+    send_seldon(&seldon.inputs, &seldon.outputs, &messages).await;
     let paired_rows = (pairs - orphans.len()) * ROWS;
     // The orphans' rows are scored alone, in windows of their own stream.
     let windows = ((paired_rows - REFERENCE) / WINDOW) as i64;
-    let pool = PgPool::connect(&db).await.unwrap();
-    let mut daemon = Daemon::start(&config, dir.join("seldon.log"));
+    let pool = PgPool::connect(&seldon.db).await.unwrap();
+    let mut daemon = Daemon::start(&seldon.config, seldon.dir.join("seldon.log"));
     common::wait_for_windows(&pool, &mut daemon, windows, Duration::from_secs(120)).await;
     let drifted = drifted_windows(&pool, "x_0").await;
     let log = daemon.log_text();
@@ -401,12 +379,132 @@ async fn seldon_topics_pair_across_inputs_and_outputs() {
         "log:\n{log}"
     );
     let scored_alone = common::metric(
-        port,
+        seldon.port,
         r#"modelwatch_unpaired_total{side="request",outcome="scored"}"#,
     )
     .await;
     assert_eq!(scored_alone, Some(orphans.len() as f64), "log:\n{log}");
     daemon.terminate();
+}
+
+/// Seldon's two topics commit apart. Killed while an orphan request holds
+/// the `.inputs` commit back, the monitor reads again the requests after
+/// it, whose pairs it had stored and whose responses were committed on
+/// `.outputs` with them. Each is known as paired already: only the true
+/// orphans are dead-lettered, and every row is stored once.
+#[tokio::test(flavor = "multi_thread")]
+async fn seldon_requests_read_again_after_a_kill_are_not_taken_for_orphans() {
+    let seldon = Seldon::new("within_secs = 45\nunpaired = \"dead-letter\"\n").await;
+    let pairs = REFERENCE / ROWS + 6 * WINDOW / ROWS + 30;
+    let (messages, orphans) = traffic(pairs, 40);
+    let orphan = |i: usize| orphans.contains(&format!("ev-{i:05}"));
+    // The kill follows the pair that closes the second window; the last
+    // orphan before it still waits (it lies under 40 pairs before, and
+    // within_secs is 45 pairs' time). Every orphan is at least 50 pairs
+    // from the end: all expire by the messages' time.
+    let mut rows = 0;
+    let closing = (0..pairs)
+        .filter(|i| !orphan(*i))
+        .find(|_| {
+            rows += ROWS;
+            rows == REFERENCE + 2 * WINDOW
+        })
+        .unwrap();
+    let waiting = (0..closing).rev().find(|i| orphan(*i)).unwrap();
+    let response_offset = (0..closing).filter(|i| !orphan(*i)).count() as i64;
+    let cut = 1 + messages
+        .iter()
+        .position(|m| m.id == format!("ev-{closing:05}") && m.kind.ends_with("response"))
+        .unwrap();
+
+    let pool = PgPool::connect(&seldon.db).await.unwrap();
+    let mut daemon = Daemon::start(&seldon.config, seldon.dir.join("first.log"));
+    send_seldon(&seldon.inputs, &seldon.outputs, &messages[..cut]).await;
+    common::wait_for_windows(&pool, &mut daemon, 2, Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let brokers = common::brokers();
+    let (inputs_at, outputs_at) = (
+        committed(&brokers, &seldon.group, &seldon.inputs),
+        committed(&brokers, &seldon.group, &seldon.outputs),
+    );
+    daemon.kill();
+    // What makes the case: requests of stored pairs lie past the inputs
+    // commit, their responses before the outputs commit.
+    assert!(
+        inputs_at <= waiting as i64 && outputs_at > response_offset,
+        "inputs committed {inputs_at} (orphan at {waiting}), outputs {outputs_at} (closing response at {response_offset})"
+    );
+
+    let mut daemon = Daemon::start(&seldon.config, seldon.dir.join("second.log"));
+    send_seldon(&seldon.inputs, &seldon.outputs, &messages[cut..]).await;
+    let windows = (((pairs - orphans.len()) * ROWS - REFERENCE) / WINDOW) as i64;
+    common::wait_for_windows(&pool, &mut daemon, windows, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (stored, rows) = stored_rows(&pool).await;
+    let log = daemon.log_text();
+    assert_eq!(
+        (stored, rows),
+        (windows, windows * WINDOW as i64),
+        "log:\n{log}"
+    );
+    let letters = dead_letters(&seldon.dlq, "x-request-id");
+    let expected: Vec<(String, String)> = orphans
+        .iter()
+        .map(|id| ("unpaired_request".to_string(), id.clone()))
+        .collect();
+    assert_eq!(letters, expected, "log:\n{log}");
+    daemon.terminate();
+}
+
+/// A monitor's config for a Seldon model's `.inputs` and `.outputs`
+/// topics, the decoder chosen by a topic pattern, `join` as given.
+struct Seldon {
+    dir: std::path::PathBuf,
+    inputs: String,
+    outputs: String,
+    dlq: String,
+    group: String,
+    db: String,
+    port: u16,
+    config: std::path::PathBuf,
+}
+
+impl Seldon {
+    async fn new(join: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("mw_seldon"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let prefix = unique("seldon");
+        let (inputs, outputs) = (
+            format!("{prefix}.risk.model.credit.inputs"),
+            format!("{prefix}.risk.model.credit.outputs"),
+        );
+        let (dlq, group) = (unique("seldon_dlq"), unique("g"));
+        for t in [&inputs, &outputs, &dlq] {
+            create_topic(t, 1).await;
+        }
+        let db = fresh_database(&unique("seldon")).await;
+        let config = kafka_config(&dir, &inputs, &dlq, &group, &db, REFERENCE, WINDOW);
+        let port = common::free_port();
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(
+                &format!("topics = [\"{inputs}\"]"),
+                &format!("topics = [\"{inputs}\", \"{outputs}\"]"),
+            )
+            .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""))
+            + &format!("[source.kafka.decoders]\n\"{prefix}.*\" = \"seldon-v2\"\n[join]\n{join}");
+        std::fs::write(&config, text).unwrap();
+        Self {
+            dir,
+            inputs,
+            outputs,
+            dlq,
+            group,
+            db,
+            port,
+            config,
+        }
+    }
 }
 
 /// `messages` as Seldon writes them: protobuf requests on `inputs`,

@@ -172,6 +172,7 @@ impl Synth {
                 score: None,
             },
             actual: None,
+            attributes: Default::default(),
         }
     }
 

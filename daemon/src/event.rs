@@ -367,7 +367,14 @@ pub struct TelemetryEvent {
     pub output: Output,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actual: Option<serde_json::Value>,
+    /// Context the producer wants quoted in alert evidence (tenant,
+    /// region, latency); no detector reads it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: Attributes,
 }
+
+/// An event's attributes by name: strings, numbers and booleans.
+pub type Attributes = BTreeMap<String, FeatureValue>;
 
 impl TelemetryEvent {
     /// The version label used to key windows; events without one share `""`.
@@ -393,6 +400,39 @@ impl Positioned {
             pos,
             also: None,
         }
+    }
+}
+
+/// The messages of both halves of the pairs among some events (and of
+/// halves scored alone), per stream, offsets sorted and distinct: stored
+/// with the window or reference the events went into.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Halves(pub BTreeMap<String, Vec<i64>>);
+
+impl Halves {
+    pub fn of<'a>(items: impl IntoIterator<Item = &'a Positioned>) -> Self {
+        let mut streams: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        let halves = items
+            .into_iter()
+            .filter_map(|i| Some([i.also.as_ref()?, &i.pos]))
+            .flatten();
+        for p in halves.filter(|p| p.is_transport()) {
+            match streams.get_mut(&p.stream) {
+                Some(offsets) => offsets.push(p.offset),
+                None => {
+                    streams.insert(p.stream.clone(), vec![p.offset]);
+                }
+            }
+        }
+        for offsets in streams.values_mut() {
+            offsets.sort_unstable();
+            offsets.dedup();
+        }
+        Self(streams)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

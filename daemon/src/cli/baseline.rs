@@ -61,7 +61,14 @@ pub async fn run(action: BaselineAction) -> Result<()> {
     let store = Store::open_config(&config.store, 1).await?;
     let origin = format!("import:{}", file.display());
     let stored = store
-        .save_reference(&model, &origin, &events, &Default::default(), replace)
+        .save_reference(
+            &model,
+            &origin,
+            &events,
+            &Default::default(),
+            &Default::default(),
+            replace,
+        )
         .await?;
     if !stored {
         bail!("model {model} already has a reference; pass --replace to overwrite it");

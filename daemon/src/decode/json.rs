@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::{DecodeError, Decoded, Decoder, Message};
-use crate::event::{FeatureValue, Features, Output, Probabilities, TelemetryEvent};
+use crate::event::{Attributes, FeatureValue, Features, Output, Probabilities, TelemetryEvent};
 
 /// The native modelwatch JSON format: one event object, or an array of them.
 pub struct JsonDecoder;
@@ -37,6 +37,8 @@ struct WireEvent {
     output: Output,
     #[serde(default)]
     actual: Option<serde_json::Value>,
+    #[serde(default)]
+    attributes: Attributes,
 }
 
 impl Decoder for JsonDecoder {
@@ -72,7 +74,8 @@ fn into_event(
     if w.model.trim().is_empty() {
         return Err(DecodeError::InvalidValue("model is empty".into()));
     }
-    for (name, v) in w.features.iter() {
+    let attributes = w.attributes.iter().map(|(k, v)| (k.as_str(), v));
+    for (name, v) in w.features.iter().chain(attributes) {
         if let FeatureValue::Number(x) = v {
             if !x.is_finite() {
                 return Err(DecodeError::InvalidValue(format!(
@@ -111,6 +114,7 @@ fn into_event(
         embedding: w.embedding,
         output: w.output,
         actual: w.actual,
+        attributes: w.attributes,
     })
 }
 

@@ -42,6 +42,8 @@ struct CloudEvent {
     time: Option<String>,
     service: Option<String>,
     component: Option<String>,
+    namespace: Option<String>,
+    endpoint: Option<String>,
     metadata: Option<String>,
     body: Body,
 }
@@ -72,6 +74,14 @@ impl Decoder for KServeDecoder {
             ts: time(ce.time.as_deref(), msg.timestamp)?,
             request_id: Some(ce.id.clone()),
             client_id: self.config.client(msg, ce.metadata.as_deref()),
+            attributes: self.config.attributes(
+                msg,
+                [
+                    ("namespace", ce.namespace.as_deref()),
+                    ("component", ce.component.as_deref()),
+                    ("endpoint", ce.endpoint.as_deref()),
+                ],
+            ),
         };
         let events = rows(
             &ce.body,
@@ -97,6 +107,8 @@ fn binary(msg: &Message<'_>) -> Result<CloudEvent, DecodeError> {
         time: attribute("ce_time"),
         service: attribute("ce_inferenceservicename"),
         component: attribute("ce_component"),
+        namespace: attribute("ce_namespace"),
+        endpoint: attribute("ce_endpoint"),
         metadata: attribute("ce_metadata"),
         body: Body::parse(msg.payload)?,
     })
@@ -126,6 +138,7 @@ fn structured(payload: &[u8]) -> Result<CloudEvent, DecodeError> {
         text("component"),
         text("metadata"),
     );
+    let (namespace, endpoint) = (text("namespace"), text("endpoint"));
     let body = match (envelope.remove("data"), envelope.remove("data_base64")) {
         (Some(Value::String(s)), None) => Body::parse(s.as_bytes())?,
         (Some(data), None) => Body::from_value(data)?,
@@ -147,6 +160,8 @@ fn structured(payload: &[u8]) -> Result<CloudEvent, DecodeError> {
         time,
         service,
         component,
+        namespace,
+        endpoint,
         metadata,
         body,
     })
@@ -242,6 +257,18 @@ mod tests {
         assert_eq!(e.ts.timestamp_millis() % 1000, 500);
         assert_eq!(e.features["instances_0"], FeatureValue::Number(6.0));
         assert_eq!(e.features["instances_3"], FeatureValue::Number(1.6));
+        // The rest of what names the service is kept as attributes.
+        let attributes: Vec<(&str, &FeatureValue)> =
+            e.attributes.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let text = |s: &str| FeatureValue::Text(s.into());
+        assert_eq!(
+            attributes,
+            [
+                ("component", &text("predictor")),
+                ("endpoint", &text("default")),
+                ("namespace", &text("default")),
+            ]
+        );
 
         let response = decode(
             r#"{"predictions": [1, 2]}"#,

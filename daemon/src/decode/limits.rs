@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::DecodeError;
-use crate::event::{FeatureValue, Probabilities, TelemetryEvent};
+use crate::event::{Attributes, FeatureValue, Probabilities, TelemetryEvent};
 
 /// Limits a producer's messages are held to; anything past them is
 /// dead-lettered with its reason.
@@ -26,6 +26,9 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Deepest nesting of a free-form value (`actual`).
     pub max_depth: usize,
+    /// Most `attributes` on one event; their names are held to
+    /// `max_name_bytes`, their text to `max_value_bytes`.
+    pub max_attributes: usize,
     /// An event's `ts` may lie at most this many days from the source's time
     /// (the Kafka timestamp, or when a line was read); further is refused
     /// (reason `timestamp_out_of_range`).
@@ -52,6 +55,7 @@ impl Default for Limits {
             max_name_bytes: 256,
             max_value_bytes: 4096,
             max_depth: 8,
+            max_attributes: 32,
             max_clock_skew_days: 3650,
             max_models: 1000,
             only_configured_models: false,
@@ -106,6 +110,23 @@ impl Limits {
         }
         if let Some(actual) = &e.actual {
             self.json("actual", actual, 0)?;
+        }
+        self.attributes(&e.attributes)
+    }
+
+    fn attributes(&self, attributes: &Attributes) -> Result<(), DecodeError> {
+        if attributes.len() > self.max_attributes {
+            return Err(DecodeError::InvalidValue(format!(
+                "{} attributes exceed {}",
+                attributes.len(),
+                self.max_attributes
+            )));
+        }
+        for (name, value) in attributes {
+            self.name("attribute", name)?;
+            if let FeatureValue::Text(t) = value {
+                self.value(name, t)?;
+            }
         }
         Ok(())
     }
@@ -204,6 +225,10 @@ mod tests {
     fn hostile_values_are_refused_with_a_reason() {
         let long = "m".repeat(5000);
         let nested = format!("{}1{}", "[".repeat(20), "]".repeat(20));
+        let many = (0..=Limits::default().max_attributes)
+            .map(|i| format!(r#""a{i}":{i}"#))
+            .collect::<Vec<_>>()
+            .join(",");
         for (json, reason) in [
             (
                 r#"{"model":"m","ts":"+262142-12-31T23:59:59Z"}"#.to_string(),
@@ -227,11 +252,33 @@ mod tests {
                 format!(r#"{{"model":"m","actual":{nested}}}"#),
                 "invalid_value",
             ),
+            (
+                format!(r#"{{"model":"m","attributes":{{"{long}":1}}}}"#),
+                "invalid_value",
+            ),
+            (
+                format!(r#"{{"model":"m","attributes":{{"tenant":"{long}"}}}}"#),
+                "invalid_value",
+            ),
+            (
+                r#"{"model":"m","attributes":{"a\nb":"x"}}"#.to_string(),
+                "invalid_value",
+            ),
+            (
+                r#"{"model":"m","attributes":{"tenant":{"nested":1}}}"#.to_string(),
+                "schema",
+            ),
+            (
+                format!(r#"{{"model":"m","attributes":{{{many}}}}}"#),
+                "invalid_value",
+            ),
         ] {
             let err = check(&json).expect_err(&json[..json.len().min(80)]);
             assert_eq!(err.reason(), reason, "{err}");
         }
         check(r#"{"model":"m","ts":"2026-10-31T00:00:00Z","actual":[[1]]}"#).unwrap();
+        check(r#"{"model":"m","attributes":{"tenant":"acme","latency_ms":12.5,"canary":true}}"#)
+            .unwrap();
         let big = vec![b' '; 1_000_000];
         assert_eq!(
             Limits::default().check_size(&big).unwrap_err().reason(),

@@ -243,9 +243,9 @@ impl DecoderName {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DecodeConfig {
-    /// `otlp-genai`: where it finds the client of a span.
+    /// `otlp-genai`: where it finds the client and the attributes of a span.
     pub otlp_genai: OtlpGenaiConfig,
     /// `kserve-cloudevents`, `oip-v2-json` and `seldon-v2`: how tensors become features
-    /// and outputs, and where the client is named.
+    /// and outputs, and where the client and attributes are named.
     pub tensors: TensorConfig,
 }

@@ -49,6 +49,7 @@ impl Decoder for OipJsonDecoder {
             ts: msg.timestamp.ok_or(DecodeError::NoTimestamp)?,
             request_id: Some(key.clone()),
             client_id: self.config.client(msg, None),
+            attributes: self.config.attributes(msg, []),
             model,
         };
         let events = rows(

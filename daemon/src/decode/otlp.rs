@@ -24,6 +24,8 @@
 //! - request id: the span's trace id, so that an alert's examples open the
 //!   trace; client: the first of `client_attributes` on the span, then on
 //!   its resource.
+//! - attributes: those named in `attributes` (by default the service,
+//!   environment and cloud region), from the span, else its resource.
 
 use chrono::{DateTime, Utc};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -34,7 +36,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{DecodeError, Decoded, Decoder, Message as Delivered};
-use crate::event::{FeatureValue, Features, Output, TelemetryEvent};
+use crate::event::{Attributes, FeatureValue, Features, Output, TelemetryEvent};
 
 /// Where the decoder finds who sent a span.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -44,14 +46,29 @@ pub struct OtlpGenaiConfig {
     /// its resource: the end user (`user.id`, `enduser.id`), or a tenant
     /// attribute of your own.
     pub client_attributes: Vec<String>,
+    /// Attributes copied into the event's `attributes`, quoted in alert
+    /// evidence, from the span, else its resource: strings, numbers and
+    /// booleans.
+    pub attributes: Vec<String>,
 }
 
 impl Default for OtlpGenaiConfig {
     fn default() -> Self {
         Self {
             client_attributes: vec!["user.id".into(), "enduser.id".into()],
+            attributes: vec![
+                "service.name".into(),
+                "deployment.environment.name".into(),
+                "cloud.region".into(),
+            ],
         }
     }
+}
+
+/// What a resource gives each of its spans that names none of its own.
+struct ResourceContext<'a> {
+    client: Option<&'a str>,
+    attributes: &'a [KeyValue],
 }
 
 pub struct OtlpGenaiDecoder {
@@ -95,9 +112,12 @@ impl Decoder for OtlpGenaiDecoder {
                 .map_or(&[][..], |r| &r.attributes[..]);
             // Once per resource: a resource of many attributes and many
             // spans must not cost their product.
-            let resource_client = self.client(resource);
+            let context = ResourceContext {
+                client: self.client(resource),
+                attributes: resource,
+            };
             for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
-                events.extend(self.event(span, resource_client, source_ts)?);
+                events.extend(self.event(span, &context, source_ts)?);
             }
         }
         Ok(Decoded::whole(events))
@@ -160,10 +180,26 @@ impl OtlpGenaiDecoder {
         Some(v.to_string())
     }
 
+    /// The configured attributes of `span`, else of its resource.
+    fn attributes(&self, span: &[KeyValue], resource: &[KeyValue]) -> Attributes {
+        let scalar = |attrs: &[KeyValue], key: &str| match value(attrs, key)? {
+            Value::StringValue(s) if !s.is_empty() => Some(FeatureValue::Text(s.clone())),
+            Value::IntValue(i) => Some(FeatureValue::Number(*i as f64)),
+            Value::DoubleValue(d) if d.is_finite() => Some(FeatureValue::Number(*d)),
+            Value::BoolValue(b) => Some(FeatureValue::Bool(*b)),
+            _ => None,
+        };
+        self.config
+            .attributes
+            .iter()
+            .filter_map(|k| Some((k.clone(), scalar(span, k).or_else(|| scalar(resource, k))?)))
+            .collect()
+    }
+
     fn event(
         &self,
         span: &Span,
-        resource_client: Option<&str>,
+        resource: &ResourceContext<'_>,
         source_ts: Option<DateTime<Utc>>,
     ) -> Result<Option<TelemetryEvent>, DecodeError> {
         let attrs = &span.attributes[..];
@@ -186,7 +222,7 @@ impl OtlpGenaiDecoder {
         let ts = nanos_to_time(span.start_time_unix_nano)
             .or(source_ts)
             .ok_or(DecodeError::NoTimestamp)?;
-        let client = self.client(attrs).or(resource_client);
+        let client = self.client(attrs).or(resource.client);
         Ok(Some(TelemetryEvent {
             model_version: self.version(&model, response_model),
             model,
@@ -200,6 +236,7 @@ impl OtlpGenaiDecoder {
                 ..Output::default()
             },
             actual: None,
+            attributes: self.attributes(attrs, resource.attributes),
         }))
     }
 }

@@ -15,7 +15,8 @@
 //!   strings);
 //! - model: the name in the topic, else the message's `model_name`;
 //!   version: the response's `model_version`; client:
-//!   `[decode.tensors] client_headers`.
+//!   `[decode.tensors] client_headers`; the topic's namespace is the
+//!   attribute `namespace`.
 //!
 //! The messages below follow the field numbers of the published
 //! `inference` package (`grpc_service.proto`, V2 dataplane); fields the
@@ -124,6 +125,9 @@ impl Decoder for SeldonDecoder {
             ts: msg.timestamp.ok_or(DecodeError::NoTimestamp)?,
             request_id: Some(key.clone()),
             client_id: self.config.client(msg, None),
+            attributes: self
+                .config
+                .attributes(msg, [("namespace", topic_namespace(msg.topic))]),
             model,
         };
         let events = rows(
@@ -177,6 +181,12 @@ fn topic_model(topic: &str) -> Option<&str> {
         .strip_suffix(".inputs")
         .or_else(|| rest.strip_suffix(".outputs"))?;
     nonempty(Some(name))
+}
+
+/// `<prefix>.<namespace>.model.<name>.inputs` is of `<namespace>`.
+fn topic_namespace(topic: &str) -> Option<&str> {
+    let (head, _) = topic.rsplit_once(".model.")?;
+    head.rsplit_once('.').map(|(_, namespace)| namespace)
 }
 
 /// The protobuf message, without Confluent's schema-registry framing.
@@ -460,6 +470,10 @@ mod tests {
             }
         );
         assert_inputs(&d.events, &all);
+        assert_eq!(
+            d.events[0].attributes.get("namespace"),
+            Some(&FeatureValue::Text("fraud".into()))
+        );
 
         let (raw, _) = fixture("request_raw");
         let d = decode(

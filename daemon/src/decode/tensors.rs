@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{DecodeError, Side};
-use crate::event::{FeatureValue, Features, Output, Probabilities, TelemetryEvent, intern};
+use crate::event::{
+    Attributes, FeatureValue, Features, Output, Probabilities, TelemetryEvent, intern,
+};
 
 /// How one model's tensors map to features and outputs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -50,6 +52,9 @@ pub struct TensorConfig {
     /// Request headers naming the client, tried in order: the message's own
     /// headers, then those KServe copies into `ce_metadata`.
     pub client_headers: Vec<String>,
+    /// Message headers copied into the event's `attributes` under their
+    /// own names, quoted in alert evidence (a tenant, a region).
+    pub attribute_headers: Vec<String>,
     /// Per model (as the event names it), how its tensors map.
     pub models: BTreeMap<String, ModelTensors>,
 }
@@ -58,6 +63,7 @@ impl Default for TensorConfig {
     fn default() -> Self {
         Self {
             client_headers: vec!["x-client-id".into(), "x-user-id".into()],
+            attribute_headers: Vec::new(),
             models: BTreeMap::new(),
         }
     }
@@ -145,6 +151,7 @@ pub struct RowTemplate {
     pub ts: chrono::DateTime<chrono::Utc>,
     pub request_id: Option<String>,
     pub client_id: Option<String>,
+    pub attributes: Attributes,
 }
 
 impl RowTemplate {
@@ -159,6 +166,7 @@ impl RowTemplate {
             embedding: None,
             output: Output::default(),
             actual: None,
+            attributes: self.attributes.clone(),
         }
     }
 }
@@ -614,6 +622,28 @@ pub(super) fn truncated(s: &str) -> &str {
 }
 
 impl TensorConfig {
+    /// The `attribute_headers` the message carries, and `extra` (what the
+    /// format itself names: a namespace, a component) where present.
+    pub fn attributes<'a>(
+        &self,
+        msg: &super::Message<'_>,
+        extra: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    ) -> Attributes {
+        let headers = self
+            .attribute_headers
+            .iter()
+            .map(|name| (name.as_str(), msg.header(name)));
+        let extra: Vec<(&str, Option<&str>)> = extra.into_iter().collect();
+        extra
+            .into_iter()
+            .chain(headers)
+            .filter_map(|(k, v)| {
+                let v = super::oip::nonempty(v)?;
+                Some((k.to_string(), FeatureValue::Text(v.to_string())))
+            })
+            .collect()
+    }
+
     /// The client, from the first of `client_headers` the message carries,
     /// else from KServe's copy of the request's headers (`ce_metadata`: a
     /// JSON object of header name to a list of values).

@@ -111,7 +111,14 @@ pub struct Sender {
     /// Its client is on `detect.exempt_clients`: left out of the per-client
     /// tests.
     pub exempt: bool,
+    /// The event's attributes as evidence (`tenant=acme region=eu`),
+    /// shared by the sender's copies.
+    pub context: Option<std::sync::Arc<str>>,
 }
+
+/// The most of an event's attributes quoted with it, and the longest value.
+const CONTEXT_ATTRIBUTES: usize = 8;
+const CONTEXT_VALUE_CHARS: usize = 64;
 
 impl Sender {
     fn of(e: &TelemetryEvent, predicted: &Option<String>) -> Self {
@@ -120,18 +127,46 @@ impl Sender {
             client_id: e.client_id.clone(),
             predicted: predicted.clone(),
             exempt: false,
+            context: context(&e.attributes),
         }
     }
 
-    /// `req-17 client=shop-3`, or `-` when the event named neither.
+    /// `req-17 client=shop-3 tenant=acme`, or `-` when the event named
+    /// none of them.
     pub fn label(&self) -> String {
-        match (&self.request_id, &self.client_id) {
+        let ids = match (&self.request_id, &self.client_id) {
             (Some(r), Some(c)) => format!("{r} client={c}"),
             (Some(r), None) => r.clone(),
             (None, Some(c)) => format!("client={c}"),
-            (None, None) => "-".into(),
+            (None, None) => String::new(),
+        };
+        match (&self.context, ids.is_empty()) {
+            (None, true) => "-".into(),
+            (None, false) => ids,
+            (Some(c), true) => c.to_string(),
+            (Some(c), false) => format!("{ids} {c}"),
         }
     }
+}
+
+/// Attributes in name order, the first `CONTEXT_ATTRIBUTES`, values cut at
+/// `CONTEXT_VALUE_CHARS`: evidence stays short however many the producer
+/// attached. Missing values are left out.
+fn context(attributes: &crate::event::Attributes) -> Option<std::sync::Arc<str>> {
+    let quoted: Vec<String> = attributes
+        .iter()
+        .filter_map(|(k, v)| {
+            let text = match v {
+                FeatureValue::Number(x) => x.to_string(),
+                FeatureValue::Bool(b) => b.to_string(),
+                FeatureValue::Text(t) => t.chars().take(CONTEXT_VALUE_CHARS).collect(),
+                FeatureValue::Missing(()) => return None,
+            };
+            Some(format!("{k}={text}"))
+        })
+        .take(CONTEXT_ATTRIBUTES)
+        .collect();
+    (!quoted.is_empty()).then(|| quoted.join(" ").into())
 }
 
 impl Frame {
@@ -232,15 +267,15 @@ impl Frame {
                     })
                 })
             });
-            f.senders.push(Sender::of(e, &label));
+            let sender = Sender::of(e, &label);
             f.tokens.push(tokens(e, &token_names));
             if schema.numeric.len() >= 2 && present == schema.numeric.len() {
                 f.feature_rows.push(row.clone());
-                f.feature_row_senders.push(Sender::of(e, &label));
+                f.feature_row_senders.push(sender.clone());
             }
             if let Some((values, _)) = probs {
                 f.probabilities.push(values);
-                f.probability_senders.push(Sender::of(e, &label));
+                f.probability_senders.push(sender.clone());
                 f.correct
                     .push(match (&label, e.actual.as_ref().and_then(actual_label)) {
                         (Some(predicted), Some(actual)) => Some(*predicted == actual),
@@ -249,8 +284,9 @@ impl Frame {
             }
             if let Some(v) = &e.embedding {
                 f.embeddings.push(v.clone());
-                f.embedding_senders.push(Sender::of(e, &label));
+                f.embedding_senders.push(sender.clone());
             }
+            f.senders.push(sender);
             if let Some(l) = label {
                 f.predicted.push(l);
             }
@@ -434,5 +470,30 @@ mod tests {
         assert_eq!(f.categorical[0], vec!["x", "y"]);
         assert_eq!(f.probabilities, vec![vec![0.1, 0.9], vec![0.7, 0.3]]);
         assert_eq!(f.predicted, vec!["yes", "no", "maybe"]);
+    }
+
+    #[test]
+    fn a_senders_attributes_are_quoted_short_and_bounded() {
+        let many: Vec<String> = (0..12).map(|i| format!(r#""k{i:02}":{i}"#)).collect();
+        let long = "r".repeat(100);
+        let events = vec![
+            ev(&format!(
+                r#"{{"model":"m","request_id":"q1","attributes":{{"region":"{long}","canary":true,"tenant":"acme","gone":null}}}}"#
+            )),
+            ev(&format!(
+                r#"{{"model":"m","attributes":{{{}}}}}"#,
+                many.join(",")
+            )),
+            ev(r#"{"model":"m","client_id":"c"}"#),
+        ];
+        let f = Frame::build(&events, &Schema::infer(&events), &[]);
+        let labels: Vec<String> = f.senders.iter().map(Sender::label).collect();
+        assert_eq!(
+            labels[0],
+            format!("q1 canary=true region={} tenant=acme", "r".repeat(64))
+        );
+        let quoted: Vec<String> = (0..8).map(|i| format!("k{i:02}={i}")).collect();
+        assert_eq!(labels[1], quoted.join(" "));
+        assert_eq!(labels[2], "client=c");
     }
 }

@@ -311,6 +311,7 @@ mod tests {
             client_id: client.map(str::to_string),
             predicted: Some(predicted.to_string()),
             exempt: false,
+            context: None,
         }
     }
 

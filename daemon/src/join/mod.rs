@@ -20,7 +20,11 @@
 //! reads it again with its other half, and pairs nothing twice, because the
 //! pair's event is stored under the later half's position. A response read
 //! again without its request (the commit fell between them) is known by
-//! that position (`Pipeline::pair_stored`).
+//! that position on arrival (`Pipeline::pair_stored`). Any half read again
+//! without its other half, whichever was first and wherever each was, is
+//! known when it expires: the positions of both halves are stored with the
+//! window (`store::stored_halves`), and it is dropped as a replay instead
+//! of being unpaired.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -333,7 +337,8 @@ pub fn weight(events: &[TelemetryEvent]) -> usize {
 
 /// Row `i` of the request with row `i` of the response: the request's
 /// model, time, inputs and ids; the response's outputs, and its version,
-/// ids and client where the request names none.
+/// ids and client where the request names none. Attributes of both, the
+/// request's where both name one.
 fn merge(request: &[TelemetryEvent], response: Vec<TelemetryEvent>) -> Vec<TelemetryEvent> {
     request
         .iter()
@@ -345,6 +350,9 @@ fn merge(request: &[TelemetryEvent], response: Vec<TelemetryEvent>) -> Vec<Telem
             e.request_id = e.request_id.or(resp.request_id);
             e.client_id = e.client_id.or(resp.client_id);
             e.embedding = e.embedding.or(resp.embedding);
+            for (k, v) in resp.attributes {
+                e.attributes.entry(k).or_insert(v);
+            }
             e
         })
         .collect()

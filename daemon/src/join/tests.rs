@@ -28,6 +28,13 @@ fn half(key: &str, side: Side, rows: usize, offset: i64, secs: i64) -> Half<i64>
                 },
             },
             actual: None,
+            attributes: match side {
+                Side::Request => vec![("tenant", "acme")],
+                Side::Response => vec![("tenant", "other"), ("replica", "r-1")],
+            }
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), FeatureValue::Text(v.into())))
+            .collect(),
         })
         .collect();
     Half {
@@ -84,6 +91,12 @@ fn rows_pair_in_order_whichever_half_comes_first() {
             assert_eq!(e.model_version.as_deref(), Some("v2"));
             assert_eq!(e.client_id.as_deref(), Some("alice"));
             assert_eq!(e.ts, at(0));
+            let attributes: Vec<_> = e.attributes.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            let text = |s: &str| FeatureValue::Text(s.into());
+            assert_eq!(
+                attributes,
+                [("replica", &text("r-1")), ("tenant", &text("acme"))]
+            );
         }
         assert_eq!(j.waiting(), 0);
     }

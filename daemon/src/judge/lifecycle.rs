@@ -547,6 +547,7 @@ mod tests {
             sample_request_ids: vec![format!("r{seq}")],
             high_water: Default::default(),
             low_water: Default::default(),
+            halves: Default::default(),
             trace_id: None,
             class_mix: Vec::new(),
             top_clients: Vec::new(),

@@ -22,7 +22,7 @@ pub use record::{Recorded, Route, record_backfill, record_window};
 
 use crate::detect::UNCALIBRATED_EFFECT_THRESHOLD;
 use crate::detect::{Effect, Score, band};
-use crate::event::Mark;
+use crate::event::{Halves, Mark};
 pub use lifecycle::{AlertsConfig, Hysteresis};
 use schemars::JsonSchema;
 
@@ -228,6 +228,8 @@ pub struct WindowVerdict {
     pub high_water: HashMap<String, Mark>,
     /// The first position per stream among the window's events.
     pub low_water: HashMap<String, Mark>,
+    /// The messages of the halves of the window's pairs.
+    pub halves: Halves,
     /// The trace the window was scored in, stored with its alerts.
     pub trace_id: Option<String>,
     /// Events per predicted class, stored with the window for dashboards.
@@ -268,6 +270,7 @@ pub fn verdict(
             .collect(),
         high_water: window.high_water(),
         low_water: window.low_water(),
+        halves: Halves::of(&window.events),
         trace_id: None,
         class_mix: Vec::new(),
         top_clients: Vec::new(),

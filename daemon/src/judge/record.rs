@@ -74,6 +74,7 @@ pub async fn record_window(
     stepped.extend(retiring);
     let transitions = page(&mut tx, &v, stepped, &retired, alerts.group_by, route, now).await?;
     tx.advance_progress(&v.model, &scope, &v.high_water).await?;
+    tx.insert_halves(&v.model, &scope, v.seq, &v.halves).await?;
     tx.commit().await?;
     Ok((Some(v.seq), transitions))
 }
@@ -497,6 +498,7 @@ mod tests {
             sample_request_ids: vec!["r1".into()],
             high_water: HashMap::from([("t/0".to_string(), mark(40 + seq))]),
             low_water: HashMap::from([("t/0".to_string(), mark(40 + seq))]),
+            halves: Default::default(),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
             class_mix: vec![("fraud".into(), 1), ("legit".into(), 2)],
             top_clients: vec![("shop-1".into(), 2), ("shop-2".into(), 1)],

@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::decode::{DecodeError, Decoded, Decoder, DecoderName, Pairing, Side};
 use crate::detect::{DetectError, History, Reference, ScoringHandle};
-use crate::event::{Positioned, SourcePos, TelemetryEvent};
+use crate::event::{Halves, Positioned, SourcePos, TelemetryEvent};
 use crate::ingest::ack::OffsetTracker;
 use crate::ingest::{IngestError, RawMessage, Revocation, Source, SourceControl};
 use crate::join::{self, Half, Joiner, Offered, Unpaired, unpaired_position};
@@ -84,6 +84,10 @@ pub struct Pipeline {
     stored_models: std::collections::HashSet<String>,
     /// Models whose stored reference cannot be read or fitted, with why.
     unavailable: HashMap<String, String>,
+    /// Per stream, the furthest offset of a stored pair's half when this
+    /// member first unpaired a half of it: only halves up to it can have
+    /// been paired before, and are looked up (`not_stored`).
+    halves_horizon: HashMap<String, i64>,
 }
 
 impl Pipeline {
@@ -128,6 +132,7 @@ impl Pipeline {
             },
             stored_models: Default::default(),
             unavailable: HashMap::new(),
+            halves_horizon: HashMap::new(),
             metrics,
             health,
             options,
@@ -227,6 +232,7 @@ impl Pipeline {
         self.windower = Windower::default();
         self.tracker = OffsetTracker::default();
         self.joiner = Joiner::new(self.config.join.clone());
+        self.halves_horizon.clear();
         self.metrics.halves_waiting.set(0);
         self.models.retain(|_, s| s.reference.is_some());
         for state in self.models.values_mut() {
@@ -502,6 +508,7 @@ impl Pipeline {
         control: &SourceControl,
         cancel: &CancellationToken,
     ) -> Result<(), PipelineError> {
+        let halves = self.not_stored(halves, cancel).await?;
         for half in halves {
             let side = half.pairing.side;
             if let Some(msg) = &half.carried {
@@ -520,6 +527,66 @@ impl Pipeline {
             .halves_waiting
             .set(self.joiner.waiting() as i64);
         Ok(())
+    }
+
+    /// Leaves out halves of pairs already stored: read again after a
+    /// restart (or by a partition's next owner) whose commit on their
+    /// stream fell behind them, while their other half was committed with
+    /// the stored pair (another partition or topic, or an earlier offset:
+    /// the response logged first).
+    async fn not_stored(
+        &mut self,
+        halves: Vec<Half<Option<RawMessage>>>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Half<Option<RawMessage>>>, PipelineError> {
+        let mut positions: Vec<SourcePos> = Vec::new();
+        for half in &halves {
+            if half.pos.offset <= self.horizon(&half.pos.stream, cancel).await? {
+                positions.push(half.pos.clone());
+            }
+        }
+        if positions.is_empty() {
+            return Ok(halves);
+        }
+        let store = self.store.clone();
+        let stored = self
+            .retry
+            .run("checking stored halves", cancel, || {
+                store.stored_halves(&positions)
+            })
+            .await?;
+        let (done, rest): (Vec<_>, Vec<_>) =
+            halves.into_iter().partition(|h| stored.contains(&h.pos));
+        for half in done {
+            tracing::debug!(stream = %half.pos.stream, offset = half.pos.offset, "half read again is paired already");
+            self.metrics
+                .replayed_events
+                .inc_by(half.events.len() as u64);
+            self.tracker.release(&half.pos);
+        }
+        Ok(rest)
+    }
+
+    /// The stream's `halves_horizon`, read once per assignment: a half
+    /// past it was never paired before, and costs no lookup.
+    async fn horizon(
+        &mut self,
+        stream: &str,
+        cancel: &CancellationToken,
+    ) -> Result<i64, PipelineError> {
+        if let Some(h) = self.halves_horizon.get(stream) {
+            return Ok(*h);
+        }
+        let store = self.store.clone();
+        let h = self
+            .retry
+            .run("reading stored halves", cancel, || {
+                store.halves_horizon(stream)
+            })
+            .await?
+            .unwrap_or(-1);
+        self.halves_horizon.insert(stream.to_string(), h);
+        Ok(h)
     }
 
     async fn score_unpaired(
@@ -837,11 +904,12 @@ impl Pipeline {
         };
         let events: Vec<TelemetryEvent> = builder.events.iter().map(|p| p.event.clone()).collect();
         let high_water = window::high_water(builder.events.iter().map(|p| &p.pos));
+        let halves = Halves::of(&builder.events);
         let store = self.store.clone();
         let saved = self
             .retry
             .run("storing reference", cancel, || {
-                store.save_reference(model, "stream", &events, &high_water, false)
+                store.save_reference(model, "stream", &events, &high_water, &halves, false)
             })
             .await;
         let inserted = match saved {

@@ -26,6 +26,7 @@ macro_rules! migrations {
             migrations!(@ $dir, 13, "0013_open_alerts_by_model.sql", "open_alerts_by_model"),
             migrations!(@ $dir, 14, "0014_windows_by_model_scored.sql", "windows_by_model_scored"),
             migrations!(@ $dir, 15, "0015_window_clients.sql", "window_clients"),
+            migrations!(@ $dir, 16, "0016_stored_halves.sql", "stored_halves"),
         ]
     };
     (@ $dir:literal, $version:literal, $file:literal, $name:literal) => {

@@ -4,11 +4,13 @@
 //! on both (positional `$n` parameters, `ON CONFLICT`, timestamps bound from
 //! Rust). One file per aggregate: `references` (references, their
 //! calibration and the stream progress they cover), `windows` (windows and
-//! scores), `alerts` (alerts and silences), `outbox` (notifications owed).
+//! scores), `halves` (the halves of stored pairs), `alerts`
+//! (alerts and silences), `outbox` (notifications owed).
 //! Writes that must commit together take a [`Tx`]; what they mean (the alert
 //! lifecycle, routing) is decided by the judge, not here.
 
 mod alerts;
+mod halves;
 mod migrations;
 mod outbox;
 mod references;

@@ -8,7 +8,7 @@ use sqlx::Row;
 use sqlx::types::Json;
 
 use super::{Result, Store, Tx, with_pool, with_tx};
-use crate::event::{Mark, TelemetryEvent};
+use crate::event::{Halves, Mark, TelemetryEvent};
 
 /// The progress scope of a model's reference.
 pub const REFERENCE_SCOPE: &str = "reference";
@@ -93,8 +93,8 @@ impl Store {
         Ok(v)
     }
 
-    /// Stores a model's reference and the stream positions it covers in one
-    /// transaction. Returns false when the model already had one (another
+    /// Stores a model's reference, the stream positions it covers and the
+    /// halves of its pairs in one transaction. Returns false when the model already had one (another
     /// instance won the race, or a replay): the stored one stands.
     pub async fn save_reference(
         &self,
@@ -102,6 +102,7 @@ impl Store {
         origin: &str,
         events: &[TelemetryEvent],
         high_water: &HashMap<String, Mark>,
+        halves: &Halves,
         replace: bool,
     ) -> Result<bool> {
         let mut tx = self.begin().await?;
@@ -112,6 +113,7 @@ impl Store {
         if inserted {
             tx.advance_progress(model, REFERENCE_SCOPE, high_water)
                 .await?;
+            tx.insert_halves(model, REFERENCE_SCOPE, 0, halves).await?;
         }
         tx.commit().await?;
         Ok(inserted)
