@@ -174,7 +174,24 @@ impl Config {
             .and_then(|()| self.validate_retirement())
             .and_then(|()| self.validate_receiver_labels())
             .and_then(|()| self.join.validate())
+            .and_then(|()| self.validate_attributes())
             .map_err(ConfigError::Invalid)
+    }
+
+    /// The decoders must not name more attributes than an event may carry:
+    /// every fully attributed event would be refused.
+    fn validate_attributes(&self) -> Result<(), String> {
+        let most = self.limits.max_attributes;
+        // KServe adds its namespace, component and endpoint.
+        let tensors = self.decode.tensors.attribute_headers.len() + 3;
+        let otlp = self.decode.otlp_genai.attributes.len();
+        if tensors.max(otlp) > most {
+            return Err(format!(
+                "decode names up to {} attributes (tensors: attribute_headers and KServe's 3; otlp_genai.attributes: {otlp}), over limits.max_attributes = {most}",
+                tensors.max(otlp)
+            ));
+        }
+        Ok(())
     }
 
     /// A receiver's `labels` must name labels alerts can carry: the
@@ -505,5 +522,18 @@ mod tests {
     #[test]
     fn invalid_alpha_is_rejected() {
         assert!(Config::from_sources("[judge]\nalpha = 2.0\n", []).is_err());
+    }
+
+    #[test]
+    fn decoders_naming_more_attributes_than_an_event_carries_are_refused() {
+        let config = |most: usize| {
+            let text = format!(
+                "[limits]\nmax_attributes = {most}\n[decode.tensors]\nattribute_headers = [\"x-tenant\", \"x-region\"]\n"
+            );
+            Config::from_sources(&text, [])
+        };
+        let err = config(4).unwrap_err().to_string();
+        assert!(err.contains("max_attributes = 4"), "{err}");
+        config(5).unwrap();
     }
 }

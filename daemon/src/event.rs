@@ -468,6 +468,39 @@ mod tests {
         assert_eq!(f.keys().collect::<Vec<_>>(), ["y", "z"]);
     }
 
+    /// Both halves of a pair are kept, whichever came first; a half scored
+    /// alone by its own position; the unpaired stream's and lone events'
+    /// positions never.
+    #[test]
+    fn halves_keep_both_messages_of_each_pair() {
+        let at = |stream: &str, offset: i64| SourcePos {
+            stream: stream.into(),
+            offset,
+            index: 0,
+        };
+        let event: TelemetryEvent =
+            serde_json::from_str(r#"{"model":"m","ts":"2026-01-01T00:00:00Z"}"#).unwrap();
+        let item = |pos: SourcePos, also: Option<SourcePos>| Positioned {
+            also,
+            ..Positioned::new(event.clone(), pos)
+        };
+        let items = [
+            item(at("in/0", 7), Some(at("out/0", 3))),
+            item(at("t/0", 5), Some(at("t/0", 4))),
+            item(at("t/0", 6), Some(at("t/0", 9))),
+            item(at("t/0#unpaired-request", 11), Some(at("t/0", 11))),
+            item(at("t/0", 20), None),
+        ];
+        let halves = Halves::of(&items);
+        let want: BTreeMap<String, Vec<i64>> = [
+            ("in/0".to_string(), vec![7]),
+            ("out/0".to_string(), vec![3]),
+            ("t/0".to_string(), vec![4, 5, 6, 9, 11]),
+        ]
+        .into();
+        assert_eq!(halves.0, want);
+    }
+
     #[test]
     fn the_interner_keeps_short_names_and_stays_bounded() {
         assert!(std::sync::Arc::ptr_eq(&intern("amount"), &intern("amount")));

@@ -326,5 +326,12 @@ mod tests {
         let mut bad_time = h.clone();
         bad_time.push(("ce_time".into(), b"yesterday".to_vec()));
         assert_eq!(reason(r#"{"instances":[[1]]}"#, &bad_time), "invalid_value");
+        // Every row would copy the namespace: refused before rows are made.
+        let rows = vec!["[1]"; 10_000].join(",");
+        let namespace = "n".repeat(60_000);
+        let structured = format!(
+            r#"{{"specversion":"1.0","id":"e","type":"org.kubeflow.serving.inference.request","source":"x","inferenceservicename":"s","time":"2026-11-29T10:00:00Z","namespace":"{namespace}","data":{{"instances":[{rows}]}}}}"#
+        );
+        assert_eq!(reason(&structured, &[]), "invalid_value");
     }
 }

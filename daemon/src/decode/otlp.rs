@@ -65,10 +65,11 @@ impl Default for OtlpGenaiConfig {
     }
 }
 
-/// What a resource gives each of its spans that names none of its own.
+/// What a resource gives each of its spans that names none of its own,
+/// found once per resource.
 struct ResourceContext<'a> {
     client: Option<&'a str>,
-    attributes: &'a [KeyValue],
+    attributes: Attributes,
 }
 
 pub struct OtlpGenaiDecoder {
@@ -77,6 +78,9 @@ pub struct OtlpGenaiDecoder {
     /// none, and is the same version's failure.
     versions: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
+
+/// The longest text attribute copied into an event.
+const MAX_ATTRIBUTE_BYTES: usize = 1024;
 
 /// Models whose last snapshot is remembered; a full table starts over, so
 /// invented model names cannot pin memory.
@@ -114,7 +118,7 @@ impl Decoder for OtlpGenaiDecoder {
             // spans must not cost their product.
             let context = ResourceContext {
                 client: self.client(resource),
-                attributes: resource,
+                attributes: self.attributes(resource, Attributes::new())?,
             };
             for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
                 events.extend(self.event(span, &context, source_ts)?);
@@ -180,20 +184,31 @@ impl OtlpGenaiDecoder {
         Some(v.to_string())
     }
 
-    /// The configured attributes of `span`, else of its resource.
-    fn attributes(&self, span: &[KeyValue], resource: &[KeyValue]) -> Attributes {
-        let scalar = |attrs: &[KeyValue], key: &str| match value(attrs, key)? {
-            Value::StringValue(s) if !s.is_empty() => Some(FeatureValue::Text(s.clone())),
-            Value::IntValue(i) => Some(FeatureValue::Number(*i as f64)),
-            Value::DoubleValue(d) if d.is_finite() => Some(FeatureValue::Number(*d)),
-            Value::BoolValue(b) => Some(FeatureValue::Bool(*b)),
-            _ => None,
-        };
-        self.config
-            .attributes
-            .iter()
-            .filter_map(|k| Some((k.clone(), scalar(span, k).or_else(|| scalar(resource, k))?)))
-            .collect()
+    /// The configured attributes `attrs` names, over those of `under` (its
+    /// resource's). A text value is at most `MAX_ATTRIBUTE_BYTES`: every
+    /// span of the resource copies it.
+    fn attributes(
+        &self,
+        attrs: &[KeyValue],
+        mut under: Attributes,
+    ) -> Result<Attributes, DecodeError> {
+        for key in &self.config.attributes {
+            let v = match value(attrs, key) {
+                Some(Value::StringValue(s)) if s.len() > MAX_ATTRIBUTE_BYTES => {
+                    return Err(DecodeError::InvalidValue(format!(
+                        "attribute {key} of {} bytes, over {MAX_ATTRIBUTE_BYTES}",
+                        s.len()
+                    )));
+                }
+                Some(Value::StringValue(s)) if !s.is_empty() => FeatureValue::Text(s.clone()),
+                Some(Value::IntValue(i)) => FeatureValue::Number(*i as f64),
+                Some(Value::DoubleValue(d)) if d.is_finite() => FeatureValue::Number(*d),
+                Some(Value::BoolValue(b)) => FeatureValue::Bool(*b),
+                _ => continue,
+            };
+            under.insert(key.clone(), v);
+        }
+        Ok(under)
     }
 
     fn event(
@@ -236,7 +251,7 @@ impl OtlpGenaiDecoder {
                 ..Output::default()
             },
             actual: None,
-            attributes: self.attributes(attrs, resource.attributes),
+            attributes: self.attributes(attrs, resource.attributes.clone())?,
         }))
     }
 }
@@ -517,6 +532,12 @@ mod tests {
         assert_eq!(e.features["input_tokens"], FeatureValue::Number(31.0));
         assert_eq!(e.features["latency_ms"], FeatureValue::Number(500.0));
         assert_eq!(e.output.label.as_deref(), Some("stop"));
+        assert_eq!(
+            e.attributes.get("service.name"),
+            Some(&FeatureValue::Text("support".into())),
+            "the resource's, named in the config"
+        );
+        assert_eq!(e.attributes.len(), 1);
         assert_eq!(events[1].model, "execute_tool");
     }
 
@@ -539,5 +560,12 @@ mod tests {
             decoder.decode(b"", None).unwrap().is_empty(),
             "an empty request has no spans"
         );
+        // Every span of the resource would copy it.
+        let mut heavy = batch();
+        let resource = heavy.resource_spans[0].resource.as_mut().unwrap();
+        resource
+            .attributes
+            .push(kv("cloud.region", s(&"r".repeat(MAX_ATTRIBUTE_BYTES + 1))));
+        assert_eq!(reason(&heavy.encode_to_vec()), "invalid_value");
     }
 }

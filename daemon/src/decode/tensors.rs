@@ -70,10 +70,10 @@ impl Default for TensorConfig {
 }
 
 /// Most rows one message may carry, most values in one row and in all,
-/// and the longest name or id copied into every row: a payload under the
-/// size limit can still declare shapes whose product is absurd, or an id
-/// that every one of its rows would copy. Checked before anything is
-/// allocated from them.
+/// and the longest name, id or attribute copied into every row: a payload
+/// under the size limit can still declare shapes whose product is absurd,
+/// or an id that every one of its rows would copy. Checked before anything
+/// is allocated from them.
 const MAX_ROWS: usize = 10_000;
 const MAX_ROW_VALUES: usize = 65_536;
 const MAX_VALUES: usize = 1_000_000;
@@ -250,9 +250,17 @@ fn check_sizes(columns: &[Column], template: &RowTemplate) -> Result<(), DecodeE
         template.client_id.as_deref(),
     ];
     let names = columns.iter().map(|c| Some(c.name.as_str()));
+    let attributes = template.attributes.iter().flat_map(|(k, v)| {
+        let text = match v {
+            FeatureValue::Text(t) => Some(t.as_str()),
+            _ => None,
+        };
+        [Some(k.as_str()), text]
+    });
     if let Some(long) = texts
         .into_iter()
         .chain(names)
+        .chain(attributes)
         .flatten()
         .find(|t| t.len() > MAX_TEXT)
     {

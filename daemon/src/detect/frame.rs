@@ -151,7 +151,7 @@ impl Sender {
 
 /// Attributes in name order, the first `CONTEXT_ATTRIBUTES`, values cut at
 /// `CONTEXT_VALUE_CHARS`: evidence stays short however many the producer
-/// attached. Missing values are left out.
+/// attached. Missing values are left out; control characters are spaces.
 fn context(attributes: &crate::event::Attributes) -> Option<std::sync::Arc<str>> {
     let quoted: Vec<String> = attributes
         .iter()
@@ -159,7 +159,12 @@ fn context(attributes: &crate::event::Attributes) -> Option<std::sync::Arc<str>>
             let text = match v {
                 FeatureValue::Number(x) => x.to_string(),
                 FeatureValue::Bool(b) => b.to_string(),
-                FeatureValue::Text(t) => t.chars().take(CONTEXT_VALUE_CHARS).collect(),
+                // A line break would start a line of its own in a page.
+                FeatureValue::Text(t) => t
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .take(CONTEXT_VALUE_CHARS)
+                    .collect(),
                 FeatureValue::Missing(()) => return None,
             };
             Some(format!("{k}={text}"))
@@ -478,7 +483,7 @@ mod tests {
         let long = "r".repeat(100);
         let events = vec![
             ev(&format!(
-                r#"{{"model":"m","request_id":"q1","attributes":{{"region":"{long}","canary":true,"tenant":"acme","gone":null}}}}"#
+                r#"{{"model":"m","request_id":"q1","attributes":{{"region":"{long}","canary":true,"tenant":"ac\nme","gone":null}}}}"#
             )),
             ev(&format!(
                 r#"{{"model":"m","attributes":{{{}}}}}"#,
@@ -490,7 +495,7 @@ mod tests {
         let labels: Vec<String> = f.senders.iter().map(Sender::label).collect();
         assert_eq!(
             labels[0],
-            format!("q1 canary=true region={} tenant=acme", "r".repeat(64))
+            format!("q1 canary=true region={} tenant=ac me", "r".repeat(64))
         );
         let quoted: Vec<String> = (0..8).map(|i| format!("k{i:02}={i}")).collect();
         assert_eq!(labels[1], quoted.join(" "));

@@ -308,13 +308,15 @@ pub fn weight(events: &[TelemetryEvent]) -> usize {
     events
         .iter()
         .map(|e| {
-            let features: usize = e
-                .features
+            let value = |v: &FeatureValue| match v {
+                FeatureValue::Text(t) => t.len(),
+                _ => 0,
+            };
+            let features: usize = e.features.iter().map(|(_, v)| value(v)).sum();
+            let attributes: usize = e
+                .attributes
                 .iter()
-                .map(|(_, v)| match v {
-                    FeatureValue::Text(t) => t.len(),
-                    _ => 0,
-                })
+                .map(|(k, v)| k.len() + 48 + value(v))
                 .sum();
             let probabilities = match &e.output.probabilities {
                 Some(Probabilities::List(p)) => p.len() * 8,
@@ -329,6 +331,7 @@ pub fn weight(events: &[TelemetryEvent]) -> usize {
                 + text(&e.output.label)
                 + e.features.len() * 48
                 + features
+                + attributes
                 + e.embedding.as_ref().map_or(0, |v| v.len() * 8)
                 + probabilities
         })

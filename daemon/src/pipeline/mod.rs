@@ -539,10 +539,13 @@ impl Pipeline {
         halves: Vec<Half<Option<RawMessage>>>,
         cancel: &CancellationToken,
     ) -> Result<Vec<Half<Option<RawMessage>>>, PipelineError> {
-        let mut positions: Vec<SourcePos> = Vec::new();
+        let mut positions: Vec<(String, SourcePos)> = Vec::new();
         for half in &halves {
+            let Some(model) = half.events.first().map(|e| e.model.clone()) else {
+                continue;
+            };
             if half.pos.offset <= self.horizon(&half.pos.stream, cancel).await? {
-                positions.push(half.pos.clone());
+                positions.push((model, half.pos.clone()));
             }
         }
         if positions.is_empty() {
