@@ -59,6 +59,7 @@ const KEYS: &[&str] = &[
     "embedding",
     "output",
     "actual",
+    "attributes",
     "probabilities",
     "label",
     "score",

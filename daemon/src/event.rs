@@ -369,12 +369,17 @@ pub struct TelemetryEvent {
     pub actual: Option<serde_json::Value>,
     /// Context the producer wants quoted in alert evidence (tenant,
     /// region, latency); no detector reads it.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "no_attributes")]
     pub attributes: Attributes,
 }
 
-/// An event's attributes by name: strings, numbers and booleans.
-pub type Attributes = BTreeMap<String, FeatureValue>;
+/// An event's attributes by name: strings, numbers and booleans. Shared:
+/// every row of a batched message carries its message's attributes.
+pub type Attributes = std::sync::Arc<BTreeMap<String, FeatureValue>>;
+
+fn no_attributes(a: &Attributes) -> bool {
+    a.is_empty()
+}
 
 impl TelemetryEvent {
     /// The version label used to key windows; events without one share `""`.

@@ -122,7 +122,7 @@ impl Limits {
                 self.max_attributes
             )));
         }
-        for (name, value) in attributes {
+        for (name, value) in attributes.iter() {
             self.name("attribute", name)?;
             if let FeatureValue::Text(t) = value {
                 self.value(name, t)?;

@@ -118,7 +118,7 @@ impl Decoder for OtlpGenaiDecoder {
             // spans must not cost their product.
             let context = ResourceContext {
                 client: self.client(resource),
-                attributes: self.attributes(resource, Attributes::new())?,
+                attributes: self.attributes(resource, &Attributes::default())?,
             };
             for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
                 events.extend(self.event(span, &context, source_ts)?);
@@ -190,8 +190,9 @@ impl OtlpGenaiDecoder {
     fn attributes(
         &self,
         attrs: &[KeyValue],
-        mut under: Attributes,
+        under: &Attributes,
     ) -> Result<Attributes, DecodeError> {
+        let mut under = under.clone();
         for key in &self.config.attributes {
             let v = match value(attrs, key) {
                 Some(Value::StringValue(s)) if s.len() > MAX_ATTRIBUTE_BYTES => {
@@ -206,7 +207,7 @@ impl OtlpGenaiDecoder {
                 Some(Value::BoolValue(b)) => FeatureValue::Bool(*b),
                 _ => continue,
             };
-            under.insert(key.clone(), v);
+            std::sync::Arc::make_mut(&mut under).insert(key.clone(), v);
         }
         Ok(under)
     }
@@ -251,7 +252,7 @@ impl OtlpGenaiDecoder {
                 ..Output::default()
             },
             actual: None,
-            attributes: self.attributes(attrs, resource.attributes.clone())?,
+            attributes: self.attributes(attrs, &resource.attributes)?,
         }))
     }
 }

@@ -649,7 +649,8 @@ impl TensorConfig {
                 let v = super::oip::nonempty(v)?;
                 Some((k.to_string(), FeatureValue::Text(v.to_string())))
             })
-            .collect()
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into()
     }
 
     /// The client, from the first of `client_headers` the message carries,

@@ -121,13 +121,17 @@ const CONTEXT_ATTRIBUTES: usize = 8;
 const CONTEXT_VALUE_CHARS: usize = 64;
 
 impl Sender {
-    fn of(e: &TelemetryEvent, predicted: &Option<String>) -> Self {
+    fn of(
+        e: &TelemetryEvent,
+        predicted: &Option<String>,
+        context: Option<std::sync::Arc<str>>,
+    ) -> Self {
         Self {
             request_id: e.request_id.clone(),
             client_id: e.client_id.clone(),
             predicted: predicted.clone(),
             exempt: false,
-            context: context(&e.attributes),
+            context,
         }
     }
 
@@ -145,6 +149,27 @@ impl Sender {
             (None, false) => ids,
             (Some(c), true) => c.to_string(),
             (Some(c), false) => format!("{ids} {c}"),
+        }
+    }
+}
+
+/// The attributes last quoted, and how: the rows of one message share
+/// theirs, and are quoted once.
+#[derive(Default)]
+struct Contexts(Option<(crate::event::Attributes, Option<std::sync::Arc<str>>)>);
+
+impl Contexts {
+    fn of(&mut self, attributes: &crate::event::Attributes) -> Option<std::sync::Arc<str>> {
+        if attributes.is_empty() {
+            return None;
+        }
+        match &self.0 {
+            Some((last, quoted)) if std::sync::Arc::ptr_eq(last, attributes) => quoted.clone(),
+            _ => {
+                let quoted = context(attributes);
+                self.0 = Some((attributes.clone(), quoted.clone()));
+                quoted
+            }
         }
     }
 }
@@ -241,6 +266,7 @@ impl Frame {
         let mut versions: std::collections::BTreeMap<&str, usize> = Default::default();
         let mut slots = Slots::of(schema);
         let mut row = vec![0.0; schema.numeric.len()];
+        let mut contexts = Contexts::default();
         let token_names: Vec<&str> = schema
             .numeric
             .iter()
@@ -272,7 +298,7 @@ impl Frame {
                     })
                 })
             });
-            let sender = Sender::of(e, &label);
+            let sender = Sender::of(e, &label, contexts.of(&e.attributes));
             f.tokens.push(tokens(e, &token_names));
             if schema.numeric.len() >= 2 && present == schema.numeric.len() {
                 f.feature_rows.push(row.clone());

@@ -353,8 +353,12 @@ fn merge(request: &[TelemetryEvent], response: Vec<TelemetryEvent>) -> Vec<Telem
             e.request_id = e.request_id.or(resp.request_id);
             e.client_id = e.client_id.or(resp.client_id);
             e.embedding = e.embedding.or(resp.embedding);
-            for (k, v) in resp.attributes {
-                e.attributes.entry(k).or_insert(v);
+            // Shared by the rows of both halves: copied only when the
+            // response adds one.
+            for (k, v) in resp.attributes.iter() {
+                if !e.attributes.contains_key(k) {
+                    std::sync::Arc::make_mut(&mut e.attributes).insert(k.clone(), v.clone());
+                }
             }
             e
         })

@@ -34,7 +34,8 @@ fn half(key: &str, side: Side, rows: usize, offset: i64, secs: i64) -> Half<i64>
             }
             .into_iter()
             .map(|(k, v)| (k.to_string(), FeatureValue::Text(v.into())))
-            .collect(),
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into(),
         })
         .collect();
     Half {
