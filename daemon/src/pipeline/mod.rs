@@ -776,13 +776,13 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Whether a response that finds no request waiting completed a pair
-    /// already stored under its position: read again after a restart whose
-    /// commit fell between the halves (the request's message was released
-    /// with the stored pair, and is not read again). Serving stacks log a
-    /// request before its response, so a request is never taken for this:
-    /// one re-read below the stored mark is a half still waiting. A
-    /// response of a model not yet admitted is left to the join.
+    /// Whether a response that finds no request waiting is a half of a
+    /// pair already stored: read again after a restart whose commit fell
+    /// between the halves (the request's message was released with the
+    /// stored pair, and is not read again). Known from the stored halves,
+    /// not from the stream's stored progress: a response logged before its
+    /// request lies below the progress of pairs stored after it while its
+    /// own pair was still open.
     async fn pair_stored(
         &mut self,
         events: &[TelemetryEvent],
@@ -792,32 +792,18 @@ impl Pipeline {
         let Some(event) = events.first() else {
             return Ok(false);
         };
-        if self.admit(events).is_err() || self.load_models(events, cancel).await?.is_err() {
+        if pos.offset > self.horizon(&pos.stream, cancel).await? {
             return Ok(false);
         }
-        let model = event.model.as_str();
-        if self.models.get(model).is_some_and(|s| s.progress_stale) {
-            self.reload_progress(model, cancel).await?;
-        }
-        let probe = SourcePos {
-            index: 0,
-            ..pos.clone()
-        };
-        let Some(state) = self.models.get(model) else {
-            return Ok(false);
-        };
-        if state.reference_progress.covers(&probe) {
-            return Ok(true);
-        }
-        if state.reference.is_none() {
-            return Ok(false);
-        }
-        let key = WindowKey {
-            model: model.to_string(),
-            version: event.version_key().to_string(),
-        };
-        self.know_window_key(&key, cancel).await?;
-        Ok(self.windower.covered(&key, &probe))
+        let probe = [(event.model.clone(), pos.clone())];
+        let store = self.store.clone();
+        let found = self
+            .retry
+            .run("checking stored halves", cancel, || {
+                store.stored_halves(&probe)
+            })
+            .await?;
+        Ok(!found.is_empty())
     }
 
     /// A stored reference's progress, read again after a revocation: the
