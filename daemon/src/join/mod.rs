@@ -301,23 +301,30 @@ impl<T> Joiner<T> {
 }
 
 /// About what a half's events weigh in memory, for `max_pending_bytes`:
-/// a small message can decode to many rows.
+/// a small message can decode to many rows. Rows share their message's
+/// attributes, counted once.
 pub fn weight(events: &[TelemetryEvent]) -> usize {
     use crate::event::{FeatureValue, Probabilities};
     let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    let mut last: Option<&crate::event::Attributes> = None;
     events
         .iter()
         .map(|e| {
+            let shared = last.is_some_and(|l| std::sync::Arc::ptr_eq(l, &e.attributes));
+            last = Some(&e.attributes);
             let value = |v: &FeatureValue| match v {
                 FeatureValue::Text(t) => t.len(),
                 _ => 0,
             };
             let features: usize = e.features.iter().map(|(_, v)| value(v)).sum();
-            let attributes: usize = e
-                .attributes
-                .iter()
-                .map(|(k, v)| k.len() + 48 + value(v))
-                .sum();
+            let attributes: usize = match shared {
+                true => 0,
+                false => e
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| k.len() + 48 + value(v))
+                    .sum(),
+            };
             let probabilities = match &e.output.probabilities {
                 Some(Probabilities::List(p)) => p.len() * 8,
                 Some(Probabilities::Named(p)) => p.keys().map(|k| k.len() + 64).sum(),

@@ -167,3 +167,20 @@ fn paired_halves_leave_the_arrival_queue_bounded() {
     let queued = j.order[0].len() + j.order[1].len();
     assert!(queued <= 1026, "{queued} arrival entries");
 }
+
+#[test]
+fn rows_sharing_their_messages_attributes_weigh_them_once() {
+    let tenant = FeatureValue::Text("t".repeat(10_000));
+    let shared: crate::event::Attributes =
+        std::sync::Arc::new([("tenant".to_string(), tenant)].into());
+    let mut h = half("a", Side::Request, 100, 1, 0);
+    for e in &mut h.events {
+        e.attributes = shared.clone();
+    }
+    let once = weight(&h.events);
+    for e in &mut h.events {
+        e.attributes = std::sync::Arc::new((*shared).clone());
+    }
+    let each = weight(&h.events);
+    assert!(once < 100_000 && each > 1_000_000, "{once} {each}");
+}

@@ -539,13 +539,10 @@ impl Pipeline {
         halves: Vec<Half<Option<RawMessage>>>,
         cancel: &CancellationToken,
     ) -> Result<Vec<Half<Option<RawMessage>>>, PipelineError> {
-        let mut positions: Vec<(String, SourcePos)> = Vec::new();
+        let mut positions: Vec<SourcePos> = Vec::new();
         for half in &halves {
-            let Some(model) = half.events.first().map(|e| e.model.clone()) else {
-                continue;
-            };
             if half.pos.offset <= self.horizon(&half.pos.stream, cancel).await? {
-                positions.push((model, half.pos.clone()));
+                positions.push(half.pos.clone());
             }
         }
         if positions.is_empty() {
@@ -782,20 +779,26 @@ impl Pipeline {
     /// stored pair, and is not read again). Known from the stored halves,
     /// not from the stream's stored progress: a response logged before its
     /// request lies below the progress of pairs stored after it while its
-    /// own pair was still open.
+    /// own pair was still open. A stream with no stored halves at all was
+    /// stored before they were kept (an upgrade): its progress tells, as it
+    /// did then, for requests logged first.
     async fn pair_stored(
         &mut self,
         events: &[TelemetryEvent],
         pos: &SourcePos,
         cancel: &CancellationToken,
     ) -> Result<bool, PipelineError> {
-        let Some(event) = events.first() else {
-            return Ok(false);
-        };
-        if pos.offset > self.horizon(&pos.stream, cancel).await? {
+        if events.is_empty() {
             return Ok(false);
         }
-        let probe = [(event.model.clone(), pos.clone())];
+        let horizon = self.horizon(&pos.stream, cancel).await?;
+        if horizon < 0 {
+            return self.progress_covers(events, pos, cancel).await;
+        }
+        if pos.offset > horizon {
+            return Ok(false);
+        }
+        let probe = [pos.clone()];
         let store = self.store.clone();
         let found = self
             .retry
@@ -804,6 +807,45 @@ impl Pipeline {
             })
             .await?;
         Ok(!found.is_empty())
+    }
+
+    /// Whether the stored progress of the events' model covers `pos`. A
+    /// response of a model not yet admitted is left to the join.
+    async fn progress_covers(
+        &mut self,
+        events: &[TelemetryEvent],
+        pos: &SourcePos,
+        cancel: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        let Some(event) = events.first() else {
+            return Ok(false);
+        };
+        if self.admit(events).is_err() || self.load_models(events, cancel).await?.is_err() {
+            return Ok(false);
+        }
+        let model = event.model.as_str();
+        if self.models.get(model).is_some_and(|s| s.progress_stale) {
+            self.reload_progress(model, cancel).await?;
+        }
+        let probe = SourcePos {
+            index: 0,
+            ..pos.clone()
+        };
+        let Some(state) = self.models.get(model) else {
+            return Ok(false);
+        };
+        if state.reference_progress.covers(&probe) {
+            return Ok(true);
+        }
+        if state.reference.is_none() {
+            return Ok(false);
+        }
+        let key = WindowKey {
+            model: model.to_string(),
+            version: event.version_key().to_string(),
+        };
+        self.know_window_key(&key, cancel).await?;
+        Ok(self.windower.covered(&key, &probe))
     }
 
     /// A stored reference's progress, read again after a revocation: the

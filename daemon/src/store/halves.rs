@@ -42,40 +42,33 @@ impl Tx {
 }
 
 impl Store {
-    /// Which of `halves` (a model, and a message's stream and offset) are
-    /// a half of a pair of that model already stored, or a half already
-    /// scored alone. The model keeps apart streams that are named alike
-    /// (standard input, a file written again) but carry other models.
-    pub async fn stored_halves(
-        &self,
-        halves: &[(String, SourcePos)],
-    ) -> Result<HashSet<SourcePos>> {
-        let mut spans: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
-        for (model, p) in halves {
-            let span = spans
-                .entry((model, &p.stream))
-                .or_insert((p.offset, p.offset));
+    /// Which of `positions` (a message's stream and offset) are a half of
+    /// a pair already stored, or a half already scored alone. Not by model:
+    /// the two halves of a pair may name their model apart (an OIP request
+    /// without `model_name` takes the topic's name; its response names
+    /// itself), and a message is a half of one pair.
+    pub async fn stored_halves(&self, positions: &[SourcePos]) -> Result<HashSet<SourcePos>> {
+        let mut spans: HashMap<&str, (i64, i64)> = HashMap::new();
+        for p in positions {
+            let span = spans.entry(&p.stream).or_insert((p.offset, p.offset));
             *span = (span.0.min(p.offset), span.1.max(p.offset));
         }
         let mut found = HashSet::new();
-        for ((model, stream), (low, high)) in spans {
+        for (stream, (low, high)) in spans {
             let rows: Vec<String> = with_pool!(self, pool => {
                 sqlx::query_scalar(
                     "SELECT offsets FROM stored_halves
-                     WHERE stream = $1 AND last_offset >= $2 AND first_offset <= $3
-                       AND model = $4",
+                     WHERE stream = $1 AND last_offset >= $2 AND first_offset <= $3",
                 )
                 .bind(stream)
                 .bind(low)
                 .bind(high)
-                .bind(model)
                 .fetch_all(pool)
                 .await?
             });
-            let inside = |(m, p): &&(String, SourcePos)| {
-                m == model && p.stream == stream && rows.iter().any(|r| in_runs(r, p.offset))
-            };
-            found.extend(halves.iter().filter(inside).map(|(_, p)| p.clone()));
+            let inside =
+                |p: &&SourcePos| p.stream == stream && rows.iter().any(|r| in_runs(r, p.offset));
+            found.extend(positions.iter().filter(inside).cloned());
         }
         Ok(found)
     }
