@@ -288,16 +288,7 @@ impl Frame {
             }
             let present = slots.place(e, &mut f, &mut row);
             let probs = e.output.probabilities.as_ref().map(|p| ordered(p, classes));
-            let label = e.output.label.clone().or_else(|| {
-                probs.as_ref().and_then(|(values, names)| {
-                    argmax(values).map(|i| {
-                        names
-                            .get(i)
-                            .cloned()
-                            .unwrap_or_else(|| format!("class_{i}"))
-                    })
-                })
-            });
+            let label = predicted(e, &probs);
             let sender = Sender::of(e, &label, contexts.of(&e.attributes));
             f.tokens.push(tokens(e, &token_names));
             if schema.numeric.len() >= 2 && present == schema.numeric.len() {
@@ -438,6 +429,20 @@ fn actual_label(v: &serde_json::Value) -> Option<String> {
 /// Probabilities as a vector plus the class name of each position.
 /// The probabilities in class order and the class names they go with
 /// (borrowed where they are the configured ones: this runs per event).
+/// The class the event answered with: its label, else its most probable
+/// class.
+fn predicted(e: &TelemetryEvent, probs: &Option<(Vec<f64>, Cow<'_, [String]>)>) -> Option<String> {
+    e.output.label.clone().or_else(|| {
+        let (values, names) = probs.as_ref()?;
+        argmax(values).map(|i| {
+            names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("class_{i}"))
+        })
+    })
+}
+
 fn ordered<'a>(p: &'a Probabilities, classes: &'a [String]) -> (Vec<f64>, Cow<'a, [String]>) {
     match p {
         Probabilities::List(v) => (v.clone(), Cow::Borrowed(classes)),
