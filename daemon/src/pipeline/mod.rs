@@ -85,8 +85,8 @@ pub struct Pipeline {
     /// Models whose stored reference cannot be read or fitted, with why.
     unavailable: HashMap<String, String>,
     /// Per stream, the furthest offset of a stored pair's half when this
-    /// member first unpaired a half of it: only halves up to it can have
-    /// been paired before, and are looked up (`not_stored`).
+    /// member first looked a half of it up: only halves up to it can have
+    /// been paired before, and are looked up (`not_stored`, `pair_stored`).
     halves_horizon: HashMap<String, i64>,
 }
 
@@ -548,13 +548,7 @@ impl Pipeline {
         if positions.is_empty() {
             return Ok(halves);
         }
-        let store = self.store.clone();
-        let stored = self
-            .retry
-            .run("checking stored halves", cancel, || {
-                store.stored_halves(&positions)
-            })
-            .await?;
+        let stored = self.stored_halves(&positions, cancel).await?;
         let (done, rest): (Vec<_>, Vec<_>) =
             halves.into_iter().partition(|h| stored.contains(&h.pos));
         for half in done {
@@ -788,9 +782,6 @@ impl Pipeline {
         pos: &SourcePos,
         cancel: &CancellationToken,
     ) -> Result<bool, PipelineError> {
-        if events.is_empty() {
-            return Ok(false);
-        }
         let horizon = self.horizon(&pos.stream, cancel).await?;
         if horizon < 0 {
             return self.progress_covers(events, pos, cancel).await;
@@ -798,15 +789,22 @@ impl Pipeline {
         if pos.offset > horizon {
             return Ok(false);
         }
-        let probe = [pos.clone()];
-        let store = self.store.clone();
-        let found = self
-            .retry
-            .run("checking stored halves", cancel, || {
-                store.stored_halves(&probe)
-            })
-            .await?;
+        let found = self.stored_halves(&[pos.clone()], cancel).await?;
         Ok(!found.is_empty())
+    }
+
+    /// Which of `positions` are halves already stored, read through outages.
+    async fn stored_halves(
+        &self,
+        positions: &[SourcePos],
+        cancel: &CancellationToken,
+    ) -> Result<std::collections::HashSet<SourcePos>, PipelineError> {
+        let store = &self.store;
+        self.retry
+            .run("checking stored halves", cancel, || {
+                store.stored_halves(positions)
+            })
+            .await
     }
 
     /// Whether the stored progress of the events' model covers `pos`. A
