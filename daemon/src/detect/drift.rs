@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use self::FeatureSettings as Settings;
 use super::Schema;
 use super::band::{self, Band};
+use super::parallel;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -168,18 +169,19 @@ pub fn calibrate(
     reference: &Prepared,
     window_rows: usize,
 ) -> BTreeMap<String, Band> {
-    let mut bands = BTreeMap::new();
     if !config.calibrate {
-        return bands;
+        return BTreeMap::new();
     }
     let cut = |n: usize| band::effect_cut(n, window_rows, config.min_band_windows);
-    for (i, name) in schema.numeric.iter().enumerate() {
+    // Each feature's band alone, on every core.
+    let numeric = parallel::map(schema.numeric.len(), |i| {
+        let name = &schema.numeric[i];
         let settings = config.resolve(model, name);
         let col = &reference.frame.numeric[i];
         let chi2 = use_chi2(&settings, reference.discrete[i]);
         let gating = plan(config, &settings, col.len(), chi2).filter(|p| p.gating);
         let (Some(p), Some((rows, k))) = (gating, cut(col.len())) else {
-            continue;
+            return None;
         };
         // The rest of the reference is the prepared column less the
         // window's values: one merge per reference window, no sort of the rest.
@@ -194,8 +196,9 @@ pub fn calibrate(
                 effect_value(p.choice, &settings, &Columns::Numeric(&rest, &window)).1
             })
             .collect();
-        bands.insert(name.clone(), Band::from_windows(&values, rows));
-    }
+        Some((name.clone(), Band::from_windows(&values, rows)))
+    });
+    let mut bands: BTreeMap<String, Band> = numeric.into_iter().flatten().collect();
     for (i, name) in schema.categorical.iter().enumerate() {
         let settings = config.resolve(model, name);
         let col = &reference.frame.categorical[i];
@@ -286,67 +289,69 @@ impl Detector for FeatureDrift {
             .iter()
             .map(|f| self.config.resolve(model, f))
             .collect();
-        let mut scores = Vec::new();
         let use_chi2 = |i: usize| use_chi2(&settings[i], reference.discrete[i]);
-        // Each window column sorted once, for its KS statistic and its effect.
-        let windows: Vec<Vec<f64>> = window.numeric.iter().map(|c| stats::sorted(c)).collect();
-        let ks = (0..numeric.len()).filter(|i| !use_chi2(*i));
-        for i in ks {
-            let pair = (
-                numeric[i].clone(),
-                &reference.sorted[i],
-                windows[i].as_slice(),
-            );
-            for mut s in ks_scores(&self.ks, self.name(), Family::Drift, vec![pair]) {
-                let columns = Columns::Numeric(&reference.sorted[i], &windows[i]);
-                let effect = self.effect(
-                    reference,
-                    &numeric[i],
-                    &settings[i],
-                    &columns,
-                    s.n_reference,
-                    false,
-                );
-                annotate(&mut s, effect, &columns, &settings[i]);
-                scores.push(s);
-            }
-        }
-        // Numeric features tested as categories: their values are the labels.
-        for (i, name) in numeric.iter().enumerate() {
-            if !use_chi2(i) {
-                continue;
-            }
-            let counted;
-            let r = match &reference.counted_numeric[i] {
-                Some(r) => r,
-                None => {
-                    counted = stats::Counted::of(
-                        reference.frame.numeric[i].iter().map(|v| v.to_string()),
-                    );
-                    &counted
-                }
-            };
-            let c = stats::Counted::of(window.numeric[i].iter().map(|v| v.to_string()));
-            if let Some(mut s) = chi2_score(
-                (self.name(), Family::Drift, name),
-                r,
-                &c,
-                self.config.pool_sparse_levels,
-            ) {
-                s.method = format!("{} numeric<={DISCRETE_VALUES}values", s.method);
-                let columns = Columns::Numeric(&reference.sorted[i], &windows[i]);
-                let effect =
-                    self.effect(reference, name, &settings[i], &columns, s.n_reference, true);
-                annotate(&mut s, effect, &columns, &settings[i]);
-                scores.push(s);
-            }
-        }
+        // Each feature alone, on every core: its window column sorted once
+        // for its statistic and its effect.
+        let scored = parallel::map(numeric.len(), |i| match use_chi2(i) {
+            false => (false, self.ks(reference, window, &settings[i], i)),
+            true => (true, self.chi2_numeric(reference, window, &settings[i], i)),
+        });
+        // KS-tested features first, then numeric ones tested as categories.
+        let (chi2, ks): (Vec<_>, Vec<_>) = scored.into_iter().partition(|(c, _)| *c);
+        let mut scores: Vec<Score> = ks.into_iter().chain(chi2).filter_map(|(_, s)| s).collect();
         scores.extend(self.categorical(reference, window));
         Ok(scores)
     }
 }
 
 impl FeatureDrift {
+    /// The KS score of numeric feature `i`, with its effect.
+    fn ks(
+        &self,
+        reference: &Reference,
+        window: &Frame,
+        settings: &Settings,
+        i: usize,
+    ) -> Option<Score> {
+        let name = &reference.schema.numeric[i];
+        let sorted = stats::sorted(&window.numeric[i]);
+        let pair = (name.clone(), &reference.sorted[i], sorted.as_slice());
+        let mut s = ks_scores(&self.ks, self.name(), Family::Drift, vec![pair]).pop()?;
+        let columns = Columns::Numeric(&reference.sorted[i], &sorted);
+        let effect = self.effect(reference, name, settings, &columns, s.n_reference, false);
+        annotate(&mut s, effect, &columns, settings);
+        Some(s)
+    }
+
+    /// The chi-squared score of numeric feature `i`, its values the labels.
+    fn chi2_numeric(
+        &self,
+        reference: &Reference,
+        window: &Frame,
+        settings: &Settings,
+        i: usize,
+    ) -> Option<Score> {
+        let name = &reference.schema.numeric[i];
+        let counted;
+        let r = match &reference.counted_numeric[i] {
+            Some(r) => r,
+            None => {
+                counted =
+                    stats::Counted::of(reference.frame.numeric[i].iter().map(|v| v.to_string()));
+                &counted
+            }
+        };
+        let c = stats::Counted::of(window.numeric[i].iter().map(|v| v.to_string()));
+        let pool = self.config.pool_sparse_levels;
+        let mut s = chi2_score((self.name(), Family::Drift, name), r, &c, pool)?;
+        s.method = format!("{} numeric<={DISCRETE_VALUES}values", s.method);
+        let sorted = stats::sorted(&window.numeric[i]);
+        let columns = Columns::Numeric(&reference.sorted[i], &sorted);
+        let effect = self.effect(reference, name, settings, &columns, s.n_reference, true);
+        annotate(&mut s, effect, &columns, settings);
+        Some(s)
+    }
+
     /// Chi-squared scores of the categorical features, with their effects.
     fn categorical(&self, reference: &Reference, window: &Frame) -> Vec<Score> {
         let mut scores = Vec::new();

@@ -16,6 +16,7 @@ pub mod llm;
 mod multivariate;
 pub mod ood;
 pub mod output;
+pub mod parallel;
 pub mod probing;
 pub mod reconstruction;
 pub mod stats;
@@ -431,8 +432,12 @@ impl Scorer {
             discrete: &discrete,
             counted: &counted,
         };
-        let effect_bands =
-            drift::calibrate(&self.config.drift, model, &schema, &columns, window_rows);
+        // The effect bands and the per-request fits share nothing: at once.
+        let drift = &self.config.drift;
+        let (effect_bands, requests) = parallel::join(
+            || drift::calibrate(drift, model, &schema, &columns, window_rows),
+            || self.fit_requests(&frame),
+        );
         let confidence = confidence::fit(&frame, window_rows, &self.config.confidence);
         let regression = stats::Sorted::new(&frame.regression);
         let predicted = stats::Counted::of(&frame.predicted);
@@ -454,7 +459,7 @@ impl Scorer {
         } else {
             None
         };
-        let (ood, probing, steps) = self.fit_requests(&frame)?;
+        let (ood, probing, steps) = requests?;
         Ok(Arc::new(Reference {
             model: model.to_string(),
             schema,
@@ -553,11 +558,9 @@ impl Scorer {
 /// distinct values to be tested as categories, and each categorical column
 /// counted: what every window's statistics reuse.
 fn prepare_columns(frame: &Frame) -> (Vec<stats::Sorted>, Vec<bool>, Vec<stats::Counted>) {
-    let sorted: Vec<stats::Sorted> = frame
-        .numeric
-        .iter()
-        .map(|c| stats::Sorted::new(c))
-        .collect();
+    let sorted = parallel::map(frame.numeric.len(), |i| {
+        stats::Sorted::new(&frame.numeric[i])
+    });
     let discrete = sorted
         .iter()
         .map(|s| s.distinct <= DISCRETE_VALUES)
