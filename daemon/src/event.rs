@@ -107,7 +107,10 @@ impl Features {
 
     fn from_pairs(pairs: Vec<(Name, FeatureValue)>) -> Self {
         // Stable, so that of equal names the last given stays last.
-        let pairs = sort_by_name(pairs);
+        let (pairs, strict) = sort_by_name(pairs);
+        if strict {
+            return Self(pairs);
+        }
         let mut out: Vec<(Name, FeatureValue)> = Vec::with_capacity(pairs.len());
         for pair in pairs {
             match out.last_mut() {
@@ -138,33 +141,61 @@ impl std::ops::Index<&str> for Features {
     }
 }
 
+/// The names of the last event sorted on this thread, in the order they
+/// arrived, and the order that sorted them. Holding the names keeps their
+/// addresses from being reused by other names, so an event whose names are
+/// these same allocations, in this order, is sorted by this order unchecked.
+#[derive(Default)]
+struct Layout {
+    names: Vec<Name>,
+    order: Vec<usize>,
+    /// The sorted names strictly increase: no name was given twice (a
+    /// repeated name takes the stable sort, so its last value stays last).
+    strict: bool,
+}
+
+/// A layout of more names than this is not kept: what a producer sends
+/// decides what is held here.
+const LAYOUT_NAMES: usize = 4096;
+
 thread_local! {
-    /// The names of the last event sorted on this thread, in the order they
-    /// arrived (by address), and the order that sorted them.
-    static LAST_ORDER: std::cell::RefCell<(Vec<usize>, Vec<usize>)> = Default::default();
+    static LAST_LAYOUT: std::cell::RefCell<Layout> = Default::default();
 }
 
 /// `pairs` sorted by name, stably. A producer sends its features in the
 /// same order every time: when this event's names are the last sorted
 /// event's (the same interned names, in the same order), the order that
-/// sorted those sorts these, confirmed by one linear check, instead of a
-/// comparison sort per event.
-fn sort_by_name(pairs: Vec<(Name, FeatureValue)>) -> Vec<(Name, FeatureValue)> {
-    let addresses: Vec<usize> = pairs.iter().map(|(n, _)| n.as_ptr() as usize).collect();
-    LAST_ORDER.with(|last| {
+/// sorted those sorts these, instead of a comparison sort per event. Also
+/// whether the sorted names strictly increase (no name given twice).
+fn sort_by_name(pairs: Vec<(Name, FeatureValue)>) -> (Vec<(Name, FeatureValue)>, bool) {
+    LAST_LAYOUT.with(|last| {
         let mut last = last.borrow_mut();
-        // An address may have been freed and reused by another name since:
-        // the remembered order counts only if it sorts these names.
-        // Strictly increasing: a name given twice takes the stable sort, so
-        // that its last value stays last.
-        let reuse = last.0 == addresses && last.1.windows(2).all(|w| pairs[w[0]].0 < pairs[w[1]].0);
+        let reuse = last.strict
+            && last.names.len() == pairs.len()
+            && last
+                .names
+                .iter()
+                .zip(&pairs)
+                .all(|(a, (b, _))| Name::ptr_eq(a, b));
         if !reuse {
             let mut order: Vec<usize> = (0..pairs.len()).collect();
             order.sort_by(|&a, &b| pairs[a].0.cmp(&pairs[b].0));
-            *last = (addresses, order);
+            let strict = order.windows(2).all(|w| pairs[w[0]].0 < pairs[w[1]].0);
+            *last = match pairs.len() <= LAYOUT_NAMES {
+                true => Layout {
+                    names: pairs.iter().map(|(n, _)| n.clone()).collect(),
+                    order,
+                    strict,
+                },
+                false => Layout {
+                    order,
+                    ..Layout::default()
+                },
+            };
         }
         let mut slots: Vec<Option<(Name, FeatureValue)>> = pairs.into_iter().map(Some).collect();
-        last.1.iter().filter_map(|&i| slots[i].take()).collect()
+        let sorted = last.order.iter().filter_map(|&i| slots[i].take()).collect();
+        (sorted, last.strict)
     })
 }
 
@@ -221,31 +252,45 @@ impl<'de> serde::de::Visitor<'de> for FeaturesVisitor {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Features, A::Error> {
+        // The last layout's names, expected in its order: a key equal to
+        // the expected name takes it without a lookup in the interned names.
+        let layout = LAST_LAYOUT.with(|l| std::mem::take(&mut *l.borrow_mut()));
         let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1024));
-        while let Some((InternedName(k), v)) = map.next_entry()? {
-            pairs.push((k, v));
-        }
-        Ok(Features::from_pairs(pairs))
+        let mut read = || {
+            while let Some(k) = map.next_key_seed(KnownName(layout.names.get(pairs.len())))? {
+                pairs.push((k, map.next_value()?));
+            }
+            Ok(())
+        };
+        let read = read();
+        LAST_LAYOUT.with(|l| *l.borrow_mut() = layout);
+        read.map(|()| Features::from_pairs(pairs))
     }
 }
 
-/// A map key read straight into its interned name: no string is allocated
-/// for a name seen before.
-struct InternedName(Name);
+/// A map key read as `expected` when it is equal to it, else interned.
+struct KnownName<'a>(Option<&'a Name>);
 
-impl<'de> Deserialize<'de> for InternedName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = InternedName;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a feature name")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<InternedName, E> {
-                Ok(InternedName(intern(v)))
-            }
-        }
-        d.deserialize_str(V)
+impl<'de> serde::de::DeserializeSeed<'de> for KnownName<'_> {
+    type Value = Name;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Name, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KnownName<'_> {
+    type Value = Name;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a feature name")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Name, E> {
+        Ok(match self.0 {
+            Some(n) if **n == *v => n.clone(),
+            _ => intern(v),
+        })
     }
 }
 

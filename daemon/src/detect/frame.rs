@@ -20,11 +20,37 @@ pub struct Schema {
 
 impl Schema {
     pub fn infer(events: &[TelemetryEvent]) -> Self {
-        // One pass over every event's features, counting by kind.
+        // One pass over every event's features, counting by kind. Events
+        // in a run with the same names (the same interned names, in the
+        // same order: one producer) count by position, and the run is
+        // added by name once it ends.
         let mut kinds: std::collections::HashMap<&str, (usize, usize)> = Default::default();
+        let mut layout: &[(Name, FeatureValue)] = &[];
+        let mut run: Vec<(usize, usize)> = Vec::new();
+        fn flush<'e>(
+            kinds: &mut std::collections::HashMap<&'e str, (usize, usize)>,
+            layout: &'e [(Name, FeatureValue)],
+            run: &[(usize, usize)],
+        ) {
+            for ((name, _), (num, cat)) in layout.iter().zip(run) {
+                let k = kinds.entry(&**name).or_default();
+                k.0 += num;
+                k.1 += cat;
+            }
+        }
         for e in events {
-            for (name, value) in e.features.iter() {
-                let k = kinds.entry(name).or_default();
+            let pairs = e.features.pairs();
+            let same = pairs.len() == layout.len()
+                && pairs
+                    .iter()
+                    .zip(layout)
+                    .all(|(a, b)| Name::ptr_eq(&a.0, &b.0));
+            if !same {
+                flush(&mut kinds, layout, &run);
+                layout = pairs;
+                run = vec![(0, 0); pairs.len()];
+            }
+            for (k, (_, value)) in run.iter_mut().zip(pairs) {
                 match value {
                     FeatureValue::Number(_) => k.0 += 1,
                     FeatureValue::Text(_) | FeatureValue::Bool(_) => k.1 += 1,
@@ -32,6 +58,7 @@ impl Schema {
                 }
             }
         }
+        flush(&mut kinds, layout, &run);
         let names: BTreeSet<&str> = kinds.keys().copied().collect();
         let mut schema = Schema::default();
         for name in names {
