@@ -87,46 +87,123 @@ pub fn read_events(
         path: name.clone(),
         source,
     })?;
-    let lines: Vec<(usize, &[u8])> = bytes
-        .split(|b| *b == b'\n')
-        .enumerate()
-        .filter(|(_, line)| !line.trim_ascii().is_empty())
-        .collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let part = lines.len().div_ceil(cores.clamp(1, 16)).max(1);
+    read_bytes(&bytes, &name, cores.clamp(1, 16), (decoder, limits, join))
+}
+
+/// `read_events` of a file's bytes, decoded in `parts` runs at once.
+fn read_bytes(
+    bytes: &[u8],
+    name: &str,
+    parts: usize,
+    (decoder, limits, join): (&dyn Decoder, &Limits, &JoinConfig),
+) -> Result<Vec<Positioned>, ReadError> {
     let now = chrono::Utc::now();
-    let parts: Vec<Result<Vec<(usize, Decoded)>, DecodeLineError>> = std::thread::scope(|scope| {
-        let decode = |lines: &[(usize, &[u8])]| {
-            lines
-                .iter()
-                .map(|(i, line)| {
-                    decode_line(line, decoder, limits, now)
-                        .map(|d| (*i, d))
-                        .map_err(|e| (i + 1, e))
-                })
-                .collect::<Result<Vec<_>, DecodeLineError>>()
-        };
-        let workers: Vec<_> = lines
-            .chunks(part)
-            .map(|chunk| scope.spawn(move || decode(chunk)))
+    let parts = decode_parts(bytes, parts, decoder, limits, now);
+    let failed = |(line, source): DecodeLineError| ReadError::Decode {
+        path: name.to_string(),
+        line,
+        source,
+    };
+    let mut lines = LineJoin::new(format!("file:{name}"), join);
+    // Each part's lines are numbered from its own start: offset by the
+    // lines of the parts before it.
+    let mut first = 0;
+    for part in parts {
+        let decoded = part
+            .decoded
+            .map_err(|(line, e)| failed((first + line, e)))?;
+        for (i, decoded) in decoded {
+            lines.push(first + i, decoded, now).map_err(failed)?;
+        }
+        first += part.lines;
+    }
+    lines.finish().map_err(failed)
+}
+
+/// One contiguous run of a file's lines, decoded: its lines (blank ones
+/// included) and, numbered from the run's first line, its events or the
+/// first line that failed.
+struct Part {
+    lines: usize,
+    decoded: Result<Vec<(usize, Decoded)>, DecodeLineError>,
+}
+
+/// `bytes` cut at line breaks into `n` runs, each split into lines and
+/// decoded on its own thread: splitting and decoding are what reading a
+/// large capture costs.
+fn decode_parts(
+    bytes: &[u8],
+    n: usize,
+    decoder: &dyn Decoder,
+    limits: &Limits,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<Part> {
+    let runs = runs(bytes, n);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = runs
+            .into_iter()
+            .map(|run| scope.spawn(move || decode_run(run, decoder, limits, now)))
             .collect();
         workers
             .into_iter()
             .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
-    });
-    let failed = |(line, source): DecodeLineError| ReadError::Decode {
-        path: name.clone(),
-        line,
-        source,
-    };
-    let mut lines = LineJoin::new(format!("file:{name}"), join);
-    for part in parts {
-        for (i, decoded) in part.map_err(failed)? {
-            lines.push(i, decoded, now).map_err(failed)?;
+    })
+}
+
+/// `bytes` in `n` runs of about equal size, each ending just after a line
+/// break (the last at the end).
+fn runs(bytes: &[u8], n: usize) -> Vec<&[u8]> {
+    let mut out = Vec::with_capacity(n);
+    let mut rest = bytes;
+    for k in (1..=n).rev() {
+        let target = rest.len() / k;
+        let end = match memchr::memchr(b'\n', &rest[target..]) {
+            Some(at) if k > 1 => target + at + 1,
+            _ => rest.len(),
+        };
+        let (run, tail) = rest.split_at(end);
+        out.push(run);
+        rest = tail;
+    }
+    out
+}
+
+/// A run's lines, decoded in order, numbered from 0.
+fn decode_run(
+    run: &[u8],
+    decoder: &dyn Decoder,
+    limits: &Limits,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Part {
+    let mut lines = 0;
+    let mut decoded = Vec::new();
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', run)
+        .chain((!run.is_empty() && !run.ends_with(b"\n")).then_some(run.len()));
+    for end in ends {
+        let line = &run[start..end];
+        start = end + 1;
+        let i = lines;
+        lines += 1;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        match decode_line(line, decoder, limits, now) {
+            Ok(d) => decoded.push((i, d)),
+            Err(e) => {
+                return Part {
+                    lines,
+                    decoded: Err((i + 1, e)),
+                };
+            }
         }
     }
-    lines.finish().map_err(failed)
+    Part {
+        lines,
+        decoded: Ok(decoded),
+    }
 }
 
 /// A line that failed: its number (from 1) and why.
@@ -325,6 +402,72 @@ impl Default for FileConfig {
             path: "-".into(),
             dead_letter_path: String::new(),
             format: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::JsonDecoder;
+
+    #[test]
+    fn runs_cover_every_byte_once_and_end_at_line_breaks() {
+        let texts: [&[u8]; 5] = [b"", b"\n", b"a", b"a\nbb\n\nccc\ndddd", b"a\nbb\n\nccc\n"];
+        for text in texts {
+            for n in 1..=5 {
+                let runs = runs(text, n);
+                assert_eq!(runs.len(), n);
+                assert_eq!(runs.concat(), text, "{n} runs of {text:?}");
+                let ended = runs.iter().filter(|r| !r.is_empty());
+                let last = ended.clone().count().saturating_sub(1);
+                for (k, r) in ended.enumerate() {
+                    assert!(
+                        k == last || r.ends_with(b"\n"),
+                        "{n} runs of {text:?}: {r:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn event(i: usize) -> String {
+        format!(r#"{{"model":"m","request_id":"r-{i}","features":{{"x":{i}}}}}"#)
+    }
+
+    /// Lines are numbered across the parts decoded on other threads:
+    /// positions and the failing line are the file's own.
+    #[test]
+    fn lines_keep_their_numbers_across_parts() {
+        let read = |lines: &[String], parts| {
+            let (limits, join) = (Limits::default(), JoinConfig::default());
+            let bytes = lines.join("\n");
+            read_bytes(bytes.as_bytes(), "f", parts, (&JsonDecoder, &limits, &join))
+        };
+        // Blank lines among events, so that each part's count matters.
+        let lines: Vec<String> = (0..400)
+            .map(|i| if i % 7 == 3 { String::new() } else { event(i) })
+            .collect();
+        let mut broken = lines.clone();
+        broken[377] = "{not json".into();
+        for parts in 1..=4 {
+            let events = read(&lines, parts).expect("every line decodes");
+            assert_eq!(events.len(), lines.iter().filter(|l| !l.is_empty()).count());
+            for p in &events {
+                let id = format!("r-{}", p.pos.offset);
+                assert_eq!(
+                    p.event.request_id.as_deref(),
+                    Some(id.as_str()),
+                    "{parts} parts"
+                );
+            }
+            match read(&broken, parts) {
+                Err(ReadError::Decode { line, .. }) => assert_eq!(line, 378, "{parts} parts"),
+                other => panic!(
+                    "expected line 378 to fail, got {:?}",
+                    other.map(|e| e.len())
+                ),
+            }
         }
     }
 }
