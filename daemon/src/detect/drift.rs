@@ -173,7 +173,7 @@ pub fn calibrate(
         return BTreeMap::new();
     }
     let cut = |n: usize| band::effect_cut(n, window_rows, config.min_band_windows);
-    // Each feature's band alone, on every core.
+    // The features' bands share nothing: each on its own, on every core.
     let numeric = parallel::map(schema.numeric.len(), |i| {
         let name = &schema.numeric[i];
         let settings = config.resolve(model, name);

@@ -693,6 +693,10 @@ pub struct EngineConfig {
     /// Largest tensor, in elements, one kernel launch may touch; larger work is
     /// tiled. wgpu refuses single buffers near 4 GB.
     pub max_tile_elements: usize,
+    /// Threads a window's per-feature statistics and a reference's fit may
+    /// use on the host at once; 0: one per core the process may use. Lower
+    /// it where the daemon shares its machine.
+    pub host_threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -701,6 +705,7 @@ impl Default for EngineConfig {
             device: DeviceChoice::default(),
             warmup: true,
             max_tile_elements: 1 << 26,
+            host_threads: 0,
         }
     }
 }

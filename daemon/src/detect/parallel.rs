@@ -4,51 +4,87 @@
 //! leaves the other cores idle while a window waits.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Fewer items than this per thread are not worth a thread's start-up
-/// (tens of microseconds against a fraction of a millisecond per column).
+/// Fewer columns than this per thread are not worth a thread's start-up
+/// (tens of microseconds, against a fraction of a millisecond per column of
+/// a window of thousands of rows).
 const MIN_PER_THREAD: usize = 4;
 
-/// The cores this process may use (its affinity mask and cgroup quota),
-/// read once.
-pub fn cores() -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+/// `[engine] host_threads`: 0 for every core.
+static LIMIT: AtomicUsize = AtomicUsize::new(0);
+
+/// Caps the threads any one job uses (0: one per core), for a daemon that
+/// shares its machine.
+pub fn limit(threads: usize) {
+    LIMIT.store(threads, Ordering::Relaxed);
 }
 
-/// `f(0..n)` in order, the indices cut into contiguous runs, one per core.
-/// A panic in `f` is raised again on the caller's thread, where the
-/// scorer's guard turns it into an error.
+/// The threads one job may use: the cores this process may use (its
+/// affinity mask and cgroup quota, read once), under the configured limit.
+pub fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    match LIMIT.load(Ordering::Relaxed) {
+        0 => cores,
+        limit => cores.min(limit),
+    }
+}
+
+/// `f(0..n)` in order, the indices cut into contiguous runs of at least
+/// `MIN_PER_THREAD`, one per core.
 pub fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let threads = cores().min(n / MIN_PER_THREAD).max(1);
-    if threads == 1 {
+    map_runs(n, cores().min(n / MIN_PER_THREAD), f)
+}
+
+/// `f(0..n)` in order, in `threads` contiguous runs (at least one). A
+/// panic in `f` is raised again on the caller's thread, where the scorer's
+/// guard turns it into an error; a thread that cannot be started (a
+/// process at its thread limit) leaves its run to the caller.
+pub fn map_runs<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    if threads <= 1 || n <= 1 {
         return (0..n).map(f).collect();
     }
     let run = n.div_ceil(threads);
     let f = &f;
+    let part = move |start: usize| (start..(start + run).min(n)).map(f).collect::<Vec<T>>();
     std::thread::scope(|scope| {
         let parts: Vec<_> = (0..n)
             .step_by(run)
-            .map(|start| scope.spawn(move || (start..(start + run).min(n)).map(f).collect()))
+            .map(|start| {
+                match std::thread::Builder::new().spawn_scoped(scope, move || part(start)) {
+                    Ok(handle) => Err(handle),
+                    Err(_) => Ok(part(start)),
+                }
+            })
             .collect();
         parts
             .into_iter()
-            .flat_map(|p: std::thread::ScopedJoinHandle<'_, Vec<T>>| {
-                p.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+            .flat_map(|p| {
+                p.unwrap_or_else(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             })
             .collect()
     })
 }
 
-/// `a` and `b` at once: two independent parts of one job.
+/// `a` and `b` at once: two independent parts of one job (one after the
+/// other where a thread cannot be started).
 pub fn join<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
     if cores() == 1 {
         return (a(), b());
     }
+    // Taken by whichever thread runs it: the spawned one, or the caller's
+    // when the spawn fails.
+    let a = std::sync::Mutex::new(Some(a));
+    let run = || a.lock().ok().and_then(|mut a| a.take()).map(|a| a());
     std::thread::scope(|scope| {
-        let a = scope.spawn(a);
+        let spawned = std::thread::Builder::new().spawn_scoped(scope, run);
         let b = b();
-        (a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), b)
+        let a = match spawned {
+            Ok(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            Err(_) => run(),
+        };
+        (a.expect("the first part ran once"), b)
     })
 }
 
@@ -61,13 +97,19 @@ mod tests {
         for n in [0, 1, 3, 4, 7, 8, 9, 31, 100] {
             let got = map(n, |i| i * 2);
             assert_eq!(got, (0..n).map(|i| i * 2).collect::<Vec<_>>(), "n = {n}");
+            for threads in 1..=5 {
+                let got = map_runs(n, threads, |i| i * 2);
+                assert_eq!(got, (0..n).map(|i| i * 2).collect::<Vec<_>>(), "n = {n}");
+            }
         }
+        assert_eq!(join(|| 1, || 2), (1, 2));
     }
 
     #[test]
     fn a_panic_reaches_the_caller() {
-        let caught =
-            std::panic::catch_unwind(|| map(64, |i| if i == 40 { panic!("column 40") } else { i }));
+        let caught = std::panic::catch_unwind(|| {
+            map_runs(64, 4, |i| if i == 40 { panic!("column 40") } else { i })
+        });
         assert!(caught.is_err());
         let caught = std::panic::catch_unwind(|| join(|| panic!("left"), || 1));
         assert!(caught.is_err());

@@ -44,6 +44,7 @@ impl ScoringHandle {
         let (ready_tx, ready_rx) = oneshot::channel();
         let config = config.clone();
         let detect = detect.clone();
+        super::parallel::limit(config.host_threads);
         std::thread::Builder::new()
             .name("modelwatch-scoring".into())
             .spawn(move || {
