@@ -154,8 +154,9 @@ struct Layout {
     strict: bool,
 }
 
-/// A layout of more names than this is not kept: what a producer sends
-/// decides what is held here.
+/// A layout of more names than this, or of a name longer than the interner
+/// keeps, is not kept: what a producer sends decides what is held here (at
+/// most 4,096 x 128 bytes a thread).
 const LAYOUT_NAMES: usize = 4096;
 
 thread_local! {
@@ -181,7 +182,10 @@ fn sort_by_name(pairs: Vec<(Name, FeatureValue)>) -> (Vec<(Name, FeatureValue)>,
             let mut order: Vec<usize> = (0..pairs.len()).collect();
             order.sort_by(|&a, &b| pairs[a].0.cmp(&pairs[b].0));
             let strict = order.windows(2).all(|w| pairs[w[0]].0 < pairs[w[1]].0);
-            *last = match pairs.len() <= LAYOUT_NAMES {
+            // Names the interner would not keep are not kept here either.
+            let keep =
+                pairs.len() <= LAYOUT_NAMES && pairs.iter().all(|(n, _)| n.len() <= INTERNED_BYTES);
+            *last = match keep {
                 true => Layout {
                     names: pairs.iter().map(|(n, _)| n.clone()).collect(),
                     order,
