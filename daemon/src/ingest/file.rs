@@ -87,8 +87,8 @@ pub fn read_events(
         path: name.clone(),
         source,
     })?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    read_bytes(&bytes, &name, cores.clamp(1, 16), (decoder, limits, join))
+    let parts = crate::detect::parallel::cores().clamp(1, 16);
+    read_bytes(&bytes, &name, parts, (decoder, limits, join))
 }
 
 /// `read_events` of a file's bytes, decoded in `parts` runs at once.
@@ -110,11 +110,13 @@ fn read_bytes(
     // lines of the parts before it.
     let mut first = 0;
     for part in parts {
-        let decoded = part
-            .decoded
-            .map_err(|(line, e)| failed((first + line, e)))?;
-        for (i, decoded) in decoded {
+        // The lines before a run's failing line are joined first: one of
+        // them may fail the join, and the first failing line is reported.
+        for (i, decoded) in part.decoded {
             lines.push(first + i, decoded, now).map_err(failed)?;
+        }
+        if let Some((line, e)) = part.failed {
+            return Err(failed((first + line, e)));
         }
         first += part.lines;
     }
@@ -122,11 +124,12 @@ fn read_bytes(
 }
 
 /// One contiguous run of a file's lines, decoded: its lines (blank ones
-/// included) and, numbered from the run's first line, its events or the
-/// first line that failed.
+/// included) and, numbered from the run's first line, its events up to
+/// the first line that failed, and that line.
 struct Part {
     lines: usize,
-    decoded: Result<Vec<(usize, Decoded)>, DecodeLineError>,
+    decoded: Vec<(usize, Decoded)>,
+    failed: Option<DecodeLineError>,
 }
 
 /// `bytes` cut at line breaks into `n` runs, each split into lines and
@@ -140,15 +143,8 @@ fn decode_parts(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Vec<Part> {
     let runs = runs(bytes, n);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = runs
-            .into_iter()
-            .map(|run| scope.spawn(move || decode_run(run, decoder, limits, now)))
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+    crate::detect::parallel::map_runs(runs.len(), runs.len(), |k| {
+        decode_run(runs[k], decoder, limits, now)
     })
 }
 
@@ -195,14 +191,16 @@ fn decode_run(
             Err(e) => {
                 return Part {
                     lines,
-                    decoded: Err((i + 1, e)),
+                    decoded,
+                    failed: Some((i + 1, e)),
                 };
             }
         }
     }
     Part {
         lines,
-        decoded: Ok(decoded),
+        decoded,
+        failed: None,
     }
 }
 
@@ -467,6 +465,30 @@ mod tests {
                     "expected line 378 to fail, got {:?}",
                     other.map(|e| e.len())
                 ),
+            }
+        }
+    }
+
+    /// A line that fails the join is reported before a later line of the
+    /// same run that does not decode.
+    #[test]
+    fn the_first_failing_line_is_reported_whichever_stage_fails_it() {
+        let lines = [
+            r#"{"id":"1","model_name":"m","inputs":[{"name":"x","shape":[2,1],"datatype":"FP32","data":[1,2]}]}"#,
+            // One row answering a request of two: the pair is refused.
+            r#"{"id":"1","model_name":"m","outputs":[{"name":"p","shape":[1,2],"datatype":"FP32","data":[0.2,0.8]}]}"#,
+            "{not json",
+        ]
+        .join("\n");
+        let decoder = crate::decode::OipJsonDecoder::new(Default::default());
+        let (limits, join) = (Limits::default(), JoinConfig::default());
+        for parts in 1..=3 {
+            let got = read_bytes(lines.as_bytes(), "f", parts, (&decoder, &limits, &join));
+            match got {
+                Err(ReadError::Decode { line, source, .. }) => {
+                    assert_eq!(line, 2, "{parts} parts: {source}")
+                }
+                other => panic!("expected line 2 to fail, got {:?}", other.map(|e| e.len())),
             }
         }
     }
