@@ -3,17 +3,23 @@
 
 Generates numeric frames (reference of 1k, 10k and 50k rows x 50 features;
 current data of 1 and 10 windows of 5,000 rows, the last features shifted),
-writes them as modelwatch NDJSON, and times in the same run:
+writes them as modelwatch NDJSON, and times in the same run, two ways:
 
-- `modelwatch score` as a user runs it: the whole process, reading and
-  decoding the files included;
-- NannyML's UnivariateDriftCalculator (KS, chunks of 5,000), fit + calculate;
-- Evidently's DataDriftPreset, one report per window.
+- The work on frames in memory: `modelwatch score`'s own fit and window
+  times (from its JSON log) against NannyML's UnivariateDriftCalculator
+  (KS, chunks of 5,000; fit + calculate) and Evidently's DataDriftPreset
+  (one report per window), timed inside Python on DataFrames already in
+  memory.
+- The whole process from the same NDJSON files: `modelwatch score` as a user
+  runs it, against a Python process that imports NannyML, reads the files
+  into DataFrames and runs the same calculator.
 
-The Python tools are timed inside the process on DataFrames already in
-memory (imports and file reading excluded), which favours them. A tool that
-is not importable is skipped and said so. Prints one row per case with the
-ratios; `--markdown` prints the table for daemon/docs/benchmarks.md.
+modelwatch runs twice: with its default detectors (KS with effect sizes and
+calibrated bands, confidence, class mix, out-of-distribution, probing and
+step scores: far more than one test per feature), and with the same work as
+NannyML's calculator (KS per feature, every other detector off). A tool that
+is not importable is skipped and said so. `--markdown` prints the tables for
+daemon/docs/benchmarks.md.
 
 Usage: score_anchors.py --modelwatch target/release/modelwatch [--sizes 1000,10000,50000]
 (daemon/benches/anchors/run.sh builds the binary and the virtual environment).
@@ -59,7 +65,25 @@ def write_ndjson(path, matrix, start):
             out.write("\n")
 
 
+def configs(tmp):
+    """The default detectors, and KS per feature alone (NannyML's work)."""
+    base = '[store]\nurl = "sqlite::memory:"\n[log]\nformat = "json"\n'
+    default = os.path.join(tmp, "default.toml")
+    with open(default, "w") as f:
+        f.write(base)
+    ks = os.path.join(tmp, "ks.toml")
+    with open(ks, "w") as f:
+        f.write(base + "[detect.drift]\ncalibrate = false\n")
+        for detector in ("ood", "probing", "steps", "class_prior", "volume", "llm_clients"):
+            f.write(f"[detect.{detector}]\nenabled = false\n")
+        for i in range(FEATURES):
+            f.write(f'[detect.drift.features.f{i}]\neffect = "none"\n')
+    return {"default": default, "ks": ks}
+
+
 def time_modelwatch(binary, config, reference, current):
+    """Whole-process seconds, the scores, and the fit + windows seconds
+    the process logged."""
     cmd = [
         binary, "score", "--config", config,
         "--reference", reference, "--current", current,
@@ -71,7 +95,52 @@ def time_modelwatch(binary, config, reference, current):
     if done.returncode != 0:
         sys.exit(f"modelwatch score failed: {done.stderr.decode()[-2000:]}")
     scores = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-    return elapsed, scores
+    work_ms = 0
+    for line in done.stderr.splitlines():
+        try:
+            fields = json.loads(line).get("fields", {})
+        except ValueError:
+            continue
+        if fields.get("message") in ("reference fitted", "window scored"):
+            work_ms += fields["took_ms"]
+    return elapsed, scores, work_ms / 1000
+
+
+NANNYML_PROCESS = """
+import json, sys
+import nannyml, pandas as pd
+
+def frame(path):
+    with open(path) as f:
+        return pd.DataFrame([json.loads(line)["features"] for line in f if line.strip()])
+
+reference, current = frame(sys.argv[1]), frame(sys.argv[2])
+calc = nannyml.UnivariateDriftCalculator(
+    column_names=list(reference.columns),
+    continuous_methods=["kolmogorov_smirnov"],
+    chunk_size=int(sys.argv[3]),
+)
+calc.fit(reference)
+calc.calculate(current)
+"""
+
+
+def time_nannyml_process(reference, current):
+    """A Python process as a user runs one: import, read the NDJSON files,
+    fit, calculate."""
+    try:
+        import nannyml  # noqa: F401
+    except ImportError:
+        return None
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", NANNYML_PROCESS, reference, current, str(WINDOW)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"the NannyML process failed: {done.stderr.decode()[-2000:]}")
+    return elapsed
 
 
 def time_nannyml(reference, current):
@@ -129,27 +198,25 @@ def main():
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="mw-anchors-")
-    config = os.path.join(tmp, "modelwatch.toml")
-    with open(config, "w") as f:
-        f.write('[store]\nurl = "sqlite::memory:"\n')
+    config = configs(tmp)
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        per_window = {}
         for windows in (int(w) for w in args.windows.split(",")):
             reference, current = frames(size, windows, seed=size + windows)
             ref_path = os.path.join(tmp, "reference.ndjson")
             cur_path = os.path.join(tmp, "current.ndjson")
             write_ndjson(ref_path, reference, 0)
             write_ndjson(cur_path, current, size)
-            mw, scores = time_modelwatch(args.modelwatch, config, ref_path, cur_path)
-            drifted = {s["feature"] for s in scores if s["alert"] != "-" and s["detector"] == "feature_drift"}
-            nml = None if args.skip_python else time_nannyml(reference, current)
-            evi = None if args.skip_python else time_evidently(reference, current)
-            per_window[windows] = mw
-            rows.append((size, windows, mw, nml, evi, len(drifted)))
-        if len(per_window) >= 2:
-            (w1, t1), (wn, tn) = sorted(per_window.items())[0], sorted(per_window.items())[-1]
-            rows.append((size, "further", (tn - t1) / (wn - w1), None, None, None))
+            row = {"size": size, "windows": windows}
+            for name, path in config.items():
+                whole, scores, work = time_modelwatch(args.modelwatch, path, ref_path, cur_path)
+                drifted = {s["feature"] for s in scores if s["alert"] != "-" and s["detector"] == "feature_drift"}
+                row[name] = (whole, work, len(drifted))
+            if not args.skip_python:
+                row["nannyml"] = time_nannyml(reference, current)
+                row["nannyml_process"] = time_nannyml_process(ref_path, cur_path)
+                row["evidently"] = time_evidently(reference, current)
+            rows.append(row)
     print_rows(rows, args.markdown)
 
 
@@ -160,18 +227,35 @@ def print_rows(rows, markdown):
     def ratio(other, mine):
         return "-" if other is None else f"{other / mine:.1f}x"
 
-    if markdown:
-        print("| reference rows | windows of 5,000 | modelwatch s | NannyML s | Evidently s | NannyML / modelwatch | Evidently / modelwatch | features alerted |")
-        print("|---|---|---|---|---|---|---|---|")
-    else:
-        print(f"{'reference':>9} {'windows':>8} {'modelwatch':>11} {'nannyml':>9} {'evidently':>10} {'nml/mw':>7} {'evi/mw':>7} {'alerted':>8}")
-    for size, windows, mw, nml, evi, drifted in rows:
-        cells = [str(size), str(windows), fmt(mw), fmt(nml), fmt(evi), ratio(nml, mw), ratio(evi, mw),
-                 "-" if drifted is None else str(drifted)]
+    def table(title, header, cells):
+        print()
+        print(title)
         if markdown:
-            print("| " + " | ".join(cells) + " |")
+            print("| " + " | ".join(header) + " |")
+            print("|" + "---|" * len(header))
         else:
-            print(f"{cells[0]:>9} {cells[1]:>8} {cells[2]:>11} {cells[3]:>9} {cells[4]:>10} {cells[5]:>7} {cells[6]:>7} {cells[7]:>8}")
+            print("  ".join(f"{h:>14}" for h in header))
+        for c in cells:
+            print("| " + " | ".join(c) + " |" if markdown else "  ".join(f"{x:>14}" for x in c))
+
+    table(
+        "Work on frames in memory (modelwatch: fit + windows as it logs them; Python: fit + calculate), seconds",
+        ["reference rows", "windows of 5,000", "modelwatch KS", "modelwatch default",
+         "NannyML", "Evidently", "NannyML / KS", "NannyML / default", "Evidently / default"],
+        [[str(r["size"]), str(r["windows"]), fmt(r["ks"][1]), fmt(r["default"][1]),
+          fmt(r.get("nannyml")), fmt(r.get("evidently")),
+          ratio(r.get("nannyml"), r["ks"][1]), ratio(r.get("nannyml"), r["default"][1]),
+          ratio(r.get("evidently"), r["default"][1])] for r in rows],
+    )
+    table(
+        "Whole process from the same NDJSON files, seconds",
+        ["reference rows", "windows of 5,000", "modelwatch KS", "modelwatch default",
+         "NannyML process", "NannyML / KS", "NannyML / default", "features alerted"],
+        [[str(r["size"]), str(r["windows"]), fmt(r["ks"][0]), fmt(r["default"][0]),
+          fmt(r.get("nannyml_process")), ratio(r.get("nannyml_process"), r["ks"][0]),
+          ratio(r.get("nannyml_process"), r["default"][0]),
+          f'{r["ks"][2]} / {r["default"][2]}'] for r in rows],
+    )
 
 
 if __name__ == "__main__":

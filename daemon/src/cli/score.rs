@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use super::ConfigArg;
 use crate::config::Config;
 use crate::decode::DecoderName;
-use crate::detect::ScoringHandle;
+use crate::detect::{EngineConfig, ScoringHandle};
 use crate::event::Positioned;
 use crate::ingest::file::read_events;
 use crate::judge::{self, WindowVerdict};
@@ -55,10 +55,19 @@ enum Output {
 pub async fn run(args: ScoreArgs) -> Result<()> {
     let config = args.config.load()?;
     telemetry::init_logging(&config.log);
-    let (reference, current) = read_both(&args, &config)?;
-    let typical = args.window.unwrap_or(config.windows.count).max(1);
-    let scoring =
-        ScoringHandle::start(&config.engine, &config.detect, (reference.len(), typical)).await?;
+    // The device opens on its own thread while the files are read: probing
+    // for a GPU is a tenth of a second that need not wait for the reading.
+    // Offline, nothing waits on the first window, so nothing is warmed up.
+    let engine = EngineConfig {
+        warmup: false,
+        ..config.engine.clone()
+    };
+    let (scoring, read) = tokio::join!(
+        ScoringHandle::start(&engine, &config.detect, (0, 0)),
+        async { read_both(&args, &config) }
+    );
+    let (reference, current) = read?;
+    let scoring = scoring?;
     let store = match args.store {
         true => Some(Store::open_config(&config.store, 1).await?),
         false => None,
