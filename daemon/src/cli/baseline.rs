@@ -41,6 +41,7 @@ pub async fn run(action: BaselineAction) -> Result<()> {
     } = action;
     let config = config.load()?;
     telemetry::init_logging(&config.log);
+    crate::detect::parallel::limit(config.engine.host_threads);
     let events: Vec<_> = read_events(
         &file,
         format.build(&config.decode).as_ref(),
