@@ -789,8 +789,6 @@ mod tests {
         got
     }
 
-    // One episode's whole life, window by window, is one scenario: split
-    // into parts, each part would need the state the one before left.
     /// Findings of one model that fire together page once, as an episode
     /// that lists them all, takes the highest severity, and resolves with
     /// its last finding; the findings keep their own rows. A receiver the
