@@ -193,7 +193,9 @@ fn outer_prob_inside_method(m: u64, n: u64, g: u64, h: u64) -> f64 {
             }
         }
     }
-    a[(maxj - minj - 1) as usize]
+    // Cell by cell no value could round past 1; summed by stretches one can
+    // by an ulp, where the probability is 1 in all but rounding.
+    a[(maxj - minj - 1) as usize].min(1.0)
 }
 
 /// One column of the inside method, `a[k] = (a[k + shift] i + a[k - 1] j)
@@ -731,7 +733,7 @@ mod tests {
         ] {
             let g = gcd(m, n);
             let lcm = m / g * n;
-            // From barely apart to far apart: p near 1 down to p near 1e-300.
+            // From barely apart to far apart: p near 1 down to underflow.
             for d in [0.004, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2, 0.5] {
                 let h = ((d * lcm as f64).round() as u64).max(1);
                 let want = inside_method_cell_by_cell(m, n, g, h);
@@ -740,10 +742,19 @@ mod tests {
                     (got - want).abs() <= 1e-12 * want.abs().max(1e-300),
                     "m={m} n={n} h={h}: {got:e} vs {want:e}"
                 );
+                assert!(got <= 1.0, "m={m} n={n} h={h}: {got:e}");
                 checked += (want > 0.0 && want < 1.0) as usize;
             }
         }
         assert!(checked > 30, "only {checked} cases between 0 and 1");
+        // Barely apart, where the probability is 1 but for rounding: still
+        // the exact method.
+        // (200, 50, 5) summed to 1 + 2^-52 before it was capped.
+        for (m, n, h) in [(200, 50, 5), (1000, 500, 1), (1000, 500, 3)] {
+            let r = ks_two_sample(m, n, h * gcd(m as u64, n as u64));
+            assert_eq!(r.method, KsMethod::Exact, "{m} {n} {h}: {r:?}");
+            assert!(r.p_value <= 1.0, "{m} {n} {h}: {r:?}");
+        }
     }
 
     #[test]
