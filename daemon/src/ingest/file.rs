@@ -72,10 +72,12 @@ pub enum ReadError {
 /// Every event of an NDJSON file, positioned by line as the file source
 /// positions them, for the offline commands; the first line that does not
 /// decode or breaks a limit fails with its file and line. Lines are bytes:
-/// one that is not UTF-8 is the decoder's to refuse. The lines are decoded
-/// on every core, in contiguous parts joined in file order: decoding is
-/// what reading a large capture costs. Halves of pairs are then joined in
-/// file order, as the daemon joins them.
+/// one that is not UTF-8 is the decoder's to refuse. The file is read a
+/// block at a time into one buffer, and each block's lines are decoded on
+/// every core, in contiguous parts joined in file order: decoding is what
+/// reading a large capture costs, and a capture need not fit in memory
+/// twice. Halves of pairs are then joined in file order, as the daemon
+/// joins them.
 pub fn read_events(
     path: &Path,
     decoder: &dyn Decoder,
@@ -83,44 +85,142 @@ pub fn read_events(
     join: &JoinConfig,
 ) -> Result<Vec<Positioned>, ReadError> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
+    let file = std::fs::File::open(path).map_err(|source| ReadError::Io {
         path: name.clone(),
         source,
     })?;
     let parts = crate::detect::parallel::cores().clamp(1, 16);
-    read_bytes(&bytes, &name, parts, (decoder, limits, join))
+    read_from(file, &name, (parts, BLOCK), (decoder, limits, join))
 }
 
-/// `read_events` of a file's bytes, decoded in `parts` runs at once.
-fn read_bytes(
-    bytes: &[u8],
+/// How much of a file is read and decoded at once: enough to keep every
+/// core busy between reads, little beside the events it becomes.
+const BLOCK: usize = 16 << 20;
+
+/// `read_events` of what `reader` holds, `block` bytes at a time, each
+/// block decoded in `parts` runs at once.
+fn read_from(
+    mut reader: impl std::io::Read,
     name: &str,
-    parts: usize,
+    (parts, block): (usize, usize),
     (decoder, limits, join): (&dyn Decoder, &Limits, &JoinConfig),
 ) -> Result<Vec<Positioned>, ReadError> {
     let now = chrono::Utc::now();
-    let parts = decode_parts(bytes, parts, decoder, limits, now);
     let failed = |(line, source): DecodeLineError| ReadError::Decode {
         path: name.to_string(),
         line,
         source,
     };
+    let io = |source| ReadError::Io {
+        path: name.to_string(),
+        source,
+    };
     let mut lines = LineJoin::new(format!("file:{name}"), join);
+    // A line longer than any message may be is handed on unfinished: the
+    // decoder refuses it by its size, and the buffer stops growing there.
+    let mut blocks = Blocks::new(block, limits.max_message_bytes.saturating_add(1));
     // Each part's lines are numbered from its own start: offset by the
     // lines of the parts before it.
     let mut first = 0;
-    for part in parts {
-        // The lines before a run's failing line are joined first: one of
-        // them may fail the join, and the first failing line is reported.
-        for (i, decoded) in part.decoded {
-            lines.push(first + i, decoded, now).map_err(failed)?;
+    while let Some(bytes) = blocks.next(&mut reader).map_err(io)? {
+        for part in decode_parts(bytes, parts, decoder, limits, now) {
+            // The lines before a run's failing line are joined first: one
+            // of them may fail the join, and the first failing line is
+            // reported.
+            for (i, decoded) in part.decoded {
+                lines.push(first + i, decoded, now).map_err(failed)?;
+            }
+            if let Some((line, e)) = part.failed {
+                return Err(failed((first + line, e)));
+            }
+            first += part.lines;
         }
-        if let Some((line, e)) = part.failed {
-            return Err(failed((first + line, e)));
-        }
-        first += part.lines;
     }
     lines.finish().map_err(failed)
+}
+
+/// A reader's bytes in blocks of whole lines, in one buffer reused from
+/// block to block: the last block ends where the input does, every other
+/// one just after a line break, but for a line longer than `longest`,
+/// which is handed out alone as far as it was read, the rest of it passed
+/// over.
+struct Blocks {
+    buf: Vec<u8>,
+    /// Bytes read into `buf`, and where the block last handed out ended.
+    filled: usize,
+    taken: usize,
+    block: usize,
+    longest: usize,
+    /// The last block was the start of an over-long line.
+    skipping: bool,
+    done: bool,
+}
+
+impl Blocks {
+    fn new(block: usize, longest: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            filled: 0,
+            taken: 0,
+            block: block.max(1),
+            longest,
+            skipping: false,
+            done: false,
+        }
+    }
+
+    fn next(&mut self, reader: &mut impl std::io::Read) -> std::io::Result<Option<&[u8]>> {
+        self.drop_taken();
+        loop {
+            self.fill(reader)?;
+            if self.skipping {
+                match memchr::memchr(b'\n', &self.buf[..self.filled]) {
+                    Some(at) => (self.taken, self.skipping) = (at + 1, false),
+                    None => self.taken = self.filled,
+                }
+                self.drop_taken();
+                if self.skipping && self.done {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let end = match memchr::memrchr(b'\n', &self.buf[..self.filled]) {
+                _ if self.done => self.filled,
+                Some(at) => at + 1,
+                None if self.filled > self.longest => {
+                    self.skipping = true;
+                    self.filled
+                }
+                // Not one whole line yet: read on.
+                None => continue,
+            };
+            self.taken = end;
+            return Ok((end > 0).then(|| &self.buf[..end]));
+        }
+    }
+
+    /// What follows the block last handed out, moved to the front.
+    fn drop_taken(&mut self) {
+        self.buf.copy_within(self.taken..self.filled, 0);
+        (self.filled, self.taken) = (self.filled - self.taken, 0);
+    }
+
+    /// Reads until a block more than what is held is held, or the input ends.
+    fn fill(&mut self, reader: &mut impl std::io::Read) -> std::io::Result<()> {
+        let want = self.filled + self.block;
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        while !self.done && self.filled < want {
+            match reader.read(&mut self.buf[self.filled..want]) {
+                Ok(0) => self.done = true,
+                Ok(n) => self.filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One contiguous run of a file's lines, decoded: its lines (blank ones
@@ -440,7 +540,7 @@ mod tests {
         let read = |lines: &[String], parts| {
             let (limits, join) = (Limits::default(), JoinConfig::default());
             let bytes = lines.join("\n");
-            read_bytes(bytes.as_bytes(), "f", parts, (&JsonDecoder, &limits, &join))
+            read_from(bytes.as_bytes(), "f", parts, (&JsonDecoder, &limits, &join))
         };
         // Blank lines among events, so that each part's count matters.
         let lines: Vec<String> = (0..400)
@@ -448,7 +548,9 @@ mod tests {
             .collect();
         let mut broken = lines.clone();
         broken[377] = "{not json".into();
-        for parts in 1..=4 {
+        // Blocks of a byte, shorter than a line, a few lines, the file.
+        let cuts = (1..=4).flat_map(|parts| [1, 29, 300, BLOCK].map(|block| (parts, block)));
+        for parts in cuts {
             let events = read(&lines, parts).expect("every line decodes");
             assert_eq!(events.len(), lines.iter().filter(|l| !l.is_empty()).count());
             for p in &events {
@@ -456,11 +558,13 @@ mod tests {
                 assert_eq!(
                     p.event.request_id.as_deref(),
                     Some(id.as_str()),
-                    "{parts} parts"
+                    "{parts:?} (parts, block)"
                 );
             }
             match read(&broken, parts) {
-                Err(ReadError::Decode { line, .. }) => assert_eq!(line, 378, "{parts} parts"),
+                Err(ReadError::Decode { line, .. }) => {
+                    assert_eq!(line, 378, "{parts:?} (parts, block)")
+                }
                 other => panic!(
                     "expected line 378 to fail, got {:?}",
                     other.map(|e| e.len())
@@ -483,13 +587,53 @@ mod tests {
         let decoder = crate::decode::OipJsonDecoder::new(Default::default());
         let (limits, join) = (Limits::default(), JoinConfig::default());
         for parts in 1..=3 {
-            let got = read_bytes(lines.as_bytes(), "f", parts, (&decoder, &limits, &join));
+            let got = read_from(
+                lines.as_bytes(),
+                "f",
+                (parts, 64),
+                (&decoder, &limits, &join),
+            );
             match got {
                 Err(ReadError::Decode { line, source, .. }) => {
                     assert_eq!(line, 2, "{parts} parts: {source}")
                 }
                 other => panic!("expected line 2 to fail, got {:?}", other.map(|e| e.len())),
             }
+        }
+    }
+
+    /// A line longer than a message may be fails by its size, at its own
+    /// number, however the blocks cut it; one of blanks that long is
+    /// passed over as blank lines are, and the lines after it keep their
+    /// numbers.
+    #[test]
+    fn an_over_long_line_is_refused_or_passed_over_in_blocks() {
+        let limits = Limits {
+            max_message_bytes: 100,
+            ..Limits::default()
+        };
+        let join = JoinConfig::default();
+        let (long, blanks) = ("x".repeat(250), " ".repeat(250));
+        for block in [1, 7, 64, 1000] {
+            let read = |lines: &[&str]| {
+                let bytes = lines.join("\n");
+                read_from(
+                    bytes.as_bytes(),
+                    "f",
+                    (2, block),
+                    (&JsonDecoder, &limits, &join),
+                )
+            };
+            let (a, b) = (event(0), event(2));
+            match read(&[&a, &long, &b]) {
+                Err(ReadError::Decode { line, source, .. }) => {
+                    assert_eq!((line, source.reason()), (2, "too_large"), "block {block}")
+                }
+                other => panic!("block {block}: {:?}", other.map(|e| e.len())),
+            }
+            let events = read(&[&a, &blanks, &b]).expect("blanks pass");
+            let offsets: Vec<i64> = events.iter().map(|p| p.pos.offset).collect();
+            assert_eq!(offsets, [0, 2], "block {block}");
         }
     }
 }
