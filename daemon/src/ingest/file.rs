@@ -116,13 +116,24 @@ fn read_from(
         source,
     };
     let mut lines = LineJoin::new(format!("file:{name}"), join);
-    // A line longer than any message may be is handed on unfinished: the
-    // decoder refuses it by its size, and the buffer stops growing there.
-    let mut blocks = Blocks::new(block, limits.max_message_bytes.saturating_add(1));
+    let limit = limits.max_message_bytes;
+    let mut blocks = Blocks::new(block, limit);
     // Each part's lines are numbered from its own start: offset by the
     // lines of the parts before it.
     let mut first = 0;
-    while let Some(bytes) = blocks.next(&mut reader).map_err(io)? {
+    while let Some(block) = blocks.next(&mut reader).map_err(io)? {
+        let bytes = match block {
+            Block::Lines(bytes) => bytes,
+            // Passed over as any blank line is; refused as any message
+            // over the limit is, at its own number.
+            Block::OverLong { blank: true, .. } => {
+                first += 1;
+                continue;
+            }
+            Block::OverLong { bytes, .. } => {
+                return Err(failed((first + 1, DecodeError::TooLarge { bytes, limit })));
+            }
+        };
         for part in decode_parts(bytes, parts, decoder, limits, now) {
             // The lines before a run's failing line are joined first: one
             // of them may fail the join, and the first failing line is
@@ -139,70 +150,87 @@ fn read_from(
     lines.finish().map_err(failed)
 }
 
+/// What `Blocks` hands out: whole lines, or one line longer than any
+/// message may be, measured as it was read past, never held whole.
+enum Block<'a> {
+    Lines(&'a [u8]),
+    OverLong { bytes: usize, blank: bool },
+}
+
 /// A reader's bytes in blocks of whole lines, in one buffer reused from
 /// block to block: the last block ends where the input does, every other
-/// one just after a line break, but for a line longer than `longest`,
-/// which is handed out alone as far as it was read, the rest of it passed
-/// over.
+/// one just after a line break. The buffer holds at most about two blocks
+/// and the longest line a message may be.
 struct Blocks {
     buf: Vec<u8>,
-    /// Bytes read into `buf`, and where the block last handed out ended.
+    /// Bytes read into `buf`, where the block last handed out ended, and
+    /// how far `buf` is known to hold no line break.
     filled: usize,
     taken: usize,
+    scanned: usize,
     block: usize,
-    longest: usize,
-    /// The last block was the start of an over-long line.
-    skipping: bool,
+    limit: usize,
     done: bool,
 }
 
 impl Blocks {
-    fn new(block: usize, longest: usize) -> Self {
+    fn new(block: usize, limit: usize) -> Self {
         Self {
             buf: Vec::new(),
             filled: 0,
             taken: 0,
+            scanned: 0,
             block: block.max(1),
-            longest,
-            skipping: false,
+            limit,
             done: false,
         }
     }
 
-    fn next(&mut self, reader: &mut impl std::io::Read) -> std::io::Result<Option<&[u8]>> {
+    fn next(&mut self, reader: &mut impl std::io::Read) -> std::io::Result<Option<Block<'_>>> {
         self.drop_taken();
         loop {
             self.fill(reader)?;
-            if self.skipping {
-                match memchr::memchr(b'\n', &self.buf[..self.filled]) {
-                    Some(at) => (self.taken, self.skipping) = (at + 1, false),
-                    None => self.taken = self.filled,
-                }
-                self.drop_taken();
-                if self.skipping && self.done {
-                    return Ok(None);
-                }
-                continue;
-            }
-            let end = match memchr::memrchr(b'\n', &self.buf[..self.filled]) {
+            let unseen = &self.buf[self.scanned..self.filled];
+            let end = match memchr::memrchr(b'\n', unseen) {
                 _ if self.done => self.filled,
-                Some(at) => at + 1,
-                None if self.filled > self.longest => {
-                    self.skipping = true;
-                    self.filled
-                }
+                Some(at) => self.scanned + at + 1,
+                // One line, unfinished, and already longer than a message.
+                None if self.filled > self.limit => return self.over_long(reader).map(Some),
                 // Not one whole line yet: read on.
-                None => continue,
+                None => {
+                    self.scanned = self.filled;
+                    continue;
+                }
             };
             self.taken = end;
-            return Ok((end > 0).then(|| &self.buf[..end]));
+            return Ok((end > 0).then(|| Block::Lines(&self.buf[..end])));
+        }
+    }
+
+    /// The line `buf` starts with, read to its end (a line break, or the
+    /// input's end) without being kept: its length and whether it is all
+    /// blanks.
+    fn over_long(&mut self, reader: &mut impl std::io::Read) -> std::io::Result<Block<'static>> {
+        let (mut bytes, mut blank) = (0, true);
+        loop {
+            let held = &self.buf[..self.filled];
+            let end = memchr::memchr(b'\n', held);
+            let line = &held[..end.unwrap_or(held.len())];
+            bytes += line.len();
+            blank &= line.iter().all(u8::is_ascii_whitespace);
+            self.taken = end.map_or(self.filled, |at| at + 1);
+            if end.is_some() || self.done {
+                return Ok(Block::OverLong { bytes, blank });
+            }
+            self.drop_taken();
+            self.fill(reader)?;
         }
     }
 
     /// What follows the block last handed out, moved to the front.
     fn drop_taken(&mut self) {
         self.buf.copy_within(self.taken..self.filled, 0);
-        (self.filled, self.taken) = (self.filled - self.taken, 0);
+        (self.filled, self.taken, self.scanned) = (self.filled - self.taken, 0, 0);
     }
 
     /// Reads until a block more than what is held is held, or the input ends.
@@ -602,10 +630,10 @@ mod tests {
         }
     }
 
-    /// A line longer than a message may be fails by its size, at its own
-    /// number, however the blocks cut it; one of blanks that long is
-    /// passed over as blank lines are, and the lines after it keep their
-    /// numbers.
+    /// A line longer than a message may be fails by its size, its whole
+    /// length, at its own number, however the blocks cut it, last line or
+    /// not; one of blanks only is passed over as blank lines are, and the
+    /// lines after it keep their numbers.
     #[test]
     fn an_over_long_line_is_refused_or_passed_over_in_blocks() {
         let limits = Limits {
@@ -613,6 +641,9 @@ mod tests {
             ..Limits::default()
         };
         let join = JoinConfig::default();
+        let (a, b) = (event(0), event(2));
+        // Blanks first, the event after them: not a blank line.
+        let padded = format!("{}{}", " ".repeat(200), event(1));
         let (long, blanks) = ("x".repeat(250), " ".repeat(250));
         for block in [1, 7, 64, 1000] {
             let read = |lines: &[&str]| {
@@ -624,16 +655,74 @@ mod tests {
                     (&JsonDecoder, &limits, &join),
                 )
             };
-            let (a, b) = (event(0), event(2));
-            match read(&[&a, &long, &b]) {
-                Err(ReadError::Decode { line, source, .. }) => {
-                    assert_eq!((line, source.reason()), (2, "too_large"), "block {block}")
+            let refused: [(Vec<&str>, usize); 4] = [
+                (vec![&a, &long, &b], 250),
+                (vec![&a, &padded, &b], padded.len()),
+                (vec![&a, &long], 250),
+                (vec![&a, &long, ""], 250),
+            ];
+            for (lines, len) in refused {
+                match read(&lines) {
+                    Err(ReadError::Decode {
+                        line,
+                        source: DecodeError::TooLarge { bytes, .. },
+                        ..
+                    }) => assert_eq!((line, bytes), (2, len), "block {block}"),
+                    other => panic!("block {block}: {:?}", other.map(|e| e.len())),
                 }
-                other => panic!("block {block}: {:?}", other.map(|e| e.len())),
             }
             let events = read(&[&a, &blanks, &b]).expect("blanks pass");
             let offsets: Vec<i64> = events.iter().map(|p| p.pos.offset).collect();
             assert_eq!(offsets, [0, 2], "block {block}");
+        }
+    }
+
+    /// A reader that hands out one byte at a time, interrupted between.
+    struct Trickle<'a>(&'a [u8], bool);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            self.1 = !self.1;
+            if self.1 {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = self.0.len().min(out.len()).min(1);
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn blocks_hand_out_every_byte_once_in_whole_lines() {
+        let texts: [&[u8]; 7] = [
+            b"",
+            b"\n\n\n",
+            b"a",
+            b"a\r\nbb\r\n",
+            b"a\nbb\n\nccc\ndddd",
+            b"a\nbb\n\nccc\n",
+            b"0123456789\n0123456789",
+        ];
+        for text in texts {
+            for block in [1, 3, 10, 11, 1 << 20] {
+                let mut blocks = Blocks::new(block, 1000);
+                let (mut reader, mut out) = (Trickle(text, false), Vec::new());
+                while let Some(got) = blocks.next(&mut reader).expect("reads") {
+                    let Block::Lines(got) = got else {
+                        panic!("no line here is over long")
+                    };
+                    assert!(!got.is_empty(), "{text:?} in blocks of {block}");
+                    if out.len() + got.len() < text.len() {
+                        assert!(
+                            got.ends_with(b"\n"),
+                            "{text:?} in blocks of {block}: {got:?}"
+                        );
+                    }
+                    out.extend_from_slice(got);
+                }
+                assert_eq!(out, text, "blocks of {block}");
+            }
         }
     }
 }
