@@ -105,13 +105,20 @@ impl ScoringHandle {
                 }
             })
             .map_err(DetectError::Thread)?;
-        let info = ready_rx
-            .await
-            .map_err(|_| DetectError::Device("scoring thread exited during start-up".into()))??;
-        // Joined only from here: a start-up given up while the device
-        // opens must not wait on a thread whose queue is still open.
-        let thread = Arc::new(Joined(Some(thread)));
-        Ok(Self { jobs, info, thread })
+        // A failed start ends the thread at once: joined, so that the
+        // device it opened is gone before the error reaches `exit`. A
+        // start given up while the device opens is not joined: its drop
+        // would block for the whole open and warm-up.
+        let failed = match ready_rx.await {
+            Ok(Ok(info)) => {
+                let thread = Arc::new(Joined(Some(thread)));
+                return Ok(Self { jobs, info, thread });
+            }
+            Ok(Err(e)) => e,
+            Err(_) => DetectError::Device("scoring thread exited during start-up".into()),
+        };
+        let _ = thread.join();
+        Err(failed)
     }
 
     pub fn info(&self) -> &DeviceInfo {
