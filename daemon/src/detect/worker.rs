@@ -27,10 +27,11 @@ enum Job {
 
 #[derive(Clone)]
 pub struct ScoringHandle {
-    // Before `thread`: the last handle closes the queue, then joins.
+    // Before `_thread`: the last handle closes the queue, then joins.
     jobs: std::sync::mpsc::Sender<Job>,
     info: DeviceInfo,
-    thread: Arc<Joined>,
+    /// Held for its drop only.
+    _thread: Arc<Joined>,
 }
 
 /// The scoring thread, joined when the last handle is dropped, so that it
@@ -111,8 +112,12 @@ impl ScoringHandle {
         // would block for the whole open and warm-up.
         let failed = match ready_rx.await {
             Ok(Ok(info)) => {
-                let thread = Arc::new(Joined(Some(thread)));
-                return Ok(Self { jobs, info, thread });
+                let _thread = Arc::new(Joined(Some(thread)));
+                return Ok(Self {
+                    jobs,
+                    info,
+                    _thread,
+                });
             }
             Ok(Err(e)) => e,
             Err(_) => DetectError::Device("scoring thread exited during start-up".into()),
