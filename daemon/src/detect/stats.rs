@@ -230,21 +230,13 @@ fn quarters_mut(x: &mut [f64], q: usize) -> [&mut [f64]; CHAINS] {
 }
 
 impl Row {
-    /// Column `i` over the band's cells `minj..`, `inv` holding each
-    /// cell's `1 / (i + j)`.
-    fn step(
-        &mut self,
-        a: &mut [f64],
-        shift: usize,
-        (i, minj, inv): (f64, f64, &[f64]),
-        start: f64,
-    ) {
+    /// Each cell's `b` and `c`. Every read of `a` happens here, before any
+    /// cell is written; past its end the column before counts as 1.
+    fn coefficients(&mut self, a: &[f64], shift: usize, (i, minj, inv): (f64, f64, &[f64])) {
         let len = inv.len();
         self.b.resize(len, 0.0);
         self.c.resize(len, 0.0);
         self.carry.resize(len, 0.0);
-        // Every read of `a` happens here, before any cell is written; past
-        // its end the column before counts as 1.
         let held = a.len().saturating_sub(shift).min(len);
         let (b, c) = (&mut self.b[..len], &mut self.c[..len]);
         for ((b, inv), prev) in b[..held]
@@ -260,6 +252,19 @@ impl Row {
         for (k, (c, inv)) in c.iter_mut().zip(inv).enumerate() {
             *c = (minj + k as f64) * inv;
         }
+    }
+
+    /// Column `i` over the band's cells `minj..`, `inv` holding each
+    /// cell's `1 / (i + j)`.
+    fn step(
+        &mut self,
+        a: &mut [f64],
+        shift: usize,
+        (i, minj, inv): (f64, f64, &[f64]),
+        start: f64,
+    ) {
+        let len = inv.len();
+        self.coefficients(a, shift, (i, minj, inv));
         let q = len / CHAINS;
         let (b, c, carry) = (&self.b[..len], &self.c[..len], &mut self.carry[..len]);
         let mut v = [start, 0.0, 0.0, 0.0];
