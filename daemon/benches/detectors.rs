@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use modelwatch::detect::DeviceChoice;
 use modelwatch::detect::engine::{Engine, KsAlgorithm, host_max_diff};
-use modelwatch::detect::{Scorer, linalg, stats};
+use modelwatch::detect::{Scorer, band, linalg, ood, stats};
 use modelwatch::event::TelemetryEvent;
 
 fn lcg(seed: &mut u64) -> f64 {
@@ -137,7 +137,7 @@ fn main() {
         Ok("gpu") => DeviceChoice::Gpu,
         _ => DeviceChoice::Cpu,
     };
-    // MODELWATCH_BENCH_ONLY=ks,mmd,exact,univariate,window,mahalanobis runs a subset.
+    // MODELWATCH_BENCH_ONLY=ks,mmd,exact,univariate,window,mahalanobis,ood_fit runs a subset.
     let only = std::env::var("MODELWATCH_BENCH_ONLY").unwrap_or_default();
     let run = |section: &str| only.is_empty() || only.split(',').any(|s| s == section);
     let engine = Engine::open(device, 1 << 26).expect("bench device");
@@ -246,6 +246,57 @@ fn main() {
     }
     if run("mahalanobis") {
         mahalanobis(&engine, gpu_scale, &mut seed);
+    }
+    if run("ood_fit") {
+        ood_fit(&engine, &mut seed);
+    }
+}
+
+/// The out-of-distribution fit (5-fold cross-fitted distances, then the
+/// whole reference), against the same fit with every training set copied
+/// and estimated anew, as it was before the sums by fold.
+fn ood_fit(engine: &Engine, seed: &mut u64) {
+    println!();
+    println!("Out-of-distribution fit, 5 folds: by subtraction against each training set anew");
+    println!(
+        "{:>8} {:>6} {:>12} {:>12} {:>8}",
+        "rows", "dims", "fit ms", "anew ms", "ratio"
+    );
+    let config = modelwatch::detect::OodConfig::default();
+    for (rows, d) in [(10_000, 50), (50_000, 50)] {
+        let x: Vec<Vec<f64>> = (0..rows)
+            .map(|_| (0..d).map(|_| lcg(seed)).collect())
+            .collect();
+        let (ft, fitted) = time(|| {
+            ood::fit_space(engine, "features", &x, &config)
+                .expect("fit")
+                .expect("fitted")
+        });
+        let (at, anew) = time(|| {
+            let held_out = band::cross_fitted(&x, config.folds, |train, test| {
+                let s = linalg::ledoit_wolf(train);
+                let precision = linalg::spd_inverse(&s.covariance, d).expect("invertible");
+                engine.mahalanobis(test, &s.mean, &precision).map(Some)
+            })
+            .expect("cross-fit")
+            .expect("values");
+            let s = linalg::ledoit_wolf(&x);
+            (held_out, linalg::spd_inverse(&s.covariance, d))
+        });
+        let mut sorted = anew.0;
+        sorted.sort_by(f64::total_cmp);
+        let threshold = stats::quantile_sorted(&sorted, config.quantile);
+        assert!(
+            (threshold - fitted.threshold).abs() <= 1e-6 * threshold,
+            "thresholds disagree: {threshold} vs {}",
+            fitted.threshold
+        );
+        println!(
+            "{rows:>8} {d:>6} {:>12.2} {:>12.2} {:>7.2}x",
+            ft.as_secs_f64() * 1e3,
+            at.as_secs_f64() * 1e3,
+            at.as_secs_f64() / ft.as_secs_f64()
+        );
     }
 }
 

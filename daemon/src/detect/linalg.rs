@@ -58,32 +58,147 @@ pub struct Shrunk {
 /// variance) by the shrinkage that minimises the expected squared error.
 /// Rows must be non-empty and of equal length.
 pub fn ledoit_wolf(rows: &[Vec<f64>]) -> Shrunk {
-    let n = rows.len();
-    let d = rows[0].len();
-    let nf = n as f64;
-    // Summed row after row, each column in row order as before.
-    let mut mean = vec![0.0f64; d];
+    Moments::of(rows, &column_means(rows)).ledoit_wolf()
+}
+
+/// Each column's mean, summed row after row. Rows must be non-empty and of
+/// equal length.
+pub fn column_means(rows: &[Vec<f64>]) -> Vec<f64> {
+    let mut mean = vec![0.0f64; rows[0].len()];
     for r in rows {
         for (m, v) in mean.iter_mut().zip(r) {
             *m += v;
         }
     }
-    for m in &mut mean {
-        *m /= nf;
+    let n = rows.len() as f64;
+    mean.iter_mut().for_each(|m| *m /= n);
+    mean
+}
+
+/// Sums over a set of rows taken about a fixed origin: enough for the
+/// Ledoit-Wolf estimate of the set, or of the set less a part of it, without
+/// going over the rows again. Cross-fitting sums each fold once and takes
+/// every training set by subtraction, where fitting each training set anew
+/// went over every row `folds` times (and copied it).
+#[derive(Debug, Clone)]
+pub struct Moments {
+    origin: Vec<f64>,
+    n: usize,
+    /// Σ y, with y = row - origin.
+    sum: Vec<f64>,
+    /// Σ y yᵀ.
+    gram: DMatrix<f64>,
+    /// Σ |y|² y.
+    cubic: Vec<f64>,
+    /// Σ |y|⁴.
+    quartic: f64,
+}
+
+impl Moments {
+    /// Rows must be non-empty and as long as `origin`. The origin should lie
+    /// near the rows' mean (the sums are moved to the mean afterwards, and
+    /// far from it they would cancel).
+    pub fn of(rows: &[Vec<f64>], origin: &[f64]) -> Self {
+        let d = origin.len();
+        let (mut sum, mut cubic, mut quartic) = (vec![0.0; d], vec![0.0; d], 0.0f64);
+        // The centred rows, row after row (the rows' own order: one pass over
+        // memory); read as column-major they are Yᵀ.
+        let mut flat = Vec::with_capacity(rows.len() * d);
+        for r in rows {
+            let start = flat.len();
+            flat.extend(r.iter().zip(origin).map(|(v, o)| v - o));
+            let y = &flat[start..];
+            let norm2: f64 = y.iter().map(|x| x * x).sum();
+            quartic += norm2 * norm2;
+            for ((s, c), v) in sum.iter_mut().zip(&mut cubic).zip(y) {
+                *s += v;
+                *c += norm2 * v;
+            }
+        }
+        let yt = DMatrix::from_vec(d, rows.len(), flat);
+        // Σ y yᵀ as one blocked product.
+        let gram = &yt * yt.transpose();
+        Self {
+            origin: origin.to_vec(),
+            n: rows.len(),
+            sum,
+            gram,
+            cubic,
+            quartic,
+        }
     }
-    // The centred rows, row after row (the rows' own order: one pass over
-    // memory); read as column-major they are Xc^T.
-    let mut flat = Vec::with_capacity(n * d);
-    let mut beta_sum = 0.0f64;
-    for r in rows {
-        let start = flat.len();
-        flat.extend(r.iter().zip(&mean).map(|(v, m)| v - m));
-        let norm2: f64 = flat[start..].iter().map(|x| x * x).sum();
-        beta_sum += norm2 * norm2;
+
+    /// The sums of two disjoint sets taken about the same origin.
+    pub fn plus(mut self, other: &Moments) -> Self {
+        debug_assert_eq!(self.origin, other.origin);
+        self.n += other.n;
+        self.gram += &other.gram;
+        self.quartic += other.quartic;
+        for (a, b) in self.sum.iter_mut().zip(&other.sum) {
+            *a += b;
+        }
+        for (a, b) in self.cubic.iter_mut().zip(&other.cubic) {
+            *a += b;
+        }
+        self
     }
-    let xct = DMatrix::from_vec(d, n, flat);
-    // S = Xc^T Xc as one blocked product; sum_i (sum_j x_ij^2)^2 above.
-    let s = symmetric(&xct * xct.transpose());
+
+    /// The sums of this set less `part`, a subset of it.
+    pub fn less(&self, part: &Moments) -> Self {
+        debug_assert_eq!(self.origin, part.origin);
+        let minus = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).collect();
+        Self {
+            origin: self.origin.clone(),
+            n: self.n - part.n,
+            sum: minus(&self.sum, &part.sum),
+            gram: &self.gram - &part.gram,
+            cubic: minus(&self.cubic, &part.cubic),
+            quartic: self.quartic - part.quartic,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The set's Ledoit-Wolf estimate, as `ledoit_wolf` of its rows. The sums
+    /// are moved from the origin to the set's mean: with c the mean less the
+    /// origin and z = y - c, Σ z zᵀ = Σ y yᵀ - n c cᵀ, and |z|² expands into
+    /// |y|² - 2 y·c + |c|², whose square sums from the stored moments.
+    pub fn ledoit_wolf(&self) -> Shrunk {
+        let d = self.origin.len();
+        let nf = self.n as f64;
+        let c: Vec<f64> = self.sum.iter().map(|s| s / nf).collect();
+        let mean = self.origin.iter().zip(&c).map(|(o, c)| o + c).collect();
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let mut s = vec![0.0; d * d];
+        let mut gram_c = 0.0;
+        for a in 0..d {
+            for b in a..d {
+                let v = self.gram[(a, b)] - nf * c[a] * c[b];
+                s[a * d + b] = v;
+                s[b * d + a] = v;
+            }
+            gram_c += c[a] * (0..d).map(|b| self.gram[(a, b)] * c[b]).sum::<f64>();
+        }
+        let k = dot(&c, &c);
+        let trace: f64 = (0..d).map(|j| self.gram[(j, j)]).sum();
+        let quartic = self.quartic + 4.0 * gram_c + nf * k * k - 4.0 * dot(&c, &self.cubic)
+            + 2.0 * k * trace
+            - 4.0 * k * dot(&c, &self.sum);
+        shrink(mean, s, quartic, nf)
+    }
+}
+
+/// The Ledoit-Wolf estimate from the scatter `s` (row-major, of rows
+/// centred on `mean`) and the sum of their squared norms squared, as
+/// scikit-learn's `ledoit_wolf_shrinkage` writes it.
+fn shrink(mean: Vec<f64>, s: Vec<f64>, quartic: f64, nf: f64) -> Shrunk {
+    let d = mean.len();
     let emp: Vec<f64> = s.iter().map(|v| v / nf).collect();
     let trace: f64 = (0..d).map(|j| emp[j * d + j]).sum();
     let mu = trace / d as f64;
@@ -94,9 +209,8 @@ pub fn ledoit_wolf(rows: &[Vec<f64>]) -> Shrunk {
             shrinkage: 0.0,
         };
     }
-    // The estimator as scikit-learn's `ledoit_wolf_shrinkage` writes it.
     let delta_raw = s.iter().map(|v| v * v).sum::<f64>() / (nf * nf);
-    let beta = (beta_sum / nf - delta_raw) / (d as f64 * nf);
+    let beta = (quartic / nf - delta_raw) / (d as f64 * nf);
     let delta = (delta_raw - 2.0 * mu * trace + d as f64 * mu * mu) / d as f64;
     let beta = beta.min(delta);
     let shrinkage = if beta == 0.0 { 0.0 } else { beta / delta };
@@ -165,6 +279,66 @@ mod tests {
             }
         }
         assert!(spd_inverse(&[1.0, 2.0, 2.0, 1.0], 2).is_none());
+    }
+
+    /// Rows whose folds lie apart (a trend down the rows, an offset of 40)
+    /// and whose columns are correlated: a training set's mean is far from
+    /// the whole's, so every term of the shift is exercised.
+    fn trending_rows(n: usize, d: usize) -> Vec<Vec<f64>> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        (0..n)
+            .map(|i| {
+                let common: f64 = rng.random_range(-1.0..1.0);
+                (0..d)
+                    .map(|j| {
+                        let noise: f64 = rng.random_range(-1.0..1.0);
+                        40.0 + 3.0 * i as f64 / n as f64 + common * j as f64 / d as f64 + noise
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_training_set_by_subtraction_is_fitted_as_its_own_rows() {
+        for (n, d, folds) in [(200, 2, 5), (1000, 7, 5), (300, 12, 3)] {
+            let rows = trending_rows(n, d);
+            let origin = column_means(&rows);
+            let parts: Vec<_> = (0..folds)
+                .map(|f| f * n / folds..(f + 1) * n / folds)
+                .collect();
+            let moments: Vec<Moments> = parts
+                .iter()
+                .map(|p| Moments::of(&rows[p.clone()], &origin))
+                .collect();
+            let whole = moments[1..]
+                .iter()
+                .fold(moments[0].clone(), |all, m| all.plus(m));
+            assert_eq!(whole.len(), n);
+            let close = |what: &str, got: f64, want: f64| {
+                assert!(
+                    (got - want).abs() <= 1e-9 * want.abs().max(1e-3),
+                    "{what} n={n} d={d}: {got} against {want}"
+                );
+            };
+            for (part, fold) in parts.iter().zip(&moments) {
+                let train: Vec<Vec<f64>> = rows[..part.start]
+                    .iter()
+                    .chain(&rows[part.end..])
+                    .cloned()
+                    .collect();
+                let (got, want) = (whole.less(fold).ledoit_wolf(), ledoit_wolf(&train));
+                assert!(want.shrinkage > 1e-3, "the shrinkage term is exercised");
+                close("shrinkage", got.shrinkage, want.shrinkage);
+                for (g, w) in got.mean.iter().zip(&want.mean) {
+                    close("mean", *g, *w);
+                }
+                for (g, w) in got.covariance.iter().zip(&want.covariance) {
+                    close("covariance", *g, *w);
+                }
+            }
+        }
     }
 
     #[test]

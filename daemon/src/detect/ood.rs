@@ -9,7 +9,6 @@
 //! against the reference's with Fisher's exact test, so the estimate of the
 //! quantile itself is accounted for.
 
-use super::band;
 use super::clients;
 use super::frame::Sender;
 use super::threat::Threat;
@@ -55,21 +54,32 @@ pub fn fit_space(
         return Ok(None);
     }
     let n = rows.len();
-    let held_out = band::cross_fitted(rows, folds, |train, test| {
-        covariance(train)
-            .map(|(mean, precision, _)| engine.mahalanobis(test, &mean, &precision))
-            .transpose()
-    })?;
-    let Some(held_out) = held_out else {
-        return Ok(None);
-    };
+    let parts: Vec<_> = (0..folds)
+        .map(|f| f * n / folds..(f + 1) * n / folds)
+        .collect();
+    // Each fold is summed once; each training set is the whole less a fold.
+    let origin = linalg::column_means(rows);
+    let moments: Vec<linalg::Moments> = parts
+        .iter()
+        .map(|p| linalg::Moments::of(&rows[p.clone()], &origin))
+        .collect();
+    let whole = moments[1..]
+        .iter()
+        .fold(moments[0].clone(), |all, m| all.plus(m));
+    let mut held_out = Vec::with_capacity(n);
+    for (part, fold) in parts.iter().zip(&moments) {
+        let Some((mean, precision, _)) = inverted(whole.less(fold).ledoit_wolf()) else {
+            return Ok(None);
+        };
+        held_out.extend(engine.mahalanobis(&rows[part.clone()], &mean, &precision)?);
+    }
     let mut sorted = held_out.clone();
     sorted.sort_by(f64::total_cmp);
     let threshold = stats::quantile_sorted(&sorted, config.quantile);
     let reference_exceed = held_out.iter().filter(|v| **v > threshold).count();
     let shell = stats::quantile_sorted(&sorted, config.coverage_quantile);
     let reference_shell = held_out.iter().filter(|v| **v > shell).count();
-    let Some((mean, precision, shrinkage)) = covariance(rows) else {
+    let Some((mean, precision, shrinkage)) = inverted(whole.ledoit_wolf()) else {
         return Ok(None);
     };
     Ok(Some(Fitted {
@@ -89,7 +99,10 @@ pub fn fit_space(
 /// The mean, the precision (inverse Ledoit-Wolf covariance) and the
 /// shrinkage of `rows`; none where the covariance cannot be inverted.
 pub(super) fn covariance(rows: &[Vec<f64>]) -> Option<(Vec<f64>, Vec<f64>, f64)> {
-    let shrunk = linalg::ledoit_wolf(rows);
+    inverted(linalg::ledoit_wolf(rows))
+}
+
+fn inverted(shrunk: linalg::Shrunk) -> Option<(Vec<f64>, Vec<f64>, f64)> {
     let precision = linalg::spd_inverse(&shrunk.covariance, shrunk.mean.len())?;
     Some((shrunk.mean, precision, shrunk.shrinkage))
 }
