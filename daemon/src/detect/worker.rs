@@ -2,6 +2,7 @@
 //! tokio worker thread, and serialises use of the device.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -39,13 +40,31 @@ pub struct ScoringHandle {
 /// Left to run, it was still tearing down the graphics driver it had
 /// probed while `exit` ran that driver's own destructors: about one
 /// `modelwatch score` in fifty aborted with a corrupted C heap.
-struct Joined(Option<std::thread::JoinHandle<()>>);
+struct Joined {
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Disconnected once the thread has dropped its engine: the last thing
+    /// it lets go of.
+    done: std::sync::mpsc::Receiver<()>,
+    patience: Duration,
+}
+
+/// How long the last handle waits for the thread's job and the device's
+/// release. A driver that hangs while letting go must not hang shutdown
+/// with it: past this the process exits without the thread, and says so.
+const PATIENCE: Duration = Duration::from_secs(10);
 
 impl Drop for Joined {
     fn drop(&mut self) {
-        if let Some(thread) = self.0.take() {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        match self.done.recv_timeout(self.patience) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
+                waited_secs = self.patience.as_secs_f64(),
+                "the scoring thread did not finish its job or release the device; exiting without it"
+            ),
             // A panic there was already reported by the thread itself.
-            let _ = thread.join();
+            _ => drop(thread.join()),
         }
     }
 }
@@ -61,12 +80,15 @@ impl ScoringHandle {
     ) -> Result<Self, DetectError> {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
         let config = config.clone();
         let detect = detect.clone();
         super::parallel::limit(config.host_threads);
         let thread = std::thread::Builder::new()
             .name("modelwatch-scoring".into())
             .spawn(move || {
+                // Declared first, so dropped after the scorer and its device.
+                let _done = done_tx;
                 let scorer =
                     match Engine::open(config.device, config.max_tile_elements).and_then(|engine| {
                         if config.warmup {
@@ -112,7 +134,11 @@ impl ScoringHandle {
         // would block for the whole open and warm-up.
         let failed = match ready_rx.await {
             Ok(Ok(info)) => {
-                let _thread = Arc::new(Joined(Some(thread)));
+                let _thread = Arc::new(Joined {
+                    thread: Some(thread),
+                    done,
+                    patience: PATIENCE,
+                });
                 return Ok(Self {
                     jobs,
                     info,
@@ -218,5 +244,31 @@ mod tests {
             .try_recv()
             .expect("the fit was done before the drop returned");
         assert!(fitted.is_ok());
+    }
+
+    /// A thread that never lets go (a hung driver) holds the last drop up
+    /// for the patience, not for ever.
+    #[test]
+    fn a_thread_that_never_ends_is_left_after_the_patience() {
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let (_never_tx, never) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _done = done_tx;
+            // Bounded, so that a drop without patience fails the test
+            // rather than hanging it.
+            let _ = never.recv_timeout(Duration::from_secs(3));
+        });
+        let joined = Joined {
+            thread: Some(thread),
+            done,
+            patience: Duration::from_millis(200),
+        };
+        let started = std::time::Instant::now();
+        drop(joined);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_secs(2),
+            "waited {waited:?}"
+        );
     }
 }
