@@ -91,12 +91,16 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &s
 async fn spans_metrics_and_health_tell_what_happened() {
     // The collector.
     let collector = Collector::default();
-    let otlp_port = free_port();
+    // Bound here, before its port is handed on: a port only probed as free
+    // can be taken by another socket before a spawned server binds it, and
+    // then the daemon exports into nothing and no span arrives.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp_port = listener.local_addr().unwrap().port();
     let server = TraceServiceServer::new(collector.clone());
-    tokio::spawn(
+    let collecting = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(server)
-            .serve(format!("127.0.0.1:{otlp_port}").parse().unwrap()),
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
 
     let topic = unique("telemetry");
@@ -266,6 +270,11 @@ async fn spans_metrics_and_health_tell_what_happened() {
         drop(spans);
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    assert!(
+        !collecting.is_finished(),
+        "the collector stopped: {:?}",
+        collecting.await
+    );
     let in_trace: Vec<&Span> = spans
         .iter()
         .filter(|s| hex(&s.trace_id) == TRACE_ID)
