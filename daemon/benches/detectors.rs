@@ -254,7 +254,9 @@ fn main() {
 
 /// The out-of-distribution fit (5-fold cross-fitted distances, then the
 /// whole reference), against the same fit with every training set copied
-/// and estimated anew, as it was before the sums by fold.
+/// and estimated anew: the work the fit did before the sums by fold (one
+/// product over each training set's rows; `ledoit_wolf` of a set is now
+/// the sums' code about the set's own mean, the same passes).
 fn ood_fit(engine: &Engine, seed: &mut u64) {
     println!();
     println!("Out-of-distribution fit, 5 folds: by subtraction against each training set anew");

@@ -75,6 +75,9 @@ pub fn column_means(rows: &[Vec<f64>]) -> Vec<f64> {
     mean
 }
 
+/// Squared shift against spread past which a set's sums are not moved.
+const FAR_SHIFT: f64 = 100.0;
+
 /// Sums over a set of rows taken about a fixed origin: enough for the
 /// Ledoit-Wolf estimate of the set, or of the set less a part of it, without
 /// going over the rows again. Cross-fitting sums each fold once and takes
@@ -155,6 +158,20 @@ impl Moments {
             cubic: minus(&self.cubic, &part.cubic),
             quartic: self.quartic - part.quartic,
         }
+    }
+
+    /// Whether the set's mean lies so far from the origin, against its
+    /// spread, that moving the sums there would cancel most of their digits
+    /// (the fourth-power sum loses about (shift / spread)^4 of them).
+    pub fn far_from_origin(&self) -> bool {
+        let nf = self.n as f64;
+        let shift: f64 = self.sum.iter().map(|s| (s / nf).powi(2)).sum();
+        let second: f64 = (0..self.origin.len())
+            .map(|j| self.gram[(j, j)])
+            .sum::<f64>()
+            / nf;
+        // second = spread + shift; beyond 100 times the spread, fit anew.
+        !(shift <= FAR_SHIFT * (second - shift).max(0.0))
     }
 
     pub fn len(&self) -> usize {

@@ -9,6 +9,7 @@
 //! against the reference's with Fisher's exact test, so the estimate of the
 //! quantile itself is accounted for.
 
+use super::band;
 use super::clients;
 use super::frame::Sender;
 use super::threat::Threat;
@@ -57,29 +58,17 @@ pub fn fit_space(
     let parts: Vec<_> = (0..folds)
         .map(|f| f * n / folds..(f + 1) * n / folds)
         .collect();
-    // Each fold is summed once; each training set is the whole less a fold.
-    let origin = linalg::column_means(rows);
-    let moments: Vec<linalg::Moments> = parts
-        .iter()
-        .map(|p| linalg::Moments::of(&rows[p.clone()], &origin))
-        .collect();
-    let whole = moments[1..]
-        .iter()
-        .fold(moments[0].clone(), |all, m| all.plus(m));
-    let mut held_out = Vec::with_capacity(n);
-    for (part, fold) in parts.iter().zip(&moments) {
-        let Some((mean, precision, _)) = inverted(whole.less(fold).ledoit_wolf()) else {
-            return Ok(None);
-        };
-        held_out.extend(engine.mahalanobis(&rows[part.clone()], &mean, &precision)?);
-    }
+    let held_out = cross_fitted(engine, rows, &parts)?;
+    let Some((held_out, whole)) = held_out else {
+        return Ok(None);
+    };
     let mut sorted = held_out.clone();
     sorted.sort_by(f64::total_cmp);
     let threshold = stats::quantile_sorted(&sorted, config.quantile);
     let reference_exceed = held_out.iter().filter(|v| **v > threshold).count();
     let shell = stats::quantile_sorted(&sorted, config.coverage_quantile);
     let reference_shell = held_out.iter().filter(|v| **v > shell).count();
-    let Some((mean, precision, shrinkage)) = inverted(whole.ledoit_wolf()) else {
+    let Some((mean, precision, shrinkage)) = inverted(whole) else {
         return Ok(None);
     };
     Ok(Some(Fitted {
@@ -98,6 +87,61 @@ pub fn fit_space(
 
 /// The mean, the precision (inverse Ledoit-Wolf covariance) and the
 /// shrinkage of `rows`; none where the covariance cannot be inverted.
+/// Past this many elements in all (folds x d x d), each fold's sums are
+/// taken again when its training set is fitted rather than kept from the
+/// first pass: wide embeddings would otherwise hold a d x d matrix per fold.
+const KEPT_FOLD_ELEMENTS: usize = 1 << 22;
+
+/// Each row's distance under the covariance fitted without its fold, and
+/// the whole reference's estimate; `None` where a covariance cannot be
+/// inverted. Each fold is summed about the reference's mean, and each
+/// training set is the whole less a fold, unless its own mean lies far
+/// from the whole's (one fold a cluster apart), where the sums would cancel:
+/// that training set is then copied and fitted on its own rows.
+fn cross_fitted(
+    engine: &Engine,
+    rows: &[Vec<f64>],
+    parts: &[std::ops::Range<usize>],
+) -> Result<Option<(Vec<f64>, linalg::Shrunk)>, DetectError> {
+    let origin = linalg::column_means(rows);
+    let fold = |p: &std::ops::Range<usize>| linalg::Moments::of(&rows[p.clone()], &origin);
+    let keep = parts.len() * origin.len() * origin.len() <= KEPT_FOLD_ELEMENTS;
+    let mut kept = Vec::new();
+    let mut whole: Option<linalg::Moments> = None;
+    for p in parts {
+        let m = fold(p);
+        whole = Some(match whole {
+            Some(w) => w.plus(&m),
+            None => m.clone(),
+        });
+        if keep {
+            kept.push(m);
+        }
+    }
+    let whole = whole.expect("at least two folds");
+    let mut held_out = Vec::with_capacity(rows.len());
+    for (i, part) in parts.iter().enumerate() {
+        let summed;
+        let part_sums = match kept.get(i) {
+            Some(m) => m,
+            None => {
+                summed = fold(part);
+                &summed
+            }
+        };
+        let train = whole.less(part_sums);
+        let shrunk = match train.far_from_origin() {
+            true => linalg::ledoit_wolf(&band::without(rows, part.clone())),
+            false => train.ledoit_wolf(),
+        };
+        let Some((mean, precision, _)) = inverted(shrunk) else {
+            return Ok(None);
+        };
+        held_out.extend(engine.mahalanobis(&rows[part.clone()], &mean, &precision)?);
+    }
+    Ok(Some((held_out, whole.ledoit_wolf())))
+}
+
 pub(super) fn covariance(rows: &[Vec<f64>]) -> Option<(Vec<f64>, Vec<f64>, f64)> {
     inverted(linalg::ledoit_wolf(rows))
 }
@@ -364,5 +408,50 @@ impl OodConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The cross-fit by sums gives each row the distance a covariance fitted
+    /// on its training set's own rows gives it, also where one fold lies a
+    /// cluster apart (there the training set is fitted on its rows) and
+    /// where the folds' sums are taken twice (a wide space).
+    #[test]
+    fn cross_fitted_distances_are_those_of_each_training_set_fitted_alone() {
+        let engine = Engine::open(super::super::DeviceChoice::Cpu, 1 << 20).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for (n, d, far) in [(500, 6, 0.0), (500, 6, 1e6), (120, 1000, 0.0)] {
+            let rows: Vec<Vec<f64>> = (0..n)
+                .map(|i| {
+                    (0..d)
+                        .map(|j| {
+                            let v: f64 = rng.random_range(-1.0..1.0);
+                            // The last fold's first column a cluster apart.
+                            v + if j == 0 && i >= n * 4 / 5 { far } else { 0.0 }
+                        })
+                        .collect()
+                })
+                .collect();
+            let parts: Vec<_> = (0..5).map(|f| f * n / 5..(f + 1) * n / 5).collect();
+            let (got, _) = cross_fitted(&engine, &rows, &parts)
+                .unwrap()
+                .expect("invertible");
+            let want = band::cross_fitted(&rows, 5, |train, test| {
+                let (mean, precision, _) = covariance(train).expect("invertible");
+                engine.mahalanobis(test, &mean, &precision).map(Some)
+            })
+            .unwrap()
+            .unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "n={n} d={d} far={far} row {i}: {g} against {w}"
+                );
+            }
+        }
     }
 }
