@@ -36,35 +36,59 @@ pub struct ScoringHandle {
 }
 
 /// The scoring thread, joined when the last handle is dropped, so that it
-/// finishes its job and lets go of the device before the process exits.
+/// finishes its jobs and ends before the process exits.
 /// Left to run, it was still tearing down the graphics driver it had
 /// probed while `exit` ran that driver's own destructors: about one
 /// `modelwatch score` in fifty aborted with a corrupted C heap.
 struct Joined {
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// Disconnected once the thread has dropped its engine: the last thing
-    /// it lets go of.
-    done: std::sync::mpsc::Receiver<()>,
+    /// A beat per finished job; disconnected once the thread has ended,
+    /// thread-local destructors and all (its joiner holds the last sender).
+    beats: std::sync::mpsc::Receiver<()>,
     patience: Duration,
 }
 
-/// How long the last handle waits for the thread's job and the device's
-/// release. A driver that hangs while letting go must not hang shutdown
-/// with it: past this the process exits without the thread, and says so.
+/// How long the last handle waits for the next sign of the thread: a job
+/// finished, or its end. A driver that hangs while letting go must not hang
+/// shutdown with it: past this the process exits without the thread, and
+/// says so. Each finished job starts the wait again, so a queue of jobs is
+/// not cut off midway (that is the exit race the join is there to avoid).
 const PATIENCE: Duration = Duration::from_secs(10);
+
+impl Joined {
+    /// Joins `thread` on a helper thread of its own, which lets go of `beat`
+    /// once the join has returned.
+    fn watch(
+        thread: std::thread::JoinHandle<()>,
+        beat: std::sync::mpsc::SyncSender<()>,
+        beats: std::sync::mpsc::Receiver<()>,
+        patience: Duration,
+    ) -> std::io::Result<Self> {
+        std::thread::Builder::new()
+            .name("modelwatch-join".into())
+            .spawn(move || {
+                // A panic there was already reported by the thread itself.
+                let _ = thread.join();
+                drop(beat);
+            })?;
+        Ok(Self { beats, patience })
+    }
+}
 
 impl Drop for Joined {
     fn drop(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        match self.done.recv_timeout(self.patience) {
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
-                waited_secs = self.patience.as_secs_f64(),
-                "the scoring thread did not finish its job or release the device; exiting without it"
-            ),
-            // A panic there was already reported by the thread itself.
-            _ => drop(thread.join()),
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            match self.beats.recv_timeout(self.patience) {
+                Ok(()) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    tracing::warn!(
+                        waited_secs = self.patience.as_secs_f64(),
+                        "the scoring thread neither finished a job nor ended; exiting without it"
+                    );
+                    return;
+                }
+            }
         }
     }
 }
@@ -80,15 +104,15 @@ impl ScoringHandle {
     ) -> Result<Self, DetectError> {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        // Bounded: beats nobody waits for are dropped, not queued for ever.
+        let (beat, beats) = std::sync::mpsc::sync_channel::<()>(1);
+        let job_beat = beat.clone();
         let config = config.clone();
         let detect = detect.clone();
         super::parallel::limit(config.host_threads);
         let thread = std::thread::Builder::new()
             .name("modelwatch-scoring".into())
             .spawn(move || {
-                // Declared first, so dropped after the scorer and its device.
-                let _done = done_tx;
                 let scorer =
                     match Engine::open(config.device, config.max_tile_elements).and_then(|engine| {
                         if config.warmup {
@@ -125,6 +149,7 @@ impl ScoringHandle {
                             let _ = reply.send(scorer.score_with(&reference, &events, history));
                         }
                     }
+                    let _ = job_beat.try_send(());
                 }
             })
             .map_err(DetectError::Thread)?;
@@ -134,11 +159,8 @@ impl ScoringHandle {
         // would block for the whole open and warm-up.
         let failed = match ready_rx.await {
             Ok(Ok(info)) => {
-                let _thread = Arc::new(Joined {
-                    thread: Some(thread),
-                    done,
-                    patience: PATIENCE,
-                });
+                let joined = Joined::watch(thread, beat, beats, PATIENCE);
+                let _thread = Arc::new(joined.map_err(DetectError::Thread)?);
                 return Ok(Self {
                     jobs,
                     info,
@@ -250,25 +272,43 @@ mod tests {
     /// for the patience, not for ever.
     #[test]
     fn a_thread_that_never_ends_is_left_after_the_patience() {
-        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let (beat, beats) = std::sync::mpsc::sync_channel::<()>(1);
         let (_never_tx, never) = std::sync::mpsc::channel::<()>();
+        // Bounded, so that a drop without patience fails the test rather
+        // than hanging it.
         let thread = std::thread::spawn(move || {
-            let _done = done_tx;
-            // Bounded, so that a drop without patience fails the test
-            // rather than hanging it.
             let _ = never.recv_timeout(Duration::from_secs(3));
         });
-        let joined = Joined {
-            thread: Some(thread),
-            done,
-            patience: Duration::from_millis(200),
-        };
+        let joined = Joined::watch(thread, beat, beats, Duration::from_millis(200)).unwrap();
         let started = std::time::Instant::now();
         drop(joined);
         let waited = started.elapsed();
         assert!(
             waited >= Duration::from_millis(200) && waited < Duration::from_secs(2),
             "waited {waited:?}"
+        );
+    }
+
+    /// Jobs that keep finishing keep the last drop waiting past the
+    /// patience, until the thread has ended.
+    #[test]
+    fn each_finished_job_starts_the_wait_again() {
+        let (beat, beats) = std::sync::mpsc::sync_channel::<()>(1);
+        let job_beat = beat.clone();
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ended.clone();
+        let thread = std::thread::spawn(move || {
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = job_beat.try_send(());
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let joined = Joined::watch(thread, beat, beats, Duration::from_millis(300)).unwrap();
+        drop(joined);
+        assert!(
+            ended.load(std::sync::atomic::Ordering::SeqCst),
+            "the drop returned before the thread ended"
         );
     }
 }
