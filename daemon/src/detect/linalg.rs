@@ -75,8 +75,9 @@ pub fn column_means(rows: &[Vec<f64>]) -> Vec<f64> {
     mean
 }
 
-/// Squared shift against spread past which a set's sums are not moved.
-const FAR_SHIFT: f64 = 100.0;
+/// The whole's second moment against a part's past which the part is not
+/// taken by subtraction (about 1e-12 of relative error left at the limit).
+const FAR_RATIO: f64 = 100.0;
 
 /// Sums over a set of rows taken about a fixed origin: enough for the
 /// Ledoit-Wolf estimate of the set, or of the set less a part of it, without
@@ -160,18 +161,21 @@ impl Moments {
         }
     }
 
-    /// Whether the set's mean lies so far from the origin, against its
-    /// spread, that moving the sums there would cancel most of their digits
-    /// (the fourth-power sum loses about (shift / spread)^4 of them).
-    pub fn far_from_origin(&self) -> bool {
+    /// Whether this set, taken out of `whole` by subtraction, would have
+    /// lost most of its digits: where its own second moment (about its own
+    /// mean) is a small share of the whole's about the origin, because its
+    /// mean lies far from the origin or the rest of the whole is far wider.
+    /// The fourth-power sum loses about the square of that ratio.
+    pub fn cancels_in(&self, whole: &Moments) -> bool {
         let nf = self.n as f64;
         let shift: f64 = self.sum.iter().map(|s| (s / nf).powi(2)).sum();
-        let second: f64 = (0..self.origin.len())
-            .map(|j| self.gram[(j, j)])
-            .sum::<f64>()
-            / nf;
-        // second = spread + shift; beyond 100 times the spread, fit anew.
-        !(shift <= FAR_SHIFT * (second - shift).max(0.0))
+        let spread = self.trace() - nf * shift;
+        !(whole.trace() <= FAR_RATIO * spread.max(0.0))
+    }
+
+    /// Σ |y|².
+    fn trace(&self) -> f64 {
+        (0..self.origin.len()).map(|j| self.gram[(j, j)]).sum()
     }
 
     pub fn len(&self) -> usize {
@@ -203,7 +207,7 @@ impl Moments {
             gram_c += c[a] * (0..d).map(|b| self.gram[(a, b)] * c[b]).sum::<f64>();
         }
         let k = dot(&c, &c);
-        let trace: f64 = (0..d).map(|j| self.gram[(j, j)]).sum();
+        let trace = self.trace();
         let quartic = self.quartic + 4.0 * gram_c + nf * k * k - 4.0 * dot(&c, &self.cubic)
             + 2.0 * k * trace
             - 4.0 * k * dot(&c, &self.sum);
@@ -230,7 +234,8 @@ fn shrink(mean: Vec<f64>, s: Vec<f64>, quartic: f64, nf: f64) -> Shrunk {
     let beta = (quartic / nf - delta_raw) / (d as f64 * nf);
     let delta = (delta_raw - 2.0 * mu * trace + d as f64 * mu * mu) / d as f64;
     let beta = beta.min(delta);
-    let shrinkage = if beta == 0.0 { 0.0 } else { beta / delta };
+    // Kept in [0, 1]: rounding can leave beta a hair below zero.
+    let shrinkage = if beta <= 0.0 { 0.0 } else { beta / delta };
     let mut covariance: Vec<f64> = emp.iter().map(|v| (1.0 - shrinkage) * v).collect();
     for j in 0..d {
         covariance[j * d + j] += shrinkage * mu;
@@ -355,6 +360,42 @@ mod tests {
                     close("covariance", *g, *w);
                 }
             }
+        }
+    }
+
+    /// A training set whose mean lies far off, or beside a fold far wider
+    /// than itself, is flagged; ordinary folds are not.
+    #[test]
+    fn a_part_is_flagged_where_subtraction_would_cancel() {
+        let base = trending_rows(500, 4);
+        let apart = |k: usize, v: f64| -> Vec<Vec<f64>> {
+            base.iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let mut r = r.clone();
+                    if i < 100 {
+                        // Far off (every row) or far wider (alternate signs).
+                        r[0] += if k == 0 {
+                            v
+                        } else {
+                            v * (2.0 * (i % 2) as f64 - 1.0)
+                        };
+                    }
+                    r
+                })
+                .collect()
+        };
+        for (rows, flagged) in [
+            (base.clone(), false),
+            (apart(0, 1e6), true),
+            (apart(1, 1e6), true),
+            (apart(1, 3.0), false),
+        ] {
+            let origin = column_means(&rows);
+            let fold = Moments::of(&rows[..100], &origin);
+            let whole = fold.clone().plus(&Moments::of(&rows[100..], &origin));
+            let train = whole.less(&fold);
+            assert_eq!(train.cancels_in(&whole), flagged, "{:?}", &rows[0]);
         }
     }
 

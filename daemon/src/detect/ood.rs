@@ -85,8 +85,6 @@ pub fn fit_space(
     }))
 }
 
-/// The mean, the precision (inverse Ledoit-Wolf covariance) and the
-/// shrinkage of `rows`; none where the covariance cannot be inverted.
 /// Past this many elements in all (folds x d x d), each fold's sums are
 /// taken again when its training set is fitted rather than kept from the
 /// first pass: wide embeddings would otherwise hold a d x d matrix per fold.
@@ -95,9 +93,10 @@ const KEPT_FOLD_ELEMENTS: usize = 1 << 22;
 /// Each row's distance under the covariance fitted without its fold, and
 /// the whole reference's estimate; `None` where a covariance cannot be
 /// inverted. Each fold is summed about the reference's mean, and each
-/// training set is the whole less a fold, unless its own mean lies far
-/// from the whole's (one fold a cluster apart), where the sums would cancel:
-/// that training set is then copied and fitted on its own rows.
+/// training set is the whole less a fold, unless the sums would cancel (its
+/// mean far off, or the fold left out far wider than it: a cluster apart,
+/// a sentinel value): that training set is then copied and fitted on its
+/// own rows.
 fn cross_fitted(
     engine: &Engine,
     rows: &[Vec<f64>],
@@ -130,7 +129,7 @@ fn cross_fitted(
             }
         };
         let train = whole.less(part_sums);
-        let shrunk = match train.far_from_origin() {
+        let shrunk = match train.cancels_in(&whole) {
             true => linalg::ledoit_wolf(&band::without(rows, part.clone())),
             false => train.ledoit_wolf(),
         };
@@ -142,6 +141,8 @@ fn cross_fitted(
     Ok(Some((held_out, whole.ledoit_wolf())))
 }
 
+/// The mean, the precision (inverse Ledoit-Wolf covariance) and the
+/// shrinkage of `rows`; none where the covariance cannot be inverted.
 pub(super) fn covariance(rows: &[Vec<f64>]) -> Option<(Vec<f64>, Vec<f64>, f64)> {
     inverted(linalg::ledoit_wolf(rows))
 }
@@ -424,14 +425,25 @@ mod tests {
     fn cross_fitted_distances_are_those_of_each_training_set_fitted_alone() {
         let engine = Engine::open(super::super::DeviceChoice::Cpu, 1 << 20).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        for (n, d, far) in [(500, 6, 0.0), (500, 6, 1e6), (120, 1000, 0.0)] {
+        for (n, d, far) in [
+            (500, 6, 0.0),
+            (500, 6, 1e6),
+            (500, 6, -1e6),
+            (120, 1000, 0.0),
+        ] {
             let rows: Vec<Vec<f64>> = (0..n)
                 .map(|i| {
                     (0..d)
                         .map(|j| {
                             let v: f64 = rng.random_range(-1.0..1.0);
-                            // The last fold's first column a cluster apart.
-                            v + if j == 0 && i >= n * 4 / 5 { far } else { 0.0 }
+                            // The last fold's first column a cluster apart
+                            // (far > 0), or far wider about the same mean
+                            // (far < 0: alternate signs).
+                            let apart = match far > 0.0 {
+                                true => far,
+                                false => far * (2.0 * (i % 2) as f64 - 1.0),
+                            };
+                            v + if j == 0 && i >= n * 4 / 5 { apart } else { 0.0 }
                         })
                         .collect()
                 })
