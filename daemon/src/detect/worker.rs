@@ -28,15 +28,17 @@ enum Job {
 
 #[derive(Clone)]
 pub struct ScoringHandle {
-    // Before `_thread`: the last handle closes the queue, then joins.
+    // Before `_thread`: the last handle closes the queue, then waits for
+    // the thread's end.
     jobs: std::sync::mpsc::Sender<Job>,
     info: DeviceInfo,
     /// Held for its drop only.
     _thread: Arc<Joined>,
 }
 
-/// The scoring thread, joined when the last handle is dropped, so that it
-/// finishes its jobs and ends before the process exits.
+/// The scoring thread, waited for when the last handle is dropped (a helper
+/// thread joins it), so that it finishes its jobs and ends before the
+/// process exits.
 /// Left to run, it was still tearing down the graphics driver it had
 /// probed while `exit` ran that driver's own destructors: about one
 /// `modelwatch score` in fifty aborted with a corrupted C heap.
@@ -56,21 +58,32 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 impl Joined {
     /// Joins `thread` on a helper thread of its own, which lets go of `beat`
-    /// once the join has returned.
+    /// once the join has returned. The helper is started before it is given
+    /// the thread, so that where it cannot start the thread comes back to
+    /// be joined here.
     fn watch(
         thread: std::thread::JoinHandle<()>,
         beat: std::sync::mpsc::SyncSender<()>,
         beats: std::sync::mpsc::Receiver<()>,
         patience: Duration,
-    ) -> std::io::Result<Self> {
-        std::thread::Builder::new()
+    ) -> Result<Self, (std::io::Error, std::thread::JoinHandle<()>)> {
+        let (give, take) = std::sync::mpsc::channel::<std::thread::JoinHandle<()>>();
+        let started = std::thread::Builder::new()
             .name("modelwatch-join".into())
             .spawn(move || {
-                // A panic there was already reported by the thread itself.
-                let _ = thread.join();
+                if let Ok(thread) = take.recv() {
+                    // A panic there was already reported by the thread itself.
+                    let _ = thread.join();
+                }
                 drop(beat);
-            })?;
-        Ok(Self { beats, patience })
+            });
+        match started {
+            Ok(_) => {
+                let _ = give.send(thread);
+                Ok(Self { beats, patience })
+            }
+            Err(e) => Err((e, thread)),
+        }
     }
 }
 
@@ -159,8 +172,15 @@ impl ScoringHandle {
         // would block for the whole open and warm-up.
         let failed = match ready_rx.await {
             Ok(Ok(info)) => {
-                let joined = Joined::watch(thread, beat, beats, PATIENCE);
-                let _thread = Arc::new(joined.map_err(DetectError::Thread)?);
+                let _thread = match Joined::watch(thread, beat, beats, PATIENCE) {
+                    Ok(joined) => Arc::new(joined),
+                    Err((e, thread)) => {
+                        // The queue closed, the thread ends: joined here.
+                        drop(jobs);
+                        let _ = thread.join();
+                        return Err(DetectError::Thread(e));
+                    }
+                };
                 return Ok(Self {
                     jobs,
                     info,
@@ -298,13 +318,13 @@ mod tests {
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = ended.clone();
         let thread = std::thread::spawn(move || {
-            for _ in 0..10 {
-                std::thread::sleep(Duration::from_millis(100));
+            for _ in 0..30 {
+                std::thread::sleep(Duration::from_millis(50));
                 let _ = job_beat.try_send(());
             }
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        let joined = Joined::watch(thread, beat, beats, Duration::from_millis(300)).unwrap();
+        let joined = Joined::watch(thread, beat, beats, Duration::from_millis(500)).unwrap();
         drop(joined);
         assert!(
             ended.load(std::sync::atomic::Ordering::SeqCst),
