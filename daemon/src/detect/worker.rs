@@ -106,6 +106,36 @@ impl Drop for Joined {
     }
 }
 
+/// Runs the queue's jobs until every handle is gone, with a beat after each.
+fn serve(
+    scorer: &Scorer,
+    rx: &std::sync::mpsc::Receiver<Job>,
+    beat: &std::sync::mpsc::SyncSender<()>,
+) {
+    while let Ok(job) = rx.recv() {
+        match job {
+            Job::Fit {
+                model,
+                events,
+                classes,
+                window_rows,
+                reply,
+            } => {
+                let _ = reply.send(scorer.fit(&model, &events, &classes, window_rows));
+            }
+            Job::Score {
+                reference,
+                events,
+                history,
+                reply,
+            } => {
+                let _ = reply.send(scorer.score_with(&reference, &events, history));
+            }
+        }
+        let _ = beat.try_send(());
+    }
+}
+
 impl ScoringHandle {
     /// Opens the device on a new thread, warms it up when asked, and returns
     /// once it is ready to score.
@@ -142,28 +172,7 @@ impl ScoringHandle {
                             return;
                         }
                     };
-                while let Ok(job) = rx.recv() {
-                    match job {
-                        Job::Fit {
-                            model,
-                            events,
-                            classes,
-                            window_rows,
-                            reply,
-                        } => {
-                            let _ = reply.send(scorer.fit(&model, &events, &classes, window_rows));
-                        }
-                        Job::Score {
-                            reference,
-                            events,
-                            history,
-                            reply,
-                        } => {
-                            let _ = reply.send(scorer.score_with(&reference, &events, history));
-                        }
-                    }
-                    let _ = job_beat.try_send(());
-                }
+                serve(&scorer, &rx, &job_beat);
             })
             .map_err(DetectError::Thread)?;
         // A failed start ends the thread at once: joined, so that the
