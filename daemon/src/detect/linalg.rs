@@ -345,11 +345,7 @@ mod tests {
                 );
             };
             for (part, fold) in parts.iter().zip(&moments) {
-                let train: Vec<Vec<f64>> = rows[..part.start]
-                    .iter()
-                    .chain(&rows[part.end..])
-                    .cloned()
-                    .collect();
+                let train = crate::detect::band::without(&rows, part.clone());
                 let (got, want) = (whole.less(fold).ledoit_wolf(), ledoit_wolf(&train));
                 assert!(want.shrinkage > 1e-3, "the shrinkage term is exercised");
                 close("shrinkage", got.shrinkage, want.shrinkage);
