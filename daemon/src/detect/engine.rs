@@ -72,7 +72,7 @@ impl Engine {
         let max_tile = max_tile_elements.max(1 << 12);
         let (device, info) = match choice {
             DeviceChoice::Cpu => flex(),
-            DeviceChoice::Auto => match wgpu_hardware(&[DeviceKind::DiscreteGpu(0)]) {
+            DeviceChoice::Auto => match auto_hardware() {
                 Ok(found) => found,
                 Err(reason) => {
                     tracing::info!(%reason, "no discrete gpu, scoring on the flex cpu backend");
@@ -627,6 +627,40 @@ fn flex() -> (Device, DeviceInfo) {
     )
 }
 
+/// `auto`'s discrete GPU. Where the machine shows no device node a GPU
+/// driver could open, nothing is probed: probing would load every installed
+/// Vulkan driver only to find none (Mesa's cost 0.14 s and about 100 MB per
+/// process on a machine without a GPU), and `gpu` still probes regardless.
+fn auto_hardware() -> Result<(Device, DeviceInfo), String> {
+    if cfg!(target_os = "linux") && !gpu_nodes(std::path::Path::new("/dev")) {
+        return Err("no gpu device node under /dev (dri/renderD*, nvidia*, dxg)".into());
+    }
+    wgpu_hardware(&[DeviceKind::DiscreteGpu(0)])
+}
+
+/// Whether `dev` holds a node a hardware GPU driver opens on Linux: a DRM
+/// render node (Mesa's and AMD's drivers, and NVIDIA's open ones), NVIDIA's
+/// own nodes, or WSL's GPU. A directory that cannot be read counts as
+/// holding one, so that an odd container still probes.
+fn gpu_nodes(dev: &std::path::Path) -> bool {
+    let names = |dir: &std::path::Path| -> Option<Vec<String>> {
+        let entries = std::fs::read_dir(dir).ok()?;
+        Some(
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect(),
+        )
+    };
+    let Some(top) = names(dev) else {
+        return true;
+    };
+    let render = names(&dev.join("dri"))
+        .unwrap_or_default()
+        .iter()
+        .any(|n| n.starts_with("renderD"));
+    render || top.iter().any(|n| n.starts_with("nvidia") || n == "dxg")
+}
+
 fn wgpu_hardware(kinds: &[DeviceKind]) -> Result<(Device, DeviceInfo), String> {
     let mut reasons = Vec::new();
     for kind in kinds {
@@ -707,5 +741,30 @@ impl Default for EngineConfig {
             max_tile_elements: 1 << 26,
             host_threads: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gpu_nodes;
+
+    #[test]
+    fn a_gpu_is_probed_for_only_where_a_driver_could_open_one() {
+        let dev = &std::env::temp_dir().join(format!("modelwatch-dev-{}", std::process::id()));
+        let touch = |name: &str| std::fs::write(dev.join(name), b"").unwrap();
+        std::fs::create_dir_all(dev.join("dri")).unwrap();
+        touch("null");
+        touch("dri/card0");
+        assert!(!gpu_nodes(dev), "a display card alone has no render node");
+        touch("dri/renderD128");
+        assert!(gpu_nodes(dev));
+        std::fs::remove_file(dev.join("dri/renderD128")).unwrap();
+        touch("nvidiactl");
+        assert!(gpu_nodes(dev));
+        std::fs::remove_file(dev.join("nvidiactl")).unwrap();
+        touch("dxg");
+        assert!(gpu_nodes(dev));
+        assert!(gpu_nodes(&dev.join("absent")), "unreadable: probe");
+        std::fs::remove_dir_all(dev).unwrap();
     }
 }
