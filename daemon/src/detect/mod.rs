@@ -408,21 +408,37 @@ impl Scorer {
         classes: &[String],
         window_rows: usize,
     ) -> Result<Arc<Reference>, DetectError> {
-        guarded(|| self.fit_unguarded(model, events, classes, window_rows))
+        guarded(|| {
+            let (schema, frame) = typed(model, events, classes);
+            self.fit_frame(model, schema, frame, classes, window_rows)
+        })
     }
 
-    fn fit_unguarded(
+    /// As `fit`, letting go of the events once they are columns: the fit's
+    /// own buffers then take memory the process already holds, not fresh
+    /// pages (which these machines pay dearly for).
+    pub fn fit_owned(
         &self,
         model: &str,
-        events: &[TelemetryEvent],
+        events: Vec<TelemetryEvent>,
         classes: &[String],
         window_rows: usize,
     ) -> Result<Arc<Reference>, DetectError> {
-        let schema = Schema::infer(events);
-        if !schema.mixed.is_empty() {
-            tracing::warn!(model, features = ?schema.mixed, "features of mixed type are not scored");
-        }
-        let frame = Frame::build(events, &schema, classes);
+        guarded(|| {
+            let (schema, frame) = typed(model, &events, classes);
+            drop(events);
+            self.fit_frame(model, schema, frame, classes, window_rows)
+        })
+    }
+
+    fn fit_frame(
+        &self,
+        model: &str,
+        schema: Schema,
+        frame: Frame,
+        classes: &[String],
+        window_rows: usize,
+    ) -> Result<Arc<Reference>, DetectError> {
         let (sorted, discrete, counted) = prepare_columns(&frame);
         let counted_numeric =
             drift::count_discrete(&self.config.drift, model, &schema, &frame, &discrete);
@@ -552,6 +568,16 @@ impl Scorer {
             Ok(scored)
         })
     }
+}
+
+/// The reference's schema, and its events as columns of that schema.
+fn typed(model: &str, events: &[TelemetryEvent], classes: &[String]) -> (Schema, Frame) {
+    let schema = Schema::infer(events);
+    if !schema.mixed.is_empty() {
+        tracing::warn!(model, features = ?schema.mixed, "features of mixed type are not scored");
+    }
+    let frame = Frame::build(events, &schema, classes);
+    (schema, frame)
 }
 
 /// Each numeric column sorted with its spread, whether it has few enough

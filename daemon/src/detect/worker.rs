@@ -121,7 +121,7 @@ fn serve(
                 window_rows,
                 reply,
             } => {
-                let _ = reply.send(scorer.fit(&model, &events, &classes, window_rows));
+                let _ = reply.send(scorer.fit_owned(&model, events, &classes, window_rows));
             }
             Job::Score {
                 reference,
