@@ -2,8 +2,10 @@
 //! windower, detectors and judge; `--store` records the windows and scores
 //! as history (backfill) without touching live alerts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -12,13 +14,15 @@ use clap::{Args, ValueEnum};
 use super::ConfigArg;
 use crate::config::Config;
 use crate::decode::DecoderName;
-use crate::detect::{EngineConfig, ScoringHandle};
+use crate::detect::history::{Recent, Volume};
+use crate::detect::{EngineConfig, Reference, ScoringHandle};
 use crate::event::Positioned;
-use crate::ingest::file::read_events;
+use crate::ingest::file::{ReadError, read_each, read_events};
 use crate::judge::{self, WindowVerdict};
 use crate::store::Store;
 use crate::telemetry;
 use crate::window::{ClosedWindow, Progress, WindowKey, WindowSettings, Windower};
+use tokio::sync::mpsc;
 
 #[derive(Args)]
 pub struct ScoreArgs {
@@ -28,7 +32,8 @@ pub struct ScoreArgs {
     #[arg(long)]
     reference: PathBuf,
     /// Events to score (NDJSON), cut into windows per model and version as
-    /// the daemon cuts them (by count, or by event time).
+    /// the daemon cuts them (by count, or by event time). Streamed: each
+    /// window is scored and printed as it closes.
     #[arg(long)]
     current: PathBuf,
     /// Events per window; default: the model's configured window count.
@@ -55,19 +60,17 @@ enum Output {
 pub async fn run(args: ScoreArgs) -> Result<()> {
     let config = args.config.load()?;
     telemetry::init_logging(&config.log);
-    // The device opens on its own thread while the files are read: probing
-    // for a GPU is a tenth of a second that need not wait for the reading.
-    // Offline, nothing waits on the first window, so nothing is warmed up.
+    // The device opens on its own thread while the reference is read:
+    // probing for a GPU need not wait for the reading. Offline, nothing
+    // waits on the first window, so nothing is warmed up.
     let engine = EngineConfig {
         warmup: false,
         ..config.engine.clone()
     };
-    let (scoring, read) = tokio::join!(
+    let (scoring, reference) = tokio::join!(
         ScoringHandle::start(&engine, &config.detect, (0, 0)),
-        async { read_both(&args, &config) }
+        async { read_reference(&args, &config) }
     );
-    let (reference, current) = read?;
-    let scoring = scoring?;
     let store = match args.store {
         true => Some(Store::open_config(&config.store, 1).await?),
         false => None,
@@ -75,12 +78,125 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
     if args.format == Output::Table {
         print_header();
     }
-    // Each model's events, moved rather than copied: a capture can be large.
-    let mut references = by_model(reference);
-    for (model, mine) in by_model(current) {
-        let model = model.as_str();
-        let settings = window_settings(&config, model, args.window);
-        let reference: Vec<_> = references
+    let mut run = Run {
+        args: &args,
+        config: &config,
+        scoring: scoring?,
+        store,
+        references: by_model(reference?),
+        models: HashMap::new(),
+        windower: Windower::default(),
+        windows: 0,
+    };
+    // The current events stream through in blocks, each window scored as
+    // it closes: a capture of any size is scored in the memory of a few
+    // blocks, and decoding the next block overlaps scoring this one.
+    let (mut blocks, reader) = read_current(&args, &config);
+    while let Some(events) = blocks.recv().await {
+        for p in events {
+            run.push(p).await?;
+        }
+    }
+    drop(blocks);
+    reader.await??;
+    run.finish().await
+}
+
+/// The reference file's events, in the input format.
+fn read_reference(args: &ScoreArgs, config: &Config) -> Result<Vec<Positioned>> {
+    let decoder = args.input_format.build(&config.decode);
+    let started = Instant::now();
+    let events = read_events(
+        &args.reference,
+        decoder.as_ref(),
+        &config.limits,
+        &config.join,
+    )?;
+    tracing::info!(
+        reference = events.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "reference read"
+    );
+    Ok(events)
+}
+
+/// The current file's events, a block at a time, from a thread of their
+/// own; the reading stops when the receiver is dropped.
+fn read_current(
+    args: &ScoreArgs,
+    config: &Config,
+) -> (
+    mpsc::Receiver<Vec<Positioned>>,
+    tokio::task::JoinHandle<Result<(), ReadError>>,
+) {
+    // One block waits while one is scored: reading keeps ahead, and holds
+    // no more than that.
+    let (tx, rx) = mpsc::channel(1);
+    let (path, decoder) = (
+        args.current.clone(),
+        args.input_format.build(&config.decode),
+    );
+    let (limits, join) = (config.limits.clone(), config.join.clone());
+    let reader =
+        tokio::task::spawn_blocking(move || {
+            read_each(&path, (decoder.as_ref(), &limits, &join), |events| match tx
+                .blocking_send(events)
+            {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            })
+        });
+    (rx, reader)
+}
+
+/// What one `score` run holds: each model's fit and recent past, and the
+/// windows open per model and version.
+struct Run<'a> {
+    args: &'a ScoreArgs,
+    config: &'a Config,
+    scoring: ScoringHandle,
+    store: Option<Store>,
+    /// Reference events of models not yet seen in the current file.
+    references: BTreeMap<String, Vec<Positioned>>,
+    models: HashMap<String, Fitted>,
+    windower: Windower,
+    windows: u64,
+}
+
+/// A model's fitted reference and the past its class mix is judged on.
+struct Fitted {
+    reference: Arc<Reference>,
+    recent: Recent,
+}
+
+impl Run<'_> {
+    /// One current event into its window; a window it closes is scored.
+    async fn push(&mut self, p: Positioned) -> Result<()> {
+        let model = p.event.model.as_str();
+        if !self.models.contains_key(model) {
+            let model = model.to_string();
+            let fitted = self.fit(&model).await?;
+            self.models.insert(model, fitted);
+        }
+        let key = WindowKey {
+            model: p.event.model.clone(),
+            version: p.event.version_key().to_string(),
+        };
+        if !self.windower.knows(&key) {
+            let settings = window_settings(self.config, &key.model, self.args.window);
+            self.windower
+                .add_key(key.clone(), settings, Progress::default());
+        }
+        for w in self.windower.push(&key, p, Instant::now()) {
+            self.score(w).await?;
+        }
+        Ok(())
+    }
+
+    /// The model's reference fitted, its events handed over to the fit.
+    async fn fit(&mut self, model: &str) -> Result<Fitted> {
+        let reference: Vec<_> = self
+            .references
             .remove(model)
             .unwrap_or_default()
             .into_iter()
@@ -92,58 +208,84 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
                 reference.len()
             );
         }
-        let classes = config.model_settings(model).classes;
+        let classes = self.config.model_settings(model).classes;
+        let rows = window_settings(self.config, model, self.args.window).count;
         let started = Instant::now();
-        let fitted = scoring
-            .fit(model, reference, classes, settings.count.max(1))
+        let fitted = self
+            .scoring
+            .fit(model, reference, classes, rows.max(1))
             .await?;
         let took_ms = started.elapsed().as_millis() as u64;
         tracing::info!(model, took_ms, "reference fitted");
-        let mut recent = crate::detect::history::Recent::default();
-        let past = config.detect.history.windows;
-        for w in cut_windows(mine, model, settings) {
-            let started = Instant::now();
-            // The verdict's window facts first, so that the events can move
-            // to the scoring thread instead of being copied there.
-            let device = scoring.info().label();
-            let mut verdict = judge::verdict(&config.judge, &w, device, Ok(Vec::new()));
-            let events = w.events.into_iter().map(|p| p.event).collect();
-            let history = recent.history(&w.key.version, past);
-            let scored = scoring.score(fitted.clone(), events, history).await?;
-            verdict.judged = judge::judge(&config.judge, scored.scores);
-            let volume = crate::detect::history::Volume {
-                events: verdict.n_events as u64,
-                top: scored.top_clients.clone(),
-            };
-            recent.push(&w.key.version, (scored.class_mix.clone(), volume), past);
-            verdict.class_mix = scored.class_mix;
-            verdict.top_clients = scored.top_clients;
-            let took_ms = started.elapsed().as_millis() as u64;
-            tracing::info!(model, window = w.ordinal, took_ms, "window scored");
-            // History, not the live stream: marked so, and without alerts.
-            verdict.close_reason = "backfill";
-            if let Some(store) = &store {
-                verdict.seq = judge::record_backfill(store, &verdict).await?;
-            }
-            print_verdict(&verdict, args.format);
-        }
+        Ok(Fitted {
+            reference: fitted,
+            recent: Recent::default(),
+        })
     }
-    Ok(())
+
+    /// One closed window scored, judged, printed and (with `--store`) kept.
+    async fn score(&mut self, w: ClosedWindow) -> Result<()> {
+        let started = Instant::now();
+        let (config, past) = (self.config, self.config.detect.history.windows);
+        let fitted = self
+            .models
+            .get_mut(&w.key.model)
+            .expect("a window's model was fitted when its first event came");
+        // The verdict's window facts first, so that the events can move
+        // to the scoring thread instead of being copied there.
+        let device = self.scoring.info().label();
+        let mut verdict = judge::verdict(&config.judge, &w, device, Ok(Vec::new()));
+        let events = w.events.into_iter().map(|p| p.event).collect();
+        let history = fitted.recent.history(&w.key.version, past);
+        let scored = self
+            .scoring
+            .score(fitted.reference.clone(), events, history)
+            .await?;
+        verdict.judged = judge::judge(&config.judge, scored.scores);
+        let volume = Volume {
+            events: verdict.n_events as u64,
+            top: scored.top_clients.clone(),
+        };
+        let mix = (scored.class_mix.clone(), volume);
+        fitted.recent.push(&w.key.version, mix, past);
+        verdict.class_mix = scored.class_mix;
+        verdict.top_clients = scored.top_clients;
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(model = %w.key.model, window = w.ordinal, took_ms, "window scored");
+        // History, not the live stream: marked so, and without alerts.
+        verdict.close_reason = "backfill";
+        if let Some(store) = &self.store {
+            verdict.seq = judge::record_backfill(store, &verdict).await?;
+        }
+        print_verdict(&verdict, self.args.format);
+        self.windows += 1;
+        Ok(())
+    }
+
+    /// The windows still open, closed and scored in order of (model,
+    /// version, number); the run's peak memory logged.
+    async fn finish(mut self) -> Result<()> {
+        let mut rest = self.windower.drain();
+        rest.sort_by(|a, b| (&a.key, a.ordinal).cmp(&(&b.key, b.ordinal)));
+        for w in rest {
+            self.score(w).await?;
+        }
+        tracing::info!(
+            windows = self.windows,
+            peak_rss_mb = peak_rss_mb(),
+            "current scored"
+        );
+        Ok(())
+    }
 }
 
-/// The reference and current files' events, in the input format.
-fn read_both(args: &ScoreArgs, config: &Config) -> Result<(Vec<Positioned>, Vec<Positioned>)> {
-    let decoder = args.input_format.build(&config.decode);
-    let started = Instant::now();
-    let read = |path| read_events(path, decoder.as_ref(), &config.limits, &config.join);
-    let (reference, current) = (read(&args.reference)?, read(&args.current)?);
-    tracing::info!(
-        reference = reference.len(),
-        current = current.len(),
-        took_ms = started.elapsed().as_millis() as u64,
-        "events read"
-    );
-    Ok((reference, current))
+/// The process's peak resident memory in MiB, where the system tells it
+/// (Linux's `VmHWM`).
+fn peak_rss_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
 }
 
 /// The model's window settings, `--window` overriding its count.
@@ -157,35 +299,17 @@ fn window_settings(config: &Config, model: &str, window: Option<usize>) -> Windo
 
 /// Events grouped by model, in file order within each.
 fn by_model(events: Vec<Positioned>) -> BTreeMap<String, Vec<Positioned>> {
+    // One model, the common case: the events as read, not copied.
+    if let Some(first) = events.first()
+        && events.iter().all(|p| p.event.model == first.event.model)
+    {
+        return BTreeMap::from([(first.event.model.clone(), events)]);
+    }
     let mut out: BTreeMap<String, Vec<Positioned>> = BTreeMap::new();
     for p in events {
         out.entry(p.event.model.clone()).or_default().push(p);
     }
     out
-}
-
-/// One model's events through the windower, every window closed, in order
-/// of (version, number).
-fn cut_windows(
-    events: Vec<Positioned>,
-    model: &str,
-    settings: WindowSettings,
-) -> Vec<ClosedWindow> {
-    let mut windower = Windower::default();
-    let mut closed = Vec::new();
-    for p in events {
-        let key = WindowKey {
-            model: model.to_string(),
-            version: p.event.version_key().to_string(),
-        };
-        if !windower.knows(&key) {
-            windower.add_key(key.clone(), settings, Progress::default());
-        }
-        closed.extend(windower.push(&key, p, Instant::now()));
-    }
-    closed.extend(windower.drain());
-    closed.sort_by(|a, b| (&a.key, a.ordinal).cmp(&(&b.key, b.ordinal)));
-    closed
 }
 
 fn print_header() {

@@ -5,6 +5,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use super::{IngestError, RawMessage};
@@ -84,27 +85,44 @@ pub fn read_events(
     limits: &Limits,
     join: &JoinConfig,
 ) -> Result<Vec<Positioned>, ReadError> {
+    let mut all = Vec::new();
+    read_each(path, (decoder, limits, join), |events| {
+        all.extend(events);
+        ControlFlow::Continue(())
+    })?;
+    Ok(all)
+}
+
+/// As `read_events`, handing `each` the events of one block at a time, in
+/// file order, so that a capture larger than memory can be scored: a block
+/// is about `BLOCK` bytes of lines. `each` breaks to stop reading early.
+pub fn read_each(
+    path: &Path,
+    (decoder, limits, join): (&dyn Decoder, &Limits, &JoinConfig),
+    each: impl FnMut(Vec<Positioned>) -> ControlFlow<()>,
+) -> Result<(), ReadError> {
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| ReadError::Io {
         path: name.clone(),
         source,
     })?;
     let parts = crate::detect::parallel::cores().clamp(1, 16);
-    read_from(file, &name, (parts, BLOCK), (decoder, limits, join))
+    read_from(file, &name, (parts, BLOCK), (decoder, limits, join), each)
 }
 
 /// How much of a file is read and decoded at once: enough to keep every
 /// core busy between reads, little beside the events it becomes.
-const BLOCK: usize = 16 << 20;
+const BLOCK: usize = 4 << 20;
 
-/// `read_events` of what `reader` holds, `block` bytes at a time, each
+/// `read_each` of what `reader` holds, `block` bytes at a time, each
 /// block decoded in `parts` runs at once.
 fn read_from(
     mut reader: impl std::io::Read,
     name: &str,
     (parts, block): (usize, usize),
     (decoder, limits, join): (&dyn Decoder, &Limits, &JoinConfig),
-) -> Result<Vec<Positioned>, ReadError> {
+    mut each: impl FnMut(Vec<Positioned>) -> ControlFlow<()>,
+) -> Result<(), ReadError> {
     let now = chrono::Utc::now();
     let failed = |(line, source): DecodeLineError| ReadError::Decode {
         path: name.to_string(),
@@ -146,8 +164,12 @@ fn read_from(
             }
             first += part.lines;
         }
+        if each(lines.take()).is_break() {
+            return Ok(());
+        }
     }
-    lines.finish().map_err(failed)
+    let _ = each(lines.finish().map_err(failed)?);
+    Ok(())
 }
 
 /// What `Blocks` hands out: whole lines, or one line longer than any
@@ -411,6 +433,11 @@ impl LineJoin {
         Ok(())
     }
 
+    /// The events joined so far, handed on.
+    fn take(&mut self) -> Vec<Positioned> {
+        std::mem::take(&mut self.events)
+    }
+
     fn finish(mut self) -> Result<Vec<Positioned>, DecodeLineError> {
         let left = self.joiner.drain();
         self.unpaired(left)?;
@@ -537,6 +564,20 @@ mod tests {
     use super::*;
     use crate::decode::JsonDecoder;
 
+    fn collected(
+        reader: impl std::io::Read,
+        name: &str,
+        cuts: (usize, usize),
+        with: (&dyn Decoder, &Limits, &JoinConfig),
+    ) -> Result<Vec<Positioned>, ReadError> {
+        let mut all = Vec::new();
+        read_from(reader, name, cuts, with, |events| {
+            all.extend(events);
+            ControlFlow::Continue(())
+        })?;
+        Ok(all)
+    }
+
     #[test]
     fn runs_cover_every_byte_once_and_end_at_line_breaks() {
         let texts: [&[u8]; 5] = [b"", b"\n", b"a", b"a\nbb\n\nccc\ndddd", b"a\nbb\n\nccc\n"];
@@ -568,7 +609,7 @@ mod tests {
         let read = |lines: &[String], parts| {
             let (limits, join) = (Limits::default(), JoinConfig::default());
             let bytes = lines.join("\n");
-            read_from(bytes.as_bytes(), "f", parts, (&JsonDecoder, &limits, &join))
+            collected(bytes.as_bytes(), "f", parts, (&JsonDecoder, &limits, &join))
         };
         // Blank lines among events, so that each part's count matters.
         let lines: Vec<String> = (0..400)
@@ -601,6 +642,30 @@ mod tests {
         }
     }
 
+    /// Events are handed on a block at a time, in file order, and reading
+    /// stops where the receiver breaks.
+    #[test]
+    fn events_are_handed_on_block_by_block_until_told_to_stop() {
+        let (limits, join) = (Limits::default(), JoinConfig::default());
+        let bytes = (0..100).map(event).collect::<Vec<_>>().join("\n");
+        let with = (&JsonDecoder as &dyn Decoder, &limits, &join);
+        let mut blocks: Vec<Vec<i64>> = Vec::new();
+        read_from(bytes.as_bytes(), "f", (2, 300), with, |events| {
+            blocks.push(events.iter().map(|p| p.pos.offset).collect());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert!(blocks.len() > 10, "{} blocks", blocks.len());
+        assert_eq!(blocks.concat(), (0..100).collect::<Vec<i64>>());
+        let mut calls = 0;
+        read_from(bytes.as_bytes(), "f", (2, 300), with, |_| {
+            calls += 1;
+            ControlFlow::Break(())
+        })
+        .unwrap();
+        assert_eq!(calls, 1);
+    }
+
     /// A line that fails the join is reported before a later line of the
     /// same run that does not decode.
     #[test]
@@ -615,7 +680,7 @@ mod tests {
         let decoder = crate::decode::OipJsonDecoder::new(Default::default());
         let (limits, join) = (Limits::default(), JoinConfig::default());
         for parts in 1..=3 {
-            let got = read_from(
+            let got = collected(
                 lines.as_bytes(),
                 "f",
                 (parts, 64),
@@ -648,7 +713,7 @@ mod tests {
         for block in [1, 7, 64, 1000] {
             let read = |lines: &[&str]| {
                 let bytes = lines.join("\n");
-                read_from(
+                collected(
                     bytes.as_bytes(),
                     "f",
                     (2, block),
