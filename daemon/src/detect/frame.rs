@@ -25,32 +25,29 @@ impl Schema {
         // same order: one producer) count by position, and the run is
         // added by name once it ends.
         let mut kinds: std::collections::HashMap<&str, (usize, usize)> = Default::default();
-        let mut layout: &[(Name, FeatureValue)] = &[];
+        let mut layout: &[Name] = &[];
         let mut run: Vec<(usize, usize)> = Vec::new();
         fn flush<'e>(
             kinds: &mut std::collections::HashMap<&'e str, (usize, usize)>,
-            layout: &'e [(Name, FeatureValue)],
+            layout: &'e [Name],
             run: &[(usize, usize)],
         ) {
-            for ((name, _), (num, cat)) in layout.iter().zip(run) {
+            for (name, (num, cat)) in layout.iter().zip(run) {
                 let k = kinds.entry(&**name).or_default();
                 k.0 += num;
                 k.1 += cat;
             }
         }
         for e in events {
-            let pairs = e.features.pairs();
-            let same = pairs.len() == layout.len()
-                && pairs
-                    .iter()
-                    .zip(layout)
-                    .all(|(a, b)| Name::ptr_eq(&a.0, &b.0));
+            let names = e.features.names();
+            let same = names.len() == layout.len()
+                && names.iter().zip(layout).all(|(a, b)| Name::ptr_eq(a, b));
             if !same {
                 flush(&mut kinds, layout, &run);
-                layout = pairs;
-                run = vec![(0, 0); pairs.len()];
+                layout = names;
+                run = vec![(0, 0); names.len()];
             }
-            for (k, (_, value)) in run.iter_mut().zip(pairs) {
+            for (k, value) in run.iter_mut().zip(e.features.values()) {
                 match value {
                     FeatureValue::Number(_) => k.0 += 1,
                     FeatureValue::Text(_) | FeatureValue::Bool(_) => k.1 += 1,
@@ -391,18 +388,18 @@ impl<'s> Slots<'s> {
     /// Pushes `e`'s values onto their columns and its numeric ones into
     /// `row` (schema order); returns how many numeric features it had.
     fn place(&mut self, e: &TelemetryEvent, f: &mut Frame, row: &mut [f64]) -> usize {
-        let pairs = e.features.pairs();
-        let same = self.layout.len() == pairs.len()
+        let names = e.features.names();
+        let same = self.layout.len() == names.len()
             && self
                 .layout
                 .iter()
-                .zip(pairs)
-                .all(|((p, _), (n, _))| *p == n.as_ptr());
+                .zip(names)
+                .all(|((p, _), n)| *p == n.as_ptr());
         if !same {
-            self.layout = self.layout_of(pairs);
+            self.layout = self.layout_of(names);
         }
         let mut present = 0;
-        for ((_, slot), (_, value)) in self.layout.iter().zip(pairs) {
+        for ((_, slot), value) in self.layout.iter().zip(e.features.values()) {
             match slot {
                 Some(Slot::Numeric(i)) => {
                     if let Some(v) = value.as_number() {
@@ -423,11 +420,11 @@ impl<'s> Slots<'s> {
     }
 
     /// Each name's slot, by merging the two sorted lists.
-    fn layout_of(&self, pairs: &[(Name, FeatureValue)]) -> Vec<(*const u8, Option<Slot>)> {
+    fn layout_of(&self, names: &[Name]) -> Vec<(*const u8, Option<Slot>)> {
         let mut at = 0;
-        pairs
+        names
             .iter()
-            .map(|(name, _)| {
+            .map(|name| {
                 while at < self.slots.len() && self.slots[at].0 < &**name {
                     at += 1;
                 }
