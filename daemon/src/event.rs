@@ -187,15 +187,15 @@ thread_local! {
     static LAST_LAYOUT: std::cell::RefCell<Layout> = Default::default();
 }
 
+type Pairs = Vec<(Name, FeatureValue)>;
+
 /// `pairs` sorted by name, stably. A producer sends its features in the
 /// same order every time: when this event's names are the last sorted
 /// event's (the same interned names, in the same order), the order that
 /// sorted those sorts these, instead of a comparison sort per event. Also
 /// the sorted names' shared list, where they strictly increase (no name
 /// given twice).
-fn sort_by_name(
-    pairs: Vec<(Name, FeatureValue)>,
-) -> (Vec<(Name, FeatureValue)>, Option<Arc<[Name]>>) {
+fn sort_by_name(pairs: Vec<(Name, FeatureValue)>) -> (Pairs, Option<Arc<[Name]>>) {
     LAST_LAYOUT.with(|last| {
         let mut last = last.borrow_mut();
         let reuse = last.sorted.is_some()
