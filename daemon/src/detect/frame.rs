@@ -282,11 +282,26 @@ impl Frame {
         schema: &Schema,
         classes: &[String],
     ) -> Self {
+        // Columns sized for every event at once: grown by doubling, a
+        // reference's columns took twice their size in fresh pages, copied.
+        let events = events.into_iter();
+        let n = events.size_hint().0;
         let mut f = Frame {
-            numeric: vec![Vec::new(); schema.numeric.len()],
-            categorical: vec![Vec::new(); schema.categorical.len()],
+            numeric: (0..schema.numeric.len())
+                .map(|_| Vec::with_capacity(n))
+                .collect(),
+            categorical: (0..schema.categorical.len())
+                .map(|_| Vec::with_capacity(n))
+                .collect(),
+            senders: Vec::with_capacity(n),
+            tokens: Vec::with_capacity(n),
+            predicted: Vec::with_capacity(n),
             ..Frame::default()
         };
+        if schema.numeric.len() >= 2 {
+            f.feature_rows.reserve(n);
+            f.feature_row_senders.reserve(n);
+        }
         let mut versions: std::collections::BTreeMap<&str, usize> = Default::default();
         let mut slots = Slots::of(schema);
         let mut row = vec![0.0; schema.numeric.len()];
