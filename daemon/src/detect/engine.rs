@@ -643,22 +643,14 @@ fn auto_hardware() -> Result<(Device, DeviceInfo), String> {
 /// own nodes, or WSL's GPU. A directory that cannot be read counts as
 /// holding one, so that an odd container still probes.
 fn gpu_nodes(dev: &std::path::Path) -> bool {
-    let names = |dir: &std::path::Path| -> Option<Vec<String>> {
-        let entries = std::fs::read_dir(dir).ok()?;
-        Some(
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect(),
-        )
+    let any = |dir: &std::path::Path, wanted: &dyn Fn(&str) -> bool| match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .any(|n| wanted(&n)),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound || dir == dev,
     };
-    let Some(top) = names(dev) else {
-        return true;
-    };
-    let render = names(&dev.join("dri"))
-        .unwrap_or_default()
-        .iter()
-        .any(|n| n.starts_with("renderD"));
-    render || top.iter().any(|n| n.starts_with("nvidia") || n == "dxg")
+    any(&dev.join("dri"), &|n| n.starts_with("renderD"))
+        || any(dev, &|n| n.starts_with("nvidia") || n == "dxg")
 }
 
 fn wgpu_hardware(kinds: &[DeviceKind]) -> Result<(Device, DeviceInfo), String> {
@@ -765,6 +757,11 @@ mod tests {
         touch("dxg");
         assert!(gpu_nodes(dev));
         assert!(gpu_nodes(&dev.join("absent")), "unreadable: probe");
+        std::fs::remove_file(dev.join("dxg")).unwrap();
+        std::fs::remove_dir_all(dev.join("dri")).unwrap();
+        assert!(!gpu_nodes(dev), "no dri at all");
+        touch("dri");
+        assert!(gpu_nodes(dev), "a dri that cannot be listed: probe");
         std::fs::remove_dir_all(dev).unwrap();
     }
 }
