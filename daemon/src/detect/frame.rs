@@ -282,17 +282,11 @@ impl Frame {
         schema: &Schema,
         classes: &[String],
     ) -> Self {
-        // Columns sized for every event at once: grown by doubling, a
-        // reference's columns took twice their size in fresh pages, copied.
-        let events = events.into_iter();
+        let mut events = events.into_iter().peekable();
         let n = events.size_hint().0;
         let mut f = Frame {
-            numeric: (0..schema.numeric.len())
-                .map(|_| Vec::with_capacity(n))
-                .collect(),
-            categorical: (0..schema.categorical.len())
-                .map(|_| Vec::with_capacity(n))
-                .collect(),
+            numeric: vec![Vec::new(); schema.numeric.len()],
+            categorical: vec![Vec::new(); schema.categorical.len()],
             senders: Vec::with_capacity(n),
             tokens: Vec::with_capacity(n),
             predicted: Vec::with_capacity(n),
@@ -304,6 +298,13 @@ impl Frame {
         }
         let mut versions: std::collections::BTreeMap<&str, usize> = Default::default();
         let mut slots = Slots::of(schema);
+        // The first event's columns sized for every event at once: grown by
+        // doubling, a reference's columns took twice their size in fresh
+        // pages, copied. Not every column of the schema: a producer that
+        // invents a name per event would make that rows x names.
+        if let Some(first) = events.peek() {
+            slots.reserve(first, &mut f, n);
+        }
         let mut row = vec![0.0; schema.numeric.len()];
         let mut contexts = Contexts::default();
         let token_names: Vec<&str> = schema
@@ -434,6 +435,17 @@ impl<'s> Slots<'s> {
         present
     }
 
+    /// Room for `n` values in each column `e` has a value for.
+    fn reserve(&self, e: &TelemetryEvent, f: &mut Frame, n: usize) {
+        for (_, slot) in self.layout_of(e.features.names()) {
+            match slot {
+                Some(Slot::Numeric(i)) => f.numeric[i].reserve(n),
+                Some(Slot::Categorical(i)) => f.categorical[i].reserve(n),
+                None => {}
+            }
+        }
+    }
+
     /// Each name's slot, by merging the two sorted lists.
     fn layout_of(&self, names: &[Name]) -> Vec<(*const u8, Option<Slot>)> {
         let mut at = 0;
@@ -522,6 +534,31 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
         v["ts"] = "2026-01-01T00:00:00Z".into();
         serde_json::from_value(v).unwrap()
+    }
+
+    /// Columns are sized up front for the features the first event has,
+    /// not for every name the schema holds: a producer inventing a name per
+    /// event gets columns of its values, not rows x names of room.
+    #[test]
+    fn a_name_per_event_reserves_no_room_per_name() {
+        let n = 2000;
+        let events: Vec<TelemetryEvent> = (0..n)
+            .map(|i| {
+                ev(&format!(
+                    r#"{{"model":"m","features":{{"a":{i},"b":1,"x{i}":2}}}}"#
+                ))
+            })
+            .collect();
+        let schema = Schema::infer(&events);
+        assert_eq!(schema.numeric.len(), n + 2);
+        let f = Frame::build(&events, &schema, &[]);
+        let room: usize = f.numeric.iter().map(Vec::capacity).sum();
+        assert!(room < 10 * n, "room for {room} values, {} held", 3 * n);
+        assert_eq!(
+            f.numeric[0].capacity(),
+            n,
+            "the first event's columns are sized once"
+        );
     }
 
     #[test]
