@@ -484,6 +484,29 @@ fn score_command_prints_every_score_and_backfills() {
         table.lines().any(|l| l.contains(" 8 ") && l.contains("x1")),
         "second backfill continues at window 5: {table}"
     );
+    // A backfill whose last line does not decode stores nothing: the next
+    // one continues at window 10, not after windows of the failed run.
+    let broken = dir.join("broken.ndjson");
+    std::fs::write(&broken, format!("{}\n{{not json\n", all[300..].join("\n"))).unwrap();
+    let failed = Command::new(daemon_binary())
+        .args(["score", "--store", "--window", "100", "--reference"])
+        .arg(&reference)
+        .arg("--current")
+        .arg(&broken)
+        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+        .env("MODELWATCH_STORE__URL", &store)
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "a broken backfill succeeded");
+    assert!(
+        failed.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
+    let out = score(&["--format", "json", "--store"]);
+    let first = String::from_utf8_lossy(&out.stdout);
+    let first: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert_eq!(first["window"], 10, "{first}");
     // Values JSON cannot hold (NaN, overflowing numbers) are refused with the
     // file and line, before any scoring.
     for (i, bad) in [r#""x1":NaN"#, r#""x1":1e999"#].iter().enumerate() {

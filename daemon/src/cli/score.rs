@@ -2,13 +2,13 @@
 //! windower, detectors and judge; `--store` records the windows and scores
 //! as history (backfill) without touching live alerts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
 use super::ConfigArg;
@@ -46,7 +46,9 @@ pub struct ScoreArgs {
     #[arg(long, value_enum, default_value_t = DecoderName::default())]
     input_format: DecoderName,
     /// Also write the windows and scores to the configured store (backfill,
-    /// `close_reason = 'backfill'`); live alerts are left as they are.
+    /// `close_reason = 'backfill'`); live alerts are left as they are. The
+    /// current file is decoded once first, so that a line that does not
+    /// decode stores nothing.
     #[arg(long)]
     store: bool,
 }
@@ -60,6 +62,9 @@ enum Output {
 pub async fn run(args: ScoreArgs) -> Result<()> {
     let config = args.config.load()?;
     telemetry::init_logging(&config.log);
+    // A wrong path fails before the reference is read.
+    std::fs::File::open(&args.current)
+        .with_context(|| format!("cannot read {}", args.current.display()))?;
     // The device opens on its own thread while the reference is read:
     // probing for a GPU need not wait for the reading. Offline, nothing
     // waits on the first window, so nothing is warmed up.
@@ -71,8 +76,12 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
         ScoringHandle::start(&engine, &config.detect, (0, 0)),
         async { read_reference(&args, &config) }
     );
+    let (scoring, references) = (scoring?, by_model(reference?));
     let store = match args.store {
-        true => Some(Store::open_config(&config.store, 1).await?),
+        true => {
+            check_current(&args, &config, &references).await?;
+            Some(Store::open_config(&config.store, 1).await?)
+        }
         false => None,
     };
     if args.format == Output::Table {
@@ -81,25 +90,71 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
     let mut run = Run {
         args: &args,
         config: &config,
-        scoring: scoring?,
+        scoring,
         store,
-        references: by_model(reference?),
+        references,
         models: HashMap::new(),
         windower: Windower::default(),
         windows: 0,
+        events: 0,
     };
     // The current events stream through in blocks, each window scored as
-    // it closes: a capture of any size is scored in the memory of a few
-    // blocks, and decoding the next block overlaps scoring this one.
+    // it closes: what is held is the windows still open and a few blocks
+    // of the file, and decoding the next block overlaps scoring this one.
     let (mut blocks, reader) = read_current(&args, &config);
+    let mut streamed = Ok(());
     while let Some(events) = blocks.recv().await {
-        for p in events {
-            run.push(p).await?;
+        streamed = run.push_all(events).await;
+        if streamed.is_err() {
+            break;
         }
     }
     drop(blocks);
-    reader.await??;
+    let read = reader
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| Ok(r?));
+    streamed
+        .and(read)
+        .with_context(|| format!("stopped after {} windows", run.windows))?;
     run.finish().await
+}
+
+/// Every line of the current file decoded, and every model in it checked
+/// against the reference, before `--store` stores a window: a backfill that
+/// stopped midway would leave windows that a second run stores again. Reads
+/// the file once more, holding nothing.
+async fn check_current(
+    args: &ScoreArgs,
+    config: &Config,
+    references: &BTreeMap<String, Vec<Positioned>>,
+) -> Result<()> {
+    let (path, decoder) = (
+        args.current.clone(),
+        args.input_format.build(&config.decode),
+    );
+    let (limits, join) = (config.limits.clone(), config.join.clone());
+    let models = tokio::task::spawn_blocking(move || {
+        let mut models = BTreeSet::new();
+        read_each(&path, (decoder.as_ref(), &limits, &join), |events| {
+            models.extend(events.into_iter().map(|p| p.event.model));
+            ControlFlow::Continue(())
+        })
+        .map(|()| models)
+    })
+    .await??;
+    for model in &models {
+        enough_reference(model, references.get(model).map_or(0, Vec::len))?;
+    }
+    Ok(())
+}
+
+/// A model's reference must hold two events at least.
+fn enough_reference(model: &str, events: usize) -> Result<()> {
+    if events < 2 {
+        bail!("the reference holds {events} events of model {model}; at least 2 are needed");
+    }
+    Ok(())
 }
 
 /// The reference file's events, in the input format.
@@ -161,6 +216,7 @@ struct Run<'a> {
     models: HashMap<String, Fitted>,
     windower: Windower,
     windows: u64,
+    events: u64,
 }
 
 /// A model's fitted reference and the past its class mix is judged on.
@@ -170,8 +226,17 @@ struct Fitted {
 }
 
 impl Run<'_> {
+    /// A block's events into their windows, in order.
+    async fn push_all(&mut self, events: Vec<Positioned>) -> Result<()> {
+        for p in events {
+            self.push(p).await?;
+        }
+        Ok(())
+    }
+
     /// One current event into its window; a window it closes is scored.
     async fn push(&mut self, p: Positioned) -> Result<()> {
+        self.events += 1;
         let model = p.event.model.as_str();
         if !self.models.contains_key(model) {
             let model = model.to_string();
@@ -202,12 +267,7 @@ impl Run<'_> {
             .into_iter()
             .map(|p| p.event)
             .collect();
-        if reference.len() < 2 {
-            bail!(
-                "the reference holds {} events of model {model}; at least 2 are needed",
-                reference.len()
-            );
-        }
+        enough_reference(model, reference.len())?;
         let classes = self.config.model_settings(model).classes;
         let rows = window_settings(self.config, model, self.args.window).count;
         let started = Instant::now();
@@ -271,6 +331,7 @@ impl Run<'_> {
             self.score(w).await?;
         }
         tracing::info!(
+            events = self.events,
             windows = self.windows,
             peak_rss_mb = peak_rss_mb(),
             "current scored"
