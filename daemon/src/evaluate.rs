@@ -154,7 +154,7 @@ impl Synth {
             ("x2", number(x2)),
             ("x3", number(x3)),
             ("segment", FeatureValue::Text(segment.into())),
-            ("region", FeatureValue::Text(format!("r{region:02}"))),
+            ("region", FeatureValue::Text(format!("r{region:02}").into())),
         ]
         .into_iter()
         .collect();

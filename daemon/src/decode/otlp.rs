@@ -201,7 +201,9 @@ impl OtlpGenaiDecoder {
                         s.len()
                     )));
                 }
-                Some(Value::StringValue(s)) if !s.is_empty() => FeatureValue::Text(s.clone()),
+                Some(Value::StringValue(s)) if !s.is_empty() => {
+                    FeatureValue::Text(s.as_str().into())
+                }
                 Some(Value::IntValue(i)) => FeatureValue::Number(*i as f64),
                 Some(Value::DoubleValue(d)) if d.is_finite() => FeatureValue::Number(*d),
                 Some(Value::BoolValue(b)) => FeatureValue::Bool(*b),
@@ -306,7 +308,7 @@ fn label(span: &Span, operation: &str) -> Option<String> {
 }
 
 fn text_value(s: &str) -> FeatureValue {
-    FeatureValue::Text(s.to_string())
+    FeatureValue::Text(s.into())
 }
 
 fn value<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {

@@ -454,7 +454,7 @@ mod tests {
                 );
             }
             let segment = all["segments"][i].as_str().unwrap().to_string();
-            assert_eq!(e.features["segment"], FeatureValue::Text(segment));
+            assert_eq!(e.features["segment"], FeatureValue::Text(segment.into()));
         }
     }
 

@@ -252,7 +252,7 @@ fn check_sizes(columns: &[Column], template: &RowTemplate) -> Result<(), DecodeE
     let names = columns.iter().map(|c| Some(c.name.as_str()));
     let attributes = template.attributes.iter().flat_map(|(k, v)| {
         let text = match v {
-            FeatureValue::Text(t) => Some(t.as_str()),
+            FeatureValue::Text(t) => Some(&**t),
             _ => None,
         };
         [Some(k.as_str()), text]
@@ -508,7 +508,9 @@ fn feature(v: &Value, datatype: Datatype) -> Result<FeatureValue, DecodeError> {
         (Value::Number(_), Datatype::Int | Datatype::Float | Datatype::Any) => {
             FeatureValue::Number(number(v)?)
         }
-        (Value::String(s), Datatype::Bytes | Datatype::Any) => FeatureValue::Text(s.clone()),
+        (Value::String(s), Datatype::Bytes | Datatype::Any) => {
+            FeatureValue::Text(s.as_str().into())
+        }
         _ => {
             return Err(DecodeError::Schema(format!(
                 "a {datatype:?} tensor holds {}",
@@ -647,7 +649,7 @@ impl TensorConfig {
             .chain(headers)
             .filter_map(|(k, v)| {
                 let v = super::oip::nonempty(v)?;
-                Some((k.to_string(), FeatureValue::Text(v.to_string())))
+                Some((k.to_string(), FeatureValue::Text(v.into())))
             })
             .collect::<std::collections::BTreeMap<_, _>>()
             .into()

@@ -170,7 +170,7 @@ fn paired_halves_leave_the_arrival_queue_bounded() {
 
 #[test]
 fn rows_sharing_their_messages_attributes_weigh_them_once() {
-    let tenant = FeatureValue::Text("t".repeat(10_000));
+    let tenant = FeatureValue::Text("t".repeat(10_000).into());
     let shared: crate::event::Attributes =
         std::sync::Arc::new([("tenant".to_string(), tenant)].into());
     let mut h = half("a", Side::Request, 100, 1, 0);
