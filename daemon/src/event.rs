@@ -51,6 +51,7 @@ pub enum FeatureValue {
 }
 
 // What a held event's size rests on (see `Text`).
+#[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<FeatureValue>() == 24);
 
 impl FeatureValue {

@@ -277,13 +277,9 @@ impl Frame {
 }
 
 impl Frame {
-    pub fn build<'a>(
-        events: impl IntoIterator<Item = &'a TelemetryEvent>,
-        schema: &Schema,
-        classes: &[String],
-    ) -> Self {
-        let mut events = events.into_iter().peekable();
-        let n = events.size_hint().0;
+    /// No values yet: `schema`'s columns, and the lists every event adds
+    /// to sized for `n` events.
+    fn with_rows(schema: &Schema, n: usize) -> Self {
         let mut f = Frame {
             numeric: vec![Vec::new(); schema.numeric.len()],
             categorical: vec![Vec::new(); schema.categorical.len()],
@@ -296,6 +292,17 @@ impl Frame {
             f.feature_rows.reserve(n);
             f.feature_row_senders.reserve(n);
         }
+        f
+    }
+
+    pub fn build<'a>(
+        events: impl IntoIterator<Item = &'a TelemetryEvent>,
+        schema: &Schema,
+        classes: &[String],
+    ) -> Self {
+        let mut events = events.into_iter().peekable();
+        let n = events.size_hint().0;
+        let mut f = Frame::with_rows(schema, n);
         let mut versions: std::collections::BTreeMap<&str, usize> = Default::default();
         let mut slots = Slots::of(schema);
         // The first event's columns sized for every event at once: grown by
@@ -386,6 +393,10 @@ enum Slot {
     Categorical(usize),
 }
 
+/// The most values a frame reserves room for up front (32 MB of numbers):
+/// 80 features of a 50,000-event reference fit; past it columns grow.
+const RESERVED: usize = 1 << 22;
+
 impl<'s> Slots<'s> {
     fn of(schema: &'s Schema) -> Self {
         let numeric = schema.numeric.iter().enumerate();
@@ -435,12 +446,16 @@ impl<'s> Slots<'s> {
         present
     }
 
-    /// Room for `n` values in each column `e` has a value for.
+    /// Room for `n` values in each column `e` has a value for, at most
+    /// `RESERVED` values in all: a first event of many features the
+    /// others lack reserves no more than that.
     fn reserve(&self, e: &TelemetryEvent, f: &mut Frame, n: usize) {
-        for (_, slot) in self.layout_of(e.features.names()) {
+        let layout = self.layout_of(e.features.names());
+        let each = n.min(RESERVED / layout.len().max(1));
+        for (_, slot) in layout {
             match slot {
-                Some(Slot::Numeric(i)) => f.numeric[i].reserve(n),
-                Some(Slot::Categorical(i)) => f.categorical[i].reserve(n),
+                Some(Slot::Numeric(i)) => f.numeric[i].reserve_exact(each),
+                Some(Slot::Categorical(i)) => f.categorical[i].reserve_exact(each),
                 None => {}
             }
         }
@@ -554,11 +569,21 @@ mod tests {
         let f = Frame::build(&events, &schema, &[]);
         let room: usize = f.numeric.iter().map(Vec::capacity).sum();
         assert!(room < 10 * n, "room for {room} values, {} held", 3 * n);
-        assert_eq!(
-            f.numeric[0].capacity(),
-            n,
+        assert!(
+            f.numeric[0].capacity() >= n,
             "the first event's columns are sized once"
         );
+        // A first event of many features the others lack: bounded room.
+        let mut wide = r#"{"model":"m","features":{"a":0"#.to_string();
+        for k in 0..5000 {
+            wide.push_str(&format!(r#","w{k}":1"#));
+        }
+        let mut events = vec![ev(&format!("{wide}}}}}"))];
+        events.extend((1..n).map(|i| ev(&format!(r#"{{"model":"m","features":{{"a":{i}}}}}"#))));
+        let schema = Schema::infer(&events);
+        let f = Frame::build(&events, &schema, &[]);
+        let room: usize = f.numeric.iter().map(Vec::capacity).sum();
+        assert!(room <= RESERVED + 4 * n, "room for {room} values");
     }
 
     #[test]
