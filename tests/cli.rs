@@ -395,6 +395,94 @@ fn score_memory_does_not_grow_with_the_current_file() {
     );
 }
 
+/// A backfill whose last line does not decode stores nothing and prints
+/// nothing: the next backfill starts at window 0, not after windows of the
+/// failed run (which a rerun would store again).
+#[test]
+fn a_backfill_with_a_bad_line_stores_nothing() {
+    let dir = std::env::temp_dir().join(unique("mw_backfill_bad"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let all = telemetry(19, 300, 100, 5, 0..0);
+    let (reference, good, broken) = (
+        dir.join("ref.ndjson"),
+        dir.join("cur.ndjson"),
+        dir.join("broken.ndjson"),
+    );
+    std::fs::write(&reference, all[..300].join("\n")).unwrap();
+    std::fs::write(&good, all[300..].join("\n")).unwrap();
+    std::fs::write(&broken, format!("{}\n{{not json\n", all[300..].join("\n"))).unwrap();
+    let store = format!("sqlite:{}", dir.join("store.db").display());
+    let backfill = |current: &std::path::Path| {
+        Command::new(daemon_binary())
+            .args([
+                "score",
+                "--store",
+                "--format",
+                "json",
+                "--window",
+                "100",
+                "--reference",
+            ])
+            .arg(&reference)
+            .arg("--current")
+            .arg(current)
+            .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+            .env("MODELWATCH_STORE__URL", &store)
+            .output()
+            .unwrap()
+    };
+    let failed = backfill(&broken);
+    assert!(!failed.status.success(), "a broken backfill succeeded");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("broken.ndjson:501"), "{stderr}");
+    assert!(
+        failed.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
+    let out = succeeded(&backfill(&good));
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["window"], 0, "{first}");
+    // A pipe is read once: scored as it comes, refused for a backfill
+    // (which reads its file twice).
+    let piped = |backfill: bool| {
+        let mut cmd = Command::new(daemon_binary());
+        cmd.args([
+            "score",
+            "--format",
+            "json",
+            "--window",
+            "100",
+            "--reference",
+        ])
+        .arg(&reference)
+        .args(["--current", "/dev/stdin"])
+        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+        .env("MODELWATCH_STORE__URL", &store)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        if backfill {
+            cmd.arg("--store");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // A refused run exits without reading: its pipe may close first.
+        let _ = std::io::Write::write_all(&mut stdin, all[300..].join("\n").as_bytes());
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let streamed = succeeded(&piped(false));
+    assert_eq!(streamed.lines().count(), out.lines().count(), "{streamed}");
+    let refused = piped(true);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("regular file"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn score_command_prints_every_score_and_backfills() {
     let dir = std::env::temp_dir().join(unique("mw_score"));
@@ -484,29 +572,6 @@ fn score_command_prints_every_score_and_backfills() {
         table.lines().any(|l| l.contains(" 8 ") && l.contains("x1")),
         "second backfill continues at window 5: {table}"
     );
-    // A backfill whose last line does not decode stores nothing: the next
-    // one continues at window 10, not after windows of the failed run.
-    let broken = dir.join("broken.ndjson");
-    std::fs::write(&broken, format!("{}\n{{not json\n", all[300..].join("\n"))).unwrap();
-    let failed = Command::new(daemon_binary())
-        .args(["score", "--store", "--window", "100", "--reference"])
-        .arg(&reference)
-        .arg("--current")
-        .arg(&broken)
-        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
-        .env("MODELWATCH_STORE__URL", &store)
-        .output()
-        .unwrap();
-    assert!(!failed.status.success(), "a broken backfill succeeded");
-    assert!(
-        failed.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&failed.stdout)
-    );
-    let out = score(&["--format", "json", "--store"]);
-    let first = String::from_utf8_lossy(&out.stdout);
-    let first: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
-    assert_eq!(first["window"], 10, "{first}");
     // Values JSON cannot hold (NaN, overflowing numbers) are refused with the
     // file and line, before any scoring.
     for (i, bad) in [r#""x1":NaN"#, r#""x1":1e999"#].iter().enumerate() {

@@ -3,6 +3,7 @@
 //! as history (backfill) without touching live alerts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Seek};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::decode::DecoderName;
 use crate::detect::history::{Recent, Volume};
 use crate::detect::{EngineConfig, Reference, ScoringHandle};
 use crate::event::Positioned;
-use crate::ingest::file::{ReadError, read_each, read_events};
+use crate::ingest::file::{ReadError, read_each_from, read_events};
 use crate::judge::{self, WindowVerdict};
 use crate::store::Store;
 use crate::telemetry;
@@ -62,9 +63,7 @@ enum Output {
 pub async fn run(args: ScoreArgs) -> Result<()> {
     let config = args.config.load()?;
     telemetry::init_logging(&config.log);
-    // A wrong path fails before the reference is read.
-    std::fs::File::open(&args.current)
-        .with_context(|| format!("cannot read {}", args.current.display()))?;
+    let current = Current::open(&args.current, args.store)?;
     // The device opens on its own thread while the reference is read:
     // probing for a GPU need not wait for the reading. Offline, nothing
     // waits on the first window, so nothing is warmed up.
@@ -79,7 +78,7 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
     let (scoring, references) = (scoring?, by_model(reference?));
     let store = match args.store {
         true => {
-            check_current(&args, &config, &references).await?;
+            check_current(&current, &args, &config, &references).await?;
             Some(Store::open_config(&config.store, 1).await?)
         }
         false => None,
@@ -101,7 +100,7 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
     // The current events stream through in blocks, each window scored as
     // it closes: what is held is the windows still open and a few blocks
     // of the file, and decoding the next block overlaps scoring this one.
-    let (mut blocks, reader) = read_current(&args, &config);
+    let (mut blocks, reader) = read_current(&current, &args, &config)?;
     let mut streamed = Ok(());
     while let Some(events) = blocks.recv().await {
         streamed = run.push_all(events).await;
@@ -114,10 +113,50 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
         .await
         .map_err(anyhow::Error::from)
         .and_then(|r| Ok(r?));
-    streamed
-        .and(read)
-        .with_context(|| format!("stopped after {} windows", run.windows))?;
-    run.finish().await
+    let done = match streamed.and(read) {
+        Ok(()) => run.finish().await,
+        Err(e) => Err(e),
+    };
+    done.with_context(|| format!("stopped after {} windows", run.windows))
+}
+
+/// The current file, opened once before the reference is read: a wrong
+/// path fails first, and a pipe or FIFO is read through its one handle.
+/// A backfill reads it twice, so it must be a regular file, and both
+/// reads stop at the length it had when opened (a file still growing is
+/// checked and scored alike).
+struct Current {
+    file: std::fs::File,
+    name: String,
+    length: Option<u64>,
+}
+
+impl Current {
+    fn open(path: &std::path::Path, store: bool) -> Result<Self> {
+        let name = path.display().to_string();
+        let file = std::fs::File::open(path).with_context(|| format!("cannot read {name}"))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("cannot read {name}"))?;
+        if store && !meta.is_file() {
+            bail!("--store reads --current twice, so it must be a regular file: {name} is not");
+        }
+        let length = store.then_some(meta.len());
+        Ok(Self { file, name, length })
+    }
+
+    /// A reader from the start, up to the length when opened where one
+    /// was taken.
+    fn reader(&self) -> Result<Box<dyn std::io::Read + Send>> {
+        let mut file = self.file.try_clone()?;
+        Ok(match self.length {
+            Some(length) => {
+                file.seek(std::io::SeekFrom::Start(0))?;
+                Box::new(file.take(length))
+            }
+            None => Box::new(file),
+        })
+    }
 }
 
 /// Every line of the current file decoded, and every model in it checked
@@ -125,18 +164,18 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
 /// stopped midway would leave windows that a second run stores again. Reads
 /// the file once more, holding nothing.
 async fn check_current(
+    current: &Current,
     args: &ScoreArgs,
     config: &Config,
     references: &BTreeMap<String, Vec<Positioned>>,
 ) -> Result<()> {
-    let (path, decoder) = (
-        args.current.clone(),
-        args.input_format.build(&config.decode),
-    );
+    let (reader, name) = (current.reader()?, current.name.clone());
+    let decoder = args.input_format.build(&config.decode);
     let (limits, join) = (config.limits.clone(), config.join.clone());
     let models = tokio::task::spawn_blocking(move || {
         let mut models = BTreeSet::new();
-        read_each(&path, (decoder.as_ref(), &limits, &join), |events| {
+        let with = (decoder.as_ref(), &limits, &join);
+        read_each_from(reader, &name, with, |events| {
             models.extend(events.into_iter().map(|p| p.event.model));
             ControlFlow::Continue(())
         })
@@ -178,30 +217,29 @@ fn read_reference(args: &ScoreArgs, config: &Config) -> Result<Vec<Positioned>> 
 /// The current file's events, a block at a time, from a thread of their
 /// own; the reading stops when the receiver is dropped.
 fn read_current(
+    current: &Current,
     args: &ScoreArgs,
     config: &Config,
-) -> (
+) -> Result<(
     mpsc::Receiver<Vec<Positioned>>,
     tokio::task::JoinHandle<Result<(), ReadError>>,
-) {
+)> {
     // One block waits while one is scored: reading keeps ahead, and holds
     // no more than that.
     let (tx, rx) = mpsc::channel(1);
-    let (path, decoder) = (
-        args.current.clone(),
-        args.input_format.build(&config.decode),
-    );
+    let (reader, name) = (current.reader()?, current.name.clone());
+    let decoder = args.input_format.build(&config.decode);
     let (limits, join) = (config.limits.clone(), config.join.clone());
-    let reader =
-        tokio::task::spawn_blocking(move || {
-            read_each(&path, (decoder.as_ref(), &limits, &join), |events| match tx
-                .blocking_send(events)
-            {
+    let reader = tokio::task::spawn_blocking(move || {
+        let with = (decoder.as_ref(), &limits, &join);
+        read_each_from(reader, &name, with, |events| {
+            match tx.blocking_send(events) {
                 Ok(()) => ControlFlow::Continue(()),
                 Err(_) => ControlFlow::Break(()),
-            })
-        });
-    (rx, reader)
+            }
+        })
+    });
+    Ok((rx, reader))
 }
 
 /// What one `score` run holds: each model's fit and recent past, and the
@@ -324,7 +362,7 @@ impl Run<'_> {
 
     /// The windows still open, closed and scored in order of (model,
     /// version, number); the run's peak memory logged.
-    async fn finish(mut self) -> Result<()> {
+    async fn finish(&mut self) -> Result<()> {
         let mut rest = self.windower.drain();
         rest.sort_by(|a, b| (&a.key, a.ordinal).cmp(&(&b.key, b.ordinal)));
         for w in rest {

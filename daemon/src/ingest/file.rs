@@ -106,8 +106,19 @@ pub fn read_each(
         path: name.clone(),
         source,
     })?;
+    read_each_from(file, &name, (decoder, limits, join), each)
+}
+
+/// As `read_each`, from a reader already open (`name` in positions and
+/// errors): a pipe or FIFO is read through the one handle it has.
+pub fn read_each_from(
+    reader: impl std::io::Read,
+    name: &str,
+    with: (&dyn Decoder, &Limits, &JoinConfig),
+    each: impl FnMut(Vec<Positioned>) -> ControlFlow<()>,
+) -> Result<(), ReadError> {
     let parts = crate::detect::parallel::cores().clamp(1, 16);
-    read_from(file, &name, (parts, BLOCK), (decoder, limits, join), each)
+    read_from(reader, name, (parts, BLOCK), with, each)
 }
 
 /// How much of a file is read and decoded at once: enough to keep every
