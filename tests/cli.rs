@@ -395,86 +395,81 @@ fn score_memory_does_not_grow_with_the_current_file() {
     );
 }
 
+/// A scratch folder with the first 300 lines as the reference, the rest as
+/// the current file, and an embedded store's URL in it.
+struct Files {
+    dir: std::path::PathBuf,
+    reference: std::path::PathBuf,
+    current: std::path::PathBuf,
+    store: String,
+}
+
+fn files(name: &str, all: &[String]) -> Files {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (reference, current) = (dir.join("ref.ndjson"), dir.join("cur.ndjson"));
+    std::fs::write(&reference, all[..300].join("\n")).unwrap();
+    std::fs::write(&current, all[300..].join("\n")).unwrap();
+    let store = format!("sqlite:{}", dir.join("store.db").display());
+    Files {
+        dir,
+        reference,
+        current,
+        store,
+    }
+}
+
 /// A backfill whose last line does not decode stores nothing and prints
 /// nothing: the next backfill starts at window 0, not after windows of the
 /// failed run (which a rerun would store again).
 #[test]
 fn a_backfill_with_a_bad_line_stores_nothing() {
-    let dir = std::env::temp_dir().join(unique("mw_backfill_bad"));
-    std::fs::create_dir_all(&dir).unwrap();
     let all = telemetry(19, 300, 100, 5, 0..0);
-    let (reference, good, broken) = (
-        dir.join("ref.ndjson"),
-        dir.join("cur.ndjson"),
-        dir.join("broken.ndjson"),
-    );
-    std::fs::write(&reference, all[..300].join("\n")).unwrap();
-    std::fs::write(&good, all[300..].join("\n")).unwrap();
+    let Files {
+        dir,
+        reference,
+        current: good,
+        store,
+    } = files("mw_backfill_bad", &all);
+    let broken = dir.join("broken.ndjson");
     std::fs::write(&broken, format!("{}\n{{not json\n", all[300..].join("\n"))).unwrap();
-    let store = format!("sqlite:{}", dir.join("store.db").display());
-    let backfill = |current: &std::path::Path| {
-        Command::new(daemon_binary())
-            .args([
-                "score",
-                "--store",
-                "--format",
-                "json",
-                "--window",
-                "100",
-                "--reference",
-            ])
+    // `score` on `current` (with `--store` for a backfill), `input` on its
+    // standard input.
+    let score = |current: &std::path::Path, backfill: bool, input: &str| {
+        let mut cmd = Command::new(daemon_binary());
+        cmd.args(["score", "--format", "json", "--window", "100"])
+            .arg("--reference")
             .arg(&reference)
             .arg("--current")
             .arg(current)
+            .args(backfill.then_some("--store"))
             .env("MODELWATCH_ENGINE__DEVICE", "cpu")
             .env("MODELWATCH_STORE__URL", &store)
-            .output()
-            .unwrap()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // A run that does not read its input may close the pipe first.
+        let _ = std::io::Write::write_all(&mut stdin, input.as_bytes());
+        drop(stdin);
+        child.wait_with_output().unwrap()
     };
-    let failed = backfill(&broken);
+    let failed = score(&broken, true, "");
     assert!(!failed.status.success(), "a broken backfill succeeded");
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains("broken.ndjson:501"), "{stderr}");
-    assert!(
-        failed.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&failed.stdout)
-    );
-    let out = succeeded(&backfill(&good));
+    let printed = String::from_utf8_lossy(&failed.stdout);
+    assert!(printed.is_empty(), "{printed}");
+    let out = succeeded(&score(&good, true, ""));
     let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(first["window"], 0, "{first}");
     // A pipe is read once: scored as it comes, refused for a backfill
     // (which reads its file twice).
-    let piped = |backfill: bool| {
-        let mut cmd = Command::new(daemon_binary());
-        cmd.args([
-            "score",
-            "--format",
-            "json",
-            "--window",
-            "100",
-            "--reference",
-        ])
-        .arg(&reference)
-        .args(["--current", "/dev/stdin"])
-        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
-        .env("MODELWATCH_STORE__URL", &store)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-        if backfill {
-            cmd.arg("--store");
-        }
-        let mut child = cmd.spawn().unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        // A refused run exits without reading: its pipe may close first.
-        let _ = std::io::Write::write_all(&mut stdin, all[300..].join("\n").as_bytes());
-        drop(stdin);
-        child.wait_with_output().unwrap()
-    };
-    let streamed = succeeded(&piped(false));
+    let (stdin, input) = (std::path::Path::new("/dev/stdin"), all[300..].join("\n"));
+    let streamed = succeeded(&score(stdin, false, &input));
     assert_eq!(streamed.lines().count(), out.lines().count(), "{streamed}");
-    let refused = piped(true);
+    let refused = score(stdin, true, &input);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success() && stderr.contains("regular file"),
@@ -485,13 +480,13 @@ fn a_backfill_with_a_bad_line_stores_nothing() {
 
 #[test]
 fn score_command_prints_every_score_and_backfills() {
-    let dir = std::env::temp_dir().join(unique("mw_score"));
-    std::fs::create_dir_all(&dir).unwrap();
     let all = telemetry(13, 300, 100, 5, 3..5);
-    let (reference, current) = (dir.join("ref.ndjson"), dir.join("cur.ndjson"));
-    std::fs::write(&reference, all[..300].join("\n")).unwrap();
-    std::fs::write(&current, all[300..].join("\n")).unwrap();
-    let store = format!("sqlite:{}", dir.join("store.db").display());
+    let Files {
+        dir,
+        reference,
+        current,
+        store,
+    } = files("mw_score", &all);
     let score = |extra: &[&str]| {
         Command::new(daemon_binary())
             .args(["score", "--window", "100", "--reference"])
