@@ -395,6 +395,63 @@ fn score_memory_does_not_grow_with_the_current_file() {
     );
 }
 
+/// A run that fails while its current file is a pipe still open exits: the
+/// reading thread, blocked on the pipe, is not waited for. (It was a
+/// blocking task, which the runtime waits for at exit: the run hung until
+/// the writer closed.)
+#[test]
+fn a_failed_score_does_not_wait_for_a_pipe_that_stays_open() {
+    let all = telemetry(23, 300, 100, 1, 0..0);
+    let Files { dir, reference, .. } = files("mw_score_fifo", &all);
+    // One and a half blocks (6 MB) of a model the reference lacks: the
+    // first event of the first block fails the run while the reading waits
+    // on the pipe for the rest of the second, the writer idling.
+    let other = all[300].replace(r#""model":"credit""#, r#""model":"other""#);
+    let events = dir.join("other.ndjson");
+    let copies = 6_000_000 / (other.len() + 1);
+    std::fs::write(&events, format!("{other}\n").repeat(copies)).unwrap();
+    let fifo = dir.join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut writer = Command::new("sh")
+        .args(["-c", r#"exec 3>"$0"; cat "$1" >&3; sleep 60"#])
+        .arg(&fifo)
+        .arg(&events)
+        .spawn()
+        .unwrap();
+    let mut score = Command::new(daemon_binary())
+        .args(["score", "--reference"])
+        .arg(&reference)
+        .arg("--current")
+        .arg(&fifo)
+        .env("MODELWATCH_ENGINE__DEVICE", "cpu")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = score.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            score.kill().ok();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    writer.kill().ok();
+    writer.wait().ok();
+    std::fs::remove_dir_all(&dir).ok();
+    let status = status.expect("score still running 30 s after its error");
+    assert!(!status.success());
+}
+
 /// A scratch folder with the first 300 lines as the reference, the rest as
 /// the current file, and an embedded store's URL in it.
 struct Files {

@@ -23,7 +23,7 @@ use crate::judge::{self, WindowVerdict};
 use crate::store::Store;
 use crate::telemetry;
 use crate::window::{ClosedWindow, Progress, WindowKey, WindowSettings, Windower};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Args)]
 pub struct ScoreArgs {
@@ -109,12 +109,13 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
         }
     }
     drop(blocks);
-    let read = reader
-        .await
-        .map_err(anyhow::Error::from)
-        .and_then(|r| Ok(r?));
-    let done = match streamed.and(read) {
-        Ok(()) => run.finish().await,
+    // Where scoring failed, the reading is not waited for.
+    let done = match streamed {
+        Ok(()) => match reader.await {
+            Ok(Ok(())) => run.finish().await,
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(anyhow::anyhow!("the reading thread stopped")),
+        },
         Err(e) => Err(e),
     };
     done.with_context(|| format!("stopped after {} windows", run.windows))
@@ -215,31 +216,39 @@ fn read_reference(args: &ScoreArgs, config: &Config) -> Result<Vec<Positioned>> 
 }
 
 /// The current file's events, a block at a time, from a thread of their
-/// own; the reading stops when the receiver is dropped.
+/// own, and the reading's outcome once it ends; the reading stops when the
+/// receiver is dropped. A detached thread, not a blocking task: one stuck
+/// reading a pipe that never closes must not keep a failed run from
+/// exiting (the runtime waits for its blocking tasks).
 fn read_current(
     current: &Current,
     args: &ScoreArgs,
     config: &Config,
 ) -> Result<(
     mpsc::Receiver<Vec<Positioned>>,
-    tokio::task::JoinHandle<Result<(), ReadError>>,
+    oneshot::Receiver<Result<(), ReadError>>,
 )> {
     // One block waits while one is scored: reading keeps ahead, and holds
     // no more than that.
     let (tx, rx) = mpsc::channel(1);
+    let (done, outcome) = oneshot::channel();
     let (reader, name) = (current.reader()?, current.name.clone());
     let decoder = args.input_format.build(&config.decode);
     let (limits, join) = (config.limits.clone(), config.join.clone());
-    let reader = tokio::task::spawn_blocking(move || {
-        let with = (decoder.as_ref(), &limits, &join);
-        read_each_from(reader, &name, with, |events| {
-            match tx.blocking_send(events) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(_) => ControlFlow::Break(()),
-            }
+    std::thread::Builder::new()
+        .name("modelwatch-read".into())
+        .spawn(move || {
+            let with = (decoder.as_ref(), &limits, &join);
+            let read = read_each_from(reader, &name, with, |events| {
+                match tx.blocking_send(events) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
+                }
+            });
+            let _ = done.send(read);
         })
-    });
-    Ok((rx, reader))
+        .context("cannot start the reading thread")?;
+    Ok((rx, outcome))
 }
 
 /// What one `score` run holds: each model's fit and recent past, and the
