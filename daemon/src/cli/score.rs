@@ -215,19 +215,15 @@ fn read_reference(args: &ScoreArgs, config: &Config) -> Result<Vec<Positioned>> 
     Ok(events)
 }
 
+type Blocks = mpsc::Receiver<Vec<Positioned>>;
+type Outcome = oneshot::Receiver<Result<(), ReadError>>;
+
 /// The current file's events, a block at a time, from a thread of their
 /// own, and the reading's outcome once it ends; the reading stops when the
 /// receiver is dropped. A detached thread, not a blocking task: one stuck
 /// reading a pipe that never closes must not keep a failed run from
 /// exiting (the runtime waits for its blocking tasks).
-fn read_current(
-    current: &Current,
-    args: &ScoreArgs,
-    config: &Config,
-) -> Result<(
-    mpsc::Receiver<Vec<Positioned>>,
-    oneshot::Receiver<Result<(), ReadError>>,
-)> {
+fn read_current(current: &Current, args: &ScoreArgs, config: &Config) -> Result<(Blocks, Outcome)> {
     // One block waits while one is scored: reading keeps ahead, and holds
     // no more than that.
     let (tx, rx) = mpsc::channel(1);
