@@ -201,7 +201,7 @@ type Pairs = Vec<(Name, FeatureValue)>;
 /// sorted those sorts these, instead of a comparison sort per event. Also
 /// the sorted names' shared list, where they strictly increase (no name
 /// given twice).
-fn sort_by_name(pairs: Vec<(Name, FeatureValue)>) -> (Pairs, Option<Arc<[Name]>>) {
+fn sort_by_name(pairs: Pairs) -> (Pairs, Option<Arc<[Name]>>) {
     LAST_LAYOUT.with(|last| {
         let mut last = last.borrow_mut();
         let reuse = last.sorted.is_some()

@@ -18,7 +18,7 @@ use crate::decode::DecoderName;
 use crate::detect::history::{Recent, Volume};
 use crate::detect::{EngineConfig, Reference, ScoringHandle};
 use crate::event::Positioned;
-use crate::ingest::file::{ReadError, read_each_from, read_events};
+use crate::ingest::file::{ReadError, read_each, read_events};
 use crate::judge::{self, WindowVerdict};
 use crate::store::Store;
 use crate::telemetry;
@@ -146,17 +146,40 @@ impl Current {
         Ok(Self { file, name, length })
     }
 
-    /// A reader from the start, up to the length when opened where one
-    /// was taken.
-    fn reader(&self) -> Result<Box<dyn std::io::Read + Send>> {
+    /// The file from the start (up to the length when opened, where one
+    /// was taken), decoded as the run's input format says.
+    fn reading(&self, args: &ScoreArgs, config: &Config) -> Result<Reading> {
         let mut file = self.file.try_clone()?;
-        Ok(match self.length {
+        let reader: Box<dyn Read + Send> = match self.length {
             Some(length) => {
                 file.seek(std::io::SeekFrom::Start(0))?;
                 Box::new(file.take(length))
             }
             None => Box::new(file),
+        };
+        Ok(Reading {
+            reader,
+            name: self.name.clone(),
+            decoder: args.input_format.build(&config.decode),
+            limits: config.limits.clone(),
+            join: config.join.clone(),
         })
+    }
+}
+
+/// One read of the current file, ready to be moved to a thread of its own.
+struct Reading {
+    reader: Box<dyn Read + Send>,
+    name: String,
+    decoder: Box<dyn crate::decode::Decoder>,
+    limits: crate::decode::Limits,
+    join: crate::join::JoinConfig,
+}
+
+impl Reading {
+    fn each(self, each: impl FnMut(Vec<Positioned>) -> ControlFlow<()>) -> Result<(), ReadError> {
+        let with = (self.decoder.as_ref(), &self.limits, &self.join);
+        read_each(self.reader, &self.name, with, each)
     }
 }
 
@@ -170,17 +193,15 @@ async fn check_current(
     config: &Config,
     references: &BTreeMap<String, Vec<Positioned>>,
 ) -> Result<()> {
-    let (reader, name) = (current.reader()?, current.name.clone());
-    let decoder = args.input_format.build(&config.decode);
-    let (limits, join) = (config.limits.clone(), config.join.clone());
+    let reading = current.reading(args, config)?;
     let models = tokio::task::spawn_blocking(move || {
         let mut models = BTreeSet::new();
-        let with = (decoder.as_ref(), &limits, &join);
-        read_each_from(reader, &name, with, |events| {
-            models.extend(events.into_iter().map(|p| p.event.model));
-            ControlFlow::Continue(())
-        })
-        .map(|()| models)
+        reading
+            .each(|events| {
+                models.extend(events.into_iter().map(|p| p.event.model));
+                ControlFlow::Continue(())
+            })
+            .map(|()| models)
     })
     .await??;
     for model in &models {
@@ -228,18 +249,13 @@ fn read_current(current: &Current, args: &ScoreArgs, config: &Config) -> Result<
     // no more than that.
     let (tx, rx) = mpsc::channel(1);
     let (done, outcome) = oneshot::channel();
-    let (reader, name) = (current.reader()?, current.name.clone());
-    let decoder = args.input_format.build(&config.decode);
-    let (limits, join) = (config.limits.clone(), config.join.clone());
+    let reading = current.reading(args, config)?;
     std::thread::Builder::new()
         .name("modelwatch-read".into())
         .spawn(move || {
-            let with = (decoder.as_ref(), &limits, &join);
-            let read = read_each_from(reader, &name, with, |events| {
-                match tx.blocking_send(events) {
-                    Ok(()) => ControlFlow::Continue(()),
-                    Err(_) => ControlFlow::Break(()),
-                }
+            let read = reading.each(|events| match tx.blocking_send(events) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
             });
             let _ = done.send(read);
         })

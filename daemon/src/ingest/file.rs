@@ -85,33 +85,25 @@ pub fn read_events(
     limits: &Limits,
     join: &JoinConfig,
 ) -> Result<Vec<Positioned>, ReadError> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| ReadError::Io {
+        path: name.clone(),
+        source,
+    })?;
     let mut all = Vec::new();
-    read_each(path, (decoder, limits, join), |events| {
+    read_each(file, &name, (decoder, limits, join), |events| {
         all.extend(events);
         ControlFlow::Continue(())
     })?;
     Ok(all)
 }
 
-/// As `read_events`, handing `each` the events of one block at a time, in
-/// file order, so that a capture larger than memory can be scored: a block
-/// is about `BLOCK` bytes of lines. `each` breaks to stop reading early.
+/// As `read_events`, from a reader already open (`name` in positions and
+/// errors; a pipe or FIFO is read through the one handle it has), handing
+/// `each` the events of one block at a time in file order, so that a
+/// capture larger than memory can be scored: a block is about `BLOCK`
+/// bytes of lines. `each` breaks to stop reading early.
 pub fn read_each(
-    path: &Path,
-    (decoder, limits, join): (&dyn Decoder, &Limits, &JoinConfig),
-    each: impl FnMut(Vec<Positioned>) -> ControlFlow<()>,
-) -> Result<(), ReadError> {
-    let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| ReadError::Io {
-        path: name.clone(),
-        source,
-    })?;
-    read_each_from(file, &name, (decoder, limits, join), each)
-}
-
-/// As `read_each`, from a reader already open (`name` in positions and
-/// errors): a pipe or FIFO is read through the one handle it has.
-pub fn read_each_from(
     reader: impl std::io::Read,
     name: &str,
     with: (&dyn Decoder, &Limits, &JoinConfig),
