@@ -31,40 +31,51 @@ pub fn cores() -> usize {
     }
 }
 
-/// `f(0..n)` in order, the indices cut into contiguous runs of at least
-/// `MIN_PER_THREAD`, one per core.
+/// `f(0..n)` in order, on a thread per core, up to one per
+/// `MIN_PER_THREAD` indices.
 pub fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     map_runs(n, cores().min(n / MIN_PER_THREAD), f)
 }
 
-/// `f(0..n)` in order, in `threads` contiguous runs (at least one). A
-/// panic in `f` is raised again on the caller's thread, where the scorer's
-/// guard turns it into an error; a thread that cannot be started (a
-/// process at its thread limit) leaves its run to the caller.
+/// `f(0..n)` in order, on `threads` threads (at least one) that each take
+/// the next index not yet taken. Not fixed runs: a thread that shares its
+/// core (with the file reader, another job) then takes fewer indices
+/// rather than holding the others up. A panic in `f` is raised again on
+/// the caller's thread, where the scorer's guard turns it into an error; a
+/// thread that cannot be started (a process at its thread limit) leaves
+/// its share to the others and the caller.
 pub fn map_runs<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     if threads <= 1 || n <= 1 {
         return (0..n).map(f).collect();
     }
-    let run = n.div_ceil(threads);
-    let f = &f;
-    let part = move |start: usize| (start..(start + run).min(n)).map(f).collect::<Vec<T>>();
+    let next = AtomicUsize::new(0);
+    let take = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                return done;
+            }
+            done.push((i, f(i)));
+        }
+    };
+    let mut slots: Vec<Option<T>> = std::iter::repeat_with(|| None).take(n).collect();
     std::thread::scope(|scope| {
-        let parts: Vec<_> = (0..n)
-            .step_by(run)
-            .map(|start| {
-                match std::thread::Builder::new().spawn_scoped(scope, move || part(start)) {
-                    Ok(handle) => Err(handle),
-                    Err(_) => Ok(part(start)),
-                }
-            })
+        let spawned: Vec<_> = (1..threads.min(n))
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, take).ok())
             .collect();
-        parts
-            .into_iter()
-            .flat_map(|p| {
-                p.unwrap_or_else(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            })
-            .collect()
-    })
+        let mut parts = vec![take()];
+        for h in spawned {
+            parts.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        for (i, v) in parts.into_iter().flatten() {
+            slots[i] = Some(v);
+        }
+    });
+    slots
+        .into_iter()
+        .map(|v| v.expect("every index is taken once"))
+        .collect()
 }
 
 /// `a` and `b` at once: two independent parts of one job (one after the
@@ -103,6 +114,30 @@ mod tests {
             }
         }
         assert_eq!(join(|| 1, || 2), (1, 2));
+    }
+
+    #[test]
+    fn a_held_up_thread_leaves_the_rest_to_the_others() {
+        // Index 0 waits until every other index is done. With the indices
+        // cut into fixed runs, its run's later indices wait behind it and
+        // it times out; taken one at a time, the other thread does them.
+        let n = 16;
+        let done = AtomicUsize::new(0);
+        let got = map_runs(n, 2, |i| {
+            if i > 0 {
+                done.fetch_add(1, Ordering::SeqCst);
+                return true;
+            }
+            let started = std::time::Instant::now();
+            while done.load(Ordering::SeqCst) < n - 1 {
+                if started.elapsed() > std::time::Duration::from_secs(10) {
+                    return false;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            true
+        });
+        assert_eq!(got, vec![true; n], "index 0 waited for indices behind it");
     }
 
     #[test]
