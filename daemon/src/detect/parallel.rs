@@ -145,7 +145,8 @@ mod tests {
         let caught = std::panic::catch_unwind(|| {
             map_runs(64, 4, |i| if i == 40 { panic!("column 40") } else { i })
         });
-        assert!(caught.is_err());
+        let payload = caught.expect_err("the panic is raised again");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"column 40"));
         let caught = std::panic::catch_unwind(|| join(|| panic!("left"), || 1));
         assert!(caught.is_err());
     }

@@ -859,7 +859,10 @@ mod tests {
             let positive: Vec<f64> = (0..len)
                 .map(|_| 1.0 + (next() % 1000) as f64 / 1e3)
                 .collect();
-            for x in [mixed, positive] {
+            // Whole numbers: the low digits are all zero, so the first
+            // passes are skipped.
+            let whole: Vec<f64> = (0..len).map(|_| (next() % 1000) as f64).collect();
+            for x in [mixed, positive, whole] {
                 let mut want = x.clone();
                 want.sort_unstable_by(f64::total_cmp);
                 let got = sorted(&x);
@@ -910,6 +913,9 @@ mod tests {
             let rest_sorted = full.without(&window);
             assert_eq!(rest_sorted.values, sorted(&rest), "{part:?}");
         }
+        // A NaN in the column leaves no distance, not a finite one.
+        let with_nan = Sorted::new(&[1.0, 2.0, 3.0, 4.0, f64::NAN]);
+        assert!(with_nan.wasserstein_normalised_without(&[2.0]).is_nan());
     }
 
     #[test]
@@ -1204,7 +1210,8 @@ pub fn wasserstein_sorted(u: &[f64], v: &[f64]) -> f64 {
 
 /// A copy of `x` in ascending order (`f64::total_cmp`'s).
 pub fn sorted(x: &[f64]) -> Vec<f64> {
-    if x.len() < RADIX_FROM {
+    // The radix sort counts in u32s.
+    if x.len() < RADIX_FROM || x.len() > u32::MAX as usize {
         let mut v = x.to_vec();
         v.sort_unstable_by(f64::total_cmp);
         return v;
@@ -1225,7 +1232,7 @@ const DIGIT: u32 = 11;
 /// whole costs six passes over the column, where a comparison sort costs
 /// about log2(n) passes of unpredictable branches. Passes where every key
 /// has the same digit (the high bits of a column of one sign and scale)
-/// are skipped.
+/// are skipped. It holds the keys twice while it sorts: 16 bytes a value.
 fn radix_sorted(x: &[f64]) -> Vec<f64> {
     const PASSES: usize = 64_usize.div_ceil(DIGIT as usize);
     const BUCKETS: usize = 1 << DIGIT;
@@ -1401,7 +1408,9 @@ impl Sorted {
     /// no walk of the whole column and no allocation.
     pub fn wasserstein_normalised_without(&self, part: &[f64]) -> f64 {
         let (n, m) = (self.values.len(), part.len());
-        if m == 0 || m >= n {
+        // A NaN in the column (no decoder lets one through) would otherwise
+        // end the galloping walk early with a finite distance.
+        if m == 0 || m >= n || !self.std.is_finite() {
             return f64::NAN;
         }
         let nr = (n - m) as f64;
