@@ -51,7 +51,7 @@ pub fn fit_space(
     let folds = config.folds.max(2);
     // Each training part needs more rows than folds; below a few dozen rows
     // a 99.9% quantile means nothing.
-    if d < 2 || rows.len() < 10 * folds || rows.iter().any(|r| r.len() != d) {
+    if d < 2 || rows.len() < folds.saturating_mul(10) || rows.iter().any(|r| r.len() != d) {
         return Ok(None);
     }
     let n = rows.len();
@@ -377,7 +377,9 @@ pub struct OodConfig {
     pub quantile: f64,
     /// The first this many reference rows are fitted.
     pub max_reference: usize,
-    /// Folds of the cross-fit that sets the threshold.
+    /// Folds of the cross-fit that sets the threshold, 2 to 20: each fold
+    /// is one more covariance fitted and inverted, and the reference needs
+    /// ten rows per fold.
     pub folds: usize,
     /// The reference's outer shell, for input-space coverage per client,
     /// begins at this quantile of its distances.
@@ -408,9 +410,19 @@ impl OodConfig {
                 "detect.ood.coverage_quantile must lie in [0.5, 1), got {c}"
             ));
         }
+        if !(2..=MAX_FOLDS).contains(&self.folds) {
+            return Err(format!(
+                "detect.ood.folds must lie in 2..={MAX_FOLDS}, got {}",
+                self.folds
+            ));
+        }
         Ok(())
     }
 }
+
+/// More folds than this add covariance fits and little else: the
+/// threshold's rows are already all held out.
+const MAX_FOLDS: usize = 20;
 
 #[cfg(test)]
 mod tests {
@@ -421,6 +433,25 @@ mod tests {
     /// on its training set's own rows gives it, also where one fold lies a
     /// cluster apart (there the training set is fitted on its rows) and
     /// where the folds' sums are taken twice (a wide space).
+    #[test]
+    fn folds_outside_two_to_twenty_are_refused() {
+        // Before, 0 and 1 were taken as 2 without a word, and a huge count
+        // overflowed `10 * folds` into a list of that many folds.
+        for (folds, ok) in [(0, false), (1, false), (2, true), (20, true), (21, false)] {
+            let config = OodConfig {
+                folds,
+                ..OodConfig::default()
+            };
+            let got = config.validate();
+            assert_eq!(got.is_ok(), ok, "folds {folds}: {got:?}");
+        }
+        let config = OodConfig {
+            folds: usize::MAX / 5,
+            ..OodConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("detect.ood.folds"));
+    }
+
     #[test]
     fn cross_fitted_distances_are_those_of_each_training_set_fitted_alone() {
         let engine = Engine::open(super::super::DeviceChoice::Cpu, 1 << 20).unwrap();
