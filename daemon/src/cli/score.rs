@@ -231,6 +231,7 @@ fn read_reference(args: &ScoreArgs, config: &Config) -> Result<Vec<Positioned>> 
     tracing::info!(
         reference = events.len(),
         took_ms = started.elapsed().as_millis() as u64,
+        peak_rss_mb = peak_rss_mb(),
         "reference read"
     );
     Ok(events)
@@ -335,7 +336,12 @@ impl Run<'_> {
             .fit(model, reference, classes, rows.max(1))
             .await?;
         let took_ms = started.elapsed().as_millis() as u64;
-        tracing::info!(model, took_ms, "reference fitted");
+        tracing::info!(
+            model,
+            took_ms,
+            peak_rss_mb = peak_rss_mb(),
+            "reference fitted"
+        );
         Ok(Fitted {
             reference: fitted,
             recent: Recent::default(),
