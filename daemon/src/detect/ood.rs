@@ -429,10 +429,6 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// The cross-fit by sums gives each row the distance a covariance fitted
-    /// on its training set's own rows gives it, also where one fold lies a
-    /// cluster apart (there the training set is fitted on its rows) and
-    /// where the folds' sums are taken twice (a wide space).
     #[test]
     fn folds_outside_two_to_twenty_are_refused() {
         // Before, 0 and 1 were taken as 2 without a word, and a huge count
@@ -452,6 +448,10 @@ mod tests {
         assert!(config.validate().unwrap_err().contains("detect.ood.folds"));
     }
 
+    /// The cross-fit by sums gives each row the distance a covariance fitted
+    /// on its training set's own rows gives it, also where one fold lies a
+    /// cluster apart (there the training set is fitted on its rows) and
+    /// where the folds' sums are taken twice (a wide space).
     #[test]
     fn cross_fitted_distances_are_those_of_each_training_set_fitted_alone() {
         let engine = Engine::open(super::super::DeviceChoice::Cpu, 1 << 20).unwrap();
